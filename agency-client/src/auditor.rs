@@ -1,0 +1,1 @@
+//! The auditor's side (filled in by the audit issue).

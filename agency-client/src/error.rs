@@ -1,0 +1,82 @@
+//! What can go wrong on the client side, each naming the problem.
+
+use std::path::PathBuf;
+
+use referral_proto::ids::{AgencyId, MessageId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Profile(#[from] certs::profile::ProfileError),
+    #[error("cannot reach the broker at {broker}: {message}")]
+    Connect { broker: String, message: String },
+    #[error("the broker refused: {}: {}", code_name(.0.code()), .0.message())]
+    Rpc(tonic::Status),
+    #[error("the broker's directory is not acceptable: {0}")]
+    Directory(#[from] referral_proto::directory::DirectoryError),
+    #[error("agency {0} is not in the directory")]
+    UnknownAgency(AgencyId),
+    #[error("this profile holds no agency key bundle valid now (role {0})")]
+    NoValidKey(String),
+    #[error(transparent)]
+    Seal(#[from] referral_proto::seal::SealError),
+    #[error("the broker's receipt does not check out: {0}")]
+    Receipt(#[from] referral_proto::receipt::ReceiptError),
+    #[error("the broker answered without a {0}")]
+    Incomplete(&'static str),
+    #[error(
+        "message {0} is not waiting for this agency (unknown, already settled, or addressed elsewhere)"
+    )]
+    NotWaiting(MessageId),
+    #[error("message {message_id} cannot be opened: {source}")]
+    Open {
+        message_id: MessageId,
+        #[source]
+        source: referral_proto::seal::OpenError,
+    },
+    #[error(transparent)]
+    Ack(#[from] referral_proto::ack::AckError),
+    #[error("{path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Rpc(s)
+    }
+}
+
+impl ClientError {
+    /// The gRPC status, when the broker answered with one.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            ClientError::Rpc(s) => Some(s),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The client library agency systems embed, and what the `agency-client`
+//! CLI is built on.
+//!
+//! A [`Client`] is one principal (a profile folder made by `certs`). It
+//! verifies the directory against the pinned federation key (refusing
+//! rollback), seals and signs outgoing referrals, opens and verifies
+//! incoming ones, signs acknowledgements, checks the broker's signatures on
+//! receipts, and retries submits with the same message id when the
+//! transport fails (the broker is idempotent on it).
+//!
+//! Architecture invariant: the agency's private keys never leave this
+//! process; the broker only ever receives sealed envelopes and signatures.
+//!
+//! # Layout
+//! - [`Client`] (this file): connection, directory, send, ack, receipts.
+//! - [`alerts`]: the subscription stream, opened and verified.
+//! - [`auditor`]: the auditor's replay, verification and proofs.
+//! - [`cli`]: the command-line interface over all of it.
+
+pub mod alerts;
+pub mod auditor;
+pub mod cli;
+pub mod error;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certs::profile::Profile;
+use referral_proto::Digest;
+use referral_proto::ack::sign_ack;
+use referral_proto::directory::{Directory, SignedDirectory};
+use referral_proto::ids::{AgencyId, MessageId, Principal};
+use referral_proto::keys::AgencyKeyBundle;
+use referral_proto::notice::ReferralNotice;
+use referral_proto::pb;
+use referral_proto::pb::auditor_client::AuditorClient;
+use referral_proto::pb::referral_broker_client::ReferralBrokerClient;
+use referral_proto::receipt::Receipt;
+use referral_proto::seal::seal;
+use referral_proto::time::Timestamp;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub use error::ClientError;
+
+/// How often and how patiently a submit is retried on transport failures.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 8,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether a failed call may be retried unchanged: the broker did not
+/// answer, or said it could not do it now.
+pub fn is_retryable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+    ) && !s.message().contains("certificate")
+}
+
+/// A referral as sent.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub message_id: MessageId,
+    pub envelope_digest: Digest,
+    /// The broker's signed ACCEPTED receipt, checked.
+    pub receipt: Receipt,
+    /// The broker had this message already (a retry).
+    pub duplicate: bool,
+}
+
+/// The result of an acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub receipt: Receipt,
+    pub already_acknowledged: bool,
+}
+
+/// One principal's connection to the broker.
+#[derive(Debug)]
+pub struct Client {
+    profile: Profile,
+    channel: Channel,
+    directory: Mutex<Option<Arc<Directory>>>,
+    pub retry: RetryPolicy,
+}
+
+fn now() -> Timestamp {
+    certs::now()
+}
+
+impl Client {
+    /// Loads the profile folder and connects.
+    pub async fn connect_dir(dir: &Path) -> Result<Self, ClientError> {
+        Self::connect(Profile::load(dir, now())?).await
+    }
+
+    /// Connects with a loaded profile.
+    pub async fn connect(profile: Profile) -> Result<Self, ClientError> {
+        let err = |message: String| ClientError::Connect {
+            broker: profile.broker.clone(),
+            message,
+        };
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&profile.ca_pem))
+            .identity(Identity::from_pem(
+                &profile.cert_pem,
+                profile.key_pem.as_bytes(),
+            ))
+            .domain_name(profile.server_name.clone());
+        let endpoint = Endpoint::from_shared(profile.broker.clone())
+            .map_err(|e| err(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| err(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await.map_err(|e| err(error_chain(&e)))?;
+        Ok(Self {
+            profile,
+            channel,
+            directory: Mutex::new(None),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.profile.principal
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    pub(crate) fn broker(&self) -> ReferralBrokerClient<Channel> {
+        ReferralBrokerClient::new(self.channel.clone()).max_decoding_message_size(1024 * 1024)
+    }
+
+    pub(crate) fn auditor_rpc(&self) -> AuditorClient<Channel> {
+        AuditorClient::new(self.channel.clone()).max_decoding_message_size(1024 * 1024)
+    }
+
+    fn bundle(&self) -> Result<&AgencyKeyBundle, ClientError> {
+        self.profile
+            .current_bundle(now())
+            .ok_or_else(|| ClientError::NoValidKey(self.profile.principal.role.to_string()))
+    }
+
+    fn seen_version_path(&self) -> std::path::PathBuf {
+        self.profile.state_dir().join("directory-version")
+    }
+
+    fn seen_version(&self) -> Result<Option<u64>, ClientError> {
+        let path = self.seen_version_path();
+        match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().parse().map(Some).map_err(|_| ClientError::State {
+                path,
+                message: "not a directory version".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ClientError::State {
+                path,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn remember_version(&self, v: u64) -> Result<(), ClientError> {
+        let path = self.seen_version_path();
+        let io = |e: std::io::Error| ClientError::State {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(self.profile.state_dir()).map_err(io)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{v}\n")).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Checks a signed directory against the pinned federation key and the
+    /// newest version this profile has seen, and remembers it.
+    pub fn accept_directory(
+        &self,
+        signed: pb::SignedDirectory,
+    ) -> Result<Arc<Directory>, ClientError> {
+        let signed = SignedDirectory::from_pb(signed)?;
+        let seen = self.seen_version()?;
+        let dir = signed.verify(&self.profile.federation_key, seen)?;
+        if seen.is_none_or(|s| dir.version > s) {
+            self.remember_version(dir.version)?;
+        }
+        let dir = Arc::new(dir);
+        *self.directory.lock().expect("directory lock") = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Fetches and verifies the directory.
+    pub async fn refresh_directory(&self) -> Result<Arc<Directory>, ClientError> {
+        let signed = if self.profile.principal.role == referral_proto::ids::Role::Auditor {
+            self.auditor_rpc()
+                .get_directory(pb::GetDirectoryRequest {})
+                .await?
+                .into_inner()
+        } else {
+            self.broker()
+                .get_directory(pb::GetDirectoryRequest {})
+                .await?
+                .into_inner()
+        };
+        self.accept_directory(signed)
+    }
+
+    /// The verified directory, fetched on first use.
+    pub async fn directory(&self) -> Result<Arc<Directory>, ClientError> {
+        if let Some(d) = self.directory.lock().expect("directory lock").clone() {
+            return Ok(d);
+        }
+        self.refresh_directory().await
+    }
+
+    fn check_receipt(
+        &self,
+        dir: &Directory,
+        r: Option<pb::Receipt>,
+    ) -> Result<Receipt, ClientError> {
+        let r = Receipt::try_from(r.ok_or(ClientError::Incomplete("receipt"))?)?;
+        r.verify(&dir.broker_log_key)?;
+        if let Some(ack) = &r.ack {
+            ack.verify(dir)?;
+        }
+        Ok(r)
+    }
+
+    /// Seals `notice` to agency `to` and submits it with a fresh message id.
+    pub async fn send(&self, to: &AgencyId, notice: &ReferralNotice) -> Result<Sent, ClientError> {
+        self.send_with_id(to, notice, MessageId::generate(now().0))
+            .await
+    }
+
+    /// Like [`Client::send`] with a chosen message id (to resend the same referral).
+    pub async fn send_with_id(
+        &self,
+        to: &AgencyId,
+        notice: &ReferralNotice,
+        message_id: MessageId,
+    ) -> Result<Sent, ClientError> {
+        let dir = self.directory().await?;
+        let recipient = dir
+            .agency(to)
+            .ok_or_else(|| ClientError::UnknownAgency(to.clone()))?;
+        let envelope = seal(notice, self.bundle()?, recipient, message_id, now())?;
+        self.submit_envelope(pb::Envelope::from(&envelope)).await
+    }
+
+    /// Submits an already sealed envelope, retrying transport failures with
+    /// the same bytes.
+    pub async fn submit_envelope(&self, envelope: pb::Envelope) -> Result<Sent, ClientError> {
+        let dir = self.directory().await?;
+        let domain = referral_proto::envelope::Envelope::try_from(envelope.clone())
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let mut backoff = self.retry.first_backoff;
+        let mut attempt = 1;
+        let response = loop {
+            match self
+                .broker()
+                .submit(pb::SubmitRequest {
+                    envelope: Some(envelope.clone()),
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner(),
+                Err(s) if is_retryable(&s) && attempt < self.retry.attempts => {
+                    tracing::warn!(attempt, code = ?s.code(), "submit failed; retrying with the same message id");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                    attempt += 1;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        };
+        let receipt = self.check_receipt(&dir, response.receipt)?;
+        if receipt.statement.message_id != domain.header.message_id
+            || receipt.statement.envelope_digest != domain.digest()
+        {
+            return Err(ClientError::Invalid(
+                "the broker's receipt is for another message".into(),
+            ));
+        }
+        Ok(Sent {
+            message_id: domain.header.message_id,
+            envelope_digest: domain.digest(),
+            receipt,
+            duplicate: response.duplicate,
+        })
+    }
+
+    /// Signs and sends an acknowledgement of a received referral.
+    pub async fn ack_digest(
+        &self,
+        message_id: MessageId,
+        envelope_digest: Digest,
+        by: &str,
+    ) -> Result<Acked, ClientError> {
+        let dir = self.directory().await?;
+        let ack = sign_ack(message_id, envelope_digest, now(), by, self.bundle()?)?;
+        let r = self
+            .broker()
+            .ack(pb::AckRequest {
+                ack: Some(pb::SignedAck::from(&ack)),
+            })
+            .await?
+            .into_inner();
+        let receipt = self.check_receipt(&dir, r.receipt)?;
+        Ok(Acked {
+            receipt,
+            already_acknowledged: r.already_acknowledged,
+        })
+    }
+
+    /// Acknowledges `message_id` when only its id is known: finds it among
+    /// the messages waiting for this agency, verifies it, and acks the
+    /// digest computed here (never one taken on the broker's word).
+    pub async fn ack(&self, message_id: MessageId, by: &str) -> Result<Acked, ClientError> {
+        let digest = alerts::find_waiting(self, message_id).await?;
+        self.ack_digest(message_id, digest, by).await
+    }
+
+    /// Every receipt of each message (this agency's own messages only).
+    pub async fn receipts(
+        &self,
+        ids: &[MessageId],
+    ) -> Result<Vec<(MessageId, Vec<Receipt>)>, ClientError> {
+        let dir = self.directory().await?;
+        let req = pb::GetReceiptsRequest {
+            message_ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        };
+        let r = self.broker().get_receipts(req).await?.into_inner();
+        r.messages
+            .into_iter()
+            .map(|m| {
+                let id = MessageId::from_bytes(&m.message_id)
+                    .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                let receipts = m
+                    .receipts
+                    .into_iter()
+                    .map(|r| self.check_receipt(&dir, Some(r)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((id, receipts))
+            })
+            .collect()
+    }
+
+    /// Receipts as they happen, after `cursor`; each checked.
+    pub async fn watch_receipts(&self, after_cursor: u64) -> Result<ReceiptStream, ClientError> {
+        let dir = self.directory().await?;
+        let inner = self
+            .broker()
+            .watch_receipts(pb::WatchReceiptsRequest { after_cursor })
+            .await?
+            .into_inner();
+        Ok(ReceiptStream { inner, dir })
+    }
+}
+
+/// A stream of checked receipts with their cursors.
+#[derive(Debug)]
+pub struct ReceiptStream {
+    inner: tonic::Streaming<pb::ReceiptEvent>,
+    dir: Arc<Directory>,
+}
+
+impl ReceiptStream {
+    /// The next receipt; `None` when the broker ends the stream.
+    pub async fn next(&mut self) -> Result<Option<(u64, Receipt)>, ClientError> {
+        let Some(ev) = self.inner.message().await? else {
+            return Ok(None);
+        };
+        let r = Receipt::try_from(ev.receipt.ok_or(ClientError::Incomplete("receipt"))?)?;
+        r.verify(&self.dir.broker_log_key)?;
+        if let Some(ack) = &r.ack {
+            ack.verify(&self.dir)?;
+        }
+        Ok(Some((ev.cursor, r)))
+    }
+}
+
+/// The whole chain of an error's causes, for messages to people.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

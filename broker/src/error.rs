@@ -1,0 +1,237 @@
+//! The broker's errors, and the one place they become gRPC statuses.
+//!
+//! Every variant says who is at fault and what was wrong; messages never
+//! contain payloads or personal data (only ids, agency names, sizes and
+//! reasons). `reason()` is the stable machine-readable code written to the
+//! audit log for rejections and used as the metrics label.
+
+use referral_proto::ids::{AgencyId, MessageId};
+use tonic::{Code, Status};
+
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    // --- the caller's identity ---
+    #[error("client certificate required")]
+    NoClientCertificate,
+    #[error("client certificate has no valid SPIFFE identity: {0}")]
+    BadIdentity(String),
+    #[error("client certificate belongs to trust domain {found}, not {expected}")]
+    ForeignTrustDomain { found: String, expected: String },
+    #[error("client certificate has been revoked")]
+    Revoked,
+
+    // --- what the caller may do ---
+    #[error("role {role} may not call {rpc}")]
+    RoleNotAllowed {
+        role: &'static str,
+        rpc: &'static str,
+    },
+    #[error("principal of agency {principal_agency} may not send as agency {sender}")]
+    SenderMismatch {
+        principal_agency: AgencyId,
+        sender: AgencyId,
+    },
+    #[error("agency {agency} is not in the directory, so it may not {action}")]
+    AgencyNotInDirectory {
+        agency: AgencyId,
+        action: &'static str,
+    },
+    #[error(
+        "policy does not allow {sender} ({sender_kind}) to send to {recipient} ({recipient_kind})"
+    )]
+    PolicyForbids {
+        sender: AgencyId,
+        sender_kind: &'static str,
+        recipient: AgencyId,
+        recipient_kind: &'static str,
+    },
+    #[error("message {message_id} is addressed to another agency; {agency} may not acknowledge it")]
+    AckForOtherAgency {
+        message_id: MessageId,
+        agency: AgencyId,
+    },
+    #[error("ack is signed for agency {acker}, but the caller is of agency {principal_agency}")]
+    AckerMismatch {
+        acker: AgencyId,
+        principal_agency: AgencyId,
+    },
+
+    // --- what the caller sent ---
+    #[error("request lacks {0}")]
+    Missing(&'static str),
+    #[error("envelope is {size} bytes; the limit is {max}")]
+    Oversize { size: usize, max: usize },
+    #[error("malformed envelope: {0}")]
+    MalformedEnvelope(String),
+    #[error("recipient agency {0} is not in the directory")]
+    UnknownRecipient(AgencyId),
+    #[error("envelope rejected: {0}")]
+    EnvelopeSignature(String),
+    #[error(
+        "envelope created_at is {skew_s} s away from the broker's clock (allowed: {max_future_s} s ahead, {max_past_s} s behind)"
+    )]
+    ClockSkew {
+        skew_s: i64,
+        max_future_s: i64,
+        max_past_s: i64,
+    },
+    #[error("message id {0} was already accepted with a different envelope digest")]
+    DuplicateConflict(MessageId),
+    #[error("malformed ack: {0}")]
+    MalformedAck(String),
+    #[error("ack rejected: {0}")]
+    AckSignature(String),
+    #[error("ack is for envelope digest {acked}, but message {message_id} has digest {stored}")]
+    AckDigestMismatch {
+        message_id: MessageId,
+        acked: String,
+        stored: String,
+    },
+    #[error("message {0} is not known to the broker")]
+    UnknownMessage(MessageId),
+    #[error("message {0} expired unacknowledged and can no longer be acknowledged")]
+    AckAfterExpiry(MessageId),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    // --- limits ---
+    #[error(
+        "rate limit: at most {per_second}/s submits with bursts of {burst} per principal; retry later"
+    )]
+    RateLimited { per_second: u32, burst: u32 },
+    #[error("too many concurrent {what} for this principal (limit {limit})")]
+    TooManyConcurrent { what: &'static str, limit: usize },
+    #[error("subscriber did not read for {0} s; disconnected, reconnect to resume")]
+    SubscriberStalled(u64),
+    #[error("subscriber fell behind the live event stream; reconnect to resume")]
+    SubscriberLagged,
+
+    // --- the broker itself ---
+    #[error("broker storage is full; the request was not carried out, retry later")]
+    StorageFull,
+    #[error("broker storage failed; the request was not carried out, retry later")]
+    StorageFailed,
+    #[error("broker storage is corrupt")]
+    StorageCorrupt,
+    #[error("broker is shutting down; retry against the restarted broker")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for BrokerError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage error");
+        match e {
+            StoreError::NoSpace => BrokerError::StorageFull,
+            StoreError::Io(_) => BrokerError::StorageFailed,
+            StoreError::Corrupt(_) | StoreError::Refused { .. } => BrokerError::StorageCorrupt,
+        }
+    }
+}
+
+impl BrokerError {
+    /// The gRPC code for this error. The single mapping; see PROTOCOL.md, "Errors".
+    pub fn code(&self) -> Code {
+        use BrokerError as E;
+        match self {
+            E::NoClientCertificate
+            | E::BadIdentity(_)
+            | E::ForeignTrustDomain { .. }
+            | E::Revoked => Code::Unauthenticated,
+            E::RoleNotAllowed { .. }
+            | E::SenderMismatch { .. }
+            | E::AgencyNotInDirectory { .. }
+            | E::PolicyForbids { .. }
+            | E::AckForOtherAgency { .. }
+            | E::AckerMismatch { .. } => Code::PermissionDenied,
+            E::Missing(_)
+            | E::MalformedEnvelope(_)
+            | E::EnvelopeSignature(_)
+            | E::ClockSkew { .. }
+            | E::MalformedAck(_)
+            | E::AckSignature(_)
+            | E::AckDigestMismatch { .. }
+            | E::InvalidRequest(_) => Code::InvalidArgument,
+            E::UnknownRecipient(_) | E::UnknownMessage(_) => Code::NotFound,
+            E::DuplicateConflict(_) => Code::AlreadyExists,
+            E::AckAfterExpiry(_) => Code::FailedPrecondition,
+            E::Oversize { .. }
+            | E::RateLimited { .. }
+            | E::TooManyConcurrent { .. }
+            | E::SubscriberStalled(_)
+            | E::StorageFull => Code::ResourceExhausted,
+            E::SubscriberLagged => Code::Aborted,
+            E::StorageFailed | E::ShuttingDown => Code::Unavailable,
+            E::StorageCorrupt => Code::Internal,
+        }
+    }
+
+    /// Stable reason code for audit entries and metrics.
+    pub fn reason(&self) -> &'static str {
+        use BrokerError as E;
+        match self {
+            E::NoClientCertificate => "no_client_certificate",
+            E::BadIdentity(_) => "bad_identity",
+            E::ForeignTrustDomain { .. } => "foreign_trust_domain",
+            E::Revoked => "revoked",
+            E::RoleNotAllowed { .. } => "role_not_allowed",
+            E::SenderMismatch { .. } => "sender_mismatch",
+            E::AgencyNotInDirectory { .. } => "agency_not_in_directory",
+            E::PolicyForbids { .. } => "policy",
+            E::AckForOtherAgency { .. } => "ack_other_agency",
+            E::AckerMismatch { .. } => "acker_mismatch",
+            E::Missing(_) => "missing_field",
+            E::Oversize { .. } => "oversize",
+            E::MalformedEnvelope(_) => "malformed_envelope",
+            E::UnknownRecipient(_) => "unknown_recipient",
+            E::EnvelopeSignature(_) => "bad_signature",
+            E::ClockSkew { .. } => "clock_skew",
+            E::DuplicateConflict(_) => "duplicate_conflict",
+            E::MalformedAck(_) => "malformed_ack",
+            E::AckSignature(_) => "ack_bad_signature",
+            E::AckDigestMismatch { .. } => "ack_digest_mismatch",
+            E::UnknownMessage(_) => "unknown_message",
+            E::AckAfterExpiry(_) => "ack_after_expiry",
+            E::InvalidRequest(_) => "invalid_request",
+            E::RateLimited { .. } => "rate_limited",
+            E::TooManyConcurrent { .. } => "too_many_concurrent",
+            E::SubscriberStalled(_) => "subscriber_stalled",
+            E::SubscriberLagged => "subscriber_lagged",
+            E::StorageFull => "storage_full",
+            E::StorageFailed => "storage_failed",
+            E::StorageCorrupt => "storage_corrupt",
+            E::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(e: BrokerError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_message_names_the_problem() {
+        let e = BrokerError::Oversize {
+            size: 70_000,
+            max: 65_536,
+        };
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.message(), "envelope is 70000 bytes; the limit is 65536");
+        assert_eq!(
+            Status::from(BrokerError::StorageFull).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            Status::from(BrokerError::Revoked).code(),
+            Code::Unauthenticated
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! Wiring: opens the store, starts the committer and background tasks,
+//! builds the gRPC server over the mTLS listener, and shuts everything down
+//! in order (stop accepting, finish in-flight requests, commit what is
+//! queued, flush).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use referral_proto::keys::{KeyPurpose, parse_signing_key_file};
+use referral_proto::pb::auditor_server::AuditorServer;
+use referral_proto::pb::referral_broker_server::ReferralBrokerServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::TreeHeadSigner;
+use crate::clock::Clock;
+use crate::commit::{self, CommitterDeps, Timing};
+use crate::config::Config;
+use crate::directory::{DirectoryState, read_federation_key};
+use crate::hub::Hub;
+use crate::limits::Limiter;
+use crate::service::auditor::AuditorService;
+use crate::service::referral::ReferralService;
+use crate::state::BrokerState;
+use crate::store::Store;
+use crate::store::sled_store::SledStore;
+use crate::tasks;
+use crate::tls::{AcceptOptions, AcceptStats, TlsState, accept_loop};
+
+/// Largest gRPC message tonic decodes: above the envelope limit, so that
+/// an oversize envelope gets the broker's own clear error, yet bounded.
+pub const MAX_DECODING_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("directory: {0}")]
+    Directory(#[from] crate::directory::DirectoryLoadError),
+    #[error("{path}: {message}")]
+    LogKey { path: String, message: String },
+    #[error("the log key in {path} is not the broker log key the directory publishes")]
+    LogKeyMismatch { path: String },
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<BrokerState>,
+    server: tokio::task::JoinHandle<Result<(), String>>,
+    committer: std::thread::JoinHandle<()>,
+}
+
+/// Options that differ between the binary and tests.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub clock: Arc<dyn Clock>,
+    /// Reload on SIGHUP (the binary); tests call [`tasks::reload`] instead.
+    pub sighup: bool,
+}
+
+/// Starts a broker on `listener`; it runs until `shutdown` is cancelled.
+pub async fn start(
+    listener: TcpListener,
+    config: Config,
+    opts: StartOptions,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let federation_key = read_federation_key(&config.federation_key)?;
+    let directory = Arc::new(DirectoryState::open(&config.directory, federation_key)?);
+    let log_key_path = config.log_key.display().to_string();
+    let log_key_text =
+        certs::secret_file::read(&config.log_key).map_err(|e| StartError::LogKey {
+            path: log_key_path.clone(),
+            message: e.to_string(),
+        })?;
+    let log_key = Arc::new(
+        parse_signing_key_file(&log_key_text, KeyPurpose::BrokerLog).map_err(|e| {
+            StartError::LogKey {
+                path: log_key_path.clone(),
+                message: e.to_string(),
+            }
+        })?,
+    );
+    if log_key.verifying_key() != directory.current().directory.broker_log_key {
+        return Err(StartError::LogKeyMismatch { path: log_key_path });
+    }
+    let tls = Arc::new(TlsState::open(&config.tls)?);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+    let frontier = commit::restore_frontier(&*store)?;
+    let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
+    let (committer, committer_thread) = commit::start(CommitterDeps {
+        store: store.clone(),
+        hub: hub.clone(),
+        clock: opts.clock.clone(),
+        log_key: log_key.clone(),
+        directory: directory.clone(),
+        timing: Timing {
+            ack_deadlines: config.ack_deadlines,
+            unacked_retention_ms: config.unacked_retention_ms,
+            acked_retention_ms: config.acked_retention_ms,
+        },
+    })?;
+    let trust_domain = directory.current().directory.trust_domain.clone();
+    let accept_stats = Arc::new(AcceptStats::default());
+    let state = Arc::new(BrokerState {
+        limiter: Limiter::new(config.limits),
+        store,
+        committer,
+        hub,
+        directory,
+        tls: tls.clone(),
+        clock: opts.clock,
+        tree_heads: TreeHeadSigner::new(log_key.clone()),
+        log_key,
+        latest_tree_head: Default::default(),
+        trust_domain: trust_domain.clone(),
+        accept_stats: accept_stats.clone(),
+        shutdown: shutdown.clone(),
+        config,
+    });
+
+    tokio::spawn(tasks::deadlines(state.clone()));
+    tokio::spawn(tasks::tree_heads(state.clone()));
+    tokio::spawn(tasks::reloader(state.clone(), opts.sighup));
+
+    let incoming = accept_loop(
+        listener,
+        tls,
+        AcceptOptions {
+            handshake_timeout: state.config.handshake_timeout,
+            max_connections: state.config.limits.max_connections,
+            trust_domain,
+        },
+        accept_stats,
+        shutdown.clone(),
+    );
+    let referral = ReferralBrokerServer::new(ReferralService::new(state.clone()))
+        .max_decoding_message_size(MAX_DECODING_BYTES);
+    let auditor = AuditorServer::new(AuditorService::new(state.clone()))
+        .max_decoding_message_size(MAX_DECODING_BYTES);
+    let hb = state.config.heartbeat_interval;
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(hb))
+        .http2_keepalive_timeout(Some(hb))
+        .add_service(referral)
+        .add_service(auditor);
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(incoming),
+                stop.cancelled_owned(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    });
+    tracing::info!(%addr, "broker serving");
+    Ok(Running {
+        addr,
+        state,
+        server,
+        committer: committer_thread,
+    })
+}
+
+impl Running {
+    /// Waits for the server to stop (after `shutdown` is cancelled), then
+    /// lets the committer finish every queued job and flush.
+    pub async fn wait(self) -> Result<(), StartError> {
+        let served = self
+            .server
+            .await
+            .map_err(|e| StartError::Serve(e.to_string()))?;
+        self.state.committer.barrier().await;
+        drop(self.state);
+        // The committer thread ends once the last handle is gone; background
+        // tasks holding handles end on the same shutdown signal.
+        let t = self.committer;
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        served.map_err(StartError::Serve)
+    }
+}

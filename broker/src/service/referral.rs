@@ -1,0 +1,558 @@
+//! `referral.v1.ReferralBroker`: submit, subscribe, ack, receipts, directory.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use referral_proto::ack::SignedAck;
+use referral_proto::envelope::Envelope;
+use referral_proto::ids::{MessageId, Principal};
+use referral_proto::pb;
+use referral_proto::pb::referral_broker_server::ReferralBroker;
+use referral_proto::seal::{VerifyError, verify_envelope};
+use referral_proto::{Digest, MAX_ENVELOPE_BYTES};
+use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+
+use super::streams::{BoundedStream, Producer, bounded};
+use crate::authz::{self, Rpc};
+use crate::error::BrokerError;
+use crate::hub::HubEvent;
+use crate::state::BrokerState;
+use crate::store::records::{self, FeedEntry, MessageRecord};
+use crate::store::{Table, keys};
+
+/// Most message ids in one GetReceipts call.
+pub const MAX_RECEIPT_QUERY: usize = 1000;
+const PAGE: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ReferralService {
+    state: Arc<BrokerState>,
+}
+
+impl ReferralService {
+    pub fn new(state: Arc<BrokerState>) -> Self {
+        Self { state }
+    }
+
+    /// Logs a rejection of an authenticated caller's request, then returns it.
+    async fn rejected(
+        &self,
+        principal: &Principal,
+        e: BrokerError,
+        id: Option<MessageId>,
+        digest: Option<Digest>,
+    ) -> Status {
+        tracing::info!(principal = %principal, reason = e.reason(), "request rejected");
+        self.state
+            .committer
+            .reject(principal.uri(), e.reason(), id, digest)
+            .await;
+        e.into()
+    }
+
+    async fn submit_inner(
+        &self,
+        principal: &Principal,
+        req: pb::SubmitRequest,
+    ) -> Result<pb::SubmitResponse, Status> {
+        let state = &self.state;
+        let Some(pb_env) = req.envelope else {
+            return Err(self
+                .rejected(principal, BrokerError::Missing("envelope"), None, None)
+                .await);
+        };
+        let size = pb_env.encoded_len();
+        if size > MAX_ENVELOPE_BYTES {
+            return Err(self
+                .rejected(
+                    principal,
+                    BrokerError::Oversize {
+                        size,
+                        max: MAX_ENVELOPE_BYTES,
+                    },
+                    None,
+                    None,
+                )
+                .await);
+        }
+        let id_hint = pb_env
+            .header
+            .as_ref()
+            .and_then(|h| MessageId::from_bytes(&h.message_id).ok());
+        let envelope = match Envelope::try_from(pb_env) {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(self
+                    .rejected(
+                        principal,
+                        BrokerError::MalformedEnvelope(e.to_string()),
+                        id_hint,
+                        None,
+                    )
+                    .await);
+            }
+        };
+        let id = envelope.header.message_id;
+        tracing::Span::current().record("message_id", tracing::field::display(id));
+        let digest = envelope.digest();
+        let dir = state.directory.current();
+        if let Err(e) = authz::check_route(
+            principal,
+            &envelope.header,
+            &dir.directory,
+            &state.config.allow_same_kind,
+        ) {
+            return Err(self.rejected(principal, e, Some(id), Some(digest)).await);
+        }
+        let now = state.clock.now();
+        let skew = envelope.header.created_at.0 - now.0;
+        if skew > state.config.max_future_skew_ms || -skew > state.config.max_past_skew_ms {
+            let e = BrokerError::ClockSkew {
+                skew_s: skew / 1000,
+                max_future_s: state.config.max_future_skew_ms / 1000,
+                max_past_s: state.config.max_past_skew_ms / 1000,
+            };
+            return Err(self.rejected(principal, e, Some(id), Some(digest)).await);
+        }
+        if let Err(e) = verify_envelope(&envelope, &dir.directory) {
+            let err = match e {
+                VerifyError::UnknownRecipient(r) => BrokerError::UnknownRecipient(r),
+                other => BrokerError::EnvelopeSignature(other.to_string()),
+            };
+            return Err(self.rejected(principal, err, Some(id), Some(digest)).await);
+        }
+        let encoded = envelope.encode();
+        let outcome = state
+            .committer
+            .submit(envelope, encoded, principal.uri())
+            .await?;
+        tracing::info!(duplicate = outcome.duplicate, "accepted");
+        Ok(pb::SubmitResponse {
+            receipt: Some(outcome.receipt),
+            duplicate: outcome.duplicate,
+        })
+    }
+
+    async fn ack_inner(
+        &self,
+        principal: &Principal,
+        req: pb::AckRequest,
+    ) -> Result<pb::AckResponse, Status> {
+        let state = &self.state;
+        let Some(pb_ack) = req.ack else {
+            return Err(self
+                .rejected(principal, BrokerError::Missing("ack"), None, None)
+                .await);
+        };
+        let ack = match SignedAck::try_from(pb_ack) {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(self
+                    .rejected(
+                        principal,
+                        BrokerError::MalformedAck(e.to_string()),
+                        None,
+                        None,
+                    )
+                    .await);
+            }
+        };
+        let s = &ack.statement;
+        tracing::Span::current().record("message_id", tracing::field::display(s.message_id));
+        let (id, digest) = (Some(s.message_id), Some(s.envelope_digest));
+        if s.acker_agency != principal.agency {
+            let e = BrokerError::AckerMismatch {
+                acker: s.acker_agency.clone(),
+                principal_agency: principal.agency.clone(),
+            };
+            return Err(self.rejected(principal, e, id, digest).await);
+        }
+        if let Err(e) = ack.verify(&state.directory.current().directory) {
+            return Err(self
+                .rejected(
+                    principal,
+                    BrokerError::AckSignature(e.to_string()),
+                    id,
+                    digest,
+                )
+                .await);
+        }
+        let skew = s.acknowledged_at.0 - state.clock.now().0;
+        if skew > state.config.max_future_skew_ms {
+            let e = BrokerError::ClockSkew {
+                skew_s: skew / 1000,
+                max_future_s: state.config.max_future_skew_ms / 1000,
+                max_past_s: state.config.max_past_skew_ms / 1000,
+            };
+            return Err(self.rejected(principal, e, id, digest).await);
+        }
+        let outcome = state.committer.ack(ack, principal.clone()).await?;
+        tracing::info!(already = outcome.already_acknowledged, "acknowledged");
+        Ok(pb::AckResponse {
+            receipt: Some(outcome.receipt),
+            already_acknowledged: outcome.already_acknowledged,
+        })
+    }
+}
+
+fn message_record(
+    state: &BrokerState,
+    id: &MessageId,
+) -> Result<Option<MessageRecord>, BrokerError> {
+    match state.store.get(Table::Messages, &keys::message(id))? {
+        None => Ok(None),
+        Some(b) => Ok(Some(records::decode("message", &b)?)),
+    }
+}
+
+fn receipt(state: &BrokerState, id: &MessageId, n: u8) -> Result<pb::Receipt, BrokerError> {
+    let bytes = state
+        .store
+        .get(Table::Receipts, &keys::receipt(id, n))?
+        .ok_or(BrokerError::StorageCorrupt)?;
+    pb::Receipt::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)
+}
+
+/// Builds the delivery of queue entry `seq` (None if settled meanwhile).
+fn delivery(
+    state: &BrokerState,
+    id: &MessageId,
+    seq: u64,
+    principal: &str,
+) -> Result<Option<pb::Delivery>, BrokerError> {
+    let Some(rec) = message_record(state, id)? else {
+        return Ok(None);
+    };
+    let Some(bytes) = state.store.get(Table::Envelopes, &keys::message(id))? else {
+        return Ok(None);
+    };
+    let envelope =
+        pb::Envelope::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)?;
+    let redelivery = state
+        .store
+        .get(Table::Deliveries, &keys::delivery(id, principal))?
+        .is_some();
+    Ok(Some(pb::Delivery {
+        envelope: Some(envelope),
+        envelope_digest: rec.envelope_digest.to_vec(),
+        sequence: seq,
+        ack_deadline_ms: rec.ack_deadline_ms,
+        redelivery,
+        escalated: rec.escalated,
+    }))
+}
+
+fn alert(event: pb::alert::Event) -> pb::Alert {
+    pb::Alert { event: Some(event) }
+}
+
+/// The subscriber loop: backlog, then live alerts, heartbeats when idle.
+async fn run_subscriber(
+    state: Arc<BrokerState>,
+    principal: Principal,
+    out: Producer<pb::Alert>,
+) -> Result<(), BrokerError> {
+    let agency = principal.agency.clone();
+    let me = principal.uri();
+    let hub = state.hub.agency(&agency)?;
+    let mut seq_rx = hub.queue_seq.subscribe();
+    let mut events = hub.events.subscribe();
+    let mut heartbeat = tokio::time::interval(state.config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.reset();
+    let mut cursor = 0u64;
+    let mut caught_up = false;
+    loop {
+        let watermark = *seq_rx.borrow_and_update();
+        while cursor < watermark {
+            let page = state.store.range(
+                Table::Queue,
+                &keys::queue(&agency, cursor + 1),
+                &keys::queue(&agency, watermark + 1),
+                PAGE,
+            )?;
+            if page.is_empty() {
+                cursor = watermark;
+                break;
+            }
+            for (k, v) in page {
+                let seq = keys::queue_seq(&k).ok_or(BrokerError::StorageCorrupt)?;
+                let id = MessageId::from_bytes(&v).map_err(|_| BrokerError::StorageCorrupt)?;
+                if let Some(d) = delivery(&state, &id, seq, &me)? {
+                    if out
+                        .send(alert(pb::alert::Event::Delivery(d)))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                    state.committer.delivered(id, me.clone()).await;
+                    heartbeat.reset();
+                }
+                cursor = seq;
+            }
+        }
+        if !caught_up {
+            caught_up = true;
+            if out
+                .send(alert(pb::alert::Event::CaughtUp(pb::CaughtUp {
+                    sequence: watermark,
+                })))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            changed = seq_rx.changed() => if changed.is_err() { return Ok(()) },
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    let forward = match &*ev {
+                        HubEvent::Settled { message_id, sequence, ack } => Some(pb::alert::Event::Settled(pb::Settled {
+                            message_id: message_id.to_vec(),
+                            sequence: *sequence,
+                            ack: Some(ack.clone()),
+                        })),
+                        HubEvent::Escalation { contact, alert } => {
+                            (alert.recipient == agency.as_str() || contact.as_deref() == Some(me.as_str()))
+                                .then(|| pb::alert::Event::Escalation(alert.clone()))
+                        }
+                    };
+                    if let Some(e) = forward {
+                        if out.send(alert(e)).await.is_err() {
+                            return Ok(());
+                        }
+                        heartbeat.reset();
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    out.end(BrokerError::SubscriberLagged.into());
+                    return Ok(());
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = heartbeat.tick() => {
+                let hb = pb::alert::Event::Heartbeat(pb::Heartbeat { at_ms: state.clock.now().0 });
+                if out.send(alert(hb)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = out.closed() => return Ok(()),
+            _ = state.shutdown.cancelled() => {
+                out.end(BrokerError::ShuttingDown.into());
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The receipt watcher loop: everything after the cursor, then live.
+async fn run_receipts(
+    state: Arc<BrokerState>,
+    principal: Principal,
+    mut cursor: u64,
+    out: Producer<pb::ReceiptEvent>,
+) -> Result<(), BrokerError> {
+    let sender = principal.agency.clone();
+    let hub = state.hub.agency(&sender)?;
+    let mut cursor_rx = hub.receipt_cursor.subscribe();
+    loop {
+        let newest = *cursor_rx.borrow_and_update();
+        while cursor < newest {
+            let page = state.store.range(
+                Table::ReceiptFeed,
+                &keys::receipt_feed(&sender, cursor + 1),
+                &keys::receipt_feed(&sender, newest + 1),
+                PAGE,
+            )?;
+            if page.is_empty() {
+                cursor = newest;
+                break;
+            }
+            for (k, v) in page {
+                let c = keys::queue_seq(&k).ok_or(BrokerError::StorageCorrupt)?;
+                let entry: FeedEntry = records::decode("feed", &v)?;
+                let id = MessageId::from_bytes(&entry.message_id)
+                    .map_err(|_| BrokerError::StorageCorrupt)?;
+                let r = receipt(&state, &id, entry.receipt)?;
+                if out
+                    .send(pb::ReceiptEvent {
+                        cursor: c,
+                        receipt: Some(r),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                cursor = c;
+            }
+        }
+        tokio::select! {
+            changed = cursor_rx.changed() => if changed.is_err() { return Ok(()) },
+            _ = out.closed() => return Ok(()),
+            _ = state.shutdown.cancelled() => {
+                out.end(BrokerError::ShuttingDown.into());
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn spawn_stream<T, F>(
+    name: &'static str,
+    principal: &Principal,
+    out: Producer<T>,
+    run: impl FnOnce(Producer<T>) -> F,
+) where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
+{
+    let span = tracing::info_span!("stream", rpc = name, principal = %principal);
+    let ender = Producer::clone_ending(&out);
+    let fut = run(out);
+    tokio::spawn(
+        async move {
+            if let Err(e) = fut.await {
+                tracing::warn!(error = %e, "stream ended by an error");
+                ender(e.into());
+            }
+        }
+        .instrument(span),
+    );
+}
+
+impl<T> Producer<T> {
+    /// A function that can end the stream after the producer was moved.
+    fn clone_ending(&self) -> impl FnOnce(Status) + Send + 'static {
+        let ending = self.ending_handle();
+        move |s| *ending.lock().expect("stream lock") = Some(s)
+    }
+}
+
+#[tonic::async_trait]
+impl ReferralBroker for ReferralService {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let identity = self.state.authorize(&req, Rpc::Submit)?;
+        let p = identity.principal;
+        let span =
+            tracing::info_span!("submit", principal = %p, message_id = tracing::field::Empty);
+        async {
+            let _permit = match self.state.limiter.submit(&p.uri()) {
+                Ok(permit) => permit,
+                Err(e) => return Err(e.into()),
+            };
+            self.submit_inner(&p, req.into_inner())
+                .await
+                .map(Response::new)
+        }
+        .instrument(span)
+        .await
+    }
+
+    type SubscribeStream = BoundedStream<pb::Alert>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let identity = self.state.authorize(&req, Rpc::Subscribe)?;
+        let p = identity.principal;
+        let permit = self.state.limiter.stream(&p.uri())?;
+        let (out, stream) = bounded(
+            self.state.config.subscriber_buffer,
+            self.state.config.stall_timeout,
+        );
+        tracing::info!(principal = %p, "subscribed");
+        let state = self.state.clone();
+        let principal = p.clone();
+        spawn_stream("Subscribe", &p, out, move |out| async move {
+            let _permit = permit;
+            run_subscriber(state, principal, out).await
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let identity = self.state.authorize(&req, Rpc::Ack)?;
+        let p = identity.principal;
+        let span = tracing::info_span!("ack", principal = %p, message_id = tracing::field::Empty);
+        async {
+            let _permit = self.state.limiter.submit(&p.uri())?;
+            self.ack_inner(&p, req.into_inner())
+                .await
+                .map(Response::new)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_receipts(
+        &self,
+        req: Request<pb::GetReceiptsRequest>,
+    ) -> Result<Response<pb::GetReceiptsResponse>, Status> {
+        let identity = self.state.authorize(&req, Rpc::GetReceipts)?;
+        let agency = identity.principal.agency;
+        let ids = req.into_inner().message_ids;
+        if ids.len() > MAX_RECEIPT_QUERY {
+            return Err(BrokerError::InvalidRequest(format!(
+                "at most {MAX_RECEIPT_QUERY} message ids per call, got {}",
+                ids.len()
+            ))
+            .into());
+        }
+        let mut messages = Vec::with_capacity(ids.len());
+        for raw in ids {
+            let id = MessageId::from_bytes(&raw)
+                .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+            // Another agency's message is reported exactly like an unknown one.
+            let rec = message_record(&self.state, &id)?
+                .filter(|r| r.sender == agency.as_str())
+                .ok_or(BrokerError::UnknownMessage(id))?;
+            let receipts = (0..rec.receipt_count)
+                .map(|n| receipt(&self.state, &id, n))
+                .collect::<Result<Vec<_>, _>>()?;
+            messages.push(pb::MessageReceipts {
+                message_id: raw,
+                receipts,
+            });
+        }
+        Ok(Response::new(pb::GetReceiptsResponse { messages }))
+    }
+
+    type WatchReceiptsStream = BoundedStream<pb::ReceiptEvent>;
+
+    async fn watch_receipts(
+        &self,
+        req: Request<pb::WatchReceiptsRequest>,
+    ) -> Result<Response<Self::WatchReceiptsStream>, Status> {
+        let identity = self.state.authorize(&req, Rpc::WatchReceipts)?;
+        let p = identity.principal;
+        let permit = self.state.limiter.stream(&p.uri())?;
+        let after = req.into_inner().after_cursor;
+        let (out, stream) = bounded(
+            self.state.config.subscriber_buffer,
+            self.state.config.stall_timeout,
+        );
+        let state = self.state.clone();
+        let principal = p.clone();
+        spawn_stream("WatchReceipts", &p, out, move |out| async move {
+            let _permit = permit;
+            run_receipts(state, principal, after, out).await
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn get_directory(
+        &self,
+        req: Request<pb::GetDirectoryRequest>,
+    ) -> Result<Response<pb::SignedDirectory>, Status> {
+        self.state.authorize(&req, Rpc::GetDirectory)?;
+        Ok(Response::new(self.state.directory.current().signed.to_pb()))
+    }
+}

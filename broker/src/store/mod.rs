@@ -1,0 +1,153 @@
+//! Durable state behind a trait: a handful of ordered key-value tables and
+//! one atomic, durable `commit` of a batch of writes.
+//!
+//! The delivery and audit code see only this trait, the key layout in
+//! [`keys`] and the versioned records in [`records`]. Only [`sled_store`]
+//! names sled; a replicated engine can implement [`Store`] later without
+//! touching anything above it.
+//!
+//! Architecture invariant: every write goes through [`Store::commit`], called
+//! by exactly one task (the committer), so the store never needs read-write
+//! transactions or retries.
+
+pub mod keys;
+pub mod records;
+pub mod sled_store;
+
+use std::path::Path;
+
+/// The tables. Their key layouts are in [`keys`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Store format marker, counters, the latest signed tree head.
+    Meta,
+    /// message id -> `MessageRecord`.
+    Messages,
+    /// message id -> encoded envelope; deleted when purged.
+    Envelopes,
+    /// recipient, sequence -> message id; only unsettled messages.
+    Queue,
+    /// due time, kind, message id -> nothing.
+    Deadlines,
+    /// message id, receipt number -> encoded signed receipt.
+    Receipts,
+    /// sender, cursor -> message id, receipt number.
+    ReceiptFeed,
+    /// index -> encoded audit entry.
+    Audit,
+    /// level, index -> Merkle node hash.
+    MerkleNodes,
+    /// message id, principal -> nothing: who has been sent the message.
+    Deliveries,
+}
+
+impl Table {
+    pub const ALL: [Table; 10] = [
+        Table::Meta,
+        Table::Messages,
+        Table::Envelopes,
+        Table::Queue,
+        Table::Deadlines,
+        Table::Receipts,
+        Table::ReceiptFeed,
+        Table::Audit,
+        Table::MerkleNodes,
+        Table::Deliveries,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Messages => "messages",
+            Table::Envelopes => "envelopes",
+            Table::Queue => "queue",
+            Table::Deadlines => "deadlines",
+            Table::Receipts => "receipts",
+            Table::ReceiptFeed => "receipt_feed",
+            Table::Audit => "audit",
+            Table::MerkleNodes => "merkle_nodes",
+            Table::Deliveries => "deliveries",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(Table, Vec<u8>, Vec<u8>),
+    Delete(Table, Vec<u8>),
+}
+
+/// Writes applied together, atomically, by [`Store::commit`].
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(Op::Put(table, key, value));
+    }
+
+    pub fn delete(&mut self, table: Table, key: Vec<u8>) {
+        self.ops.push(Op::Delete(table, key));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the disk is full")]
+    NoSpace,
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{path}: {message}")]
+    Refused { path: String, message: String },
+}
+
+/// Key-value pairs returned by a range read.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies every write in `batch` atomically, and returns only once they
+    /// survive a crash or power loss.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries with `start <= key < end`, in key order.
+    fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order.
+    fn prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        let mut end = prefix.to_vec();
+        // The smallest key greater than every key with this prefix.
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                return self.range(table, prefix, &end, limit);
+            }
+        }
+        self.range(table, prefix, &[0xff; 64], limit)
+    }
+
+    /// Bytes used on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Writes a consistent copy of every table to `dir` (a new store there).
+    fn backup_to(&self, dir: &Path) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,156 @@
+//! Background tasks: the deadline scheduler (escalation, expiry, purge),
+//! the periodic tree head signer, and the reloader of TLS files and the
+//! directory (on SIGHUP and when the files change).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use referral_proto::receipt::SignedTreeHead;
+
+use crate::state::BrokerState;
+use crate::store::{Table, keys};
+
+/// Deadlines carried out per scan before looking again.
+const DEADLINE_PAGE: usize = 256;
+
+/// Carries out every stored deadline that has passed, then sleeps a tick.
+/// Deadlines are stored with the messages, so they survive a restart.
+pub async fn deadlines(state: Arc<BrokerState>) {
+    loop {
+        let now = state.clock.now();
+        let due = match state.store.range(
+            Table::Deadlines,
+            &[],
+            &keys::deadline_upper(now.0),
+            DEADLINE_PAGE,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "reading deadlines failed");
+                Vec::new()
+            }
+        };
+        for (key, _) in &due {
+            if let Err(e) = state.committer.deadline(key.clone()).await {
+                tracing::error!(error = %e, "carrying out a deadline failed");
+                break;
+            }
+        }
+        if due.len() == DEADLINE_PAGE {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(state.config.deadline_tick) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Signs a tree head whenever the log has grown, at most once an interval,
+/// and persists it.
+pub async fn tree_heads(state: Arc<BrokerState>) {
+    let mut tree = state.hub.tree.subscribe();
+    let mut last_size = u64::MAX;
+    loop {
+        let (size, root) = *tree.borrow_and_update();
+        if size != last_size {
+            let head: SignedTreeHead = state.tree_heads.sign(size, root, state.clock.now());
+            state
+                .committer
+                .tree_head(prost::Message::encode_to_vec(&head.to_pb()))
+                .await;
+            state.latest_tree_head.store(Some(Arc::new(head)));
+            last_size = size;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(state.config.tree_head_interval) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            r = tree.changed() => if r.is_err() { return },
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Reloads TLS material and the directory now; logs and keeps the old
+/// ones on failure.
+pub fn reload(state: &BrokerState) -> Result<(), String> {
+    let mut problems = Vec::new();
+    match state.tls.reload() {
+        Ok(()) => tracing::info!("TLS certificates, key and CRL reloaded"),
+        Err(e) => problems.push(format!(
+            "TLS reload failed, keeping the previous material: {e}"
+        )),
+    }
+    if let Err(e) = state.directory.reload() {
+        problems.push(format!(
+            "directory reload failed, keeping version {}: {e}",
+            state.directory.current().directory.version
+        ));
+    }
+    for p in &problems {
+        tracing::error!("{p}");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn mtimes(state: &BrokerState) -> Vec<Option<SystemTime>> {
+    let c = &state.config;
+    [
+        &c.tls.certificate,
+        &c.tls.key,
+        &c.tls.client_ca,
+        &c.tls.crl,
+        &c.directory,
+    ]
+    .iter()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
+}
+
+/// Reloads when a watched file changes (polled every reload interval) or,
+/// with `sighup`, when the process gets SIGHUP.
+pub async fn reloader(state: Arc<BrokerState>, sighup: bool) {
+    let mut hup = if sighup {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut seen = mtimes(&state);
+    let interval = state.config.reload_interval.max(Duration::from_millis(100));
+    loop {
+        let signalled = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signalled => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = reload(&state);
+                seen = mtimes(&state);
+            }
+            _ = tokio::time::sleep(interval) => {
+                let now = mtimes(&state);
+                if now != seen {
+                    tracing::info!("credential or directory files changed: reloading");
+                    let _ = reload(&state);
+                    seen = now;
+                }
+            }
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The test vectors PROTOCOL.md publishes, computed from fixed inputs.
+//!
+//! `proto/tests/vectors.rs` checks that the block between the vector markers
+//! in PROTOCOL.md is exactly [`render`]'s output and that the full envelope
+//! matches `proto/testdata/envelope-v1.hex`, so the document cannot drift from
+//! the code and any change to a signing input or to sealing is caught.
+//! Every secret here is public; never use these keys for anything else.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::ack::{SignedAck, sign_ack};
+use crate::directory::{Agency, AgencyKind, Directory, EscalationContact, SignedDirectory};
+use crate::envelope::{Envelope, EnvelopeHeader};
+use crate::ids::{AgencyId, MessageId, Principal, TrustDomain};
+use crate::keys::{AgencyKeyBundle, SigningKey};
+use crate::merkle::{MemoryTree, consistency_proof, inclusion_proof, leaf_hash};
+use crate::notice::example_notice;
+use crate::receipt::{Receipt, ReceiptStatement, ReceiptStatus, SignedTreeHead, TreeHead};
+use crate::seal::{FixedIkm, hpke_info, pad, seal_with_rng};
+use crate::time::Timestamp;
+use crate::{Digest, PROTOCOL_VERSION};
+
+/// Bytes `start, start+1, …, start+31`.
+pub fn counting(start: u8) -> [u8; 32] {
+    std::array::from_fn(|i| start.wrapping_add(i as u8))
+}
+
+/// 2026-11-29T08:15:00Z.
+pub const CREATED_AT: Timestamp = Timestamp(1_795_940_100_000);
+/// 2026-11-29T08:20:00Z.
+pub const ACKED_AT: Timestamp = Timestamp(1_795_940_400_000);
+const NOT_BEFORE: Timestamp = Timestamp(1_767_225_600_000); // 2026-01-01T00:00:00Z
+const NOT_AFTER: Timestamp = Timestamp(1_830_297_600_000); // 2028-01-01T00:00:00Z
+
+/// Everything the vectors are computed from and what they produce.
+#[derive(Debug)]
+pub struct Vectors {
+    pub sender: AgencyKeyBundle,
+    pub recipient: AgencyKeyBundle,
+    pub federation: SigningKey,
+    pub broker_log: SigningKey,
+    pub directory: Directory,
+    pub signed_directory: SignedDirectory,
+    pub message_id: MessageId,
+    pub envelope: Envelope,
+    pub ack: SignedAck,
+    pub receipt: Receipt,
+}
+
+pub fn message_id() -> MessageId {
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&CREATED_AT.0.to_be_bytes()[2..]);
+    b[6] = 0x70;
+    b[7] = 0x01;
+    b[8] = 0x80;
+    b[15] = 0x01;
+    MessageId::from_bytes(&b).expect("a UUIDv7")
+}
+
+pub fn build() -> Vectors {
+    let police = AgencyId::new("polisen-huddinge").unwrap();
+    let social = AgencyId::new("huddinge-socialtjanst").unwrap();
+    let sender = AgencyKeyBundle::from_secrets(
+        police.clone(),
+        counting(0x00),
+        &counting(0x20),
+        NOT_BEFORE,
+        NOT_AFTER,
+    )
+    .expect("fixed keys");
+    let recipient = AgencyKeyBundle::from_secrets(
+        social.clone(),
+        counting(0x40),
+        &counting(0x60),
+        NOT_BEFORE,
+        NOT_AFTER,
+    )
+    .expect("fixed keys");
+    let federation = SigningKey::from_seed(counting(0x80));
+    let broker_log = SigningKey::from_seed(counting(0xa0));
+    let td = TrustDomain::new("igor.example.se").unwrap();
+    let mut agencies = BTreeMap::new();
+    agencies.insert(
+        police.clone(),
+        Agency {
+            id: police.clone(),
+            display_name: "Polisen, lokalpolisområde Huddinge".into(),
+            kind: AgencyKind::Police,
+            keys: vec![sender.public().clone()],
+            escalation: None,
+        },
+    );
+    agencies.insert(
+        social.clone(),
+        Agency {
+            id: social.clone(),
+            display_name: "Huddinge kommun, socialtjänsten".into(),
+            kind: AgencyKind::Municipal,
+            keys: vec![recipient.public().clone()],
+            escalation: Some(EscalationContact {
+                principal: Principal::parse_uri(
+                    "spiffe://igor.example.se/agency/huddinge-socialtjanst/oncall/socialjour-chef",
+                )
+                .unwrap(),
+                display_name: "Socialjouren, ansvarig chef".into(),
+                phone: "+46 8 000 000 01".into(),
+            }),
+        },
+    );
+    let directory = Directory {
+        trust_domain: td,
+        version: 1,
+        issued_at: Timestamp(1_795_939_200_000),
+        agencies,
+        broker_log_key: broker_log.verifying_key(),
+    };
+    let signed_directory = directory.sign(&federation);
+    let message_id = message_id();
+    let envelope = seal_with_rng(
+        &example_notice(),
+        &sender,
+        directory.agency(&social).unwrap(),
+        message_id,
+        CREATED_AT,
+        &mut FixedIkm::new(counting(0xc0)),
+    )
+    .expect("the example seals");
+    let ack = sign_ack(
+        message_id,
+        envelope.digest(),
+        ACKED_AT,
+        "socialjour-1",
+        &recipient,
+    )
+    .expect("valid ack");
+    let receipt = ReceiptStatement {
+        message_id,
+        envelope_digest: envelope.digest(),
+        status: ReceiptStatus::Accepted,
+        at: Timestamp(CREATED_AT.0 + 42),
+        sender: police,
+        recipient: social,
+        recipient_sequence: 1,
+        log_index: 0,
+        detail: String::new(),
+    }
+    .sign(&broker_log, None);
+    Vectors {
+        sender,
+        recipient,
+        federation,
+        broker_log,
+        directory,
+        signed_directory,
+        message_id,
+        envelope,
+        ack,
+        receipt,
+    }
+}
+
+fn hex_block(out: &mut String, name: &str, bytes: &[u8]) {
+    let _ = writeln!(out, "{name} ({} bytes):", bytes.len());
+    let h = hex::encode(bytes);
+    for chunk in h.as_bytes().chunks(64) {
+        let _ = writeln!(out, "  {}", std::str::from_utf8(chunk).unwrap());
+    }
+}
+
+fn line(out: &mut String, name: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{name}: {value}");
+}
+
+/// The encoded envelope of vector 1, as hex, 64 digits a line.
+pub fn envelope_hex(v: &Vectors) -> String {
+    let h = hex::encode(v.envelope.encode());
+    h.as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap().to_owned() + "\n")
+        .collect()
+}
+
+/// The Merkle entries of vector 6: the ASCII strings `entry 0` … `entry 6`.
+pub fn merkle_entries() -> Vec<Vec<u8>> {
+    (0..7).map(|i| format!("entry {i}").into_bytes()).collect()
+}
+
+/// The Markdown text between the vector markers of PROTOCOL.md.
+pub fn render() -> String {
+    let v = build();
+    let mut o = String::new();
+    o.push_str("```text\n");
+    o.push_str("# Keys (all secrets are public test values)\n");
+    line(&mut o, "sender agency", v.sender.agency());
+    hex_block(&mut o, "sender ed25519 seed", &counting(0x00));
+    hex_block(&mut o, "sender x25519 secret", &counting(0x20));
+    hex_block(
+        &mut o,
+        "sender ed25519 public",
+        &v.sender.public().signing.0,
+    );
+    hex_block(
+        &mut o,
+        "sender x25519 public",
+        &v.sender.public().encryption,
+    );
+    line(&mut o, "sender key id", v.sender.key_id());
+    line(&mut o, "recipient agency", v.recipient.agency());
+    hex_block(&mut o, "recipient ed25519 seed", &counting(0x40));
+    hex_block(&mut o, "recipient x25519 secret", &counting(0x60));
+    hex_block(
+        &mut o,
+        "recipient ed25519 public",
+        &v.recipient.public().signing.0,
+    );
+    hex_block(
+        &mut o,
+        "recipient x25519 public",
+        &v.recipient.public().encryption,
+    );
+    line(&mut o, "recipient key id", v.recipient.key_id());
+    line(
+        &mut o,
+        "key validity",
+        format!("[{NOT_BEFORE}, {NOT_AFTER})"),
+    );
+    hex_block(&mut o, "federation directory key seed", &counting(0x80));
+    line(
+        &mut o,
+        "federation directory key id",
+        v.federation.verifying_key().key_id(),
+    );
+    hex_block(&mut o, "broker log key seed", &counting(0xa0));
+    hex_block(
+        &mut o,
+        "broker log public key",
+        &v.broker_log.verifying_key().0,
+    );
+
+    o.push_str("\n# Vector 1: envelope (notice = notice::example_notice(), see below)\n");
+    let h: &EnvelopeHeader = &v.envelope.header;
+    line(&mut o, "message id", h.message_id);
+    line(
+        &mut o,
+        "created at",
+        format!("{} ({} ms)", h.created_at, h.created_at.0),
+    );
+    line(
+        &mut o,
+        "urgency",
+        format!("{} (code {})", h.urgency, h.urgency.code()),
+    );
+    hex_block(
+        &mut o,
+        "header canonical bytes = HPKE aad",
+        &h.canonical_bytes(),
+    );
+    hex_block(
+        &mut o,
+        "HPKE info",
+        &hpke_info(PROTOCOL_VERSION, &h.sender, &h.recipient, &h.message_id),
+    );
+    let notice = example_notice().encode();
+    line(&mut o, "encoded notice length", notice.len());
+    let padded = pad(&notice).expect("fits");
+    line(&mut o, "padded plaintext length", padded.len());
+    line(&mut o, "padded plaintext SHA-256", Digest::of(&padded));
+    hex_block(&mut o, "HPKE ikmE", &counting(0xc0));
+    hex_block(&mut o, "encapsulated key", &v.envelope.encapsulated_key);
+    line(&mut o, "ciphertext length", v.envelope.ciphertext.len());
+    line(
+        &mut o,
+        "ciphertext SHA-256",
+        Digest::of(&v.envelope.ciphertext),
+    );
+    line(&mut o, "payload digest", v.envelope.payload_digest());
+    hex_block(&mut o, "signing input", &v.envelope.signing_input());
+    hex_block(&mut o, "signature", &v.envelope.signature);
+    line(&mut o, "envelope digest", v.envelope.digest());
+    line(
+        &mut o,
+        "encoded envelope SHA-256 (full hex: proto/testdata/envelope-v1.hex)",
+        Digest::of(&v.envelope.encode()),
+    );
+
+    o.push_str("\n# Vector 2: acknowledgement by the recipient\n");
+    let s = &v.ack.statement;
+    line(
+        &mut o,
+        "acknowledged at",
+        format!("{} ({} ms)", s.acknowledged_at, s.acknowledged_at.0),
+    );
+    line(&mut o, "acknowledged by", &s.acknowledged_by);
+    hex_block(&mut o, "signing input", &s.signing_input());
+    hex_block(&mut o, "signature", &v.ack.signature);
+
+    o.push_str("\n# Vector 3: directory (version 1, both agencies, escalation contact for the municipality)\n");
+    hex_block(&mut o, "encoded Directory", &v.signed_directory.bytes);
+    line(&mut o, "signer key id", v.signed_directory.signer_key_id);
+    hex_block(&mut o, "signature", &v.signed_directory.signature);
+
+    o.push_str("\n# Vector 4: ACCEPTED receipt (sequence 1, log index 0, at created + 42 ms)\n");
+    hex_block(
+        &mut o,
+        "signing input",
+        &v.receipt.statement.signing_input(),
+    );
+    hex_block(&mut o, "signature", &v.receipt.signature);
+
+    o.push_str("\n# Vector 5: Merkle tree over the 7 ASCII entries \"entry 0\" … \"entry 6\"\n");
+    let mut tree = MemoryTree::default();
+    for (i, e) in merkle_entries().iter().enumerate() {
+        tree.append_entry(e);
+        if i == 0 {
+            line(&mut o, "leaf hash of \"entry 0\"", leaf_hash(e));
+        }
+    }
+    for size in [1u64, 2, 3, 4, 7] {
+        line(
+            &mut o,
+            &format!("root, size {size}"),
+            crate::merkle::root(&tree, size).expect("in memory"),
+        );
+    }
+    let path = inclusion_proof(&tree, 3, 7).expect("in memory");
+    line(
+        &mut o,
+        "inclusion proof, leaf 3 of 7",
+        path.iter()
+            .map(Digest::to_hex)
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    let proof = consistency_proof(&tree, 3, 7).expect("in memory");
+    line(
+        &mut o,
+        "consistency proof, 3 to 7",
+        proof
+            .iter()
+            .map(Digest::to_hex)
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    let sth: SignedTreeHead = TreeHead {
+        tree_size: 7,
+        root_hash: tree.root(),
+        timestamp: Timestamp(CREATED_AT.0 + 1000),
+    }
+    .sign(&v.broker_log);
+    hex_block(
+        &mut o,
+        "tree head signing input (size 7, at created + 1 s)",
+        &sth.head.signing_input(),
+    );
+    hex_block(&mut o, "tree head signature", &sth.signature);
+    o.push_str("```\n");
+    o
+}
