@@ -70,7 +70,8 @@ pub struct ReceiptStatement {
     pub recipient: AgencyId,
     pub recipient_sequence: u64,
     pub log_index: u64,
-    /// DELIVERED: the principal delivered to; ESCALATED: the contact alerted.
+    /// DELIVERED: the principal delivered to; ACKNOWLEDGED: the principal that
+    /// sent the ack; ESCALATED: the contact alerted. Otherwise empty.
     pub detail: String,
 }
 

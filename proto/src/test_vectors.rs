@@ -181,7 +181,7 @@ pub fn envelope_hex(v: &Vectors) -> String {
         .collect()
 }
 
-/// The Merkle entries of vector 6: the ASCII strings `entry 0` … `entry 6`.
+/// The Merkle entries of vector 5: the ASCII strings `entry 0` … `entry 6`.
 pub fn merkle_entries() -> Vec<Vec<u8>> {
     (0..7).map(|i| format!("entry {i}").into_bytes()).collect()
 }
