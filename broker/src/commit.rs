@@ -90,8 +90,9 @@ enum Job {
         key: Vec<u8>,
         reply: Reply<()>,
     },
-    TreeHead {
-        bytes: Vec<u8>,
+    Meta {
+        key: Vec<u8>,
+        value: Vec<u8>,
     },
     Backup {
         dir: PathBuf,
@@ -116,7 +117,7 @@ impl std::fmt::Debug for Job {
             Job::Delivered { .. } => "Delivered",
             Job::Reject { .. } => "Reject",
             Job::Deadline { .. } => "Deadline",
-            Job::TreeHead { .. } => "TreeHead",
+            Job::Meta { .. } => "Meta",
             Job::Backup { .. } => "Backup",
             Job::Barrier { .. } => "Barrier",
         })
@@ -201,9 +202,30 @@ impl Committer {
         ask(&self.tx, |reply| Job::Deadline { key, reply }).await
     }
 
-    /// Persists the latest signed tree head.
-    pub async fn tree_head(&self, bytes: Vec<u8>) {
-        let _ = self.tx.send(Job::TreeHead { bytes }).await;
+    /// [`Committer::meta`] from synchronous code: queued at once (in order
+    /// with everything sent before), or logged if the queue is full.
+    pub fn meta_nowait(&self, key: &[u8], value: Vec<u8>) {
+        if self
+            .tx
+            .try_send(Job::Meta {
+                key: key.to_vec(),
+                value,
+            })
+            .is_err()
+        {
+            tracing::warn!(key = %String::from_utf8_lossy(key), "the commit queue is full; a meta value was not stored");
+        }
+    }
+
+    /// Stores a value in the meta table (tree heads, the directory version).
+    pub async fn meta(&self, key: &[u8], value: Vec<u8>) {
+        let _ = self
+            .tx
+            .send(Job::Meta {
+                key: key.to_vec(),
+                value,
+            })
+            .await;
     }
 
     /// Copies the whole store to `dir` between two commits.
@@ -346,9 +368,7 @@ impl Core {
                     let wrote = tx.batch.len() > mark;
                     pending.push(Pending::Unit(reply, r, wrote));
                 }
-                Job::TreeHead { bytes } => {
-                    tx.batch.put(Table::Meta, meta::TREE_HEAD.to_vec(), bytes)
-                }
+                Job::Meta { key, value } => tx.batch.put(Table::Meta, key, value),
                 Job::Backup { dir, reply } => backups.push((dir, reply)),
                 Job::Barrier { reply } => pending.push(Pending::Barrier(reply)),
             }

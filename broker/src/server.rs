@@ -43,6 +43,10 @@ pub enum StartError {
     LogKey { path: String, message: String },
     #[error("the log key in {path} is not the broker log key the directory publishes")]
     LogKeyMismatch { path: String },
+    #[error(
+        "the directory file holds version {found}, older than version {served} this broker has served; refusing a rollback"
+    )]
+    DirectoryRollback { found: u64, served: u64 },
     #[error("gRPC server: {0}")]
     Serve(String),
 }
@@ -95,6 +99,14 @@ pub async fn start(
     }
     let tls = Arc::new(TlsState::open(&config.tls)?);
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+    let directory_version = directory.current().directory.version;
+    let served = crate::hub::read_u64(&*store, crate::store::keys::meta::DIRECTORY_VERSION)?;
+    if directory_version < served {
+        return Err(StartError::DirectoryRollback {
+            found: directory_version,
+            served,
+        });
+    }
     let frontier = commit::restore_frontier(&*store)?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
     let (committer, committer_thread) = commit::start(CommitterDeps {
@@ -128,6 +140,13 @@ pub async fn start(
         config,
     });
 
+    state
+        .committer
+        .meta(
+            crate::store::keys::meta::DIRECTORY_VERSION,
+            directory_version.to_be_bytes().to_vec(),
+        )
+        .await;
     tokio::spawn(tasks::deadlines(state.clone()));
     tokio::spawn(tasks::tree_heads(state.clone()));
     tokio::spawn(tasks::reloader(state.clone(), opts.sighup));

@@ -55,9 +55,10 @@ pub async fn tree_heads(state: Arc<BrokerState>) {
         let (size, root) = *tree.borrow_and_update();
         if size != last_size {
             let head: SignedTreeHead = state.tree_heads.sign(size, root, state.clock.now());
+            let bytes = prost::Message::encode_to_vec(&head.to_pb());
             state
                 .committer
-                .tree_head(prost::Message::encode_to_vec(&head.to_pb()))
+                .meta(crate::store::keys::meta::TREE_HEAD, bytes)
                 .await;
             state.latest_tree_head.store(Some(Arc::new(head)));
             last_size = size;
@@ -83,11 +84,18 @@ pub fn reload(state: &BrokerState) -> Result<(), String> {
             "TLS reload failed, keeping the previous material: {e}"
         )),
     }
-    if let Err(e) = state.directory.reload() {
-        problems.push(format!(
+    match state.directory.reload() {
+        Ok(version) => {
+            // Remembered so that a restart with an older file is refused too.
+            state.committer.meta_nowait(
+                crate::store::keys::meta::DIRECTORY_VERSION,
+                version.to_be_bytes().to_vec(),
+            );
+        }
+        Err(e) => problems.push(format!(
             "directory reload failed, keeping version {}: {e}",
             state.directory.current().directory.version
-        ));
+        )),
     }
     for p in &problems {
         tracing::error!("{p}");

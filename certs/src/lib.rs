@@ -2,6 +2,7 @@
 //! from tests, the broker's `dev` command and the demo.
 //!
 //! # Layout
+//! - [`cli`]: the `certs` command line.
 //! - [`pki`]: X.509 with rcgen: the CA, leaf certificates with SPIFFE URI SANs, CRLs.
 //! - [`federation`]: a federation folder: registry, CA, directory key, CRL, signed directory.
 //! - [`keygen`]: agency-side generation of end-to-end key bundles (the federation
@@ -16,6 +17,7 @@
 //! excludes `*.key` and the default dev folder).
 
 pub mod broker_creds;
+pub mod cli;
 pub mod dev;
 pub mod federation;
 pub mod keygen;

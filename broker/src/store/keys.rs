@@ -124,6 +124,8 @@ pub mod meta {
     pub const FORMAT: &[u8] = b"store-format";
     pub const AUDIT_SIZE: &[u8] = b"audit-size";
     pub const TREE_HEAD: &[u8] = b"tree-head";
+    /// The newest directory version this broker has served (rollback guard).
+    pub const DIRECTORY_VERSION: &[u8] = b"directory-version";
 
     /// The last sequence number given to a message for `recipient`.
     pub fn last_seq(recipient: &AgencyId) -> Vec<u8> {

@@ -1,0 +1,351 @@
+//! The `certs` command line: parsed here, carried out by the rest of the library.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::federation::Federation;
+use crate::profile::{self, NewProfile};
+use crate::{broker_creds, dev, keygen, now};
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use referral_proto::directory::{AgencyKind, EscalationContact};
+use referral_proto::ids::{AgencyId, Principal, TrustDomain};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The referral federation's PKI tool: CA, certificates, CRLs, agency keys and the signed directory.
+#[derive(Debug, Parser)]
+#[command(name = "certs", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a complete development federation (two agencies, five principals, broker credentials).
+    Dev {
+        /// Folder to create (must be empty or an earlier dev federation).
+        #[arg(long, default_value = "dev-federation")]
+        dir: PathBuf,
+        /// Address clients will use to reach the broker.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        broker_addr: String,
+        /// Replace an existing development federation in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a new federation: CA, directory key, empty registry.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        trust_domain: String,
+        /// CA validity in days.
+        #[arg(long, default_value_t = 3650)]
+        ca_days: i64,
+    },
+    /// Register an agency.
+    AddAgency {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        /// police or municipal.
+        #[arg(long)]
+        kind: AgencyKind,
+        #[arg(long)]
+        name: String,
+        /// SPIFFE id alerted when the agency misses an ack deadline.
+        #[arg(long, requires_all = ["escalation_name", "escalation_phone"])]
+        escalation_principal: Option<String>,
+        #[arg(long)]
+        escalation_name: Option<String>,
+        #[arg(long)]
+        escalation_phone: Option<String>,
+    },
+    /// Generate an agency key bundle (run by the agency): OUT (secret, 0600) and OUT.pub.
+    Keygen {
+        #[arg(long)]
+        agency: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days from now.
+        #[arg(long, default_value_t = 730)]
+        days: i64,
+        /// Start of validity (RFC 3339); default now. Use a future time to stage a rotation.
+        #[arg(long)]
+        not_before: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Register the public half (a .pub file from keygen) of an agency key bundle.
+    AddKey {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        public: PathBuf,
+    },
+    /// Create the broker's server certificate, key and log key in OUT.
+    Broker {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS names for the server certificate.
+        #[arg(long = "dns", required = true)]
+        dns: Vec<String>,
+        /// IP addresses for the server certificate.
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate and write a profile folder for it.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// spiffe://TRUST-DOMAIN/agency/AGENCY-ID/ROLE/NAME
+        #[arg(long)]
+        principal: String,
+        /// Profile folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// https://host:port of the broker.
+        #[arg(long)]
+        broker: String,
+        /// DNS name in the broker's certificate.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// Agency key bundle files to put in the profile (system and oncall roles).
+        #[arg(long = "agency-keys")]
+        agency_keys: Vec<PathBuf>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke certificates by serial (hex) or subject (SPIFFE id), and write a new CRL.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A serial number in hex or a SPIFFE id.
+        target: String,
+    },
+    /// Write a fresh CRL (CRLs expire; the broker refuses clients once its CRL has).
+    Crl {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Sign and write the next directory version (directory.bin).
+    Directory {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Show the registry: agencies, keys and certificates.
+    Show {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Carries out a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let now = now();
+    match cli.command {
+        Command::Dev {
+            dir,
+            broker_addr,
+            force,
+        } => {
+            let dev = dev::create(&dir, &dev::DevOptions { broker_addr, force }, now)?;
+            println!("development federation written to {}", dev.dir.display());
+            println!("  federation: {}", dev.federation_dir().display());
+            println!("  broker:     {}", dev.broker_dir().display());
+            for name in dev::DevFederation::profile_names() {
+                println!("  profile:    {}", dev.profile(&name).display());
+            }
+        }
+        Command::Init {
+            dir,
+            trust_domain,
+            ca_days,
+        } => {
+            let td = TrustDomain::new(trust_domain)?;
+            Federation::init(&dir, &td, now, ca_days)?;
+            println!("federation {td} created in {}", dir.display());
+        }
+        Command::AddAgency {
+            dir,
+            id,
+            kind,
+            name,
+            escalation_principal,
+            escalation_name,
+            escalation_phone,
+        } => {
+            let mut fed = Federation::open(&dir)?;
+            let escalation = match escalation_principal {
+                None => None,
+                Some(p) => Some(EscalationContact {
+                    principal: Principal::parse_uri(&p).context("--escalation-principal")?,
+                    display_name: escalation_name.unwrap_or_default(),
+                    phone: escalation_phone.unwrap_or_default(),
+                }),
+            };
+            fed.add_agency(&AgencyId::new(id.clone())?, kind, &name, escalation)?;
+            println!(
+                "agency {id} registered; publish with 'certs directory --dir {}'",
+                dir.display()
+            );
+        }
+        Command::Keygen {
+            agency,
+            out,
+            days,
+            not_before,
+            force,
+        } => {
+            let nb = match not_before {
+                Some(t) => referral_proto::time::Timestamp::parse_rfc3339(&t)?,
+                None => now,
+            };
+            let (bundle, files) = keygen::generate(
+                &AgencyId::new(agency)?,
+                &out,
+                nb,
+                nb.plus_millis(days * DAY_MS),
+                force,
+            )?;
+            println!(
+                "key bundle {} written to {} (secret) and {}",
+                bundle.key_id(),
+                files.secret.display(),
+                files.public.display()
+            );
+        }
+        Command::AddKey { dir, public } => {
+            let mut fed = Federation::open(&dir)?;
+            let id = fed.add_agency_key(&keygen::read_public(&public)?)?;
+            println!(
+                "key {id} registered; publish with 'certs directory --dir {}'",
+                dir.display()
+            );
+        }
+        Command::Broker {
+            dir,
+            out,
+            dns,
+            ips,
+            days,
+            force,
+        } => {
+            let mut fed = Federation::open(&dir)?;
+            broker_creds::create(&mut fed, &out, dns, ips, now, days, force)?;
+            println!(
+                "broker credentials written to {}; publish the log key with 'certs directory'",
+                out.display()
+            );
+        }
+        Command::Issue {
+            dir,
+            principal,
+            out,
+            broker,
+            server_name,
+            agency_keys,
+            days,
+            force,
+        } => {
+            let mut fed = Federation::open(&dir)?;
+            let p = Principal::parse_uri(&principal)?;
+            if !broker.starts_with("https://") {
+                bail!("--broker {broker:?} must be an https:// address");
+            }
+            let issued =
+                fed.issue_principal(&p, now.plus_millis(-60_000), now.plus_millis(days * DAY_MS))?;
+            let ca_pem = fed.ca().cert_pem().to_owned();
+            profile::write(
+                &out,
+                &NewProfile {
+                    principal: &p,
+                    broker: &broker,
+                    server_name: &server_name,
+                    issued: &issued,
+                    ca_pem: &ca_pem,
+                    federation_key: &fed.federation_key(),
+                    bundle_files: &agency_keys,
+                },
+                force,
+            )?;
+            println!(
+                "certificate {} for {p} written to profile {}",
+                hex::encode(&issued.serial),
+                out.display()
+            );
+        }
+        Command::Revoke { dir, target } => {
+            let mut fed = Federation::open(&dir)?;
+            for serial in fed.revoke(&target, now)? {
+                println!("revoked {serial}");
+            }
+            println!(
+                "CRL written to {}; the broker picks it up on reload (SIGHUP)",
+                dir.join("crl.pem").display()
+            );
+        }
+        Command::Crl { dir } => {
+            Federation::open(&dir)?.write_crl(now)?;
+            println!("CRL written to {}", dir.join("crl.pem").display());
+        }
+        Command::Directory { dir } => {
+            let mut fed = Federation::open(&dir)?;
+            fed.publish_directory(now)?;
+            println!(
+                "directory version {} written to {}",
+                fed.state().directory_version,
+                dir.join("directory.bin").display()
+            );
+        }
+        Command::Show { dir } => {
+            let fed = Federation::open(&dir)?;
+            let s = fed.state();
+            println!(
+                "trust domain {}, directory version {}, CRL number {}",
+                s.trust_domain, s.directory_version, s.crl_number
+            );
+            for a in &s.agencies {
+                println!("agency {} ({}) {}", a.id, a.kind.as_str(), a.display_name);
+                for k in &a.keys {
+                    println!(
+                        "  key {} valid {} .. {}",
+                        k.key_id, k.not_before, k.not_after
+                    );
+                }
+            }
+            for c in &s.certificates {
+                let state = c
+                    .revoked_at
+                    .map_or("valid".to_owned(), |t| format!("revoked {t}"));
+                println!(
+                    "cert {} {} until {} ({state})",
+                    c.serial, c.subject, c.not_after
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the CLI and turns the outcome into an exit code, printing errors.
+pub fn main_with(cli: Cli) -> std::process::ExitCode {
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
