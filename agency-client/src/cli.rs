@@ -1,1 +1,538 @@
-//! The `agency-client` command line.
+//! The `agency-client` command line, for agency systems' operators, on-call
+//! staff and auditors. Every command takes `--profile DIR` (a folder made by
+//! `certs`) and prints for people, or JSON with `--json`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use referral_proto::envelope::Urgency;
+use referral_proto::ids::{AgencyId, MessageId};
+use referral_proto::notice::ReferralNotice;
+use referral_proto::receipt::Receipt;
+use serde_json::json;
+
+use crate::Client;
+use crate::alerts::{AlertEvent, IncomingReferral};
+
+/// Send, receive and acknowledge referrals; verify the broker's audit log.
+#[derive(Debug, Parser)]
+#[command(name = "agency-client", version)]
+pub struct Cli {
+    /// Profile folder (certificate, key, CA, federation key, agency keys).
+    #[arg(long, env = "AGENCY_CLIENT_PROFILE", global = true)]
+    pub profile: Option<PathBuf>,
+    /// Machine-readable output (JSON; one object per line for streams).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Seal a referral (JSON file) to an agency and submit it.
+    Send {
+        /// Recipient agency id, e.g. huddinge-socialtjanst.
+        #[arg(long)]
+        to: String,
+        /// The referral notice as JSON (see PROTOCOL.md, "Referral notice").
+        #[arg(long)]
+        referral: PathBuf,
+        /// Reuse a message id to resend the same referral (the broker deduplicates).
+        #[arg(long)]
+        message_id: Option<String>,
+    },
+    /// Show alerts for this agency as they come (waiting ones first).
+    Listen {
+        /// Stop after the messages waiting now have been shown.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Acknowledge a referral with this agency's signature.
+    Ack {
+        /// The message id.
+        id: String,
+        /// Who takes it: a staff identifier (default: this profile's principal name).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Show the receipts of messages this agency sent.
+    Status {
+        /// Message ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Show receipts for this agency's messages as they happen.
+    Receipts {
+        /// Show only receipts after this cursor.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep waiting for new receipts.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Show the federation directory (verified against the pinned federation key).
+    Directory,
+    /// Auditor commands: verify, replay and prove the broker's log.
+    #[command(subcommand)]
+    Audit(crate::auditor::AuditCommand),
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let Some(profile) = cli.profile.clone() else {
+        bail!("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)");
+    };
+    let client = Client::connect_dir(&profile).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Send {
+            to,
+            referral,
+            message_id,
+        } => {
+            let text = std::fs::read_to_string(&referral)
+                .with_context(|| format!("cannot read {}", referral.display()))?;
+            let notice: ReferralNotice = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a valid referral notice", referral.display())
+            })?;
+            if let Err(e) = notice.validate() {
+                bail!("{}: {e}", referral.display());
+            }
+            let to = AgencyId::new(to)?;
+            let sent = match message_id {
+                Some(id) => client.send_with_id(&to, &notice, id.parse()?).await?,
+                None => client.send(&to, &notice).await?,
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({"message_id": sent.message_id.to_string(), "duplicate": sent.duplicate, "receipt": receipt_json(&sent.receipt)})
+                );
+            } else {
+                println!(
+                    "sent {} referral {} to {to}",
+                    notice.urgency, sent.message_id
+                );
+                println!(
+                    "  {}{}",
+                    receipt_line(&sent.receipt),
+                    if sent.duplicate {
+                        " (already accepted earlier)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Command::Listen { once } => {
+            let mut alerts = client.subscribe().await?;
+            let me = client.principal().uri();
+            while let Some(ev) = alerts.next().await? {
+                if json {
+                    println!("{}", event_json(&ev));
+                } else if let Some(text) = event_text(&ev, &profile, &me) {
+                    println!("{text}");
+                }
+                if once && matches!(ev, AlertEvent::CaughtUp { .. }) {
+                    break;
+                }
+            }
+        }
+        Command::Ack { id, by } => {
+            let id: MessageId = id.parse()?;
+            let by = by.unwrap_or_else(|| client.principal().name.clone());
+            let acked = client.ack(id, &by).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"message_id": id.to_string(), "already_acknowledged": acked.already_acknowledged, "receipt": receipt_json(&acked.receipt)})
+                );
+            } else if acked.already_acknowledged {
+                let by = acked
+                    .receipt
+                    .ack
+                    .as_ref()
+                    .map(|a| a.statement.acknowledged_by.clone())
+                    .unwrap_or_default();
+                println!("{id} was already acknowledged by {by}; nothing more to do");
+            } else {
+                println!("acknowledged {id} as {by}");
+                println!("  {}", receipt_line(&acked.receipt));
+            }
+        }
+        Command::Status { ids } => {
+            let ids = ids
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<Vec<MessageId>, _>>()?;
+            for (id, receipts) in client.receipts(&ids).await? {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"message_id": id.to_string(), "receipts": receipts.iter().map(receipt_json).collect::<Vec<_>>()})
+                    );
+                } else {
+                    println!("{id}");
+                    for r in &receipts {
+                        println!("  {}", receipt_line(r));
+                    }
+                }
+            }
+        }
+        Command::Receipts { after, follow } => {
+            let mut stream = client.watch_receipts(after).await?;
+            // Without --follow, stop once the stream has nothing more for a moment.
+            loop {
+                let next = if follow {
+                    stream.next().await?
+                } else {
+                    match tokio::time::timeout(std::time::Duration::from_millis(500), stream.next())
+                        .await
+                    {
+                        Ok(r) => r?,
+                        Err(_) => break,
+                    }
+                };
+                let Some((cursor, r)) = next else { break };
+                if json {
+                    println!("{}", json!({"cursor": cursor, "receipt": receipt_json(&r)}));
+                } else {
+                    println!("#{cursor} {} {}", r.statement.message_id, receipt_line(&r));
+                }
+            }
+        }
+        Command::Directory => {
+            let dir = client.refresh_directory().await?;
+            if json {
+                let agencies: Vec<_> = dir
+                    .agencies
+                    .values()
+                    .map(|a| {
+                        json!({
+                            "id": a.id.to_string(), "display_name": a.display_name, "kind": a.kind.as_str(),
+                            "keys": a.keys.iter().map(|k| json!({"key_id": k.key_id.to_string(), "not_before": k.not_before.to_string(), "not_after": k.not_after.to_string()})).collect::<Vec<_>>(),
+                            "escalation": a.escalation.as_ref().map(|e| json!({"principal": e.principal.uri(), "display_name": e.display_name, "phone": e.phone})),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"trust_domain": dir.trust_domain.to_string(), "version": dir.version, "issued_at": dir.issued_at.to_string(), "agencies": agencies})
+                );
+            } else {
+                println!(
+                    "directory of {} version {} (issued {}), signature verified",
+                    dir.trust_domain, dir.version, dir.issued_at
+                );
+                for a in dir.agencies.values() {
+                    println!("  {:<24} {:<9} {}", a.id, a.kind.as_str(), a.display_name);
+                    for k in &a.keys {
+                        println!(
+                            "    key {} valid {} .. {}",
+                            k.key_id, k.not_before, k.not_after
+                        );
+                    }
+                    if let Some(e) = &a.escalation {
+                        println!(
+                            "    escalation: {} ({}, {})",
+                            e.display_name, e.principal, e.phone
+                        );
+                    }
+                }
+            }
+        }
+        Command::Audit(cmd) => return crate::auditor::run(&client, cmd, json).await,
+    }
+    Ok(true)
+}
+
+fn receipt_line(r: &Receipt) -> String {
+    let s = &r.statement;
+    let mut line = format!(
+        "{} at {} (queue position {}, log index {}; broker signature verified)",
+        s.status, s.at, s.recipient_sequence, s.log_index
+    );
+    if let Some(ack) = &r.ack {
+        line.push_str(&format!(
+            "; acknowledged by {} of {} at {} (signature verified)",
+            ack.statement.acknowledged_by,
+            ack.statement.acker_agency,
+            ack.statement.acknowledged_at
+        ));
+    } else if !s.detail.is_empty() {
+        line.push_str(&format!("; {}", s.detail));
+    }
+    line
+}
+
+fn receipt_json(r: &Receipt) -> serde_json::Value {
+    let s = &r.statement;
+    json!({
+        "message_id": s.message_id.to_string(),
+        "status": s.status,
+        "at": s.at.to_string(),
+        "sender": s.sender.to_string(),
+        "recipient": s.recipient.to_string(),
+        "recipient_sequence": s.recipient_sequence,
+        "log_index": s.log_index,
+        "detail": s.detail,
+        "envelope_digest": s.envelope_digest.to_hex(),
+        "acknowledged_by": r.ack.as_ref().map(|a| a.statement.acknowledged_by.clone()),
+        "acknowledged_at": r.ack.as_ref().map(|a| a.statement.acknowledged_at.to_string()),
+    })
+}
+
+fn event_json(ev: &AlertEvent) -> serde_json::Value {
+    match ev {
+        AlertEvent::Referral(r) => json!({
+            "event": "referral", "message_id": r.message_id.to_string(), "sender": r.sender.to_string(),
+            "sequence": r.sequence, "urgency": r.urgency, "created_at": r.created_at.to_string(),
+            "ack_deadline": r.ack_deadline.to_string(), "redelivery": r.redelivery, "escalated": r.escalated,
+            "envelope_digest": r.envelope_digest.to_hex(), "notice": r.notice,
+        }),
+        AlertEvent::Unreadable {
+            message_id,
+            sequence,
+            error,
+        } => {
+            json!({"event": "unreadable", "message_id": message_id.map(|m| m.to_string()), "sequence": sequence, "error": error})
+        }
+        AlertEvent::Settled {
+            message_id,
+            sequence,
+            acknowledged_by,
+            at,
+        } => {
+            json!({"event": "settled", "message_id": message_id.to_string(), "sequence": sequence, "acknowledged_by": acknowledged_by, "at": at.to_string()})
+        }
+        AlertEvent::Escalation {
+            message_id,
+            sender,
+            recipient,
+            urgency,
+            deadline,
+            sequence,
+        } => json!({
+            "event": "escalation", "message_id": message_id.to_string(), "sender": sender, "recipient": recipient,
+            "urgency": urgency, "deadline": deadline.to_string(), "sequence": sequence,
+        }),
+        AlertEvent::CaughtUp { sequence } => json!({"event": "caught_up", "sequence": sequence}),
+        AlertEvent::Heartbeat { at } => json!({"event": "heartbeat", "at": at.to_string()}),
+    }
+}
+
+fn event_text(ev: &AlertEvent, profile: &std::path::Path, me: &str) -> Option<String> {
+    match ev {
+        AlertEvent::Referral(r) => Some(referral_text(r, profile)),
+        AlertEvent::Unreadable {
+            message_id,
+            sequence,
+            error,
+        } => Some(format!(
+            "!! message {} (queue position {sequence}) failed verification and is not shown: {error}",
+            message_id.map_or("?".into(), |m| m.to_string())
+        )),
+        AlertEvent::Settled {
+            message_id,
+            acknowledged_by,
+            at,
+            ..
+        } => Some(format!(
+            "-- {message_id} was acknowledged by {acknowledged_by} at {at}"
+        )),
+        AlertEvent::Escalation {
+            message_id,
+            sender,
+            deadline,
+            urgency,
+            ..
+        } => Some(format!(
+            "!! ESCALATION: {} referral {message_id} from {sender} was not acknowledged by {deadline}{}",
+            urgency.map_or("", |u| u.as_str()),
+            if me.is_empty() {
+                ""
+            } else {
+                "; please take it now"
+            }
+        )),
+        AlertEvent::CaughtUp { .. } => {
+            Some("-- all waiting referrals shown; listening for new ones".into())
+        }
+        AlertEvent::Heartbeat { .. } => None,
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.trim().is_empty() { "-" } else { s }
+}
+
+/// The full referral, for the on-call person at the recipient agency.
+fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
+    let n = &r.notice;
+    let s = &n.subject;
+    let c = &n.safe_contact;
+    let urgency = match r.urgency {
+        Urgency::Immediate => "IMMEDIATE",
+        Urgency::Urgent => "URGENT",
+        Urgency::Routine => "routine",
+    };
+    let mut out = format!(
+        "== {urgency} referral {} from {} (queue position {}){}{}\n   acknowledge by {}\n",
+        r.message_id,
+        if r.sender_name.is_empty() {
+            r.sender.as_str()
+        } else {
+            &r.sender_name
+        },
+        r.sequence,
+        if r.redelivery { ", shown before" } else { "" },
+        if r.escalated { ", ESCALATED" } else { "" },
+        r.ack_deadline
+    );
+    let mut field = |name: &str, value: String| out.push_str(&format!("   {name:<16}{value}\n"));
+    field(
+        "Subject:",
+        format!(
+            "{}, {} (protected identity: {})",
+            s.name,
+            or_dash(&s.personal_identity_number),
+            yes_no(s.protected_identity)
+        ),
+    );
+    let has_address = !(s.street_address.is_empty() && s.city.is_empty());
+    if has_address && !s.protected_identity {
+        field(
+            "Address:",
+            format!("{}, {} {}", s.street_address, s.postal_code, s.city),
+        );
+    }
+    field(
+        "Safe contact:",
+        format!(
+            "{:?} {}; best time {}; leave a message: {}; language {}{}",
+            c.channel,
+            or_dash(&c.address),
+            or_dash(&c.best_time),
+            yes_no(c.safe_to_leave_message),
+            or_dash(&c.language),
+            if c.interpreter_needed {
+                "; interpreter needed"
+            } else {
+                ""
+            }
+        ),
+    );
+    field(
+        "Legal basis:",
+        format!(
+            "{:?}, {}: {}",
+            n.legal_basis.kind, n.legal_basis.citation, n.legal_basis.reason
+        ),
+    );
+    field(
+        "Consent:",
+        format!(
+            "{:?}{}",
+            n.consent.state,
+            n.consent
+                .obtained_at
+                .map(|t| format!(" (by {} at {t})", n.consent.obtained_by))
+                .unwrap_or_default()
+        ),
+    );
+    field("Victim aware:", format!("{:?}", n.victim_aware));
+    field(
+        "Risk:",
+        format!(
+            "{:?} {}{}",
+            n.risk.tool,
+            n.risk.level.map(|l| format!("{l:?}")).unwrap_or_default(),
+            n.risk
+                .assessed_at
+                .map(|t| format!(" (assessed {t})"))
+                .unwrap_or_default()
+        ),
+    );
+    if !n.children.is_empty() {
+        let kids: Vec<String> = n
+            .children
+            .iter()
+            .map(|k| {
+                format!(
+                    "{} y{}{}",
+                    k.age,
+                    if k.present { ", present" } else { "" },
+                    if k.witnessed { ", witnessed" } else { "" }
+                )
+            })
+            .collect();
+        field("Children:", kids.join("; "));
+    }
+    if !n.requested_support.is_empty() {
+        field("Requested:", format!("{:?}", n.requested_support));
+    }
+    if let Some(t) = n.respond_by {
+        field("Respond by:", t.to_string());
+    }
+    let p = &n.sender_contact;
+    field(
+        "Sender case:",
+        format!(
+            "{}; contact {} ({}) {} {}",
+            n.sender_case_reference,
+            p.name,
+            or_dash(&p.title),
+            p.phone,
+            p.email
+        ),
+    );
+    if !n.free_text.is_empty() {
+        field("Notes:", n.free_text.clone());
+    }
+    out.push_str(&format!(
+        "   to acknowledge: agency-client --profile {} ack {}\n",
+        profile.display(),
+        r.message_id
+    ));
+    out
+}
+
+/// Runs the CLI to completion and turns the outcome into an exit code:
+/// 0 done, 1 an error (printed), 2 an audit that found failures.
+pub fn main_with(cli: Cli) -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(2),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The example in `agency-client/examples/referral.json` (which the
+    /// README points people to) is the library's example notice.
+    #[test]
+    fn the_example_referral_file_is_valid() {
+        let text = include_str!("../examples/referral.json");
+        let n: referral_proto::notice::ReferralNotice = serde_json::from_str(text).unwrap();
+        n.validate().unwrap();
+        assert_eq!(n, referral_proto::notice::example_notice());
+    }
+}

@@ -149,11 +149,14 @@ impl Client {
         &self.profile
     }
 
-    pub(crate) fn broker(&self) -> ReferralBrokerClient<Channel> {
+    /// The raw gRPC client on this connection, for tools and tests that
+    /// must send what the library would refuse to build.
+    pub fn broker(&self) -> ReferralBrokerClient<Channel> {
         ReferralBrokerClient::new(self.channel.clone()).max_decoding_message_size(1024 * 1024)
     }
 
-    pub(crate) fn auditor_rpc(&self) -> AuditorClient<Channel> {
+    /// The raw auditor gRPC client on this connection.
+    pub fn auditor_rpc(&self) -> AuditorClient<Channel> {
         AuditorClient::new(self.channel.clone()).max_decoding_message_size(1024 * 1024)
     }
 

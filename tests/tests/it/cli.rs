@@ -1,0 +1,237 @@
+//! The `agency-client` and `certs` command lines, run as child processes
+//! against a real broker, including the errors people will meet.
+
+use std::path::Path;
+
+use integration_tests::*;
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_under-test"))
+}
+
+async fn client(h: &Harness, profile: &str, args: &[&str]) -> (i32, String, String) {
+    let p = h.profile(profile).display().to_string();
+    let mut all = vec!["--profile", p.as_str()];
+    all.extend_from_slice(args);
+    run_tool(exe(), "agency-client", &all).await
+}
+
+fn write_referral(dir: &Path, notice: &referral_proto::notice::ReferralNotice) -> String {
+    let path = dir.join("referral.json");
+    std::fs::write(&path, serde_json::to_string_pretty(notice).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn send_listen_ack_status_and_directory() {
+    let h = Harness::start().await;
+    let file = write_referral(h.dir(), &referral_proto::notice::example_notice());
+    let (code, out, err) = client(
+        &h,
+        POLICE_SYSTEM,
+        &["--json", "send", "--to", SOCIAL, "--referral", &file],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let sent: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(sent["receipt"]["status"], "ACCEPTED");
+
+    let (code, out, err) = client(&h, SOCIAL_ONCALL, &["--json", "listen", "--once"]).await;
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["event"], "referral");
+    assert_eq!(events[0]["message_id"], id.as_str());
+    assert_eq!(
+        events[0]["notice"]["subject"]["name"],
+        "Testperson Andersson"
+    );
+    assert_eq!(events.last().unwrap()["event"], "caught_up");
+
+    // The readable form for a person on call.
+    let (code, out, _) = client(&h, SOCIAL_ONCALL, &["listen", "--once"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("URGENT referral")
+            && out.contains("Legal basis:")
+            && out.contains(&format!("ack {id}")),
+        "{out}"
+    );
+
+    let (code, out, err) = client(&h, SOCIAL_ONCALL, &["ack", &id, "--by", "jour-3"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("acknowledged {id} as jour-3")),
+        "{out}"
+    );
+    let (code, out, _) = client(&h, SOCIAL_ONCALL, &["ack", &id]).await;
+    assert_eq!(code, 1, "a settled message is no longer waiting: {out}");
+
+    let (code, out, err) = client(&h, POLICE_SYSTEM, &["--json", "status", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let statuses: Vec<&str> = status["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ACCEPTED", "DELIVERED", "ACKNOWLEDGED"]);
+    assert_eq!(status["receipts"][2]["acknowledged_by"], "jour-3");
+
+    let (code, out, _) = client(&h, POLICE_SYSTEM, &["directory"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("huddinge-socialtjanst") && out.contains("signature verified"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn errors_name_the_problem() {
+    let h = Harness::start().await;
+    let good = write_referral(h.dir(), &referral_proto::notice::example_notice());
+
+    let (code, _, err) = run_tool(
+        exe(),
+        "agency-client",
+        &["--profile", "/nonexistent", "directory"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not a profile folder"), "{err}");
+
+    let (code, _, err) = client(
+        &h,
+        POLICE_SYSTEM,
+        &["send", "--to", "okand-kommun", "--referral", &good],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("agency okand-kommun is not in the directory"),
+        "{err}"
+    );
+
+    let mut bad = referral_proto::notice::example_notice();
+    bad.legal_basis.reason.clear();
+    bad.sender_case_reference = "ref 19850312-2387".into();
+    let bad_file = h.dir().join("bad.json");
+    std::fs::write(&bad_file, serde_json::to_string(&bad).unwrap()).unwrap();
+    let (code, _, err) = client(
+        &h,
+        POLICE_SYSTEM,
+        &[
+            "send",
+            "--to",
+            SOCIAL,
+            "--referral",
+            bad_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("legal_basis.reason: is required")
+            && err.contains("sender_case_reference: must not contain a personal identity number"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("19850312"),
+        "errors never echo personal data: {err}"
+    );
+
+    let (code, _, err) = client(
+        &h,
+        SOCIAL_ONCALL,
+        &["send", "--to", POLICE, "--referral", &good],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("PERMISSION_DENIED") && err.contains("role oncall may not call Submit"),
+        "{err}"
+    );
+
+    // An expired certificate: the client says so before trying.
+    let expired_dir = h.dir().join("expired-profile");
+    let mut fed = h.federation();
+    let p = referral_proto::ids::Principal::parse_uri(
+        "spiffe://igor.example.se/agency/polisen-huddinge/system/gammal",
+    )
+    .unwrap();
+    let now = certs::now();
+    let issued = fed
+        .issue_principal(
+            &p,
+            now.plus_millis(-3 * 86_400_000),
+            now.plus_millis(-86_400_000),
+        )
+        .unwrap();
+    let ca = std::fs::read_to_string(h.dev.federation_dir().join("ca.pem")).unwrap();
+    certs::profile::write(
+        &expired_dir,
+        &certs::profile::NewProfile {
+            principal: &p,
+            broker: &format!("https://{}", h.addr),
+            server_name: "localhost",
+            issued: &issued,
+            ca_pem: &ca,
+            federation_key: &fed.federation_key(),
+            bundle_files: &[h.dev.agency_keys_dir().join(format!("{POLICE}.key"))],
+        },
+        false,
+    )
+    .unwrap();
+    let (code, _, err) = run_tool(
+        exe(),
+        "agency-client",
+        &["--profile", expired_dir.to_str().unwrap(), "directory"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("the certificate expired at"), "{err}");
+
+    // A key file others can read is refused, with the fix.
+    let key = h.profile(POLICE_SYSTEM).join("key.pem");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, _, err) = client(&h, POLICE_SYSTEM, &["directory"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[tokio::test]
+async fn certs_dev_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fed");
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = run_tool(exe(), "certs", &["dev", "--dir", d]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("profile:"), "{out}");
+    let (code, _, err) = run_tool(exe(), "certs", &["dev", "--dir", d]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("already holds a development federation; pass --force"),
+        "{err}"
+    );
+    let (code, _, err) = run_tool(exe(), "certs", &["dev", "--dir", d, "--force"]).await;
+    assert_eq!(code, 0, "{err}");
+    let other = tmp.path().join("mine");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep").unwrap();
+    let (code, _, err) = run_tool(
+        exe(),
+        "certs",
+        &["dev", "--dir", other.to_str().unwrap(), "--force"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a development federation"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "keep"
+    );
+}

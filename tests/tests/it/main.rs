@@ -1,0 +1,21 @@
+//! End-to-end scenarios over a real broker with real mTLS (see the harness
+//! in `tests/src/lib.rs`). One module per concern:
+
+/// The command-line tools as people use them.
+mod cli;
+/// Deadlines, escalation, expiry, purge on a moved clock.
+mod deadlines;
+/// Fan-out, first ack wins, redelivery, stuck subscribers.
+mod delivery;
+/// The demo.
+mod demo;
+/// Referrals both ways, receipts, idempotent resubmission.
+mod exchange;
+/// No personal data in logs or on disk.
+mod privacy;
+/// Everything the broker refuses, with the exact status.
+mod rejections;
+/// Restarts lose nothing.
+mod restart;
+/// Shared helpers.
+mod support;

@@ -1,0 +1,93 @@
+//! Personal data never reaches the broker's logs or, in plaintext, its disk.
+
+use std::path::{Path, PathBuf};
+
+use agency_client::alerts::AlertEvent;
+use integration_tests::*;
+use referral_proto::ids::AgencyId;
+use referral_proto::notice::example_notice;
+
+const NAME: &str = "Ingrid Hemligsdotter";
+const PIN: &str = "197904163305";
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn names_and_personal_identity_numbers_never_reach_logs_or_disk() {
+    assert!(referral_proto::notice::is_personal_identity_number(PIN));
+    let tmp = tempfile::tempdir().unwrap();
+    // Everything the broker can log, as JSON, at the most verbose level.
+    let mut b = ChildBroker::start(
+        Path::new(env!("CARGO_BIN_EXE_under-test")),
+        tmp.path(),
+        "[log]\nlevel = \"trace\"\nformat = \"json\"",
+    )
+    .await;
+    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM))
+        .await
+        .unwrap();
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL))
+        .await
+        .unwrap();
+    let mut n = example_notice();
+    n.subject.name = NAME.into();
+    n.subject.personal_identity_number = PIN.into();
+    let sent = police
+        .send(&AgencyId::new(SOCIAL).unwrap(), &n)
+        .await
+        .unwrap();
+    let mut alerts = oncall.subscribe().await.unwrap();
+    loop {
+        if let AlertEvent::Referral(r) = alerts.next().await.unwrap().unwrap() {
+            assert_eq!(r.notice.subject.name, NAME, "the recipient does read it");
+            oncall
+                .ack_digest(r.message_id, r.envelope_digest, "jour-1")
+                .await
+                .unwrap();
+            break;
+        }
+    }
+    police.receipts(&[sent.message_id]).await.unwrap();
+    drop(alerts);
+    assert!(b.terminate().await.success());
+
+    let log = b.log();
+    assert!(
+        log.contains(&sent.message_id.to_string()),
+        "the log is real and mentions the message id:\n{log}"
+    );
+    for needle in [NAME, PIN, "19790416-3305", "Hemligsdotter"] {
+        assert!(
+            !log.contains(needle),
+            "{needle:?} appears in the broker log"
+        );
+    }
+    let data = files(&b.data_dir);
+    assert!(!data.is_empty());
+    for f in data {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in [NAME.as_bytes(), PIN.as_bytes(), b"Hemligsdotter"] {
+            assert!(
+                !contains(&bytes, needle),
+                "{} holds {:?} in plaintext",
+                f.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Helpers shared by the scenarios: building envelopes by hand and reading
+//! what the broker stored.
+
+use agency_client::Client;
+use certs::profile::Profile;
+use integration_tests::Harness;
+use referral_proto::envelope::Envelope;
+use referral_proto::ids::{AgencyId, MessageId};
+use referral_proto::notice::{ReferralNotice, example_notice};
+use referral_proto::pb;
+use referral_proto::seal::seal;
+
+/// A loaded profile of the development federation.
+pub fn profile(h: &Harness, name: &str) -> Profile {
+    Profile::load(&h.profile(name), certs::now()).unwrap()
+}
+
+/// Seals `notice` from the agency of profile `from` to agency `to`.
+pub async fn sealed(h: &Harness, from: &str, to: &str, notice: &ReferralNotice) -> Envelope {
+    let client = h.client(from).await;
+    let dir = client.directory().await.unwrap();
+    let p = profile(h, from);
+    seal(
+        notice,
+        &p.bundles[0],
+        dir.agency(&AgencyId::new(to).unwrap()).unwrap(),
+        MessageId::generate(certs::now().0),
+        certs::now(),
+    )
+    .unwrap()
+}
+
+/// A sealed example referral as a wire envelope.
+pub async fn example_envelope(h: &Harness, from: &str, to: &str) -> pb::Envelope {
+    pb::Envelope::from(&sealed(h, from, to, &example_notice()).await)
+}
+
+/// Submits a wire envelope with `client`'s credentials, unchecked.
+pub async fn submit_raw(
+    client: &Client,
+    envelope: pb::Envelope,
+) -> Result<pb::SubmitResponse, tonic::Status> {
+    client
+        .broker()
+        .submit(pb::SubmitRequest {
+            envelope: Some(envelope),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Every audit log entry, decoded, once everything sent to the committer
+/// so far is committed.
+pub async fn audit_entries(h: &Harness) -> Vec<pb::AuditEntry> {
+    let state = h.state();
+    state.committer.barrier().await;
+    let size = state.hub.tree.borrow().0;
+    broker::audit::read_entries(&*state.store, 0, size, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(i, bytes)| referral_proto::audit::decode_entry(&bytes, i).unwrap())
+        .collect()
+}
+
+/// The reasons of every Rejected entry in the log, in order.
+pub async fn rejection_reasons(h: &Harness) -> Vec<String> {
+    audit_entries(h)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Some(pb::audit_entry::Event::Rejected(r)) => Some(r.reason),
+            _ => None,
+        })
+        .collect()
+}
