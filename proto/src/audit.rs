@@ -1,7 +1,22 @@
-//! Audit log entries: the exact bytes the Merkle tree commits to, decoded for
-//! people and tools. Entries hold metadata and digests only.
+//! Audit log entries: the exact bytes the Merkle tree commits to, decoded
+//! for people and tools, and [`LogChecker`], the auditor's replay check.
+//!
+//! Entries hold metadata and digests only. The checker is pure: feed it the
+//! entries in order and it recomputes the Merkle root, checks every
+//! sender's and acker's signature against the directory, checks that each
+//! recipient's queue sequence has no holes, and that every event refers to a
+//! message that was submitted, with the right digest.
 
+use std::collections::{BTreeMap, HashMap};
+
+use crate::Digest;
+use crate::ack::SignedAck;
+use crate::directory::Directory;
+use crate::envelope::{EnvelopeHeader, envelope_digest, signing_input};
+use crate::ids::{AgencyId, MessageId};
+use crate::merkle::{Frontier, leaf_hash};
 use crate::pb;
+use crate::pb::audit_entry::Event;
 
 /// What an entry records, for counting and display.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize)]
@@ -17,16 +32,25 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub fn of(event: &pb::audit_entry::Event) -> Self {
-        use pb::audit_entry::Event as E;
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Submitted,
+        EventKind::Rejected,
+        EventKind::Delivered,
+        EventKind::Acknowledged,
+        EventKind::Escalated,
+        EventKind::Expired,
+        EventKind::Purged,
+    ];
+
+    pub fn of(event: &Event) -> Self {
         match event {
-            E::Submitted(_) => EventKind::Submitted,
-            E::Rejected(_) => EventKind::Rejected,
-            E::Delivered(_) => EventKind::Delivered,
-            E::Acknowledged(_) => EventKind::Acknowledged,
-            E::Escalated(_) => EventKind::Escalated,
-            E::Expired(_) => EventKind::Expired,
-            E::Purged(_) => EventKind::Purged,
+            Event::Submitted(_) => EventKind::Submitted,
+            Event::Rejected(_) => EventKind::Rejected,
+            Event::Delivered(_) => EventKind::Delivered,
+            Event::Acknowledged(_) => EventKind::Acknowledged,
+            Event::Escalated(_) => EventKind::Escalated,
+            Event::Expired(_) => EventKind::Expired,
+            Event::Purged(_) => EventKind::Purged,
         }
     }
 
@@ -45,6 +69,12 @@ impl EventKind {
 
 /// The format of `referral.v1.AuditEntry` this crate writes.
 pub const AUDIT_ENTRY_FORMAT_VERSION: u32 = 1;
+
+/// Entries per checkpoint block: the checker records the Merkle root of
+/// every complete, aligned block of this many entries, so that a later run
+/// can say which block of an earlier verified log changed.
+pub const BLOCK_ENTRIES: u64 = 256;
+const BLOCK_LEVEL: u32 = 8;
 
 /// Encodes an entry once; these bytes are what the log stores and hashes.
 pub fn encode_entry(entry: &pb::AuditEntry) -> Vec<u8> {
@@ -80,4 +110,320 @@ pub fn decode_entry(bytes: &[u8], index: u64) -> Result<pb::AuditEntry, EntryErr
         });
     }
     Ok(e)
+}
+
+/// One thing wrong with the log, and where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Failure {
+    /// The entry at fault, when one can be named.
+    pub index: Option<u64>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "entry {i}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct MessageInfo {
+    digest: Digest,
+    recipient: AgencyId,
+    acked: bool,
+    ended: bool,
+}
+
+/// Most failures kept in full; the rest are only counted.
+const MAX_FAILURES: usize = 1000;
+
+/// Replays entries in order and checks everything an auditor can check
+/// without reading content.
+#[derive(Debug)]
+pub struct LogChecker<'d> {
+    directory: &'d Directory,
+    frontier: Frontier,
+    messages: HashMap<MessageId, MessageInfo>,
+    last_seq: HashMap<AgencyId, u64>,
+    counts: BTreeMap<EventKind, u64>,
+    pairs: BTreeMap<(AgencyId, AgencyId), u64>,
+    rejections: BTreeMap<String, u64>,
+    failures: Vec<Failure>,
+    failure_count: u64,
+    blocks: Vec<Digest>,
+    checkpoint: Option<u64>,
+    checkpoint_root: Option<Digest>,
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogReport {
+    pub tree_size: u64,
+    #[serde(serialize_with = "hex_digest")]
+    pub root: Digest,
+    pub counts: BTreeMap<EventKind, u64>,
+    /// Submissions per (sender, recipient).
+    pub pairs: Vec<(String, String, u64)>,
+    pub rejections: BTreeMap<String, u64>,
+    pub failures: Vec<Failure>,
+    pub failure_count: u64,
+    /// Roots of each complete block of [`BLOCK_ENTRIES`] entries.
+    #[serde(skip)]
+    pub blocks: Vec<Digest>,
+    /// The root at the checkpoint size, if one was asked for.
+    #[serde(skip)]
+    pub checkpoint_root: Option<Digest>,
+}
+
+fn hex_digest<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&d.to_hex())
+}
+
+impl<'d> LogChecker<'d> {
+    /// A checker against `directory`; with `checkpoint`, it also records the
+    /// root of the first `checkpoint` entries (a previously verified size).
+    pub fn new(directory: &'d Directory, checkpoint: Option<u64>) -> Self {
+        let mut c = Self {
+            directory,
+            frontier: Frontier::default(),
+            messages: HashMap::new(),
+            last_seq: HashMap::new(),
+            counts: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            rejections: BTreeMap::new(),
+            failures: Vec::new(),
+            failure_count: 0,
+            blocks: Vec::new(),
+            checkpoint,
+            checkpoint_root: None,
+        };
+        if checkpoint == Some(0) {
+            c.checkpoint_root = Some(crate::merkle::empty_root());
+        }
+        c
+    }
+
+    /// Entries checked so far.
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// Records a failure not tied to one entry (or tied to `index`).
+    pub fn fail(&mut self, index: Option<u64>, message: impl Into<String>) {
+        self.failure_count += 1;
+        if self.failures.len() < MAX_FAILURES {
+            self.failures.push(Failure {
+                index,
+                message: message.into(),
+            });
+        }
+    }
+
+    /// Checks the entry at `index` (which must be the next one).
+    pub fn push(&mut self, index: u64, bytes: &[u8]) {
+        if index != self.frontier.size() {
+            self.fail(
+                Some(index),
+                format!(
+                    "expected entry {} next; the log skips or repeats entries",
+                    self.frontier.size()
+                ),
+            );
+        }
+        for node in self.frontier.append(leaf_hash(bytes)) {
+            if node.level == BLOCK_LEVEL {
+                self.blocks.push(node.hash);
+            }
+        }
+        if Some(self.frontier.size()) == self.checkpoint {
+            self.checkpoint_root = Some(self.frontier.root());
+        }
+        match decode_entry(bytes, index) {
+            Ok(entry) => {
+                let event = entry
+                    .event
+                    .expect("decode_entry refuses entries without an event");
+                *self.counts.entry(EventKind::of(&event)).or_default() += 1;
+                if let Err(m) = self.check_event(event) {
+                    self.fail(Some(index), m);
+                }
+            }
+            Err(e) => self.fail(Some(index), e.to_string()),
+        }
+    }
+
+    fn known(&self, raw_id: &[u8], what: &str) -> Result<(MessageId, &MessageInfo), String> {
+        let id = MessageId::from_bytes(raw_id).map_err(|e| format!("{what}: {e}"))?;
+        let info = self
+            .messages
+            .get(&id)
+            .ok_or_else(|| format!("{what} of message {id}, which was never submitted"))?;
+        Ok((id, info))
+    }
+
+    fn check_event(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Submitted(s) => {
+                let header =
+                    EnvelopeHeader::try_from(s.header.ok_or("submission without a header")?)
+                        .map_err(|e| format!("submission header: {e}"))?;
+                let id = header.message_id;
+                let payload = Digest::from_slice(&s.payload_digest)
+                    .ok_or("payload digest is not 32 bytes")?;
+                let sender = self.directory.agency(&header.sender).ok_or_else(|| {
+                    format!(
+                        "message {id}: sender {} is not in the directory",
+                        header.sender
+                    )
+                })?;
+                let key = sender.key(&header.sender_key_id).ok_or_else(|| {
+                    format!(
+                        "message {id}: sender key {} is not in the directory",
+                        header.sender_key_id
+                    )
+                })?;
+                if !key.valid_at(header.created_at) {
+                    return Err(format!(
+                        "message {id}: sender key {} was not valid at {}",
+                        key.key_id, header.created_at
+                    ));
+                }
+                key.signing
+                    .verify(&signing_input(&header, &payload), &s.signature)
+                    .map_err(|_| format!("message {id}: the sender's signature does not verify"))?;
+                let digest = envelope_digest(&header, &payload, &s.signature);
+                if s.envelope_digest != digest.0 {
+                    return Err(format!(
+                        "message {id}: the recorded envelope digest is not the envelope's"
+                    ));
+                }
+                if self.messages.contains_key(&id) {
+                    return Err(format!("message {id} is submitted twice"));
+                }
+                let last = self.last_seq.entry(header.recipient.clone()).or_default();
+                let expected = *last + 1;
+                *last = s.recipient_sequence.max(*last);
+                if s.recipient_sequence != expected {
+                    return Err(format!(
+                        "message {id}: queue position {} of {} follows {} (a submission is missing or out of order)",
+                        s.recipient_sequence,
+                        header.recipient,
+                        expected - 1
+                    ));
+                }
+                *self
+                    .pairs
+                    .entry((header.sender.clone(), header.recipient.clone()))
+                    .or_default() += 1;
+                self.messages.insert(
+                    id,
+                    MessageInfo {
+                        digest,
+                        recipient: header.recipient,
+                        acked: false,
+                        ended: false,
+                    },
+                );
+                Ok(())
+            }
+            Event::Rejected(r) => {
+                *self.rejections.entry(r.reason).or_default() += 1;
+                Ok(())
+            }
+            Event::Delivered(d) => {
+                let (id, info) = self.known(&d.message_id, "delivery")?;
+                if info.recipient.as_str() != d.recipient {
+                    return Err(format!(
+                        "delivery of message {id} to {}, but it was addressed to {}",
+                        d.recipient, info.recipient
+                    ));
+                }
+                Ok(())
+            }
+            Event::Acknowledged(a) => {
+                let ack =
+                    SignedAck::try_from(a.ack.ok_or("acknowledgement without its signed ack")?)
+                        .map_err(|e| format!("acknowledgement: {e}"))?;
+                let id = ack.statement.message_id;
+                ack.verify(self.directory)
+                    .map_err(|e| format!("acknowledgement of message {id}: {e}"))?;
+                let info = self.messages.get_mut(&id).ok_or_else(|| {
+                    format!("acknowledgement of message {id}, which was never submitted")
+                })?;
+                if info.digest != ack.statement.envelope_digest {
+                    return Err(format!(
+                        "acknowledgement of message {id} refers to another envelope digest"
+                    ));
+                }
+                if ack.statement.acker_agency != info.recipient {
+                    return Err(format!(
+                        "message {id} was acknowledged by {}, not its recipient {}",
+                        ack.statement.acker_agency, info.recipient
+                    ));
+                }
+                if info.acked || info.ended {
+                    return Err(format!("message {id} is settled twice"));
+                }
+                info.acked = true;
+                Ok(())
+            }
+            Event::Escalated(e) => {
+                let (id, info) = self.known(&e.message_id, "escalation")?;
+                if info.acked {
+                    return Err(format!("message {id} escalated after it was acknowledged"));
+                }
+                Ok(())
+            }
+            Event::Expired(e) => {
+                let (id, _) = self.known(&e.message_id, "expiry")?;
+                let info = self.messages.get_mut(&id).expect("known");
+                if info.acked || info.ended {
+                    return Err(format!("message {id} expired after it was settled"));
+                }
+                info.ended = true;
+                Ok(())
+            }
+            Event::Purged(p) => {
+                let (id, info) = self.known(&p.message_id, "purge")?;
+                if p.envelope_digest != info.digest.0 {
+                    return Err(format!(
+                        "purge of message {id} names another envelope digest"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn finish(self) -> LogReport {
+        let mut pairs: Vec<(String, String, u64)> = self
+            .pairs
+            .into_iter()
+            .map(|((s, r), n)| (s.to_string(), r.to_string(), n))
+            .collect();
+        pairs.sort();
+        LogReport {
+            tree_size: self.frontier.size(),
+            root: self.frontier.root(),
+            counts: self.counts,
+            pairs,
+            rejections: self.rejections,
+            failures: self.failures,
+            failure_count: self.failure_count,
+            blocks: self.blocks,
+            checkpoint_root: self.checkpoint_root,
+        }
+    }
+}
+
+/// The first block (as an entry range) where two lists of block roots differ.
+pub fn first_differing_block(verified: &[Digest], now: &[Digest]) -> Option<(u64, u64)> {
+    verified
+        .iter()
+        .zip(now)
+        .position(|(a, b)| a != b)
+        .map(|i| (i as u64 * BLOCK_ENTRIES, (i as u64 + 1) * BLOCK_ENTRIES - 1))
 }
