@@ -200,9 +200,21 @@ impl Running {
             .await
             .map_err(|e| StartError::Serve(e.to_string()))?;
         self.state.committer.barrier().await;
+        // Background tasks and streams hold the state; they all end on the
+        // shutdown signal. Wait for them, so that the store is closed (and
+        // its lock released) when this returns.
+        let weak = Arc::downgrade(&self.state);
         drop(self.state);
-        // The committer thread ends once the last handle is gone; background
-        // tasks holding handles end on the same shutdown signal.
+        for _ in 0..1000 {
+            if weak.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if weak.strong_count() != 0 {
+            tracing::warn!("some tasks still hold the broker state after shutdown");
+        }
+        // The committer thread ends once the last handle is gone.
         let t = self.committer;
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
         served.map_err(StartError::Serve)

@@ -71,6 +71,11 @@ fn io_err(e: std::io::Error) -> StoreError {
     }
 }
 
+/// sled reports a held lock as an I/O error wrapping EWOULDBLOCK.
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 impl SledStore {
     /// Opens the store in `dir`, creating it if `dir` is missing or empty.
     /// Refuses a directory that holds anything else, or a store of another
@@ -91,13 +96,29 @@ impl SledStore {
                 "is not empty and is not a broker data directory (no sled 'db' and 'conf' files); refusing to use it".into(),
             ));
         }
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             // The broker flushes itself on every commit; sled's timer would only add I/O.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| refuse(format!("cannot open the store: {}", map_err(e))))?;
+            .flush_every_ms(None);
+        // A process that just exited (a quick restart) may hold the lock for
+        // a moment; another live broker holds it for good.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if is_lock_error(&e) && attempts < 40 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                    return Err(refuse(
+                        "is in use by another broker process (its lock is held)".into(),
+                    ));
+                }
+                Err(e) => return Err(refuse(format!("cannot open the store: {}", map_err(e)))),
+            }
+        };
         let tree: sled::Tree = (*db).clone();
         let data_file = File::open(dir.join("db"))
             .map_err(|e| refuse(format!("cannot open the database file: {e}")))?;
@@ -265,5 +286,13 @@ mod tests {
         }
         let err = SledStore::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("store format"), "{err}");
+    }
+
+    #[test]
+    fn a_data_directory_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("in use by another broker process"), "{err}");
     }
 }
