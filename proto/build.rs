@@ -18,14 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The encoded descriptor set serves gRPC reflection.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("referral_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    std::fs::write(out_dir.join("referral_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

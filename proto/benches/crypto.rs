@@ -16,9 +16,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use referral_proto::Digest;
 use referral_proto::ack::sign_ack;
 use referral_proto::envelope::Envelope;
-use referral_proto::merkle::{
-    MemoryTree, consistency_proof, inclusion_proof, leaf_hash, verify_inclusion,
-};
+use referral_proto::merkle::{MemoryTree, consistency_proof, inclusion_proof, leaf_hash, verify_inclusion};
 use referral_proto::notice::{ReferralNotice, example_notice};
 use referral_proto::seal::{open, seal, verify_envelope};
 use referral_proto::test_vectors::{self, ACKED_AT, CREATED_AT};
@@ -55,10 +53,7 @@ fn notice_2k() -> ReferralNotice {
         text_len = (text_len + NOTICE_TARGET_BYTES).saturating_sub(len);
     }
     let len = notice.encode().len();
-    assert!(
-        (NOTICE_MIN_BYTES..=NOTICE_MAX_BYTES).contains(&len),
-        "benchmark notice encodes to {len} bytes"
-    );
+    assert!((NOTICE_MIN_BYTES..=NOTICE_MAX_BYTES).contains(&len), "benchmark notice encodes to {len} bytes");
     notice.validate().expect("the benchmark notice is valid");
     notice
 }
@@ -66,10 +61,7 @@ fn notice_2k() -> ReferralNotice {
 fn envelope_2k(c: &mut Criterion) {
     let v = test_vectors::build();
     let notice = notice_2k();
-    let recipient = v
-        .directory
-        .agency(v.recipient.agency())
-        .expect("recipient in the directory");
+    let recipient = v.directory.agency(v.recipient.agency()).expect("recipient in the directory");
     let sender_key = v.sender.public();
     let bundles = std::slice::from_ref(&v.recipient);
     let message_id = test_vectors::message_id();
@@ -80,17 +72,11 @@ fn envelope_2k(c: &mut Criterion) {
     let digest = envelope.digest();
     let ack = sign_ack(message_id, digest, ACKED_AT, "socialjour-1", &v.recipient).expect("acks");
     // Everything below must succeed, or the timings measure an error path.
-    assert_eq!(
-        open(&envelope, &v.directory, bundles).expect("opens"),
-        notice
-    );
+    assert_eq!(open(&envelope, &v.directory, bundles).expect("opens"), notice);
     assert_eq!(Envelope::decode(&encoded).expect("decodes"), envelope);
     verify_envelope(&envelope, &v.directory).expect("verifies");
     ack.verify(&v.directory).expect("ack verifies");
-    sender_key
-        .signing
-        .verify(&signing_input, &envelope.signature)
-        .expect("signature verifies");
+    sender_key.signing.verify(&signing_input, &envelope.signature).expect("signature verifies");
 
     let mut g = c.benchmark_group("envelope_2k");
     g.measurement_time(Duration::from_secs(3));
@@ -98,55 +84,26 @@ fn envelope_2k(c: &mut Criterion) {
     g.sample_size(30);
 
     g.bench_function("seal", |b| {
-        b.iter(|| {
-            seal(
-                black_box(&notice),
-                &v.sender,
-                recipient,
-                black_box(message_id),
-                CREATED_AT,
-            )
-            .expect("seals")
-        })
+        b.iter(|| seal(black_box(&notice), &v.sender, recipient, black_box(message_id), CREATED_AT).expect("seals"))
     });
-    g.bench_function("open", |b| {
-        b.iter(|| open(black_box(&envelope), &v.directory, bundles).expect("opens"))
-    });
+    g.bench_function("open", |b| b.iter(|| open(black_box(&envelope), &v.directory, bundles).expect("opens")));
     g.bench_function("verify_envelope", |b| {
         b.iter(|| verify_envelope(black_box(&envelope), &v.directory).expect("verifies"))
     });
-    g.bench_function("sign_envelope", |b| {
-        b.iter(|| v.sender.sign(black_box(&signing_input)))
-    });
+    g.bench_function("sign_envelope", |b| b.iter(|| v.sender.sign(black_box(&signing_input))));
     g.bench_function("verify_signature", |b| {
         b.iter(|| {
-            sender_key
-                .signing
-                .verify(black_box(&signing_input), black_box(&envelope.signature))
-                .expect("verifies")
+            sender_key.signing.verify(black_box(&signing_input), black_box(&envelope.signature)).expect("verifies")
         })
     });
-    g.bench_function("envelope_digest", |b| {
-        b.iter(|| black_box(&envelope).digest())
-    });
-    g.bench_function("decode", |b| {
-        b.iter(|| Envelope::decode(black_box(&encoded)).expect("decodes"))
-    });
+    g.bench_function("envelope_digest", |b| b.iter(|| black_box(&envelope).digest()));
+    g.bench_function("decode", |b| b.iter(|| Envelope::decode(black_box(&encoded)).expect("decodes")));
     g.bench_function("sign_ack", |b| {
         b.iter(|| {
-            sign_ack(
-                black_box(message_id),
-                black_box(digest),
-                ACKED_AT,
-                "socialjour-1",
-                &v.recipient,
-            )
-            .expect("acks")
+            sign_ack(black_box(message_id), black_box(digest), ACKED_AT, "socialjour-1", &v.recipient).expect("acks")
         })
     });
-    g.bench_function("verify_ack", |b| {
-        b.iter(|| black_box(&ack).verify(&v.directory).expect("ack verifies"))
-    });
+    g.bench_function("verify_ack", |b| b.iter(|| black_box(&ack).verify(&v.directory).expect("ack verifies")));
     g.finish();
 }
 
@@ -161,8 +118,7 @@ fn merkle(c: &mut Criterion) {
     }
     let root = base.root();
     let path = inclusion_proof(&base, PROVED_LEAF, TREE_SIZE).expect("in memory");
-    verify_inclusion(&leaf(PROVED_LEAF), PROVED_LEAF, TREE_SIZE, &path, &root)
-        .expect("the proof verifies");
+    verify_inclusion(&leaf(PROVED_LEAF), PROVED_LEAF, TREE_SIZE, &path, &root).expect("the proof verifies");
 
     let mut g = c.benchmark_group("merkle");
     g.measurement_time(Duration::from_secs(3));
@@ -188,27 +144,15 @@ fn merkle(c: &mut Criterion) {
     drop(tree);
 
     g.bench_function("inclusion_proof", |b| {
-        b.iter(|| {
-            inclusion_proof(&base, black_box(PROVED_LEAF), black_box(TREE_SIZE)).expect("in memory")
-        })
+        b.iter(|| inclusion_proof(&base, black_box(PROVED_LEAF), black_box(TREE_SIZE)).expect("in memory"))
     });
     g.bench_function("consistency_proof", |b| {
-        b.iter(|| {
-            consistency_proof(&base, black_box(CONSISTENCY_FROM), black_box(TREE_SIZE))
-                .expect("in memory")
-        })
+        b.iter(|| consistency_proof(&base, black_box(CONSISTENCY_FROM), black_box(TREE_SIZE)).expect("in memory"))
     });
     let proved = leaf(PROVED_LEAF);
     g.bench_function("verify_inclusion", |b| {
         b.iter(|| {
-            verify_inclusion(
-                black_box(&proved),
-                PROVED_LEAF,
-                TREE_SIZE,
-                black_box(&path),
-                &root,
-            )
-            .expect("verifies")
+            verify_inclusion(black_box(&proved), PROVED_LEAF, TREE_SIZE, black_box(&path), &root).expect("verifies")
         })
     });
     g.finish();

@@ -57,9 +57,7 @@ pub enum AckError {
 }
 
 fn acknowledged_by_ok(s: &str) -> bool {
-    (1..=64).contains(&s.chars().count())
-        && !s.chars().any(char::is_control)
-        && !s.trim().is_empty()
+    (1..=64).contains(&s.chars().count()) && !s.chars().any(char::is_control) && !s.trim().is_empty()
 }
 
 impl AckStatement {
@@ -97,34 +95,22 @@ pub fn sign_ack(
         signer_key_id: bundle.key_id(),
     };
     let signature = bundle.sign(&statement.signing_input());
-    Ok(SignedAck {
-        statement,
-        signature,
-    })
+    Ok(SignedAck { statement, signature })
 }
 
 impl SignedAck {
     /// Checks the signature with the acker's key from the directory.
     pub fn verify(&self, directory: &Directory) -> Result<(), AckError> {
         let s = &self.statement;
-        let agency = directory
-            .agency(&s.acker_agency)
-            .ok_or_else(|| AckError::UnknownAgency(s.acker_agency.clone()))?;
+        let agency =
+            directory.agency(&s.acker_agency).ok_or_else(|| AckError::UnknownAgency(s.acker_agency.clone()))?;
         let key = agency
             .key(&s.signer_key_id)
-            .ok_or_else(|| AckError::UnknownKey {
-                agency: s.acker_agency.clone(),
-                key_id: s.signer_key_id,
-            })?;
+            .ok_or_else(|| AckError::UnknownKey { agency: s.acker_agency.clone(), key_id: s.signer_key_id })?;
         if !key.valid_at(s.acknowledged_at) {
-            return Err(AckError::KeyNotValid {
-                key_id: key.key_id,
-                at: s.acknowledged_at,
-            });
+            return Err(AckError::KeyNotValid { key_id: key.key_id, at: s.acknowledged_at });
         }
-        key.signing
-            .verify(&s.signing_input(), &self.signature)
-            .map_err(|_| AckError::BadSignature(key.key_id))
+        key.signing.verify(&s.signing_input(), &self.signature).map_err(|_| AckError::BadSignature(key.key_id))
     }
 }
 
@@ -140,18 +126,13 @@ impl TryFrom<pb::SignedAck> for SignedAck {
         Ok(SignedAck {
             statement: AckStatement {
                 message_id: MessageId::from_bytes(&s.message_id).map_err(id("message_id"))?,
-                envelope_digest: Digest::from_slice(&s.envelope_digest)
-                    .ok_or(AckError::DigestLength)?,
+                envelope_digest: Digest::from_slice(&s.envelope_digest).ok_or(AckError::DigestLength)?,
                 acknowledged_at: Timestamp(s.acknowledged_at_ms),
                 acker_agency: AgencyId::new(s.acker_agency).map_err(id("acker_agency"))?,
                 acknowledged_by: s.acknowledged_by,
                 signer_key_id: KeyId::from_slice(&s.signer_key_id).map_err(id("signer_key_id"))?,
             },
-            signature: p
-                .signature
-                .as_slice()
-                .try_into()
-                .map_err(|_| AckError::SignatureLength)?,
+            signature: p.signature.as_slice().try_into().map_err(|_| AckError::SignatureLength)?,
         })
     }
 }

@@ -104,10 +104,7 @@ pub fn decode_entry(bytes: &[u8], index: u64) -> Result<pb::AuditEntry, EntryErr
         return Err(EntryError::NoEvent);
     }
     if e.index != index {
-        return Err(EntryError::IndexMismatch {
-            stated: e.index,
-            actual: index,
-        });
+        return Err(EntryError::IndexMismatch { stated: e.index, actual: index });
     }
     Ok(e)
 }
@@ -215,10 +212,7 @@ impl<'d> LogChecker<'d> {
     pub fn fail(&mut self, index: Option<u64>, message: impl Into<String>) {
         self.failure_count += 1;
         if self.failures.len() < MAX_FAILURES {
-            self.failures.push(Failure {
-                index,
-                message: message.into(),
-            });
+            self.failures.push(Failure { index, message: message.into() });
         }
     }
 
@@ -227,10 +221,7 @@ impl<'d> LogChecker<'d> {
         if index != self.frontier.size() {
             self.fail(
                 Some(index),
-                format!(
-                    "expected entry {} next; the log skips or repeats entries",
-                    self.frontier.size()
-                ),
+                format!("expected entry {} next; the log skips or repeats entries", self.frontier.size()),
             );
         }
         for node in self.frontier.append(leaf_hash(bytes)) {
@@ -243,9 +234,7 @@ impl<'d> LogChecker<'d> {
         }
         match decode_entry(bytes, index) {
             Ok(entry) => {
-                let event = entry
-                    .event
-                    .expect("decode_entry refuses entries without an event");
+                let event = entry.event.expect("decode_entry refuses entries without an event");
                 *self.counts.entry(EventKind::of(&event)).or_default() += 1;
                 if let Err(m) = self.check_event(event) {
                     self.fail(Some(index), m);
@@ -257,33 +246,24 @@ impl<'d> LogChecker<'d> {
 
     fn known(&self, raw_id: &[u8], what: &str) -> Result<(MessageId, &MessageInfo), String> {
         let id = MessageId::from_bytes(raw_id).map_err(|e| format!("{what}: {e}"))?;
-        let info = self
-            .messages
-            .get(&id)
-            .ok_or_else(|| format!("{what} of message {id}, which was never submitted"))?;
+        let info =
+            self.messages.get(&id).ok_or_else(|| format!("{what} of message {id}, which was never submitted"))?;
         Ok((id, info))
     }
 
     fn check_event(&mut self, event: Event) -> Result<(), String> {
         match event {
             Event::Submitted(s) => {
-                let header =
-                    EnvelopeHeader::try_from(s.header.ok_or("submission without a header")?)
-                        .map_err(|e| format!("submission header: {e}"))?;
+                let header = EnvelopeHeader::try_from(s.header.ok_or("submission without a header")?)
+                    .map_err(|e| format!("submission header: {e}"))?;
                 let id = header.message_id;
-                let payload = Digest::from_slice(&s.payload_digest)
-                    .ok_or("payload digest is not 32 bytes")?;
-                let sender = self.directory.agency(&header.sender).ok_or_else(|| {
-                    format!(
-                        "message {id}: sender {} is not in the directory",
-                        header.sender
-                    )
-                })?;
+                let payload = Digest::from_slice(&s.payload_digest).ok_or("payload digest is not 32 bytes")?;
+                let sender = self
+                    .directory
+                    .agency(&header.sender)
+                    .ok_or_else(|| format!("message {id}: sender {} is not in the directory", header.sender))?;
                 let key = sender.key(&header.sender_key_id).ok_or_else(|| {
-                    format!(
-                        "message {id}: sender key {} is not in the directory",
-                        header.sender_key_id
-                    )
+                    format!("message {id}: sender key {} is not in the directory", header.sender_key_id)
                 })?;
                 if !key.valid_at(header.created_at) {
                     return Err(format!(
@@ -296,9 +276,7 @@ impl<'d> LogChecker<'d> {
                     .map_err(|_| format!("message {id}: the sender's signature does not verify"))?;
                 let digest = envelope_digest(&header, &payload, &s.signature);
                 if s.envelope_digest != digest.0 {
-                    return Err(format!(
-                        "message {id}: the recorded envelope digest is not the envelope's"
-                    ));
+                    return Err(format!("message {id}: the recorded envelope digest is not the envelope's"));
                 }
                 if self.messages.contains_key(&id) {
                     return Err(format!("message {id} is submitted twice"));
@@ -314,19 +292,9 @@ impl<'d> LogChecker<'d> {
                         expected - 1
                     ));
                 }
-                *self
-                    .pairs
-                    .entry((header.sender.clone(), header.recipient.clone()))
-                    .or_default() += 1;
-                self.messages.insert(
-                    id,
-                    MessageInfo {
-                        digest,
-                        recipient: header.recipient,
-                        acked: false,
-                        ended: false,
-                    },
-                );
+                *self.pairs.entry((header.sender.clone(), header.recipient.clone())).or_default() += 1;
+                self.messages
+                    .insert(id, MessageInfo { digest, recipient: header.recipient, acked: false, ended: false });
                 Ok(())
             }
             Event::Rejected(r) => {
@@ -344,19 +312,16 @@ impl<'d> LogChecker<'d> {
                 Ok(())
             }
             Event::Acknowledged(a) => {
-                let ack =
-                    SignedAck::try_from(a.ack.ok_or("acknowledgement without its signed ack")?)
-                        .map_err(|e| format!("acknowledgement: {e}"))?;
+                let ack = SignedAck::try_from(a.ack.ok_or("acknowledgement without its signed ack")?)
+                    .map_err(|e| format!("acknowledgement: {e}"))?;
                 let id = ack.statement.message_id;
-                ack.verify(self.directory)
-                    .map_err(|e| format!("acknowledgement of message {id}: {e}"))?;
-                let info = self.messages.get_mut(&id).ok_or_else(|| {
-                    format!("acknowledgement of message {id}, which was never submitted")
-                })?;
+                ack.verify(self.directory).map_err(|e| format!("acknowledgement of message {id}: {e}"))?;
+                let info = self
+                    .messages
+                    .get_mut(&id)
+                    .ok_or_else(|| format!("acknowledgement of message {id}, which was never submitted"))?;
                 if info.digest != ack.statement.envelope_digest {
-                    return Err(format!(
-                        "acknowledgement of message {id} refers to another envelope digest"
-                    ));
+                    return Err(format!("acknowledgement of message {id} refers to another envelope digest"));
                 }
                 if ack.statement.acker_agency != info.recipient {
                     return Err(format!(
@@ -389,9 +354,7 @@ impl<'d> LogChecker<'d> {
             Event::Purged(p) => {
                 let (id, info) = self.known(&p.message_id, "purge")?;
                 if p.envelope_digest != info.digest.0 {
-                    return Err(format!(
-                        "purge of message {id} names another envelope digest"
-                    ));
+                    return Err(format!("purge of message {id} names another envelope digest"));
                 }
                 Ok(())
             }
@@ -399,11 +362,8 @@ impl<'d> LogChecker<'d> {
     }
 
     pub fn finish(self) -> LogReport {
-        let mut pairs: Vec<(String, String, u64)> = self
-            .pairs
-            .into_iter()
-            .map(|((s, r), n)| (s.to_string(), r.to_string(), n))
-            .collect();
+        let mut pairs: Vec<(String, String, u64)> =
+            self.pairs.into_iter().map(|((s, r), n)| (s.to_string(), r.to_string(), n)).collect();
         pairs.sort();
         LogReport {
             tree_size: self.frontier.size(),

@@ -18,9 +18,7 @@ pub struct Canonical {
 impl Canonical {
     /// Starts an encoding with the domain-separation `label`.
     pub fn new(label: &str) -> Self {
-        let mut c = Self {
-            buf: Vec::with_capacity(256),
-        };
+        let mut c = Self { buf: Vec::with_capacity(256) };
         c.bytes(label.as_bytes());
         c
     }

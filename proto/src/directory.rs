@@ -39,9 +39,7 @@ impl std::str::FromStr for AgencyKind {
         match s {
             "police" => Ok(AgencyKind::Police),
             "municipal" => Ok(AgencyKind::Municipal),
-            _ => Err(format!(
-                "agency kind {s:?} is unknown: expected police or municipal"
-            )),
+            _ => Err(format!("agency kind {s:?} is unknown: expected police or municipal")),
         }
     }
 }
@@ -72,10 +70,7 @@ impl Agency {
     /// The key a sender seals to at `at`: among keys valid then, the one that
     /// became valid last (so a rotation takes effect at its `not_before`).
     pub fn current_key(&self, at: Timestamp) -> Option<&AgencyPublicKey> {
-        self.keys
-            .iter()
-            .filter(|k| k.valid_at(at))
-            .max_by_key(|k| k.not_before)
+        self.keys.iter().filter(|k| k.valid_at(at)).max_by_key(|k| k.not_before)
     }
 }
 
@@ -99,11 +94,7 @@ impl Directory {
     pub fn sign(&self, key: &SigningKey) -> SignedDirectory {
         let bytes = prost::Message::encode_to_vec(&self.to_pb());
         let signature = key.sign(&directory_signing_input(&bytes));
-        SignedDirectory {
-            bytes,
-            signer_key_id: key.verifying_key().key_id(),
-            signature,
-        }
+        SignedDirectory { bytes, signer_key_id: key.verifying_key().key_id(), signature }
     }
 
     fn to_pb(&self) -> pb::Directory {
@@ -173,9 +164,7 @@ pub enum DirectoryError {
     FormatVersion(u32),
     #[error("directory is invalid: {0}")]
     Invalid(String),
-    #[error(
-        "directory version {got} is older than version {seen} already seen: refusing a rollback"
-    )]
+    #[error("directory version {got} is older than version {seen} already seen: refusing a rollback")]
     Rollback { seen: u64, got: u64 },
     #[error("signed directory lacks {0}")]
     Missing(&'static str),
@@ -191,24 +180,17 @@ impl SignedDirectory {
     ) -> Result<Directory, DirectoryError> {
         let expected = federation_key.key_id();
         if self.signer_key_id != expected {
-            return Err(DirectoryError::WrongSigner {
-                expected,
-                found: self.signer_key_id,
-            });
+            return Err(DirectoryError::WrongSigner { expected, found: self.signer_key_id });
         }
         federation_key
             .verify(&directory_signing_input(&self.bytes), &self.signature)
             .map_err(|_| DirectoryError::BadSignature)?;
-        let pb: pb::Directory =
-            prost::Message::decode(self.bytes.as_slice()).map_err(|_| DirectoryError::Decode)?;
+        let pb: pb::Directory = prost::Message::decode(self.bytes.as_slice()).map_err(|_| DirectoryError::Decode)?;
         let directory = Directory::try_from(pb)?;
         if let Some(seen) = seen_version
             && directory.version < seen
         {
-            return Err(DirectoryError::Rollback {
-                seen,
-                got: directory.version,
-            });
+            return Err(DirectoryError::Rollback { seen, got: directory.version });
         }
         Ok(directory)
     }
@@ -224,13 +206,8 @@ impl SignedDirectory {
     pub fn from_pb(p: pb::SignedDirectory) -> Result<Self, DirectoryError> {
         Ok(Self {
             bytes: p.directory,
-            signer_key_id: KeyId::from_slice(&p.signer_key_id)
-                .map_err(|_| DirectoryError::Missing("signer_key_id"))?,
-            signature: p
-                .signature
-                .as_slice()
-                .try_into()
-                .map_err(|_| DirectoryError::Missing("signature"))?,
+            signer_key_id: KeyId::from_slice(&p.signer_key_id).map_err(|_| DirectoryError::Missing("signer_key_id"))?,
+            signature: p.signature.as_slice().try_into().map_err(|_| DirectoryError::Missing("signature"))?,
         })
     }
 
@@ -257,10 +234,9 @@ impl TryFrom<pb::Directory> for Directory {
             return Err(DirectoryError::FormatVersion(d.format_version));
         }
         let id_err = |what: &str, e: IdError| invalid(format!("{what}: {e}"));
-        let trust_domain =
-            TrustDomain::new(d.trust_domain).map_err(|e| id_err("trust domain", e))?;
-        let broker_log_key = VerifyingKey::from_slice(&d.broker_log_key)
-            .ok_or_else(|| invalid("broker log key is not 32 bytes"))?;
+        let trust_domain = TrustDomain::new(d.trust_domain).map_err(|e| id_err("trust domain", e))?;
+        let broker_log_key =
+            VerifyingKey::from_slice(&d.broker_log_key).ok_or_else(|| invalid("broker log key is not 32 bytes"))?;
         let mut agencies = BTreeMap::new();
         let mut key_ids = BTreeSet::new();
         for a in d.agencies {
@@ -276,26 +252,18 @@ impl TryFrom<pb::Directory> for Directory {
             let mut keys = Vec::with_capacity(a.keys.len());
             for k in a.keys {
                 let key_id = KeyId::from_slice(&k.key_id).map_err(|e| id_err("key id", e))?;
-                let signing = VerifyingKey::from_slice(&k.signing_public_key).ok_or_else(|| {
-                    invalid(format!(
-                        "agency {id} key {key_id}: signing key is not 32 bytes"
-                    ))
-                })?;
-                let encryption: [u8; 32] =
-                    k.encryption_public_key.as_slice().try_into().map_err(|_| {
-                        invalid(format!(
-                            "agency {id} key {key_id}: encryption key is not 32 bytes"
-                        ))
-                    })?;
+                let signing = VerifyingKey::from_slice(&k.signing_public_key)
+                    .ok_or_else(|| invalid(format!("agency {id} key {key_id}: signing key is not 32 bytes")))?;
+                let encryption: [u8; 32] = k
+                    .encryption_public_key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| invalid(format!("agency {id} key {key_id}: encryption key is not 32 bytes")))?;
                 if bundle_key_id(&signing, &encryption) != key_id {
-                    return Err(invalid(format!(
-                        "agency {id} key {key_id}: key id does not match its keys"
-                    )));
+                    return Err(invalid(format!("agency {id} key {key_id}: key id does not match its keys")));
                 }
                 if k.not_before_ms >= k.not_after_ms {
-                    return Err(invalid(format!(
-                        "agency {id} key {key_id}: not_before is not before not_after"
-                    )));
+                    return Err(invalid(format!("agency {id} key {key_id}: not_before is not before not_after")));
                 }
                 if !key_ids.insert(key_id) {
                     return Err(invalid(format!("key id {key_id} appears twice")));
@@ -311,27 +279,14 @@ impl TryFrom<pb::Directory> for Directory {
             let escalation = match a.escalation {
                 None => None,
                 Some(e) => {
-                    let principal = Principal::parse_uri(&e.principal)
-                        .map_err(|e| id_err("escalation contact", e))?;
+                    let principal = Principal::parse_uri(&e.principal).map_err(|e| id_err("escalation contact", e))?;
                     if principal.trust_domain != trust_domain {
-                        return Err(invalid(format!(
-                            "agency {id}: escalation contact is outside the trust domain"
-                        )));
+                        return Err(invalid(format!("agency {id}: escalation contact is outside the trust domain")));
                     }
-                    Some(EscalationContact {
-                        principal,
-                        display_name: e.display_name,
-                        phone: e.phone,
-                    })
+                    Some(EscalationContact { principal, display_name: e.display_name, phone: e.phone })
                 }
             };
-            let agency = Agency {
-                id: id.clone(),
-                display_name: a.display_name,
-                kind,
-                keys,
-                escalation,
-            };
+            let agency = Agency { id: id.clone(), display_name: a.display_name, kind, keys, escalation };
             if agencies.insert(id.clone(), agency).is_some() {
                 return Err(invalid(format!("agency {id} appears twice")));
             }
@@ -354,21 +309,12 @@ mod tests {
     pub(crate) fn sample(version: u64) -> (Directory, SigningKey) {
         let fed = SigningKey::from_seed([1; 32]);
         let mut agencies = BTreeMap::new();
-        for (id, kind) in [
-            ("polisen-huddinge", AgencyKind::Police),
-            ("huddinge-socialtjanst", AgencyKind::Municipal),
-        ] {
+        for (id, kind) in [("polisen-huddinge", AgencyKind::Police), ("huddinge-socialtjanst", AgencyKind::Municipal)] {
             let id = AgencyId::new(id).unwrap();
             let b = AgencyKeyBundle::generate(id.clone(), Timestamp(0), Timestamp(i64::MAX));
             agencies.insert(
                 id.clone(),
-                Agency {
-                    id,
-                    display_name: "x".into(),
-                    kind,
-                    keys: vec![b.public().clone()],
-                    escalation: None,
-                },
+                Agency { id, display_name: "x".into(), kind, keys: vec![b.public().clone()], escalation: None },
             );
         }
         let d = Directory {
@@ -393,21 +339,12 @@ mod tests {
     fn rejections() {
         let (d, fed) = sample(3);
         let signed = d.sign(&fed);
-        assert_eq!(
-            signed.verify(&fed.verifying_key(), Some(4)),
-            Err(DirectoryError::Rollback { seen: 4, got: 3 })
-        );
+        assert_eq!(signed.verify(&fed.verifying_key(), Some(4)), Err(DirectoryError::Rollback { seen: 4, got: 3 }));
         let other = SigningKey::from_seed([9; 32]);
-        assert!(matches!(
-            signed.verify(&other.verifying_key(), None),
-            Err(DirectoryError::WrongSigner { .. })
-        ));
+        assert!(matches!(signed.verify(&other.verifying_key(), None), Err(DirectoryError::WrongSigner { .. })));
         let mut flipped = signed.clone();
         flipped.bytes[10] ^= 1;
-        assert_eq!(
-            flipped.verify(&fed.verifying_key(), None),
-            Err(DirectoryError::BadSignature)
-        );
+        assert_eq!(flipped.verify(&fed.verifying_key(), None), Err(DirectoryError::BadSignature));
         // A key whose id does not match its keys is refused even when signed.
         let mut bad = d.clone();
         let a = bad.agencies.values_mut().next().unwrap();

@@ -9,14 +9,10 @@ use crate::canonical::{Canonical, label};
 use crate::ids::{AgencyId, IdError, KeyId, MessageId};
 use crate::seal::is_padded_ciphertext_len;
 use crate::time::Timestamp;
-use crate::{
-    Digest, MAX_ENVELOPE_BYTES, NOTICE_CONTENT_TYPE, NOTICE_CONTENT_VERSION, PROTOCOL_VERSION, pb,
-};
+use crate::{Digest, MAX_ENVELOPE_BYTES, NOTICE_CONTENT_TYPE, NOTICE_CONTENT_VERSION, PROTOCOL_VERSION, pb};
 
 /// How soon the recipient must acknowledge.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Urgency {
     Immediate,
@@ -144,21 +140,14 @@ pub fn payload_digest(encapsulated_key: &[u8], ciphertext: &[u8]) -> Digest {
 /// canonical(`referral.v1/envelope-signature`, header bytes, payload digest).
 pub fn signing_input(header: &EnvelopeHeader, payload_digest: &Digest) -> Vec<u8> {
     let mut c = Canonical::new(label::ENVELOPE_SIGNATURE);
-    c.bytes(&header.canonical_bytes())
-        .bytes(payload_digest.as_bytes());
+    c.bytes(&header.canonical_bytes()).bytes(payload_digest.as_bytes());
     c.finish()
 }
 
 /// SHA-256(canonical(`referral.v1/envelope-digest`, header bytes, payload digest, signature)).
-pub fn envelope_digest(
-    header: &EnvelopeHeader,
-    payload_digest: &Digest,
-    signature: &[u8],
-) -> Digest {
+pub fn envelope_digest(header: &EnvelopeHeader, payload_digest: &Digest, signature: &[u8]) -> Digest {
     let mut c = Canonical::new(label::ENVELOPE_DIGEST);
-    c.bytes(&header.canonical_bytes())
-        .bytes(payload_digest.as_bytes())
-        .bytes(signature);
+    c.bytes(&header.canonical_bytes()).bytes(payload_digest.as_bytes()).bytes(signature);
     Digest::of(&c.finish())
 }
 
@@ -204,10 +193,7 @@ impl TryFrom<pb::EnvelopeHeader> for EnvelopeHeader {
             return Err(EnvelopeError::Version(h.protocol_version));
         }
         if h.content_type != NOTICE_CONTENT_TYPE || h.content_version != NOTICE_CONTENT_VERSION {
-            return Err(EnvelopeError::ContentType(format!(
-                "{} v{}",
-                h.content_type, h.content_version
-            )));
+            return Err(EnvelopeError::ContentType(format!("{} v{}", h.content_type, h.content_version)));
         }
         let header = EnvelopeHeader {
             message_id: MessageId::from_bytes(&h.message_id).map_err(id("message_id"))?,
@@ -216,8 +202,7 @@ impl TryFrom<pb::EnvelopeHeader> for EnvelopeHeader {
             created_at: Timestamp(h.created_at_ms),
             urgency: Urgency::from_pb(h.urgency).ok_or(EnvelopeError::Urgency(h.urgency))?,
             sender_key_id: KeyId::from_slice(&h.sender_key_id).map_err(id("sender_key_id"))?,
-            recipient_key_id: KeyId::from_slice(&h.recipient_key_id)
-                .map_err(id("recipient_key_id"))?,
+            recipient_key_id: KeyId::from_slice(&h.recipient_key_id).map_err(id("recipient_key_id"))?,
         };
         if h.created_at_ms <= 0 {
             return Err(EnvelopeError::CreatedAt(h.created_at_ms));
@@ -252,26 +237,17 @@ impl TryFrom<pb::Envelope> for Envelope {
     fn try_from(e: pb::Envelope) -> Result<Self, EnvelopeError> {
         let size = prost::Message::encoded_len(&e);
         if size > MAX_ENVELOPE_BYTES {
-            return Err(EnvelopeError::Oversize {
-                size,
-                max: MAX_ENVELOPE_BYTES,
-            });
+            return Err(EnvelopeError::Oversize { size, max: MAX_ENVELOPE_BYTES });
         }
         let header = EnvelopeHeader::try_from(e.header.ok_or(EnvelopeError::Missing("header"))?)?;
-        let encapsulated_key =
-            <[u8; ENCAPSULATED_KEY_LEN]>::try_from(e.encapsulated_key.as_slice())
-                .map_err(|_| EnvelopeError::EncapsulatedKeyLength(e.encapsulated_key.len()))?;
+        let encapsulated_key = <[u8; ENCAPSULATED_KEY_LEN]>::try_from(e.encapsulated_key.as_slice())
+            .map_err(|_| EnvelopeError::EncapsulatedKeyLength(e.encapsulated_key.len()))?;
         if !is_padded_ciphertext_len(e.ciphertext.len()) {
             return Err(EnvelopeError::CiphertextLength(e.ciphertext.len()));
         }
         let signature = <[u8; 64]>::try_from(e.signature.as_slice())
             .map_err(|_| EnvelopeError::SignatureLength(e.signature.len()))?;
-        Ok(Envelope {
-            header,
-            encapsulated_key,
-            ciphertext: e.ciphertext,
-            signature,
-        })
+        Ok(Envelope { header, encapsulated_key, ciphertext: e.ciphertext, signature })
     }
 }
 
@@ -290,10 +266,7 @@ impl Envelope {
     /// Decodes and validates an encoded `pb::Envelope`.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_ENVELOPE_BYTES {
-            return Err(DecodeError::Envelope(EnvelopeError::Oversize {
-                size: bytes.len(),
-                max: MAX_ENVELOPE_BYTES,
-            }));
+            return Err(DecodeError::Envelope(EnvelopeError::Oversize { size: bytes.len(), max: MAX_ENVELOPE_BYTES }));
         }
         let pb: pb::Envelope = prost::Message::decode(bytes).map_err(|_| DecodeError::Protobuf)?;
         Ok(Envelope::try_from(pb)?)

@@ -7,9 +7,7 @@ use std::str::FromStr;
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error(
-        "agency id {0:?} is invalid: use 3 to 63 characters a-z, 0-9 and '-', not starting or ending with '-'"
-    )]
+    #[error("agency id {0:?} is invalid: use 3 to 63 characters a-z, 0-9 and '-', not starting or ending with '-'")]
     AgencyId(String),
     #[error("message id must be 16 bytes, got {0}")]
     MessageIdLength(usize),
@@ -27,9 +25,7 @@ pub enum IdError {
     PrincipalName(String),
     #[error("role {0:?} is unknown: expected system, oncall or auditor")]
     Role(String),
-    #[error(
-        "principal {0:?} is not of the form spiffe://<trust-domain>/agency/<agency-id>/<role>/<name>"
-    )]
+    #[error("principal {0:?} is not of the form spiffe://<trust-domain>/agency/<agency-id>/<role>/<name>")]
     PrincipalUri(String),
 }
 
@@ -42,15 +38,10 @@ impl AgencyId {
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
         let ok = (3..=63).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-');
-        if ok {
-            Ok(Self(s))
-        } else {
-            Err(IdError::AgencyId(s))
-        }
+        if ok { Ok(Self(s)) } else { Err(IdError::AgencyId(s)) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -80,18 +71,12 @@ impl MessageId {
     /// A fresh UUIDv7 for `now_ms` (Unix milliseconds) with random bits from the OS.
     pub fn generate(now_ms: i64) -> Self {
         let ms = u64::try_from(now_ms).unwrap_or(0);
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            ms / 1000,
-            ((ms % 1000) * 1_000_000) as u32,
-        );
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
         Self(uuid::Uuid::new_v7(ts))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, IdError> {
-        let arr: [u8; 16] = bytes
-            .try_into()
-            .map_err(|_| IdError::MessageIdLength(bytes.len()))?;
+        let arr: [u8; 16] = bytes.try_into().map_err(|_| IdError::MessageIdLength(bytes.len()))?;
         let u = uuid::Uuid::from_bytes(arr);
         if u.get_version_num() != 7 || u.get_variant() != uuid::Variant::RFC4122 {
             return Err(IdError::MessageIdVersion(u.to_string()));
@@ -138,10 +123,7 @@ pub struct KeyId(pub [u8; 16]);
 
 impl KeyId {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, IdError> {
-        bytes
-            .try_into()
-            .map(Self)
-            .map_err(|_| IdError::KeyIdLength(bytes.len()))
+        bytes.try_into().map(Self).map_err(|_| IdError::KeyIdLength(bytes.len()))
     }
 
     pub fn as_bytes(&self) -> &[u8; 16] {
@@ -179,16 +161,11 @@ impl TrustDomain {
         let label_ok = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         };
-        if s.len() <= 253 && s.split('.').all(label_ok) {
-            Ok(Self(s))
-        } else {
-            Err(IdError::TrustDomain(s))
-        }
+        if s.len() <= 253 && s.split('.').all(label_ok) { Ok(Self(s)) } else { Err(IdError::TrustDomain(s)) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -253,25 +230,13 @@ pub struct Principal {
 }
 
 impl Principal {
-    pub fn new(
-        trust_domain: TrustDomain,
-        agency: AgencyId,
-        role: Role,
-        name: &str,
-    ) -> Result<Self, IdError> {
+    pub fn new(trust_domain: TrustDomain, agency: AgencyId, role: Role, name: &str) -> Result<Self, IdError> {
         let ok = (1..=63).contains(&name.len())
-            && name.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-            });
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
         if !ok {
             return Err(IdError::PrincipalName(name.to_owned()));
         }
-        Ok(Self {
-            trust_domain,
-            agency,
-            role,
-            name: name.to_owned(),
-        })
+        Ok(Self { trust_domain, agency, role, name: name.to_owned() })
     }
 
     /// Parses a SPIFFE URI.
@@ -279,29 +244,16 @@ impl Principal {
         let bad = || IdError::PrincipalUri(uri.to_owned());
         let rest = uri.strip_prefix("spiffe://").ok_or_else(bad)?;
         let mut parts = rest.split('/');
-        let (Some(td), Some("agency"), Some(agency), Some(role), Some(name), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some(td), Some("agency"), Some(agency), Some(role), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad());
         };
-        Self::new(
-            TrustDomain::new(td)?,
-            AgencyId::new(agency)?,
-            role.parse()?,
-            name,
-        )
+        Self::new(TrustDomain::new(td)?, AgencyId::new(agency)?, role.parse()?, name)
     }
 
     pub fn uri(&self) -> String {
-        format!(
-            "spiffe://{}/agency/{}/{}/{}",
-            self.trust_domain, self.agency, self.role, self.name
-        )
+        format!("spiffe://{}/agency/{}/{}/{}", self.trust_domain, self.agency, self.role, self.name)
     }
 }
 
@@ -318,21 +270,8 @@ mod tests {
     #[test]
     fn agency_ids() {
         assert!(AgencyId::new("polisen-huddinge").is_ok());
-        for bad in [
-            "",
-            "ab",
-            "-abc",
-            "abc-",
-            "Abc",
-            "a_b_c",
-            "åäö",
-            &"a".repeat(64),
-        ] {
-            assert_eq!(
-                AgencyId::new(bad),
-                Err(IdError::AgencyId(bad.to_owned())),
-                "{bad}"
-            );
+        for bad in ["", "ab", "-abc", "abc-", "Abc", "a_b_c", "åäö", &"a".repeat(64)] {
+            assert_eq!(AgencyId::new(bad), Err(IdError::AgencyId(bad.to_owned())), "{bad}");
         }
     }
 
@@ -353,15 +292,10 @@ mod tests {
             "spiffe://igor.example.se/agency/polisen-huddinge/oncall/x/y",
             "spiffe://igor.example.se/org/polisen-huddinge/oncall/x",
         ] {
-            assert_eq!(
-                Principal::parse_uri(bad),
-                Err(IdError::PrincipalUri(bad.into()))
-            );
+            assert_eq!(Principal::parse_uri(bad), Err(IdError::PrincipalUri(bad.into())));
         }
         assert_eq!(
-            Principal::parse_uri(
-                "spiffe://igor.example.se/agency/polisen-huddinge/oncall/Bad Name"
-            ),
+            Principal::parse_uri("spiffe://igor.example.se/agency/polisen-huddinge/oncall/Bad Name"),
             Err(IdError::PrincipalName("Bad Name".into()))
         );
     }
@@ -373,13 +307,7 @@ mod tests {
         assert_eq!(MessageId::from_bytes(id.as_bytes()), Ok(id));
         assert_eq!(id.to_string().parse::<MessageId>(), Ok(id));
         let v4 = uuid::Uuid::from_u128(0x67e5_5044_10b1_426f_9247_bb68_0e5f_e0c8);
-        assert_eq!(
-            MessageId::from_bytes(v4.as_bytes()),
-            Err(IdError::MessageIdVersion(v4.to_string()))
-        );
-        assert_eq!(
-            MessageId::from_bytes(&[0; 15]),
-            Err(IdError::MessageIdLength(15))
-        );
+        assert_eq!(MessageId::from_bytes(v4.as_bytes()), Err(IdError::MessageIdVersion(v4.to_string())));
+        assert_eq!(MessageId::from_bytes(&[0; 15]), Err(IdError::MessageIdLength(15)));
     }
 }

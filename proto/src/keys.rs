@@ -43,9 +43,7 @@ impl VerifyingKey {
 
     /// Verifies a 64-byte Ed25519 signature over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
-        UnparsedPublicKey::new(&ED25519, &self.0)
-            .verify(message, signature)
-            .map_err(|_| BadSignature)
+        UnparsedPublicKey::new(&ED25519, &self.0).verify(message, signature).map_err(|_| BadSignature)
     }
 
     /// The id of a lone signing key such as the federation directory key or the
@@ -77,9 +75,7 @@ fn truncate_key_id(input: &[u8]) -> KeyId {
 
 fn random_32() -> Zeroizing<[u8; 32]> {
     let mut seed = Zeroizing::new([0u8; 32]);
-    ring::rand::SystemRandom::new()
-        .fill(seed.as_mut())
-        .expect("the OS random source failed");
+    ring::rand::SystemRandom::new().fill(seed.as_mut()).expect("the OS random source failed");
     seed
 }
 
@@ -95,12 +91,8 @@ impl SigningKey {
     }
 
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        let pair = Ed25519KeyPair::from_seed_unchecked(&seed)
-            .expect("every 32-byte seed is an Ed25519 key");
-        Self {
-            seed: Zeroizing::new(seed),
-            pair,
-        }
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed).expect("every 32-byte seed is an Ed25519 key");
+        Self { seed: Zeroizing::new(seed), pair }
     }
 
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
@@ -111,8 +103,7 @@ impl SigningKey {
     }
 
     pub fn verifying_key(&self) -> VerifyingKey {
-        VerifyingKey::from_slice(self.pair.public_key().as_ref())
-            .expect("Ed25519 public keys are 32 bytes")
+        VerifyingKey::from_slice(self.pair.public_key().as_ref()).expect("Ed25519 public keys are 32 bytes")
     }
 
     fn seed(&self) -> &[u8; 32] {
@@ -122,9 +113,7 @@ impl SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("public", &self.verifying_key())
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("public", &self.verifying_key()).finish_non_exhaustive()
     }
 }
 
@@ -185,13 +174,7 @@ impl AgencyKeyBundle {
     ) -> Result<Self, KeyFileError> {
         let sk = <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(x25519_secret)
             .map_err(|_| KeyFileError::Invalid("x25519-secret is not an X25519 private key"))?;
-        Ok(Self::from_parts(
-            agency,
-            SigningKey::from_seed(ed25519_seed),
-            sk,
-            not_before,
-            not_after,
-        ))
+        Ok(Self::from_parts(agency, SigningKey::from_seed(ed25519_seed), sk, not_before, not_after))
     }
 
     fn from_parts(
@@ -212,12 +195,7 @@ impl AgencyKeyBundle {
             not_before,
             not_after,
         };
-        Self {
-            agency,
-            signing,
-            encryption_secret,
-            public,
-        }
+        Self { agency, signing, encryption_secret, public }
     }
 
     pub fn agency(&self) -> &AgencyId {
@@ -260,19 +238,14 @@ impl AgencyKeyBundle {
     pub fn from_key_file(text: &str) -> Result<Self, KeyFileError> {
         let fields = parse_key_file(text, "agency-bundle")?;
         let agency = AgencyId::new(fields.get("agency")?).map_err(KeyFileError::Id)?;
-        let not_before =
-            Timestamp::parse_rfc3339(fields.get("not-before")?).map_err(KeyFileError::Time)?;
-        let not_after =
-            Timestamp::parse_rfc3339(fields.get("not-after")?).map_err(KeyFileError::Time)?;
+        let not_before = Timestamp::parse_rfc3339(fields.get("not-before")?).map_err(KeyFileError::Time)?;
+        let not_after = Timestamp::parse_rfc3339(fields.get("not-after")?).map_err(KeyFileError::Time)?;
         let seed = fields.secret_32("ed25519-seed")?;
         let x = fields.secret_32("x25519-secret")?;
         let bundle = Self::from_secrets(agency, *seed, &x, not_before, not_after)?;
         let stated: KeyId = fields.get("key-id")?.parse().map_err(KeyFileError::Id)?;
         if stated != bundle.key_id() {
-            return Err(KeyFileError::KeyIdMismatch {
-                stated,
-                actual: bundle.key_id(),
-            });
+            return Err(KeyFileError::KeyIdMismatch { stated, actual: bundle.key_id() });
         }
         Ok(bundle)
     }
@@ -321,10 +294,7 @@ pub fn parse_signing_key_file(text: &str, purpose: KeyPurpose) -> Result<Signing
     let fields = parse_key_file(text, "signing-key")?;
     let found = fields.get("purpose")?;
     if found != purpose.as_str() {
-        return Err(KeyFileError::WrongPurpose {
-            expected: purpose.as_str(),
-            found: found.to_owned(),
-        });
+        return Err(KeyFileError::WrongPurpose { expected: purpose.as_str(), found: found.to_owned() });
     }
     let key = SigningKey::from_seed(*fields.secret_32("ed25519-seed")?);
     let stated: KeyId = fields.get("key-id")?.parse().map_err(KeyFileError::Id)?;
@@ -344,15 +314,9 @@ pub enum KeyFileError {
     #[error("not a referral key file (the first line must be {KEY_FILE_MAGIC:?})")]
     Magic,
     #[error("key file holds a {found:?}, expected a {expected:?}")]
-    WrongKind {
-        expected: &'static str,
-        found: String,
-    },
+    WrongKind { expected: &'static str, found: String },
     #[error("key file is for purpose {found:?}, expected {expected:?}")]
-    WrongPurpose {
-        expected: &'static str,
-        found: String,
-    },
+    WrongPurpose { expected: &'static str, found: String },
     #[error("key file line {line} is not 'name: value'")]
     Syntax { line: usize },
     #[error("key file has {0:?} twice")]
@@ -381,10 +345,7 @@ impl<'a> KeyFields<'a> {
     }
 
     fn secret_32(&self, name: &'static str) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
-        let raw = Zeroizing::new(
-            B64.decode(self.get(name)?)
-                .map_err(|_| KeyFileError::Secret(name))?,
-        );
+        let raw = Zeroizing::new(B64.decode(self.get(name)?).map_err(|_| KeyFileError::Secret(name))?);
         let mut out = Zeroizing::new([0u8; 32]);
         if raw.len() != 32 {
             return Err(KeyFileError::Secret(name));
@@ -395,16 +356,8 @@ impl<'a> KeyFields<'a> {
 }
 
 fn parse_key_file<'a>(text: &'a str, kind: &'static str) -> Result<KeyFields<'a>, KeyFileError> {
-    const KNOWN: [&str; 8] = [
-        "kind",
-        "agency",
-        "key-id",
-        "not-before",
-        "not-after",
-        "ed25519-seed",
-        "x25519-secret",
-        "purpose",
-    ];
+    const KNOWN: [&str; 8] =
+        ["kind", "agency", "key-id", "not-before", "not-after", "ed25519-seed", "x25519-secret", "purpose"];
     let mut lines = text.lines();
     if lines.next().map(str::trim) != Some(KEY_FILE_MAGIC) {
         return Err(KeyFileError::Magic);
@@ -415,9 +368,7 @@ fn parse_key_file<'a>(text: &'a str, kind: &'static str) -> Result<KeyFields<'a>
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(KeyFileError::Syntax { line: i + 2 })?;
+        let (name, value) = line.split_once(':').ok_or(KeyFileError::Syntax { line: i + 2 })?;
         let name = name.trim();
         if !KNOWN.contains(&name) {
             return Err(KeyFileError::Unknown(name.to_owned()));
@@ -429,10 +380,7 @@ fn parse_key_file<'a>(text: &'a str, kind: &'static str) -> Result<KeyFields<'a>
     let fields = KeyFields(fields);
     let found = fields.get("kind")?;
     if found != kind {
-        return Err(KeyFileError::WrongKind {
-            expected: kind,
-            found: found.to_owned(),
-        });
+        return Err(KeyFileError::WrongKind { expected: kind, found: found.to_owned() });
     }
     Ok(fields)
 }
@@ -460,34 +408,15 @@ mod tests {
     fn key_file_rejections_name_the_problem() {
         let b = AgencyKeyBundle::generate(agency(), Timestamp(0), Timestamp(10_000));
         let text = b.to_key_file().to_string();
-        assert!(matches!(
-            AgencyKeyBundle::from_key_file("hello"),
-            Err(KeyFileError::Magic)
-        ));
+        assert!(matches!(AgencyKeyBundle::from_key_file("hello"), Err(KeyFileError::Magic)));
         let other_id = "key-id: 00000000000000000000000000000000";
-        let tampered = text
-            .lines()
-            .map(|l| if l.starts_with("key-id") { other_id } else { l })
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(matches!(
-            AgencyKeyBundle::from_key_file(&tampered),
-            Err(KeyFileError::KeyIdMismatch { .. })
-        ));
-        let no_seed = text
-            .lines()
-            .filter(|l| !l.starts_with("ed25519-seed"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(matches!(
-            AgencyKeyBundle::from_key_file(&no_seed),
-            Err(KeyFileError::Missing("ed25519-seed"))
-        ));
+        let tampered =
+            text.lines().map(|l| if l.starts_with("key-id") { other_id } else { l }).collect::<Vec<_>>().join("\n");
+        assert!(matches!(AgencyKeyBundle::from_key_file(&tampered), Err(KeyFileError::KeyIdMismatch { .. })));
+        let no_seed = text.lines().filter(|l| !l.starts_with("ed25519-seed")).collect::<Vec<_>>().join("\n");
+        assert!(matches!(AgencyKeyBundle::from_key_file(&no_seed), Err(KeyFileError::Missing("ed25519-seed"))));
         let signing = signing_key_file(&SigningKey::generate(), KeyPurpose::BrokerLog);
-        assert!(matches!(
-            AgencyKeyBundle::from_key_file(&signing),
-            Err(KeyFileError::WrongKind { .. })
-        ));
+        assert!(matches!(AgencyKeyBundle::from_key_file(&signing), Err(KeyFileError::WrongKind { .. })));
         assert!(matches!(
             parse_signing_key_file(&signing, KeyPurpose::FederationDirectory),
             Err(KeyFileError::WrongPurpose { .. })
@@ -497,26 +426,17 @@ mod tests {
     #[test]
     fn debug_output_holds_no_secret() {
         let k = SigningKey::from_seed([7; 32]);
-        let b =
-            AgencyKeyBundle::from_secrets(agency(), [7; 32], &[9; 32], Timestamp(0), Timestamp(1))
-                .unwrap();
+        let b = AgencyKeyBundle::from_secrets(agency(), [7; 32], &[9; 32], Timestamp(0), Timestamp(1)).unwrap();
         let seed_b64 = B64.encode([7u8; 32]);
         for dbg in [format!("{k:?}"), format!("{b:?}")] {
-            assert!(
-                !dbg.contains(&seed_b64) && !dbg.contains(&hex::encode([7u8; 32])),
-                "{dbg}"
-            );
+            assert!(!dbg.contains(&seed_b64) && !dbg.contains(&hex::encode([7u8; 32])), "{dbg}");
         }
     }
 
     #[test]
     fn signing_key_round_trip_and_verify() {
         let k = SigningKey::generate();
-        let back = parse_signing_key_file(
-            &signing_key_file(&k, KeyPurpose::BrokerLog),
-            KeyPurpose::BrokerLog,
-        )
-        .unwrap();
+        let back = parse_signing_key_file(&signing_key_file(&k, KeyPurpose::BrokerLog), KeyPurpose::BrokerLog).unwrap();
         assert_eq!(back.verifying_key(), k.verifying_key());
         let sig = k.sign(b"hello");
         assert_eq!(k.verifying_key().verify(b"hello", &sig), Ok(()));

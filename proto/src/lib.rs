@@ -37,18 +37,12 @@ pub mod test_vectors;
 pub mod time;
 
 /// Generated protobuf messages and gRPC stubs for package `referral.v1`.
-#[allow(
-    missing_docs,
-    missing_debug_implementations,
-    clippy::all,
-    clippy::pedantic
-)]
+#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("referral.v1");
 
     /// Encoded `FileDescriptorSet` of every `.proto` file, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("referral_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("referral_descriptor");
 }
 
 /// Envelope protocol version described by PROTOCOL.md.

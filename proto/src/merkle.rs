@@ -53,43 +53,23 @@ pub fn subtree_root<S: NodeSource>(src: &S, start: u64, end: u64) -> Result<Dige
         return src.node(n.trailing_zeros(), start >> n.trailing_zeros());
     }
     let k = split_point(n);
-    Ok(node_hash(
-        &subtree_root(src, start, start + k)?,
-        &subtree_root(src, start + k, end)?,
-    ))
+    Ok(node_hash(&subtree_root(src, start, start + k)?, &subtree_root(src, start + k, end)?))
 }
 
 /// The root of a tree of `size` leaves.
 pub fn root<S: NodeSource>(src: &S, size: u64) -> Result<Digest, S::Error> {
-    if size == 0 {
-        Ok(empty_root())
-    } else {
-        subtree_root(src, 0, size)
-    }
+    if size == 0 { Ok(empty_root()) } else { subtree_root(src, 0, size) }
 }
 
 /// RFC 9162 §2.1.3.1 audit path for leaf `index` in a tree of `size` leaves.
-pub fn inclusion_proof<S: NodeSource>(
-    src: &S,
-    index: u64,
-    size: u64,
-) -> Result<Vec<Digest>, S::Error> {
-    assert!(
-        index < size,
-        "inclusion proof for leaf {index} of a tree of {size}"
-    );
+pub fn inclusion_proof<S: NodeSource>(src: &S, index: u64, size: u64) -> Result<Vec<Digest>, S::Error> {
+    assert!(index < size, "inclusion proof for leaf {index} of a tree of {size}");
     let mut path = Vec::new();
     path_rec(src, index, 0, size, &mut path)?;
     Ok(path)
 }
 
-fn path_rec<S: NodeSource>(
-    src: &S,
-    m: u64,
-    start: u64,
-    end: u64,
-    out: &mut Vec<Digest>,
-) -> Result<(), S::Error> {
+fn path_rec<S: NodeSource>(src: &S, m: u64, start: u64, end: u64, out: &mut Vec<Digest>) -> Result<(), S::Error> {
     let n = end - start;
     if n == 1 {
         return Ok(());
@@ -106,15 +86,8 @@ fn path_rec<S: NodeSource>(
 }
 
 /// RFC 9162 §2.1.4.1 consistency proof from `first` to `second` leaves.
-pub fn consistency_proof<S: NodeSource>(
-    src: &S,
-    first: u64,
-    second: u64,
-) -> Result<Vec<Digest>, S::Error> {
-    assert!(
-        first <= second,
-        "consistency proof from {first} to {second}"
-    );
+pub fn consistency_proof<S: NodeSource>(src: &S, first: u64, second: u64) -> Result<Vec<Digest>, S::Error> {
+    assert!(first <= second, "consistency proof from {first} to {second}");
     let mut out = Vec::new();
     if first > 0 && first < second {
         subproof(src, first, 0, second, true, &mut out)?;
@@ -218,11 +191,7 @@ pub fn verify_consistency(
         if !proof.is_empty() {
             return Err(ProofError::WrongLength);
         }
-        return if first == 0 || first_root == second_root {
-            Ok(())
-        } else {
-            Err(ProofError::RootMismatch)
-        };
+        return if first == 0 || first_root == second_root { Ok(()) } else { Err(ProofError::RootMismatch) };
     }
     let mut path: Vec<Digest> = Vec::with_capacity(proof.len() + 1);
     if first.is_power_of_two() {
@@ -306,11 +275,7 @@ impl Frontier {
     /// itself first), for the caller to store.
     pub fn append(&mut self, leaf: Digest) -> Vec<NewNode> {
         let index = self.size;
-        let mut created = vec![NewNode {
-            level: 0,
-            index,
-            hash: leaf,
-        }];
+        let mut created = vec![NewNode { level: 0, index, hash: leaf }];
         self.nodes.push((0, leaf));
         while self.nodes.len() >= 2 {
             let (l2, right) = self.nodes[self.nodes.len() - 1];
@@ -322,11 +287,7 @@ impl Frontier {
             let hash = node_hash(&left, &right);
             let level = l1 + 1;
             self.nodes.push((level, hash));
-            created.push(NewNode {
-                level,
-                index: index >> level,
-                hash,
-            });
+            created.push(NewNode { level, index: index >> level, hash });
         }
         self.size += 1;
         created
@@ -418,11 +379,7 @@ mod tests {
             assert_eq!(t.root(), mth(&leaves), "n={n}");
             assert_eq!(root(&t, n as u64).unwrap(), mth(&leaves), "n={n}");
             for m in 0..=n {
-                assert_eq!(
-                    root(&t, m as u64).unwrap(),
-                    mth(&leaves[..m]),
-                    "prefix {m} of {n}"
-                );
+                assert_eq!(root(&t, m as u64).unwrap(), mth(&leaves[..m]), "prefix {m} of {n}");
             }
         }
     }
@@ -440,15 +397,9 @@ mod tests {
 
     #[test]
     fn known_empty_and_single_roots() {
-        assert_eq!(
-            empty_root().to_hex(),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(empty_root().to_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         // SHA-256(0x00): the leaf hash of an empty entry.
-        assert_eq!(
-            leaf_hash(b"").to_hex(),
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-        );
+        assert_eq!(leaf_hash(b"").to_hex(), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
     }
 
     proptest! {

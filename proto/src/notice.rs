@@ -231,11 +231,7 @@ impl Errors {
     }
 
     fn finish(self) -> Result<(), ValidationErrors> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationErrors(self.0))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(ValidationErrors(self.0)) }
     }
 }
 
@@ -253,11 +249,7 @@ impl ReferralNotice {
         let mut e = Errors::default();
         let s = &self.subject;
         e.check(present(&s.name), "subject.name", "is required");
-        e.check(
-            chars(&s.name) <= MAX_SHORT_TEXT_CHARS,
-            "subject.name",
-            "is longer than 200 characters",
-        );
+        e.check(chars(&s.name) <= MAX_SHORT_TEXT_CHARS, "subject.name", "is longer than 200 characters");
         e.check(
             s.personal_identity_number.is_empty() || is_personal_identity_number(&s.personal_identity_number),
             "subject.personal_identity_number",
@@ -274,11 +266,7 @@ impl ReferralNotice {
             ("subject.postal_code", &s.postal_code),
             ("subject.city", &s.city),
         ] {
-            e.check(
-                chars(v) <= MAX_SHORT_TEXT_CHARS,
-                field,
-                "is longer than 200 characters",
-            );
+            e.check(chars(v) <= MAX_SHORT_TEXT_CHARS, field, "is longer than 200 characters");
         }
 
         let c = &self.safe_contact;
@@ -288,20 +276,14 @@ impl ReferralNotice {
                 "safe_contact.address",
                 "must be a phone number (digits, spaces, '-', optional leading '+') for channel phone or sms",
             ),
-            ContactChannel::Email => e.check(
-                is_email(&c.address),
-                "safe_contact.address",
-                "must be an e-mail address for channel email",
-            ),
+            ContactChannel::Email => {
+                e.check(is_email(&c.address), "safe_contact.address", "must be an e-mail address for channel email")
+            }
             ContactChannel::ViaSender => {
                 e.check(c.address.is_empty(), "safe_contact.address", "must be empty for channel via_sender")
             }
         }
-        e.check(
-            chars(&c.best_time) <= MAX_SHORT_TEXT_CHARS,
-            "safe_contact.best_time",
-            "is longer than 200 characters",
-        );
+        e.check(chars(&c.best_time) <= MAX_SHORT_TEXT_CHARS, "safe_contact.best_time", "is longer than 200 characters");
         e.check(
             c.language.is_empty() || is_language_tag(&c.language),
             "safe_contact.language",
@@ -310,86 +292,38 @@ impl ReferralNotice {
 
         let l = &self.legal_basis;
         e.check(present(&l.citation), "legal_basis.citation", "is required");
-        e.check(
-            present(&l.reason),
-            "legal_basis.reason",
-            "is required: say why the provision applies in this case",
-        );
-        e.check(
-            chars(&l.citation) <= MAX_SHORT_TEXT_CHARS,
-            "legal_basis.citation",
-            "is longer than 200 characters",
-        );
-        e.check(
-            chars(&l.reason) <= MAX_FREE_TEXT_CHARS,
-            "legal_basis.reason",
-            "is longer than 4000 characters",
-        );
+        e.check(present(&l.reason), "legal_basis.reason", "is required: say why the provision applies in this case");
+        e.check(chars(&l.citation) <= MAX_SHORT_TEXT_CHARS, "legal_basis.citation", "is longer than 200 characters");
+        e.check(chars(&l.reason) <= MAX_FREE_TEXT_CHARS, "legal_basis.reason", "is longer than 4000 characters");
 
         let k = &self.consent;
         if k.state == ConsentState::Given {
-            e.check(
-                present(&k.obtained_by),
-                "consent.obtained_by",
-                "is required when consent is given",
-            );
-            e.check(
-                k.obtained_at.is_some(),
-                "consent.obtained_at",
-                "is required when consent is given",
-            );
+            e.check(present(&k.obtained_by), "consent.obtained_by", "is required when consent is given");
+            e.check(k.obtained_at.is_some(), "consent.obtained_at", "is required when consent is given");
         }
         e.check(
             l.kind != LegalBasisKind::Consent || k.state == ConsentState::Given,
             "consent.state",
             "must be given when the legal basis is consent",
         );
-        e.check(
-            chars(&k.obtained_by) <= MAX_SHORT_TEXT_CHARS,
-            "consent.obtained_by",
-            "is longer than 200 characters",
-        );
+        e.check(chars(&k.obtained_by) <= MAX_SHORT_TEXT_CHARS, "consent.obtained_by", "is longer than 200 characters");
 
         if self.risk.tool != RiskTool::None {
-            e.check(
-                self.risk.level.is_some(),
-                "risk.level",
-                "is required when a risk tool was used",
-            );
-            e.check(
-                self.risk.assessed_at.is_some(),
-                "risk.assessed_at",
-                "is required when a risk tool was used",
-            );
+            e.check(self.risk.level.is_some(), "risk.level", "is required when a risk tool was used");
+            e.check(self.risk.assessed_at.is_some(), "risk.assessed_at", "is required when a risk tool was used");
         }
 
-        e.check(
-            self.children.len() <= MAX_CHILDREN,
-            "children",
-            "lists more than 20 children",
-        );
-        e.check(
-            self.children.iter().all(|c| c.age <= 17),
-            "children.age",
-            "must be 0 to 17",
-        );
+        e.check(self.children.len() <= MAX_CHILDREN, "children", "lists more than 20 children");
+        e.check(self.children.iter().all(|c| c.age <= 17), "children.age", "must be 0 to 17");
         let mut seen = Vec::new();
         for s in &self.requested_support {
-            e.check(
-                !seen.contains(s),
-                "requested_support",
-                "lists a kind of support twice",
-            );
+            e.check(!seen.contains(s), "requested_support", "lists a kind of support twice");
             seen.push(*s);
         }
 
         let r = &self.sender_case_reference;
         e.check(present(r), "sender_case_reference", "is required");
-        e.check(
-            chars(r) <= 64,
-            "sender_case_reference",
-            "is longer than 64 characters",
-        );
+        e.check(chars(r) <= 64, "sender_case_reference", "is longer than 64 characters");
         e.check(
             !contains_personal_identity_number(r),
             "sender_case_reference",
@@ -398,32 +332,20 @@ impl ReferralNotice {
 
         let p = &self.sender_contact;
         e.check(present(&p.name), "sender_contact.name", "is required");
-        e.check(
-            is_phone_number(&p.phone),
-            "sender_contact.phone",
-            "must be a phone number",
-        );
-        e.check(
-            p.email.is_empty() || is_email(&p.email),
-            "sender_contact.email",
-            "is not an e-mail address",
-        );
-        e.check(
-            chars(&p.name) <= MAX_SHORT_TEXT_CHARS,
-            "sender_contact.name",
-            "is longer than 200 characters",
-        );
-        e.check(
-            chars(&p.title) <= MAX_SHORT_TEXT_CHARS,
-            "sender_contact.title",
-            "is longer than 200 characters",
-        );
+        e.check(is_phone_number(&p.phone), "sender_contact.phone", "must be a phone number");
+        e.check(p.email.is_empty() || is_email(&p.email), "sender_contact.email", "is not an e-mail address");
+        e.check(chars(&p.name) <= MAX_SHORT_TEXT_CHARS, "sender_contact.name", "is longer than 200 characters");
+        e.check(chars(&p.title) <= MAX_SHORT_TEXT_CHARS, "sender_contact.title", "is longer than 200 characters");
 
-        e.check(
-            chars(&self.free_text) <= MAX_FREE_TEXT_CHARS,
-            "free_text",
-            "is longer than 4000 characters",
-        );
+        e.check(chars(&self.free_text) <= MAX_FREE_TEXT_CHARS, "free_text", "is longer than 4000 characters");
+        // On the wire a time of 0 means "not set", so a set time must be later.
+        for (field, t) in [
+            ("consent.obtained_at", self.consent.obtained_at),
+            ("risk.assessed_at", self.risk.assessed_at),
+            ("respond_by", self.respond_by),
+        ] {
+            e.check(t.is_none_or(|t| t.0 > 0), field, "must be a time after 1970-01-01T00:00:00Z");
+        }
         e.finish()
     }
 
@@ -434,8 +356,7 @@ impl ReferralNotice {
 
     /// Decodes and validates a `pb::ReferralNotice`.
     pub fn decode(bytes: &[u8]) -> Result<Self, NoticeError> {
-        let p: pb::ReferralNotice =
-            prost::Message::decode(bytes).map_err(|_| NoticeError::Decode)?;
+        let p: pb::ReferralNotice = prost::Message::decode(bytes).map_err(|_| NoticeError::Decode)?;
         let n = ReferralNotice::try_from(p)?;
         n.validate()?;
         Ok(n)
@@ -521,11 +442,7 @@ pub fn contains_personal_identity_number(s: &str) -> bool {
 
 fn looks_like_date(d: &str) -> bool {
     let n = |r: std::ops::Range<usize>| d[r].parse::<i64>().unwrap_or(-1);
-    let (y, m, day) = if d.len() == 8 {
-        (n(0..4), n(4..6), n(6..8))
-    } else {
-        (2000 + n(0..2), n(2..4), n(4..6))
-    };
+    let (y, m, day) = if d.len() == 8 { (n(0..4), n(4..6), n(6..8)) } else { (2000 + n(0..2), n(2..4), n(4..6)) };
     let day = if day > 60 { day - 60 } else { day };
     is_valid_date(y, m, day) || (m == 2 && day == 29)
 }
@@ -533,9 +450,7 @@ fn looks_like_date(d: &str) -> bool {
 fn is_phone_number(s: &str) -> bool {
     let t = s.strip_prefix('+').unwrap_or(s);
     let digits = t.bytes().filter(u8::is_ascii_digit).count();
-    (6..=15).contains(&digits)
-        && t.bytes()
-            .all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
+    (6..=15).contains(&digits) && t.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
 }
 
 fn is_email(s: &str) -> bool {
@@ -561,6 +476,13 @@ fn is_language_tag(s: &str) -> bool {
 }
 
 // ---- Conversions between the domain notice and the wire message ----
+
+/// A valid `YYYYMMDD-NNNN` number in the 12-digit form the reference encoder
+/// sends, so that a decoded notice re-encodes to itself; anything else is
+/// left for validation to judge.
+fn twelve_digit_form(pin: String) -> String {
+    if pin.len() == 13 && is_personal_identity_number(&pin) { pin.replace('-', "") } else { pin }
+}
 
 fn opt_ts(ms: i64) -> Option<Timestamp> {
     (ms != 0).then_some(Timestamp(ms))
@@ -630,24 +552,17 @@ impl From<&ReferralNotice> for pb::ReferralNotice {
                     RiskTool::Freda => pb::RiskTool::Freda,
                     RiskTool::Other => pb::RiskTool::Other,
                 } as i32,
-                level: n
-                    .risk
-                    .level
-                    .map_or(pb::RiskLevel::Unspecified, |l| match l {
-                        RiskLevel::Low => pb::RiskLevel::Low,
-                        RiskLevel::Moderate => pb::RiskLevel::Moderate,
-                        RiskLevel::High => pb::RiskLevel::High,
-                    }) as i32,
+                level: n.risk.level.map_or(pb::RiskLevel::Unspecified, |l| match l {
+                    RiskLevel::Low => pb::RiskLevel::Low,
+                    RiskLevel::Moderate => pb::RiskLevel::Moderate,
+                    RiskLevel::High => pb::RiskLevel::High,
+                }) as i32,
                 assessed_at_ms: ts_ms(n.risk.assessed_at),
             }),
             children: n
                 .children
                 .iter()
-                .map(|c| pb::Child {
-                    age: c.age,
-                    present: c.present,
-                    witnessed: c.witnessed,
-                })
+                .map(|c| pb::Child { age: c.age, present: c.present, witnessed: c.witnessed })
                 .collect(),
             requested_support: n
                 .requested_support
@@ -683,13 +598,8 @@ impl TryFrom<pb::ReferralNotice> for ReferralNotice {
     /// unspecified or unknown enum value is reported, all at once.
     fn try_from(p: pb::ReferralNotice) -> Result<Self, ValidationErrors> {
         let mut e = Errors::default();
-        e.check(
-            p.schema_version == crate::NOTICE_CONTENT_VERSION,
-            "schema_version",
-            "must be 1",
-        );
-        let mut need =
-            |v: bool, field: &'static str| e.check(v, field, "is missing or unspecified");
+        e.check(p.schema_version == crate::NOTICE_CONTENT_VERSION, "schema_version", "must be 1");
+        let mut need = |v: bool, field: &'static str| e.check(v, field, "is missing or unspecified");
 
         let s = p.subject.unwrap_or_default();
         let c = p.safe_contact.unwrap_or_default();
@@ -749,19 +659,11 @@ impl TryFrom<pb::ReferralNotice> for ReferralNotice {
         let mut support = Vec::with_capacity(p.requested_support.len());
         for v in &p.requested_support {
             match pb::SupportKind::try_from(*v) {
-                Ok(pb::SupportKind::TransportToInterview) => {
-                    support.push(SupportKind::TransportToInterview)
-                }
-                Ok(pb::SupportKind::ShelteredHousing) => {
-                    support.push(SupportKind::ShelteredHousing)
-                }
+                Ok(pb::SupportKind::TransportToInterview) => support.push(SupportKind::TransportToInterview),
+                Ok(pb::SupportKind::ShelteredHousing) => support.push(SupportKind::ShelteredHousing),
                 Ok(pb::SupportKind::HomeVisit) => support.push(SupportKind::HomeVisit),
-                Ok(pb::SupportKind::ContactWithin24h) => {
-                    support.push(SupportKind::ContactWithin24h)
-                }
-                Ok(pb::SupportKind::PerpetratorProgramme) => {
-                    support.push(SupportKind::PerpetratorProgramme)
-                }
+                Ok(pb::SupportKind::ContactWithin24h) => support.push(SupportKind::ContactWithin24h),
+                Ok(pb::SupportKind::PerpetratorProgramme) => support.push(SupportKind::PerpetratorProgramme),
                 _ => need(false, "requested_support"),
             }
         }
@@ -780,7 +682,7 @@ impl TryFrom<pb::ReferralNotice> for ReferralNotice {
         Ok(ReferralNotice {
             subject: Subject {
                 name: s.name,
-                personal_identity_number: s.personal_identity_number,
+                personal_identity_number: twelve_digit_form(s.personal_identity_number),
                 protected_identity: s.protected_identity,
                 street_address: s.street_address,
                 postal_code: s.postal_code,
@@ -794,41 +696,20 @@ impl TryFrom<pb::ReferralNotice> for ReferralNotice {
                 language: c.language,
                 interpreter_needed: c.interpreter_needed,
             },
-            legal_basis: LegalBasis {
-                kind,
-                citation: l.citation,
-                reason: l.reason,
-            },
-            consent: Consent {
-                state,
-                obtained_by: k.obtained_by,
-                obtained_at: opt_ts(k.obtained_at_ms),
-            },
+            legal_basis: LegalBasis { kind, citation: l.citation, reason: l.reason },
+            consent: Consent { state, obtained_by: k.obtained_by, obtained_at: opt_ts(k.obtained_at_ms) },
             victim_aware,
-            risk: RiskAssessment {
-                tool,
-                level,
-                assessed_at: opt_ts(r.assessed_at_ms),
-            },
+            risk: RiskAssessment { tool, level, assessed_at: opt_ts(r.assessed_at_ms) },
             children: p
                 .children
                 .into_iter()
-                .map(|c| Child {
-                    age: c.age,
-                    present: c.present,
-                    witnessed: c.witnessed,
-                })
+                .map(|c| Child { age: c.age, present: c.present, witnessed: c.witnessed })
                 .collect(),
             requested_support: support,
             urgency,
             respond_by: opt_ts(p.respond_by_ms),
             sender_case_reference: p.sender_case_reference,
-            sender_contact: ContactPerson {
-                name: sc.name,
-                title: sc.title,
-                phone: sc.phone,
-                email: sc.email,
-            },
+            sender_contact: ContactPerson { name: sc.name, title: sc.title, phone: sc.phone, email: sc.email },
             free_text: p.free_text,
         })
     }
@@ -857,8 +738,7 @@ pub fn example_notice() -> ReferralNotice {
         legal_basis: LegalBasis {
             kind: LegalBasisKind::Consent,
             citation: "Samtycke".into(),
-            reason: "The subject asked for support from social services during the interview."
-                .into(),
+            reason: "The subject asked for support from social services during the interview.".into(),
         },
         consent: Consent {
             state: ConsentState::Given,
@@ -871,11 +751,7 @@ pub fn example_notice() -> ReferralNotice {
             level: Some(RiskLevel::High),
             assessed_at: Some(Timestamp(1_795_940_100_000)),
         },
-        children: vec![Child {
-            age: 4,
-            present: true,
-            witnessed: true,
-        }],
+        children: vec![Child { age: 4, present: true, witnessed: true }],
         requested_support: vec![SupportKind::ContactWithin24h, SupportKind::ShelteredHousing],
         urgency: Urgency::Urgent,
         respond_by: Some(Timestamp(1_796_026_500_000)),
@@ -906,10 +782,7 @@ mod tests {
     fn personal_identity_numbers() {
         assert!(is_personal_identity_number("198503122387"));
         assert!(is_personal_identity_number("19850312-2387"));
-        assert!(
-            !is_personal_identity_number("198503122388"),
-            "bad check digit"
-        );
+        assert!(!is_personal_identity_number("198503122388"), "bad check digit");
         assert!(!is_personal_identity_number("198513122383"), "month 13");
         assert!(!is_personal_identity_number("8503122383"), "10 digits");
         // Samordningsnummer: day + 60.
@@ -918,32 +791,16 @@ mod tests {
 
     #[test]
     fn case_reference_must_not_hold_a_pin() {
-        for bad in [
-            "AM-19850312-2387",
-            "850312-2383",
-            "ref 8503122383",
-            "x 19850312 2384 y",
-            "8503722389",
-        ] {
+        for bad in ["AM-19850312-2387", "850312-2383", "ref 8503122383", "x 19850312 2384 y", "8503722389"] {
             assert!(contains_personal_identity_number(bad), "{bad}");
         }
-        for ok in [
-            "PM-2026-5501",
-            "5000-K12345-26",
-            "2026-11-29",
-            "AB123456789",
-        ] {
+        for ok in ["PM-2026-5501", "5000-K12345-26", "2026-11-29", "AB123456789"] {
             assert!(!contains_personal_identity_number(ok), "{ok}");
         }
     }
 
     fn errors(n: &ReferralNotice) -> Vec<&'static str> {
-        n.validate()
-            .unwrap_err()
-            .0
-            .into_iter()
-            .map(|e| e.field)
-            .collect()
+        n.validate().unwrap_err().0.into_iter().map(|e| e.field).collect()
     }
 
     #[test]
@@ -966,11 +823,7 @@ mod tests {
 
         let mut n = example_notice();
         n.consent.state = ConsentState::Refused;
-        assert_eq!(
-            errors(&n),
-            ["consent.state"],
-            "consent basis needs given consent"
-        );
+        assert_eq!(errors(&n), ["consent.state"], "consent basis needs given consent");
         n.legal_basis.kind = LegalBasisKind::Osl10_18c;
         n.validate().unwrap();
 
@@ -982,22 +835,21 @@ mod tests {
         let mut n = example_notice();
         n.subject.personal_identity_number = "198503122388".into();
         n.safe_contact.channel = ContactChannel::Email;
-        n.children.push(Child {
-            age: 18,
-            present: false,
-            witnessed: false,
-        });
+        n.children.push(Child { age: 18, present: false, witnessed: false });
         n.free_text = "x".repeat(MAX_FREE_TEXT_CHARS + 1);
         assert_eq!(
             errors(&n),
-            [
-                "subject.personal_identity_number",
-                "safe_contact.address",
-                "children.age",
-                "free_text"
-            ],
+            ["subject.personal_identity_number", "safe_contact.address", "children.age", "free_text"],
             "every problem is reported at once"
         );
+    }
+
+    #[test]
+    fn set_times_must_be_after_the_epoch() {
+        let mut n = example_notice();
+        n.consent.obtained_at = Some(Timestamp(0));
+        n.respond_by = Some(Timestamp(-5));
+        assert_eq!(errors(&n), ["consent.obtained_at", "respond_by"]);
     }
 
     #[test]
@@ -1006,10 +858,7 @@ mod tests {
         n.subject.personal_identity_number = "198503122388".into();
         n.sender_case_reference = "AM 19850312-2387".into();
         let msg = n.validate().unwrap_err().to_string();
-        assert!(
-            !msg.contains("198503") && !msg.contains("Andersson"),
-            "{msg}"
-        );
+        assert!(!msg.contains("198503") && !msg.contains("Andersson"), "{msg}");
     }
 
     #[test]
@@ -1021,10 +870,23 @@ mod tests {
         let err = ReferralNotice::try_from(p).unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|e| e.field).collect();
         assert_eq!(fields, ["consent.state", "victim_aware", "urgency"]);
-        assert_eq!(
-            ReferralNotice::decode(&[0xff, 0xff]),
-            Err(NoticeError::Decode)
-        );
+        assert_eq!(ReferralNotice::decode(&[0xff, 0xff]), Err(NoticeError::Decode));
+    }
+
+    #[test]
+    fn dashed_wire_pin_decodes_to_the_twelve_digit_form() {
+        // Found by fuzz/ (notice): a wire notice carrying the accepted
+        // `YYYYMMDD-NNNN` form decoded with the '-', but `encode` strips it,
+        // so decode(encode(n)) != n.
+        let mut p = pb::ReferralNotice::from(&example_notice());
+        p.subject.as_mut().unwrap().personal_identity_number = "19850312-2387".into();
+        let n = ReferralNotice::decode(&prost::Message::encode_to_vec(&p)).unwrap();
+        assert_eq!(n.subject.personal_identity_number, "198503122387");
+        assert_eq!(ReferralNotice::decode(&n.encode()), Ok(n));
+        // An invalid number keeps its '-' and is still refused.
+        p.subject.as_mut().unwrap().personal_identity_number = "19850312-2388".into();
+        let err = ReferralNotice::decode(&prost::Message::encode_to_vec(&p)).unwrap_err();
+        assert!(matches!(&err, NoticeError::Invalid(e) if e.has("subject.personal_identity_number")), "{err:?}");
     }
 
     #[test]
@@ -1035,9 +897,7 @@ mod tests {
         assert_eq!(json["requested_support"][0], "contact_within_24h");
         assert_eq!(json["consent"]["obtained_at"], "2026-11-29T08:15:00Z");
         let unknown = r#"{"subject": {"name": "x", "shoe_size": 42}}"#;
-        let err = serde_json::from_str::<ReferralNotice>(unknown)
-            .unwrap_err()
-            .to_string();
+        let err = serde_json::from_str::<ReferralNotice>(unknown).unwrap_err().to_string();
         assert!(err.contains("shoe_size"), "{err}");
     }
 

@@ -95,11 +95,7 @@ impl ReceiptStatement {
 
     pub fn sign(self, key: &SigningKey, ack: Option<SignedAck>) -> Receipt {
         let signature = key.sign(&self.signing_input());
-        Receipt {
-            statement: self,
-            signature,
-            ack,
-        }
+        Receipt { statement: self, signature, ack }
     }
 }
 
@@ -206,17 +202,12 @@ impl TreeHead {
     /// canonical(`referral.v1/tree-head-signature`, u64 tree size, root hash, i64 timestamp_ms).
     pub fn signing_input(&self) -> Vec<u8> {
         let mut c = Canonical::new(label::TREE_HEAD_SIGNATURE);
-        c.u64(self.tree_size)
-            .bytes(self.root_hash.as_bytes())
-            .i64(self.timestamp.0);
+        c.u64(self.tree_size).bytes(self.root_hash.as_bytes()).i64(self.timestamp.0);
         c.finish()
     }
 
     pub fn sign(self, key: &SigningKey) -> SignedTreeHead {
-        SignedTreeHead {
-            head: self,
-            signature: key.sign(&self.signing_input()),
-        }
+        SignedTreeHead { head: self, signature: key.sign(&self.signing_input()) }
     }
 }
 

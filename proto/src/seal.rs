@@ -12,9 +12,7 @@ use hpke::{Deserializable as _, Serializable as _};
 
 use crate::canonical::{Canonical, label};
 use crate::directory::{Agency, Directory};
-use crate::envelope::{
-    ENCAPSULATED_KEY_LEN, Envelope, EnvelopeHeader, payload_digest, signing_input,
-};
+use crate::envelope::{ENCAPSULATED_KEY_LEN, Envelope, EnvelopeHeader, payload_digest, signing_input};
 use crate::ids::{AgencyId, KeyId, MessageId};
 use crate::keys::{AgencyKeyBundle, AgencyPublicKey, BadSignature, HpkeAead, HpkeKdf, HpkeKem};
 use crate::notice::{NoticeError, ReferralNotice, ValidationErrors};
@@ -34,17 +32,9 @@ pub fn is_padded_ciphertext_len(len: usize) -> bool {
 
 /// The HPKE `info`: canonical(`referral.v1/hpke-info`, u32 version, sender,
 /// recipient, message id).
-pub fn hpke_info(
-    version: u32,
-    sender: &AgencyId,
-    recipient: &AgencyId,
-    message_id: &MessageId,
-) -> Vec<u8> {
+pub fn hpke_info(version: u32, sender: &AgencyId, recipient: &AgencyId, message_id: &MessageId) -> Vec<u8> {
     let mut c = Canonical::new(label::HPKE_INFO);
-    c.u32(version)
-        .text(sender.as_str())
-        .text(recipient.as_str())
-        .bytes(message_id.as_bytes());
+    c.u32(version).text(sender.as_str()).text(recipient.as_str()).bytes(message_id.as_bytes());
     c.finish()
 }
 
@@ -55,10 +45,7 @@ pub fn pad(notice: &[u8]) -> Result<Vec<u8>, SealError> {
     let bucket = *PADDING_BUCKETS
         .iter()
         .find(|&&b| b >= needed)
-        .ok_or(SealError::TooLarge {
-            size: notice.len(),
-            max: PADDING_BUCKETS[PADDING_BUCKETS.len() - 1] - 4,
-        })?;
+        .ok_or(SealError::TooLarge { size: notice.len(), max: PADDING_BUCKETS[PADDING_BUCKETS.len() - 1] - 4 })?;
     let mut out = Vec::with_capacity(bucket);
     out.extend_from_slice(&(notice.len() as u32).to_be_bytes());
     out.extend_from_slice(notice);
@@ -122,19 +109,14 @@ pub enum OpenError {
     NotForUs { recipient: AgencyId, ours: AgencyId },
     #[error("envelope was sealed to key {0}, which is not among this agency's key bundles")]
     NoMatchingKey(KeyId),
-    #[error(
-        "envelope payload does not decrypt with the recipient key: it was altered or sealed to another key"
-    )]
+    #[error("envelope payload does not decrypt with the recipient key: it was altered or sealed to another key")]
     Decrypt,
     #[error("decrypted payload has invalid padding")]
     Padding,
     #[error("decrypted payload: {0}")]
     Notice(#[from] NoticeError),
     #[error("envelope urgency {header} differs from the notice's urgency {notice}")]
-    UrgencyMismatch {
-        header: crate::envelope::Urgency,
-        notice: crate::envelope::Urgency,
-    },
+    UrgencyMismatch { header: crate::envelope::Urgency, notice: crate::envelope::Urgency },
 }
 
 /// Seals `notice` from `sender` to `recipient` at `now`.
@@ -145,14 +127,7 @@ pub fn seal(
     message_id: MessageId,
     now: Timestamp,
 ) -> Result<Envelope, SealError> {
-    seal_with_rng(
-        notice,
-        sender,
-        recipient,
-        message_id,
-        now,
-        &mut getrandom_rng(),
-    )
+    seal_with_rng(notice, sender, recipient, message_id, now, &mut getrandom_rng())
 }
 
 fn getrandom_rng() -> impl rand_core::CryptoRng {
@@ -173,9 +148,7 @@ pub fn seal_with_rng(
     if !sender.public().valid_at(now) {
         return Err(SealError::SenderKeyNotValid(sender.key_id()));
     }
-    let recipient_key = recipient
-        .current_key(now)
-        .ok_or_else(|| SealError::NoRecipientKey(recipient.id.clone()))?;
+    let recipient_key = recipient.current_key(now).ok_or_else(|| SealError::NoRecipientKey(recipient.id.clone()))?;
     let header = EnvelopeHeader {
         message_id,
         sender: sender.agency().clone(),
@@ -199,22 +172,12 @@ pub fn seal_header(
     rng: &mut impl rand_core::CryptoRng,
 ) -> Result<Envelope, SealError> {
     if &header.sender != sender.agency() {
-        return Err(SealError::WrongSenderBundle {
-            bundle: sender.agency().clone(),
-            sender: header.sender,
-        });
+        return Err(SealError::WrongSenderBundle { bundle: sender.agency().clone(), sender: header.sender });
     }
     let plaintext = zeroize::Zeroizing::new(pad(notice_bytes)?);
-    let info = hpke_info(
-        PROTOCOL_VERSION,
-        &header.sender,
-        &header.recipient,
-        &header.message_id,
-    );
+    let info = hpke_info(PROTOCOL_VERSION, &header.sender, &header.recipient, &header.message_id);
     let aad = header.canonical_bytes();
-    let pk = recipient_key
-        .hpke_public()
-        .map_err(|e| SealError::Hpke(e.to_string()))?;
+    let pk = recipient_key.hpke_public().map_err(|e| SealError::Hpke(e.to_string()))?;
     let (enc, ciphertext) = hpke::single_shot_seal_with_rng::<HpkeAead, HpkeKdf, HpkeKem>(
         &hpke::OpModeS::Base,
         &pk,
@@ -226,16 +189,8 @@ pub fn seal_header(
     .map_err(|e| SealError::Hpke(e.to_string()))?;
     let mut encapsulated_key = [0u8; ENCAPSULATED_KEY_LEN];
     encapsulated_key.copy_from_slice(&enc.to_bytes());
-    let signature = sender.sign(&signing_input(
-        &header,
-        &payload_digest(&encapsulated_key, &ciphertext),
-    ));
-    let envelope = Envelope {
-        header,
-        encapsulated_key,
-        ciphertext,
-        signature,
-    };
+    let signature = sender.sign(&signing_input(&header, &payload_digest(&encapsulated_key, &ciphertext)));
+    let envelope = Envelope { header, encapsulated_key, ciphertext, signature };
     debug_assert!(envelope.encode().len() <= MAX_ENVELOPE_BYTES);
     Ok(envelope)
 }
@@ -243,34 +198,18 @@ pub fn seal_header(
 /// Checks the envelope's addressing and signature against the directory:
 /// what the broker does before accepting, and what a recipient does before
 /// decrypting. Returns the sender key that signed.
-pub fn verify_envelope<'d>(
-    envelope: &Envelope,
-    directory: &'d Directory,
-) -> Result<&'d AgencyPublicKey, VerifyError> {
+pub fn verify_envelope<'d>(envelope: &Envelope, directory: &'d Directory) -> Result<&'d AgencyPublicKey, VerifyError> {
     let h = &envelope.header;
-    let sender = directory
-        .agency(&h.sender)
-        .ok_or_else(|| VerifyError::UnknownSender(h.sender.clone()))?;
+    let sender = directory.agency(&h.sender).ok_or_else(|| VerifyError::UnknownSender(h.sender.clone()))?;
     let key = sender
         .key(&h.sender_key_id)
-        .ok_or_else(|| VerifyError::UnknownSenderKey {
-            agency: h.sender.clone(),
-            key_id: h.sender_key_id,
-        })?;
+        .ok_or_else(|| VerifyError::UnknownSenderKey { agency: h.sender.clone(), key_id: h.sender_key_id })?;
     if !key.valid_at(h.created_at) {
-        return Err(VerifyError::SenderKeyNotValid {
-            key_id: key.key_id,
-            at: h.created_at,
-        });
+        return Err(VerifyError::SenderKeyNotValid { key_id: key.key_id, at: h.created_at });
     }
-    let recipient = directory
-        .agency(&h.recipient)
-        .ok_or_else(|| VerifyError::UnknownRecipient(h.recipient.clone()))?;
+    let recipient = directory.agency(&h.recipient).ok_or_else(|| VerifyError::UnknownRecipient(h.recipient.clone()))?;
     if recipient.key(&h.recipient_key_id).is_none() {
-        return Err(VerifyError::UnknownRecipientKey {
-            agency: h.recipient.clone(),
-            key_id: h.recipient_key_id,
-        });
+        return Err(VerifyError::UnknownRecipientKey { agency: h.recipient.clone(), key_id: h.recipient_key_id });
     }
     key.signing
         .verify(&envelope.signing_input(), &envelope.signature)
@@ -289,27 +228,17 @@ pub fn open(
     let h = &envelope.header;
     let bundle = bundles.iter().find(|b| b.key_id() == h.recipient_key_id);
     let Some(bundle) = bundle else {
-        if let Some(ours) = bundles
-            .first()
-            .map(|b| b.agency())
-            .filter(|a| *a != &h.recipient)
-        {
-            return Err(OpenError::NotForUs {
-                recipient: h.recipient.clone(),
-                ours: ours.clone(),
-            });
+        if let Some(ours) = bundles.first().map(|b| b.agency()).filter(|a| *a != &h.recipient) {
+            return Err(OpenError::NotForUs { recipient: h.recipient.clone(), ours: ours.clone() });
         }
         return Err(OpenError::NoMatchingKey(h.recipient_key_id));
     };
     if bundle.agency() != &h.recipient {
-        return Err(OpenError::NotForUs {
-            recipient: h.recipient.clone(),
-            ours: bundle.agency().clone(),
-        });
+        return Err(OpenError::NotForUs { recipient: h.recipient.clone(), ours: bundle.agency().clone() });
     }
     let info = hpke_info(PROTOCOL_VERSION, &h.sender, &h.recipient, &h.message_id);
-    let enc = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(&envelope.encapsulated_key)
-        .map_err(|_| OpenError::Decrypt)?;
+    let enc =
+        <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(&envelope.encapsulated_key).map_err(|_| OpenError::Decrypt)?;
     let plaintext = zeroize::Zeroizing::new(
         hpke::single_shot_open::<HpkeAead, HpkeKdf, HpkeKem>(
             &hpke::OpModeR::Base,
@@ -323,10 +252,7 @@ pub fn open(
     );
     let notice = ReferralNotice::decode(unpad(&plaintext)?)?;
     if notice.urgency != h.urgency {
-        return Err(OpenError::UrgencyMismatch {
-            header: h.urgency,
-            notice: notice.urgency,
-        });
+        return Err(OpenError::UrgencyMismatch { header: h.urgency, notice: notice.urgency });
     }
     Ok(notice)
 }

@@ -61,22 +61,11 @@ pub fn message_id() -> MessageId {
 pub fn build() -> Vectors {
     let police = AgencyId::new("polisen-huddinge").unwrap();
     let social = AgencyId::new("huddinge-socialtjanst").unwrap();
-    let sender = AgencyKeyBundle::from_secrets(
-        police.clone(),
-        counting(0x00),
-        &counting(0x20),
-        NOT_BEFORE,
-        NOT_AFTER,
-    )
-    .expect("fixed keys");
-    let recipient = AgencyKeyBundle::from_secrets(
-        social.clone(),
-        counting(0x40),
-        &counting(0x60),
-        NOT_BEFORE,
-        NOT_AFTER,
-    )
-    .expect("fixed keys");
+    let sender = AgencyKeyBundle::from_secrets(police.clone(), counting(0x00), &counting(0x20), NOT_BEFORE, NOT_AFTER)
+        .expect("fixed keys");
+    let recipient =
+        AgencyKeyBundle::from_secrets(social.clone(), counting(0x40), &counting(0x60), NOT_BEFORE, NOT_AFTER)
+            .expect("fixed keys");
     let federation = SigningKey::from_seed(counting(0x80));
     let broker_log = SigningKey::from_seed(counting(0xa0));
     let td = TrustDomain::new("igor.example.se").unwrap();
@@ -126,14 +115,7 @@ pub fn build() -> Vectors {
         &mut FixedIkm::new(counting(0xc0)),
     )
     .expect("the example seals");
-    let ack = sign_ack(
-        message_id,
-        envelope.digest(),
-        ACKED_AT,
-        "socialjour-1",
-        &recipient,
-    )
-    .expect("valid ack");
+    let ack = sign_ack(message_id, envelope.digest(), ACKED_AT, "socialjour-1", &recipient).expect("valid ack");
     let receipt = ReceiptStatement {
         message_id,
         envelope_digest: envelope.digest(),
@@ -175,10 +157,7 @@ fn line(out: &mut String, name: &str, value: impl std::fmt::Display) {
 /// The encoded envelope of vector 1, as hex, 64 digits a line.
 pub fn envelope_hex(v: &Vectors) -> String {
     let h = hex::encode(v.envelope.encode());
-    h.as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap().to_owned() + "\n")
-        .collect()
+    h.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap().to_owned() + "\n").collect()
 }
 
 /// The Merkle entries of vector 5: the ASCII strings `entry 0` … `entry 6`.
@@ -195,72 +174,28 @@ pub fn render() -> String {
     line(&mut o, "sender agency", v.sender.agency());
     hex_block(&mut o, "sender ed25519 seed", &counting(0x00));
     hex_block(&mut o, "sender x25519 secret", &counting(0x20));
-    hex_block(
-        &mut o,
-        "sender ed25519 public",
-        &v.sender.public().signing.0,
-    );
-    hex_block(
-        &mut o,
-        "sender x25519 public",
-        &v.sender.public().encryption,
-    );
+    hex_block(&mut o, "sender ed25519 public", &v.sender.public().signing.0);
+    hex_block(&mut o, "sender x25519 public", &v.sender.public().encryption);
     line(&mut o, "sender key id", v.sender.key_id());
     line(&mut o, "recipient agency", v.recipient.agency());
     hex_block(&mut o, "recipient ed25519 seed", &counting(0x40));
     hex_block(&mut o, "recipient x25519 secret", &counting(0x60));
-    hex_block(
-        &mut o,
-        "recipient ed25519 public",
-        &v.recipient.public().signing.0,
-    );
-    hex_block(
-        &mut o,
-        "recipient x25519 public",
-        &v.recipient.public().encryption,
-    );
+    hex_block(&mut o, "recipient ed25519 public", &v.recipient.public().signing.0);
+    hex_block(&mut o, "recipient x25519 public", &v.recipient.public().encryption);
     line(&mut o, "recipient key id", v.recipient.key_id());
-    line(
-        &mut o,
-        "key validity",
-        format!("[{NOT_BEFORE}, {NOT_AFTER})"),
-    );
+    line(&mut o, "key validity", format!("[{NOT_BEFORE}, {NOT_AFTER})"));
     hex_block(&mut o, "federation directory key seed", &counting(0x80));
-    line(
-        &mut o,
-        "federation directory key id",
-        v.federation.verifying_key().key_id(),
-    );
+    line(&mut o, "federation directory key id", v.federation.verifying_key().key_id());
     hex_block(&mut o, "broker log key seed", &counting(0xa0));
-    hex_block(
-        &mut o,
-        "broker log public key",
-        &v.broker_log.verifying_key().0,
-    );
+    hex_block(&mut o, "broker log public key", &v.broker_log.verifying_key().0);
 
     o.push_str("\n# Vector 1: envelope (notice = notice::example_notice(), see below)\n");
     let h: &EnvelopeHeader = &v.envelope.header;
     line(&mut o, "message id", h.message_id);
-    line(
-        &mut o,
-        "created at",
-        format!("{} ({} ms)", h.created_at, h.created_at.0),
-    );
-    line(
-        &mut o,
-        "urgency",
-        format!("{} (code {})", h.urgency, h.urgency.code()),
-    );
-    hex_block(
-        &mut o,
-        "header canonical bytes = HPKE aad",
-        &h.canonical_bytes(),
-    );
-    hex_block(
-        &mut o,
-        "HPKE info",
-        &hpke_info(PROTOCOL_VERSION, &h.sender, &h.recipient, &h.message_id),
-    );
+    line(&mut o, "created at", format!("{} ({} ms)", h.created_at, h.created_at.0));
+    line(&mut o, "urgency", format!("{} (code {})", h.urgency, h.urgency.code()));
+    hex_block(&mut o, "header canonical bytes = HPKE aad", &h.canonical_bytes());
+    hex_block(&mut o, "HPKE info", &hpke_info(PROTOCOL_VERSION, &h.sender, &h.recipient, &h.message_id));
     let notice = example_notice().encode();
     line(&mut o, "encoded notice length", notice.len());
     let padded = pad(&notice).expect("fits");
@@ -269,11 +204,7 @@ pub fn render() -> String {
     hex_block(&mut o, "HPKE ikmE", &counting(0xc0));
     hex_block(&mut o, "encapsulated key", &v.envelope.encapsulated_key);
     line(&mut o, "ciphertext length", v.envelope.ciphertext.len());
-    line(
-        &mut o,
-        "ciphertext SHA-256",
-        Digest::of(&v.envelope.ciphertext),
-    );
+    line(&mut o, "ciphertext SHA-256", Digest::of(&v.envelope.ciphertext));
     line(&mut o, "payload digest", v.envelope.payload_digest());
     hex_block(&mut o, "signing input", &v.envelope.signing_input());
     hex_block(&mut o, "signature", &v.envelope.signature);
@@ -286,11 +217,7 @@ pub fn render() -> String {
 
     o.push_str("\n# Vector 2: acknowledgement by the recipient\n");
     let s = &v.ack.statement;
-    line(
-        &mut o,
-        "acknowledged at",
-        format!("{} ({} ms)", s.acknowledged_at, s.acknowledged_at.0),
-    );
+    line(&mut o, "acknowledged at", format!("{} ({} ms)", s.acknowledged_at, s.acknowledged_at.0));
     line(&mut o, "acknowledged by", &s.acknowledged_by);
     hex_block(&mut o, "signing input", &s.signing_input());
     hex_block(&mut o, "signature", &v.ack.signature);
@@ -301,11 +228,7 @@ pub fn render() -> String {
     hex_block(&mut o, "signature", &v.signed_directory.signature);
 
     o.push_str("\n# Vector 4: ACCEPTED receipt (sequence 1, log index 0, at created + 42 ms)\n");
-    hex_block(
-        &mut o,
-        "signing input",
-        &v.receipt.statement.signing_input(),
-    );
+    hex_block(&mut o, "signing input", &v.receipt.statement.signing_input());
     hex_block(&mut o, "signature", &v.receipt.signature);
 
     o.push_str("\n# Vector 5: Merkle tree over the 7 ASCII entries \"entry 0\" … \"entry 6\"\n");
@@ -317,42 +240,16 @@ pub fn render() -> String {
         }
     }
     for size in [1u64, 2, 3, 4, 7] {
-        line(
-            &mut o,
-            &format!("root, size {size}"),
-            crate::merkle::root(&tree, size).expect("in memory"),
-        );
+        line(&mut o, &format!("root, size {size}"), crate::merkle::root(&tree, size).expect("in memory"));
     }
     let path = inclusion_proof(&tree, 3, 7).expect("in memory");
-    line(
-        &mut o,
-        "inclusion proof, leaf 3 of 7",
-        path.iter()
-            .map(Digest::to_hex)
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
+    line(&mut o, "inclusion proof, leaf 3 of 7", path.iter().map(Digest::to_hex).collect::<Vec<_>>().join(" "));
     let proof = consistency_proof(&tree, 3, 7).expect("in memory");
-    line(
-        &mut o,
-        "consistency proof, 3 to 7",
-        proof
-            .iter()
-            .map(Digest::to_hex)
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
-    let sth: SignedTreeHead = TreeHead {
-        tree_size: 7,
-        root_hash: tree.root(),
-        timestamp: Timestamp(CREATED_AT.0 + 1000),
-    }
-    .sign(&v.broker_log);
-    hex_block(
-        &mut o,
-        "tree head signing input (size 7, at created + 1 s)",
-        &sth.head.signing_input(),
-    );
+    line(&mut o, "consistency proof, 3 to 7", proof.iter().map(Digest::to_hex).collect::<Vec<_>>().join(" "));
+    let sth: SignedTreeHead =
+        TreeHead { tree_size: 7, root_hash: tree.root(), timestamp: Timestamp(CREATED_AT.0 + 1000) }
+            .sign(&v.broker_log);
+    hex_block(&mut o, "tree head signing input (size 7, at created + 1 s)", &sth.head.signing_input());
     hex_block(&mut o, "tree head signature", &sth.signature);
     o.push_str("```\n");
     o

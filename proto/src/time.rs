@@ -32,22 +32,12 @@ impl Timestamp {
 
 fn parse(s: &str) -> Option<Timestamp> {
     let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) {
-            t.parse().ok()
-        } else {
-            None
-        }
+        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse().ok() } else { None }
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -75,7 +65,12 @@ fn parse(s: &str) -> Option<Timestamp> {
         "Z" | "z" => 0,
         _ => {
             let ob = rest.as_bytes();
-            if ob.len() != 6 || !matches!(ob[0], b'+' | b'-') || ob[3] != b':' {
+            // Digits only: `str::parse` alone would also take "+1" or "-1".
+            if ob.len() != 6
+                || !matches!(ob[0], b'+' | b'-')
+                || ob[3] != b':'
+                || ![ob[1], ob[2], ob[4], ob[5]].iter().all(u8::is_ascii_digit)
+            {
                 return None;
             }
             let h: i64 = rest[1..3].parse().ok()?;
@@ -141,13 +136,7 @@ impl fmt::Display for Timestamp {
         let secs = self.0.div_euclid(1000);
         let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
         let sod = secs.rem_euclid(86_400);
-        write!(
-            f,
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
-            sod / 3600,
-            sod % 3600 / 60,
-            sod % 60
-        )?;
+        write!(f, "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, sod % 3600 / 60, sod % 60)?;
         if ms != 0 {
             write!(f, ".{ms:03}")?;
         }
@@ -175,34 +164,30 @@ mod tests {
 
     #[test]
     fn known_times() {
-        assert_eq!(
-            Timestamp::parse_rfc3339("1970-01-01T00:00:00Z"),
-            Ok(Timestamp(0))
-        );
-        assert_eq!(
-            Timestamp::parse_rfc3339("2026-11-29T08:15:00Z"),
-            Ok(Timestamp(1_795_940_100_000))
-        );
-        assert_eq!(
-            Timestamp::parse_rfc3339("2026-11-29T09:15:00.5+01:00"),
-            Ok(Timestamp(1_795_940_100_500))
-        );
-        assert_eq!(
-            Timestamp(1_795_940_100_500).to_string(),
-            "2026-11-29T08:15:00.500Z"
-        );
-        for bad in [
-            "2026-02-29T00:00:00Z",
-            "2026-11-29 08:15:00Z",
-            "2026-11-29T08:15:00",
-            "2026-13-01T00:00:00Z",
-        ] {
-            assert_eq!(
-                Timestamp::parse_rfc3339(bad),
-                Err(TimeError(bad.into())),
-                "{bad}"
-            );
+        assert_eq!(Timestamp::parse_rfc3339("1970-01-01T00:00:00Z"), Ok(Timestamp(0)));
+        assert_eq!(Timestamp::parse_rfc3339("2026-11-29T08:15:00Z"), Ok(Timestamp(1_795_940_100_000)));
+        assert_eq!(Timestamp::parse_rfc3339("2026-11-29T09:15:00.5+01:00"), Ok(Timestamp(1_795_940_100_500)));
+        assert_eq!(Timestamp(1_795_940_100_500).to_string(), "2026-11-29T08:15:00.500Z");
+        for bad in ["2026-02-29T00:00:00Z", "2026-11-29 08:15:00Z", "2026-11-29T08:15:00", "2026-13-01T00:00:00Z"] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), Err(TimeError(bad.into())), "{bad}");
         }
+    }
+
+    #[test]
+    fn offset_must_be_digits() {
+        // Found by fuzz/ (key_file): the offset's hours and minutes went
+        // through `str::parse`, which takes a sign, so "++1:00" was +01:00
+        // and "+-1:00" was -01:00.
+        for bad in [
+            "0726-11-29T09:07:00.5++1:00",
+            "2026-11-29T08:15:00+-1:00",
+            "2026-11-29T08:15:00-+1:00",
+            "2026-11-29T08:15:00+01:+5",
+            "2026-11-29T08:15:00+01:-5",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), Err(TimeError(bad.into())), "{bad}");
+        }
+        assert_eq!(Timestamp::parse_rfc3339("2026-11-29T07:10:00-01:05"), Ok(Timestamp(1_795_940_100_000)));
     }
 
     proptest! {

@@ -16,14 +16,7 @@ use referral_proto::time::Timestamp;
 
 fn sealed(v: &Vectors, notice: &ReferralNotice) -> Envelope {
     let to = v.directory.agency(v.recipient.agency()).unwrap();
-    seal(
-        notice,
-        &v.sender,
-        to,
-        MessageId::generate(CREATED_AT.0),
-        CREATED_AT,
-    )
-    .unwrap()
+    seal(notice, &v.sender, to, MessageId::generate(CREATED_AT.0), CREATED_AT).unwrap()
 }
 
 fn open_err(v: &Vectors, e: &Envelope) -> OpenError {
@@ -43,34 +36,19 @@ fn flipped_bits_in_any_signed_part_fail_the_signature() {
     let key_id = v.sender.key_id();
     let mut header = v.envelope.clone();
     header.header.created_at = Timestamp(header.header.created_at.0 ^ 1);
-    assert_eq!(
-        open_err(&v, &header),
-        OpenError::Verify(VerifyError::BadSignature(key_id))
-    );
+    assert_eq!(open_err(&v, &header), OpenError::Verify(VerifyError::BadSignature(key_id)));
     let mut ct = v.envelope.clone();
     ct.ciphertext[100] ^= 0x04;
-    assert_eq!(
-        open_err(&v, &ct),
-        OpenError::Verify(VerifyError::BadSignature(key_id))
-    );
+    assert_eq!(open_err(&v, &ct), OpenError::Verify(VerifyError::BadSignature(key_id)));
     let mut enc = v.envelope.clone();
     enc.encapsulated_key[0] ^= 0x80;
-    assert_eq!(
-        open_err(&v, &enc),
-        OpenError::Verify(VerifyError::BadSignature(key_id))
-    );
+    assert_eq!(open_err(&v, &enc), OpenError::Verify(VerifyError::BadSignature(key_id)));
     let mut sig = v.envelope.clone();
     sig.signature[5] ^= 0x01;
-    assert_eq!(
-        open_err(&v, &sig),
-        OpenError::Verify(VerifyError::BadSignature(key_id))
-    );
+    assert_eq!(open_err(&v, &sig), OpenError::Verify(VerifyError::BadSignature(key_id)));
     // The broker runs the same check and so refuses all four before storing.
     for e in [&header, &ct, &enc, &sig] {
-        assert_eq!(
-            verify_envelope(e, &v.directory),
-            Err(VerifyError::BadSignature(key_id))
-        );
+        assert_eq!(verify_envelope(e, &v.directory), Err(VerifyError::BadSignature(key_id)));
     }
 }
 
@@ -114,10 +92,7 @@ fn another_agency_cannot_reuse_a_ciphertext_as_its_own() {
     stolen.header.sender_key_id = mallory.key_id();
     stolen.signature = mallory.sign(&stolen.signing_input());
     verify_envelope(&stolen, &dir).unwrap();
-    assert_eq!(
-        open(&stolen, &dir, std::slice::from_ref(&v.recipient)).unwrap_err(),
-        OpenError::Decrypt
-    );
+    assert_eq!(open(&stolen, &dir, std::slice::from_ref(&v.recipient)).unwrap_err(), OpenError::Decrypt);
 }
 
 #[test]
@@ -126,10 +101,7 @@ fn wrong_keys() {
     // Sealed to the recipient, opened by the sender: not addressed to it.
     assert_eq!(
         open(&v.envelope, &v.directory, std::slice::from_ref(&v.sender)).unwrap_err(),
-        OpenError::NotForUs {
-            recipient: v.recipient.agency().clone(),
-            ours: v.sender.agency().clone()
-        }
+        OpenError::NotForUs { recipient: v.recipient.agency().clone(), ours: v.sender.agency().clone() }
     );
     // The recipient holds only a different key generation.
     let other = AgencyKeyBundle::from_secrets(
@@ -140,10 +112,7 @@ fn wrong_keys() {
         Timestamp(i64::MAX),
     )
     .unwrap();
-    assert_eq!(
-        open(&v.envelope, &v.directory, &[other]).unwrap_err(),
-        OpenError::NoMatchingKey(v.recipient.key_id())
-    );
+    assert_eq!(open(&v.envelope, &v.directory, &[other]).unwrap_err(), OpenError::NoMatchingKey(v.recipient.key_id()));
     // Signed by a key the directory does not list for the sender.
     let rogue = AgencyKeyBundle::from_secrets(
         v.sender.agency().clone(),
@@ -154,29 +123,16 @@ fn wrong_keys() {
     )
     .unwrap();
     let to = v.directory.agency(v.recipient.agency()).unwrap();
-    let e = seal(
-        &example_notice(),
-        &rogue,
-        to,
-        MessageId::generate(CREATED_AT.0),
-        CREATED_AT,
-    )
-    .unwrap();
+    let e = seal(&example_notice(), &rogue, to, MessageId::generate(CREATED_AT.0), CREATED_AT).unwrap();
     assert_eq!(
         open_err(&v, &e),
-        OpenError::Verify(VerifyError::UnknownSenderKey {
-            agency: v.sender.agency().clone(),
-            key_id: rogue.key_id()
-        })
+        OpenError::Verify(VerifyError::UnknownSenderKey { agency: v.sender.agency().clone(), key_id: rogue.key_id() })
     );
     // Claims the sender's real key id but is signed by another key.
     let mut forged = e.clone();
     forged.header.sender_key_id = v.sender.key_id();
     forged.signature = rogue.sign(&forged.signing_input());
-    assert_eq!(
-        open_err(&v, &forged),
-        OpenError::Verify(VerifyError::BadSignature(v.sender.key_id()))
-    );
+    assert_eq!(open_err(&v, &forged), OpenError::Verify(VerifyError::BadSignature(v.sender.key_id())));
     // Created outside the sender key's validity.
     let mut late = v.envelope.clone();
     late.header.created_at = Timestamp(v.sender.public().not_after.0);
@@ -194,61 +150,34 @@ fn unknown_parties() {
     let v = build();
     let mut dir = v.directory.clone();
     dir.agencies.remove(v.sender.agency());
-    assert_eq!(
-        verify_envelope(&v.envelope, &dir),
-        Err(VerifyError::UnknownSender(v.sender.agency().clone()))
-    );
+    assert_eq!(verify_envelope(&v.envelope, &dir), Err(VerifyError::UnknownSender(v.sender.agency().clone())));
     let mut dir = v.directory.clone();
     dir.agencies.remove(v.recipient.agency());
-    assert_eq!(
-        verify_envelope(&v.envelope, &dir),
-        Err(VerifyError::UnknownRecipient(v.recipient.agency().clone()))
-    );
+    assert_eq!(verify_envelope(&v.envelope, &dir), Err(VerifyError::UnknownRecipient(v.recipient.agency().clone())));
 }
 
 #[test]
 fn truncated_and_malformed_bytes() {
     let v = build();
     let bytes = v.envelope.encode();
-    assert_eq!(
-        Envelope::decode(&bytes[..bytes.len() - 10]),
-        Err(DecodeError::Protobuf)
-    );
+    assert_eq!(Envelope::decode(&bytes[..bytes.len() - 10]), Err(DecodeError::Protobuf));
     // Well-formed protobuf whose ciphertext lost its last byte.
     let mut short = referral_proto::pb::Envelope::from(&v.envelope);
     short.ciphertext.pop();
     let len = short.ciphertext.len();
-    assert_eq!(
-        Envelope::try_from(short),
-        Err(EnvelopeError::CiphertextLength(len))
-    );
+    assert_eq!(Envelope::try_from(short), Err(EnvelopeError::CiphertextLength(len)));
     let mut no_header = referral_proto::pb::Envelope::from(&v.envelope);
     no_header.header = None;
-    assert_eq!(
-        Envelope::try_from(no_header),
-        Err(EnvelopeError::Missing("header"))
-    );
+    assert_eq!(Envelope::try_from(no_header), Err(EnvelopeError::Missing("header")));
     let mut short_sig = referral_proto::pb::Envelope::from(&v.envelope);
     short_sig.signature.truncate(63);
-    assert_eq!(
-        Envelope::try_from(short_sig),
-        Err(EnvelopeError::SignatureLength(63))
-    );
+    assert_eq!(Envelope::try_from(short_sig), Err(EnvelopeError::SignatureLength(63)));
     let mut bad_id = referral_proto::pb::Envelope::from(&v.envelope);
     bad_id.header.as_mut().unwrap().message_id = vec![0; 16];
-    assert!(matches!(
-        Envelope::try_from(bad_id),
-        Err(EnvelopeError::Id {
-            field: "message_id",
-            ..
-        })
-    ));
+    assert!(matches!(Envelope::try_from(bad_id), Err(EnvelopeError::Id { field: "message_id", .. })));
     let mut self_addressed = referral_proto::pb::Envelope::from(&v.envelope);
     self_addressed.header.as_mut().unwrap().recipient = v.sender.agency().to_string();
-    assert_eq!(
-        Envelope::try_from(self_addressed),
-        Err(EnvelopeError::SelfAddressed(v.sender.agency().clone()))
-    );
+    assert_eq!(Envelope::try_from(self_addressed), Err(EnvelopeError::SelfAddressed(v.sender.agency().clone())));
     let mut version = referral_proto::pb::Envelope::from(&v.envelope);
     version.header.as_mut().unwrap().protocol_version = 2;
     assert_eq!(Envelope::try_from(version), Err(EnvelopeError::Version(2)));
@@ -265,20 +194,11 @@ fn oversize() {
     let mut big = referral_proto::pb::Envelope::from(&v.envelope);
     big.ciphertext = vec![0; MAX_ENVELOPE_BYTES];
     let size = prost::Message::encoded_len(&big);
-    assert_eq!(
-        Envelope::try_from(big.clone()),
-        Err(EnvelopeError::Oversize {
-            size,
-            max: MAX_ENVELOPE_BYTES
-        })
-    );
+    assert_eq!(Envelope::try_from(big.clone()), Err(EnvelopeError::Oversize { size, max: MAX_ENVELOPE_BYTES }));
     let encoded = prost::Message::encode_to_vec(&big);
     assert_eq!(
         Envelope::decode(&encoded),
-        Err(DecodeError::Envelope(EnvelopeError::Oversize {
-            size: encoded.len(),
-            max: MAX_ENVELOPE_BYTES
-        }))
+        Err(DecodeError::Envelope(EnvelopeError::Oversize { size: encoded.len(), max: MAX_ENVELOPE_BYTES }))
     );
     // A notice too large for the biggest bucket is refused before sealing.
     let to = v.directory.agency(v.recipient.agency()).unwrap();
@@ -290,16 +210,7 @@ fn oversize() {
         &mut FixedIkm::new([0; 32]),
     )
     .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SealError::TooLarge {
-                size: 60_000,
-                max: 49_148
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, SealError::TooLarge { size: 60_000, max: 49_148 }), "{err}");
 }
 
 #[test]
@@ -308,26 +219,13 @@ fn invalid_notices_are_refused_at_both_ends() {
     let to = v.directory.agency(v.recipient.agency()).unwrap();
     let mut n = example_notice();
     n.legal_basis.reason.clear();
-    match seal(
-        &n,
-        &v.sender,
-        to,
-        MessageId::generate(CREATED_AT.0),
-        CREATED_AT,
-    ) {
+    match seal(&n, &v.sender, to, MessageId::generate(CREATED_AT.0), CREATED_AT) {
         Err(SealError::Invalid(e)) => assert!(e.has("legal_basis.reason")),
         other => panic!("expected Invalid, got {other:?}"),
     }
     // A sender bypassing validation: the recipient validates again.
     let key = to.current_key(CREATED_AT).unwrap();
-    let e = seal_header(
-        &n.encode(),
-        v.envelope.header.clone(),
-        &v.sender,
-        key,
-        &mut FixedIkm::new([5; 32]),
-    )
-    .unwrap();
+    let e = seal_header(&n.encode(), v.envelope.header.clone(), &v.sender, key, &mut FixedIkm::new([5; 32])).unwrap();
     match open_err(&v, &e) {
         OpenError::Notice(NoticeError::Invalid(errs)) => assert!(errs.has("legal_basis.reason")),
         other => panic!("expected an invalid notice, got {other:?}"),
@@ -335,30 +233,11 @@ fn invalid_notices_are_refused_at_both_ends() {
     // Header urgency differing from the notice's.
     let mut h = v.envelope.header.clone();
     h.urgency = Urgency::Immediate;
-    let e = seal_header(
-        &example_notice().encode(),
-        h,
-        &v.sender,
-        key,
-        &mut FixedIkm::new([5; 32]),
-    )
-    .unwrap();
-    assert_eq!(
-        open_err(&v, &e),
-        OpenError::UrgencyMismatch {
-            header: Urgency::Immediate,
-            notice: Urgency::Urgent
-        }
-    );
+    let e = seal_header(&example_notice().encode(), h, &v.sender, key, &mut FixedIkm::new([5; 32])).unwrap();
+    assert_eq!(open_err(&v, &e), OpenError::UrgencyMismatch { header: Urgency::Immediate, notice: Urgency::Urgent });
     // Not protobuf at all inside the encryption.
-    let e = seal_header(
-        b"\xff\xff\xff",
-        v.envelope.header.clone(),
-        &v.sender,
-        key,
-        &mut FixedIkm::new([5; 32]),
-    )
-    .unwrap();
+    let e =
+        seal_header(b"\xff\xff\xff", v.envelope.header.clone(), &v.sender, key, &mut FixedIkm::new([5; 32])).unwrap();
     assert_eq!(open_err(&v, &e), OpenError::Notice(NoticeError::Decode));
 }
 
@@ -368,13 +247,7 @@ fn expired_sender_bundle_cannot_seal() {
     let to = v.directory.agency(v.recipient.agency()).unwrap();
     let late = v.sender.public().not_after;
     assert!(matches!(
-        seal(
-            &example_notice(),
-            &v.sender,
-            to,
-            MessageId::generate(late.0),
-            late
-        ),
+        seal(&example_notice(), &v.sender, to, MessageId::generate(late.0), late),
         Err(SealError::SenderKeyNotValid(_))
     ));
 }
