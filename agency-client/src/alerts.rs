@@ -81,16 +81,8 @@ impl Client {
     /// Opens the alert stream for this principal's agency.
     pub async fn subscribe(&self) -> Result<Alerts<'_>, ClientError> {
         let dir = self.directory().await?;
-        let inner = self
-            .broker()
-            .subscribe(pb::SubscribeRequest {})
-            .await?
-            .into_inner();
-        Ok(Alerts {
-            client: self,
-            inner,
-            dir,
-        })
+        let inner = self.broker().subscribe(pb::SubscribeRequest {}).await?.into_inner();
+        Ok(Alerts { client: self, inner, dir })
     }
 }
 
@@ -116,60 +108,48 @@ impl Alerts<'_> {
                 }
             }
             pb::alert::Event::Escalation(e) => AlertEvent::Escalation {
-                message_id: MessageId::from_bytes(&e.message_id)
-                    .map_err(|e| ClientError::Invalid(e.to_string()))?,
+                message_id: MessageId::from_bytes(&e.message_id).map_err(|e| ClientError::Invalid(e.to_string()))?,
                 sender: e.sender,
                 recipient: e.recipient,
                 urgency: Urgency::from_pb(e.urgency),
                 deadline: Timestamp(e.deadline_ms),
                 sequence: e.sequence,
             },
-            pb::alert::Event::CaughtUp(c) => AlertEvent::CaughtUp {
-                sequence: c.sequence,
-            },
-            pb::alert::Event::Heartbeat(h) => AlertEvent::Heartbeat {
-                at: Timestamp(h.at_ms),
-            },
+            pb::alert::Event::CaughtUp(c) => AlertEvent::CaughtUp { sequence: c.sequence },
+            pb::alert::Event::Heartbeat(h) => AlertEvent::Heartbeat { at: Timestamp(h.at_ms) },
         }))
     }
 
     async fn delivery(&mut self, d: pb::Delivery) -> Result<AlertEvent, ClientError> {
         let raw = d.envelope.ok_or(ClientError::Incomplete("envelope"))?;
-        let id_hint = raw
-            .header
-            .as_ref()
-            .and_then(|h| MessageId::from_bytes(&h.message_id).ok());
-        let unreadable = |error: String| AlertEvent::Unreadable {
-            message_id: id_hint,
-            sequence: d.sequence,
-            error,
-        };
+        let id_hint = raw.header.as_ref().and_then(|h| MessageId::from_bytes(&h.message_id).ok());
+        let unreadable = |error: String| AlertEvent::Unreadable { message_id: id_hint, sequence: d.sequence, error };
         let envelope = match Envelope::try_from(raw) {
             Ok(e) => e,
             Err(e) => return Ok(unreadable(e.to_string())),
         };
-        let bundles = &self.client.profile().bundles;
-        let mut result = open(&envelope, &self.dir, bundles);
+        let mut bundles = self.client.bundles();
+        let mut result = open(&envelope, &self.dir, &bundles);
         if matches!(
             result,
-            Err(OpenError::Verify(
-                VerifyError::UnknownSenderKey { .. } | VerifyError::UnknownRecipientKey { .. }
-            ))
+            Err(OpenError::Verify(VerifyError::UnknownSenderKey { .. } | VerifyError::UnknownRecipientKey { .. }))
         ) {
             // The sender may use a key published after our copy of the directory.
             self.dir = self.client.refresh_directory().await?;
-            result = open(&envelope, &self.dir, bundles);
+            result = open(&envelope, &self.dir, &bundles);
+        }
+        if matches!(result, Err(OpenError::NoMatchingKey(_))) {
+            // Sealed to a key of ours this client has not loaded yet (a rotation).
+            self.client.reload_keys()?;
+            bundles = self.client.bundles();
+            result = open(&envelope, &self.dir, &bundles);
         }
         let h = &envelope.header;
         match result {
             Ok(notice) => Ok(AlertEvent::Referral(Box::new(IncomingReferral {
                 message_id: h.message_id,
                 sender: h.sender.clone(),
-                sender_name: self
-                    .dir
-                    .agency(&h.sender)
-                    .map(|a| a.display_name.clone())
-                    .unwrap_or_default(),
+                sender_name: self.dir.agency(&h.sender).map(|a| a.display_name.clone()).unwrap_or_default(),
                 sequence: d.sequence,
                 urgency: h.urgency,
                 created_at: h.created_at,
@@ -186,19 +166,12 @@ impl Alerts<'_> {
 
 /// Finds `message_id` among the messages waiting for this agency and returns
 /// the digest of its verified envelope.
-pub(crate) async fn find_waiting(
-    client: &Client,
-    message_id: MessageId,
-) -> Result<Digest, ClientError> {
+pub(crate) async fn find_waiting(client: &Client, message_id: MessageId) -> Result<Digest, ClientError> {
     let mut alerts = client.subscribe().await?;
     while let Some(ev) = alerts.next().await? {
         match ev {
             AlertEvent::Referral(r) if r.message_id == message_id => return Ok(r.envelope_digest),
-            AlertEvent::Unreadable {
-                message_id: Some(id),
-                error,
-                ..
-            } if id == message_id => {
+            AlertEvent::Unreadable { message_id: Some(id), error, .. } if id == message_id => {
                 return Err(ClientError::Invalid(format!(
                     "message {id} failed verification and must not be acknowledged: {error}"
                 )));

@@ -16,9 +16,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Subcommand;
 use referral_proto::Digest;
-use referral_proto::audit::{
-    EventKind, LogChecker, LogReport, decode_entry, first_differing_block,
-};
+use referral_proto::audit::{EventKind, LogChecker, LogReport, decode_entry, first_differing_block};
 use referral_proto::ids::MessageId;
 use referral_proto::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 use referral_proto::pb;
@@ -75,18 +73,15 @@ impl AuditState {
     }
 
     fn blocks(&self) -> Vec<Digest> {
-        self.blocks
-            .iter()
-            .filter_map(|h| hex::decode(h).ok().and_then(|b| Digest::from_slice(&b)))
-            .collect()
+        self.blocks.iter().filter_map(|h| hex::decode(h).ok().and_then(|b| Digest::from_slice(&b))).collect()
     }
 }
 
 fn read_state(path: &Path) -> anyhow::Result<Option<AuditState>> {
     match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| {
-            format!("{} is not an audit state file", path.display())
-        })?)),
+        Ok(t) => Ok(Some(
+            serde_json::from_str(&t).with_context(|| format!("{} is not an audit state file", path.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -115,16 +110,10 @@ impl Client {
     /// The broker's signed tree head, checked against the directory's log key.
     pub async fn tree_head(&self) -> Result<SignedTreeHead, ClientError> {
         let dir = self.directory().await?;
-        let p = self
-            .auditor_rpc()
-            .get_tree_head(pb::GetTreeHeadRequest {})
-            .await?
-            .into_inner();
+        let p = self.auditor_rpc().get_tree_head(pb::GetTreeHeadRequest {}).await?.into_inner();
         let head = SignedTreeHead::from_pb(&p).ok_or(ClientError::Incomplete("tree head"))?;
         head.verify(&dir.broker_log_key).map_err(|_| {
-            ClientError::Invalid(
-                "the tree head's signature does not verify with the broker log key".into(),
-            )
+            ClientError::Invalid("the tree head's signature does not verify with the broker log key".into())
         })?;
         Ok(head)
     }
@@ -140,23 +129,18 @@ impl Client {
         let dir = self.refresh_directory().await?;
         let head = self.tree_head().await?;
         let size = head.head.tree_size;
-        let previous = read_state(state_path).map_err(|e| ClientError::State {
-            path: state_path.to_owned(),
-            message: format!("{e:#}"),
-        })?;
-        let mut checker = LogChecker::new(
-            &dir,
-            previous
-                .as_ref()
-                .map(|p| p.tree_size)
-                .filter(|&s| s <= size),
-        );
+        let previous = read_state(state_path)
+            .map_err(|e| ClientError::State { path: state_path.to_owned(), message: format!("{e:#}") })?;
+        let mut checker = LogChecker::new(&dir, previous.as_ref().map(|p| p.tree_size).filter(|&s| s <= size));
         if let Some(p) = &previous {
             match p.root() {
                 Err(m) => checker.fail(None, m),
                 Ok(_) if p.tree_size > size => checker.fail(
                     None,
-                    format!("the log shrank: {} entries were verified on {}, the broker now signs {size}", p.tree_size, p.verified_at),
+                    format!(
+                        "the log shrank: {} entries were verified on {}, the broker now signs {size}",
+                        p.tree_size, p.verified_at
+                    ),
                 ),
                 Ok(old_root) => {
                     let proof = self
@@ -165,7 +149,9 @@ impl Client {
                         .await?
                         .into_inner();
                     let path: Option<Vec<Digest>> = proof.path.iter().map(|b| Digest::from_slice(b)).collect();
-                    let ok = path.is_some_and(|path| verify_consistency(p.tree_size, size, &old_root, &head.head.root_hash, &path).is_ok());
+                    let ok = path.is_some_and(|path| {
+                        verify_consistency(p.tree_size, size, &old_root, &head.head.root_hash, &path).is_ok()
+                    });
                     if !ok {
                         checker.fail(
                             None,
@@ -175,11 +161,7 @@ impl Client {
                 }
             }
         }
-        let mut stream = self
-            .auditor_rpc()
-            .replay(pb::ReplayRequest { from: 0, to: size })
-            .await?
-            .into_inner();
+        let mut stream = self.auditor_rpc().replay(pb::ReplayRequest { from: 0, to: size }).await?.into_inner();
         let mut next = 0u64;
         while let Some(entry) = stream.message().await? {
             checker.push(entry.index, &entry.entry);
@@ -190,10 +172,7 @@ impl Client {
         }
         progress(next, size);
         if next != size {
-            checker.fail(
-                Some(next),
-                format!("the replay ended after {next} of {size} entries"),
-            );
+            checker.fail(Some(next), format!("the replay ended after {next} of {size} entries"));
         }
         let mut report = checker.finish();
         let mut extra = Vec::new();
@@ -217,10 +196,7 @@ impl Client {
         }
         for m in extra {
             report.failure_count += 1;
-            report.failures.push(referral_proto::audit::Failure {
-                index: None,
-                message: m,
-            });
+            report.failures.push(referral_proto::audit::Failure { index: None, message: m });
         }
         let ok = report.failure_count == 0;
         if ok {
@@ -233,10 +209,8 @@ impl Client {
                 blocks: report.blocks.iter().map(Digest::to_hex).collect(),
                 verified_at: certs::now().to_string(),
             };
-            write_state(state_path, &state).map_err(|e| ClientError::State {
-                path: state_path.to_owned(),
-                message: format!("{e:#}"),
-            })?;
+            write_state(state_path, &state)
+                .map_err(|e| ClientError::State { path: state_path.to_owned(), message: format!("{e:#}") })?;
         }
         Ok(Verification {
             report,
@@ -251,20 +225,14 @@ impl Client {
     pub async fn prove(&self, message_id: MessageId) -> Result<Proven, ClientError> {
         let dir = self.directory().await?;
         let req = pb::InclusionProofRequest {
-            target: Some(pb::inclusion_proof_request::Target::MessageId(
-                message_id.as_bytes().to_vec(),
-            )),
+            target: Some(pb::inclusion_proof_request::Target::MessageId(message_id.as_bytes().to_vec())),
             tree_size: 0,
         };
         let r = self.auditor_rpc().inclusion_proof(req).await?.into_inner();
-        let head = r
-            .tree_head
-            .as_ref()
-            .and_then(SignedTreeHead::from_pb)
-            .ok_or(ClientError::Incomplete("tree head"))?;
-        head.verify(&dir.broker_log_key).map_err(|_| {
-            ClientError::Invalid("the tree head's signature does not verify".into())
-        })?;
+        let head =
+            r.tree_head.as_ref().and_then(SignedTreeHead::from_pb).ok_or(ClientError::Incomplete("tree head"))?;
+        head.verify(&dir.broker_log_key)
+            .map_err(|_| ClientError::Invalid("the tree head's signature does not verify".into()))?;
         let entry = r.entry.ok_or(ClientError::Incomplete("entry"))?;
         let path: Vec<Digest> = r
             .path
@@ -272,23 +240,10 @@ impl Client {
             .map(|b| Digest::from_slice(b))
             .collect::<Option<_>>()
             .ok_or(ClientError::Incomplete("proof path"))?;
-        verify_inclusion(
-            &leaf_hash(&entry.entry),
-            entry.index,
-            head.head.tree_size,
-            &path,
-            &head.head.root_hash,
-        )
-        .map_err(|e| ClientError::Invalid(format!("the inclusion proof does not verify: {e}")))?;
-        let decoded = decode_entry(&entry.entry, entry.index)
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        Ok(Proven {
-            index: entry.index,
-            entry_bytes: entry.entry,
-            entry: decoded,
-            path,
-            head,
-        })
+        verify_inclusion(&leaf_hash(&entry.entry), entry.index, head.head.tree_size, &path, &head.head.root_hash)
+            .map_err(|e| ClientError::Invalid(format!("the inclusion proof does not verify: {e}")))?;
+        let decoded = decode_entry(&entry.entry, entry.index).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        Ok(Proven { index: entry.index, entry_bytes: entry.entry, entry: decoded, path, head })
     }
 }
 
@@ -303,9 +258,7 @@ pub struct Proven {
 }
 
 fn id_text(raw: &[u8]) -> String {
-    MessageId::from_bytes(raw)
-        .map(|m| m.to_string())
-        .unwrap_or_else(|_| hex::encode(raw))
+    MessageId::from_bytes(raw).map(|m| m.to_string()).unwrap_or_else(|_| hex::encode(raw))
 }
 
 /// An entry as JSON: metadata and digests (bytes as hex).
@@ -330,12 +283,7 @@ pub fn entry_json(e: &pb::AuditEntry) -> serde_json::Value {
             "recipient": d.recipient, "recipient_sequence": d.recipient_sequence, "principal": d.principal})
         }
         Some(pb::audit_entry::Event::Acknowledged(a)) => {
-            let s = a
-                .ack
-                .clone()
-                .unwrap_or_default()
-                .statement
-                .unwrap_or_default();
+            let s = a.ack.clone().unwrap_or_default().statement.unwrap_or_default();
             json!({"event": "acknowledged", "message_id": id_text(&s.message_id), "recipient": a.recipient,
                    "recipient_sequence": a.recipient_sequence, "principal": a.principal, "acknowledged_by": s.acknowledged_by,
                    "acknowledged_at": Timestamp(s.acknowledged_at_ms).to_string(), "envelope_digest": hex::encode(&s.envelope_digest),
@@ -375,27 +323,12 @@ fn entry_line(e: &pb::AuditEntry) -> String {
         ),
         "rejected" => format!("{} from {}", s("reason"), s("principal")),
         "delivered" => format!("{} to {}", s("message_id"), s("principal")),
-        "acknowledged" => format!(
-            "{} by {} ({})",
-            s("message_id"),
-            s("acknowledged_by"),
-            s("principal")
-        ),
-        "escalated" => format!(
-            "{} deadline {} contact {}",
-            s("message_id"),
-            s("deadline"),
-            s("contact")
-        ),
+        "acknowledged" => format!("{} by {} ({})", s("message_id"), s("acknowledged_by"), s("principal")),
+        "escalated" => format!("{} deadline {} contact {}", s("message_id"), s("deadline"), s("contact")),
         "expired" | "purged" => s("message_id"),
         _ => String::new(),
     };
-    format!(
-        "#{:<8} {} {:<12} {detail}",
-        e.index,
-        s("logged_at"),
-        s("event")
-    )
+    format!("#{:<8} {} {:<12} {detail}", e.index, s("logged_at"), s("event"))
 }
 
 fn print_report(v: &Verification, json: bool) {
@@ -412,11 +345,7 @@ fn print_report(v: &Verification, json: bool) {
         r.tree_size as f64 / v.seconds.max(1e-9)
     );
     for kind in EventKind::ALL {
-        println!(
-            "  {:<13} {}",
-            kind.as_str(),
-            r.counts.get(&kind).copied().unwrap_or(0)
-        );
+        println!("  {:<13} {}", kind.as_str(), r.counts.get(&kind).copied().unwrap_or(0));
     }
     for (s, t, n) in &r.pairs {
         println!("  {s} -> {t}: {n} referrals");
@@ -443,15 +372,12 @@ fn print_report(v: &Verification, json: bool) {
 pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Result<bool> {
     match cmd {
         AuditCommand::Verify { state } => {
-            let state =
-                state.unwrap_or_else(|| client.profile().state_dir().join("audit-state.json"));
+            let state = state.unwrap_or_else(|| client.profile().state_dir().join("audit-state.json"));
             let bar = (!json && std::io::stderr().is_terminal()).then(|| {
                 let b = indicatif::ProgressBar::new(0);
                 b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:40} {pos}/{len} entries, {per_sec}, ETA {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} entries, {per_sec}, ETA {eta}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
                 b
             });
@@ -472,11 +398,7 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
         AuditCommand::Replay { from, to } => {
             let head = client.tree_head().await?;
             let to = to.unwrap_or(head.head.tree_size);
-            let mut stream = client
-                .auditor_rpc()
-                .replay(pb::ReplayRequest { from, to })
-                .await?
-                .into_inner();
+            let mut stream = client.auditor_rpc().replay(pb::ReplayRequest { from, to }).await?.into_inner();
             while let Some(e) = stream.message().await? {
                 match decode_entry(&e.entry, e.index) {
                     Ok(entry) if json => println!("{}", entry_json(&entry)),

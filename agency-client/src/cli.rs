@@ -87,16 +87,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let client = Client::connect_dir(&profile).await?;
     let json = cli.json;
     match cli.command {
-        Command::Send {
-            to,
-            referral,
-            message_id,
-        } => {
-            let text = std::fs::read_to_string(&referral)
-                .with_context(|| format!("cannot read {}", referral.display()))?;
-            let notice: ReferralNotice = serde_json::from_str(&text).with_context(|| {
-                format!("{} is not a valid referral notice", referral.display())
-            })?;
+        Command::Send { to, referral, message_id } => {
+            let text =
+                std::fs::read_to_string(&referral).with_context(|| format!("cannot read {}", referral.display()))?;
+            let notice: ReferralNotice = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid referral notice", referral.display()))?;
             if let Err(e) = notice.validate() {
                 bail!("{}: {e}", referral.display());
             }
@@ -111,18 +106,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                     json!({"message_id": sent.message_id.to_string(), "duplicate": sent.duplicate, "receipt": receipt_json(&sent.receipt)})
                 );
             } else {
-                println!(
-                    "sent {} referral {} to {to}",
-                    notice.urgency, sent.message_id
-                );
+                println!("sent {} referral {} to {to}", notice.urgency, sent.message_id);
                 println!(
                     "  {}{}",
                     receipt_line(&sent.receipt),
-                    if sent.duplicate {
-                        " (already accepted earlier)"
-                    } else {
-                        ""
-                    }
+                    if sent.duplicate { " (already accepted earlier)" } else { "" }
                 );
             }
         }
@@ -150,12 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                     json!({"message_id": id.to_string(), "already_acknowledged": acked.already_acknowledged, "receipt": receipt_json(&acked.receipt)})
                 );
             } else if acked.already_acknowledged {
-                let by = acked
-                    .receipt
-                    .ack
-                    .as_ref()
-                    .map(|a| a.statement.acknowledged_by.clone())
-                    .unwrap_or_default();
+                let by = acked.receipt.ack.as_ref().map(|a| a.statement.acknowledged_by.clone()).unwrap_or_default();
                 println!("{id} was already acknowledged by {by}; nothing more to do");
             } else {
                 println!("acknowledged {id} as {by}");
@@ -163,10 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
         }
         Command::Status { ids } => {
-            let ids = ids
-                .iter()
-                .map(|s| s.parse())
-                .collect::<Result<Vec<MessageId>, _>>()?;
+            let ids = ids.iter().map(|s| s.parse()).collect::<Result<Vec<MessageId>, _>>()?;
             for (id, receipts) in client.receipts(&ids).await? {
                 if json {
                     println!(
@@ -188,9 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 let next = if follow {
                     stream.next().await?
                 } else {
-                    match tokio::time::timeout(std::time::Duration::from_millis(500), stream.next())
-                        .await
-                    {
+                    match tokio::time::timeout(std::time::Duration::from_millis(500), stream.next()).await {
                         Ok(r) => r?,
                         Err(_) => break,
                     }
@@ -229,16 +207,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 for a in dir.agencies.values() {
                     println!("  {:<24} {:<9} {}", a.id, a.kind.as_str(), a.display_name);
                     for k in &a.keys {
-                        println!(
-                            "    key {} valid {} .. {}",
-                            k.key_id, k.not_before, k.not_after
-                        );
+                        println!("    key {} valid {} .. {}", k.key_id, k.not_before, k.not_after);
                     }
                     if let Some(e) = &a.escalation {
-                        println!(
-                            "    escalation: {} ({}, {})",
-                            e.display_name, e.principal, e.phone
-                        );
+                        println!("    escalation: {} ({}, {})", e.display_name, e.principal, e.phone);
                     }
                 }
             }
@@ -257,9 +229,7 @@ fn receipt_line(r: &Receipt) -> String {
     if let Some(ack) = &r.ack {
         line.push_str(&format!(
             "; acknowledged by {} of {} at {} (signature verified)",
-            ack.statement.acknowledged_by,
-            ack.statement.acker_agency,
-            ack.statement.acknowledged_at
+            ack.statement.acknowledged_by, ack.statement.acker_agency, ack.statement.acknowledged_at
         ));
     } else if !s.detail.is_empty() {
         line.push_str(&format!("; {}", s.detail));
@@ -292,29 +262,13 @@ fn event_json(ev: &AlertEvent) -> serde_json::Value {
             "ack_deadline": r.ack_deadline.to_string(), "redelivery": r.redelivery, "escalated": r.escalated,
             "envelope_digest": r.envelope_digest.to_hex(), "notice": r.notice,
         }),
-        AlertEvent::Unreadable {
-            message_id,
-            sequence,
-            error,
-        } => {
+        AlertEvent::Unreadable { message_id, sequence, error } => {
             json!({"event": "unreadable", "message_id": message_id.map(|m| m.to_string()), "sequence": sequence, "error": error})
         }
-        AlertEvent::Settled {
-            message_id,
-            sequence,
-            acknowledged_by,
-            at,
-        } => {
+        AlertEvent::Settled { message_id, sequence, acknowledged_by, at } => {
             json!({"event": "settled", "message_id": message_id.to_string(), "sequence": sequence, "acknowledged_by": acknowledged_by, "at": at.to_string()})
         }
-        AlertEvent::Escalation {
-            message_id,
-            sender,
-            recipient,
-            urgency,
-            deadline,
-            sequence,
-        } => json!({
+        AlertEvent::Escalation { message_id, sender, recipient, urgency, deadline, sequence } => json!({
             "event": "escalation", "message_id": message_id.to_string(), "sender": sender, "recipient": recipient,
             "urgency": urgency, "deadline": deadline.to_string(), "sequence": sequence,
         }),
@@ -326,40 +280,19 @@ fn event_json(ev: &AlertEvent) -> serde_json::Value {
 fn event_text(ev: &AlertEvent, profile: &std::path::Path, me: &str) -> Option<String> {
     match ev {
         AlertEvent::Referral(r) => Some(referral_text(r, profile)),
-        AlertEvent::Unreadable {
-            message_id,
-            sequence,
-            error,
-        } => Some(format!(
+        AlertEvent::Unreadable { message_id, sequence, error } => Some(format!(
             "!! message {} (queue position {sequence}) failed verification and is not shown: {error}",
             message_id.map_or("?".into(), |m| m.to_string())
         )),
-        AlertEvent::Settled {
-            message_id,
-            acknowledged_by,
-            at,
-            ..
-        } => Some(format!(
-            "-- {message_id} was acknowledged by {acknowledged_by} at {at}"
-        )),
-        AlertEvent::Escalation {
-            message_id,
-            sender,
-            deadline,
-            urgency,
-            ..
-        } => Some(format!(
+        AlertEvent::Settled { message_id, acknowledged_by, at, .. } => {
+            Some(format!("-- {message_id} was acknowledged by {acknowledged_by} at {at}"))
+        }
+        AlertEvent::Escalation { message_id, sender, deadline, urgency, .. } => Some(format!(
             "!! ESCALATION: {} referral {message_id} from {sender} was not acknowledged by {deadline}{}",
             urgency.map_or("", |u| u.as_str()),
-            if me.is_empty() {
-                ""
-            } else {
-                "; please take it now"
-            }
+            if me.is_empty() { "" } else { "; please take it now" }
         )),
-        AlertEvent::CaughtUp { .. } => {
-            Some("-- all waiting referrals shown; listening for new ones".into())
-        }
+        AlertEvent::CaughtUp { .. } => Some("-- all waiting referrals shown; listening for new ones".into()),
         AlertEvent::Heartbeat { .. } => None,
     }
 }
@@ -385,11 +318,7 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
     let mut out = format!(
         "== {urgency} referral {} from {} (queue position {}){}{}\n   acknowledge by {}\n",
         r.message_id,
-        if r.sender_name.is_empty() {
-            r.sender.as_str()
-        } else {
-            &r.sender_name
-        },
+        if r.sender_name.is_empty() { r.sender.as_str() } else { &r.sender_name },
         r.sequence,
         if r.redelivery { ", shown before" } else { "" },
         if r.escalated { ", ESCALATED" } else { "" },
@@ -407,10 +336,7 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
     );
     let has_address = !(s.street_address.is_empty() && s.city.is_empty());
     if has_address && !s.protected_identity {
-        field(
-            "Address:",
-            format!("{}, {} {}", s.street_address, s.postal_code, s.city),
-        );
+        field("Address:", format!("{}, {} {}", s.street_address, s.postal_code, s.city));
     }
     field(
         "Safe contact:",
@@ -421,29 +347,16 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
             or_dash(&c.best_time),
             yes_no(c.safe_to_leave_message),
             or_dash(&c.language),
-            if c.interpreter_needed {
-                "; interpreter needed"
-            } else {
-                ""
-            }
+            if c.interpreter_needed { "; interpreter needed" } else { "" }
         ),
     );
-    field(
-        "Legal basis:",
-        format!(
-            "{:?}, {}: {}",
-            n.legal_basis.kind, n.legal_basis.citation, n.legal_basis.reason
-        ),
-    );
+    field("Legal basis:", format!("{:?}, {}: {}", n.legal_basis.kind, n.legal_basis.citation, n.legal_basis.reason));
     field(
         "Consent:",
         format!(
             "{:?}{}",
             n.consent.state,
-            n.consent
-                .obtained_at
-                .map(|t| format!(" (by {} at {t})", n.consent.obtained_by))
-                .unwrap_or_default()
+            n.consent.obtained_at.map(|t| format!(" (by {} at {t})", n.consent.obtained_by)).unwrap_or_default()
         ),
     );
     field("Victim aware:", format!("{:?}", n.victim_aware));
@@ -453,10 +366,7 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
             "{:?} {}{}",
             n.risk.tool,
             n.risk.level.map(|l| format!("{l:?}")).unwrap_or_default(),
-            n.risk
-                .assessed_at
-                .map(|t| format!(" (assessed {t})"))
-                .unwrap_or_default()
+            n.risk.assessed_at.map(|t| format!(" (assessed {t})")).unwrap_or_default()
         ),
     );
     if !n.children.is_empty() {
@@ -483,23 +393,12 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
     let p = &n.sender_contact;
     field(
         "Sender case:",
-        format!(
-            "{}; contact {} ({}) {} {}",
-            n.sender_case_reference,
-            p.name,
-            or_dash(&p.title),
-            p.phone,
-            p.email
-        ),
+        format!("{}; contact {} ({}) {} {}", n.sender_case_reference, p.name, or_dash(&p.title), p.phone, p.email),
     );
     if !n.free_text.is_empty() {
         field("Notes:", n.free_text.clone());
     }
-    out.push_str(&format!(
-        "   to acknowledge: agency-client --profile {} ack {}\n",
-        profile.display(),
-        r.message_id
-    ));
+    out.push_str(&format!("   to acknowledge: agency-client --profile {} ack {}\n", profile.display(), r.message_id));
     out
 }
 

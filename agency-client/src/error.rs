@@ -24,9 +24,7 @@ pub enum ClientError {
     Receipt(#[from] referral_proto::receipt::ReceiptError),
     #[error("the broker answered without a {0}")]
     Incomplete(&'static str),
-    #[error(
-        "message {0} is not waiting for this agency (unknown, already settled, or addressed elsewhere)"
-    )]
+    #[error("message {0} is not waiting for this agency (unknown, already settled, or addressed elsewhere)")]
     NotWaiting(MessageId),
     #[error("message {message_id} cannot be opened: {source}")]
     Open {

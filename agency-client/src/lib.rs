@@ -23,8 +23,8 @@ pub mod cli;
 pub mod error;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use certs::profile::Profile;
 use referral_proto::Digest;
@@ -53,11 +53,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            attempts: 8,
-            first_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-        }
+        Self { attempts: 8, first_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
     }
 }
 
@@ -66,10 +62,7 @@ impl Default for RetryPolicy {
 pub fn is_retryable(s: &tonic::Status) -> bool {
     matches!(
         s.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
     ) && !s.message().contains("certificate")
 }
 
@@ -96,8 +89,12 @@ pub struct Acked {
 pub struct Client {
     profile: Profile,
     channel: Channel,
-    directory: Mutex<Option<Arc<Directory>>>,
+    directory: Mutex<Option<(Arc<Directory>, Instant)>>,
+    bundles: RwLock<Arc<Vec<AgencyKeyBundle>>>,
     pub retry: RetryPolicy,
+    /// How long a fetched directory is used before it is fetched again
+    /// (so that key rotations reach long-running clients).
+    pub directory_max_age: Duration,
 }
 
 fn now() -> Timestamp {
@@ -111,17 +108,11 @@ impl Client {
     }
 
     /// Connects with a loaded profile.
-    pub async fn connect(profile: Profile) -> Result<Self, ClientError> {
-        let err = |message: String| ClientError::Connect {
-            broker: profile.broker.clone(),
-            message,
-        };
+    pub async fn connect(mut profile: Profile) -> Result<Self, ClientError> {
+        let err = |message: String| ClientError::Connect { broker: profile.broker.clone(), message };
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&profile.ca_pem))
-            .identity(Identity::from_pem(
-                &profile.cert_pem,
-                profile.key_pem.as_bytes(),
-            ))
+            .identity(Identity::from_pem(&profile.cert_pem, profile.key_pem.as_bytes()))
             .domain_name(profile.server_name.clone());
         let endpoint = Endpoint::from_shared(profile.broker.clone())
             .map_err(|e| err(e.to_string()))?
@@ -133,11 +124,14 @@ impl Client {
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| err(error_chain(&e)))?;
+        let bundles = RwLock::new(Arc::new(std::mem::take(&mut profile.bundles)));
         Ok(Self {
             profile,
             channel,
             directory: Mutex::new(None),
+            bundles,
             retry: RetryPolicy::default(),
+            directory_max_age: Duration::from_secs(300),
         })
     }
 
@@ -160,10 +154,34 @@ impl Client {
         AuditorClient::new(self.channel.clone()).max_decoding_message_size(1024 * 1024)
     }
 
-    fn bundle(&self) -> Result<&AgencyKeyBundle, ClientError> {
-        self.profile
-            .current_bundle(now())
-            .ok_or_else(|| ClientError::NoValidKey(self.profile.principal.role.to_string()))
+    /// The agency's key bundles this client holds, newest first.
+    pub fn bundles(&self) -> Arc<Vec<AgencyKeyBundle>> {
+        self.bundles.read().expect("bundles lock").clone()
+    }
+
+    /// Re-reads the profile's `agency-keys/` (after a key rotation put a
+    /// new bundle there). Returns how many bundles it now holds.
+    pub fn reload_keys(&self) -> Result<usize, ClientError> {
+        let fresh = certs::profile::load_bundles(&self.profile.dir, &self.profile.principal)?;
+        let n = fresh.len();
+        *self.bundles.write().expect("bundles lock") = Arc::new(fresh);
+        Ok(n)
+    }
+
+    /// Runs `f` with the bundle to sign and seal with now: the newest valid one.
+    fn with_bundle<T>(&self, f: impl FnOnce(&AgencyKeyBundle) -> T) -> Result<T, ClientError> {
+        let bundles = self.bundles();
+        let t = now();
+        let b = bundles
+            .iter()
+            .find(|b| b.public().valid_at(t))
+            .ok_or_else(|| ClientError::NoValidKey(self.profile.principal.role.to_string()))?;
+        Ok(f(b))
+    }
+
+    /// The raw gRPC channel (for health checks, reflection and tools).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     fn seen_version_path(&self) -> std::path::PathBuf {
@@ -173,24 +191,19 @@ impl Client {
     fn seen_version(&self) -> Result<Option<u64>, ClientError> {
         let path = self.seen_version_path();
         match std::fs::read_to_string(&path) {
-            Ok(t) => t.trim().parse().map(Some).map_err(|_| ClientError::State {
-                path,
-                message: "not a directory version".into(),
-            }),
+            Ok(t) => t
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ClientError::State { path, message: "not a directory version".into() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ClientError::State {
-                path,
-                message: e.to_string(),
-            }),
+            Err(e) => Err(ClientError::State { path, message: e.to_string() }),
         }
     }
 
     fn remember_version(&self, v: u64) -> Result<(), ClientError> {
         let path = self.seen_version_path();
-        let io = |e: std::io::Error| ClientError::State {
-            path: path.clone(),
-            message: e.to_string(),
-        };
+        let io = |e: std::io::Error| ClientError::State { path: path.clone(), message: e.to_string() };
         std::fs::create_dir_all(self.profile.state_dir()).map_err(io)?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, format!("{v}\n")).map_err(io)?;
@@ -199,10 +212,7 @@ impl Client {
 
     /// Checks a signed directory against the pinned federation key and the
     /// newest version this profile has seen, and remembers it.
-    pub fn accept_directory(
-        &self,
-        signed: pb::SignedDirectory,
-    ) -> Result<Arc<Directory>, ClientError> {
+    pub fn accept_directory(&self, signed: pb::SignedDirectory) -> Result<Arc<Directory>, ClientError> {
         let signed = SignedDirectory::from_pb(signed)?;
         let seen = self.seen_version()?;
         let dir = signed.verify(&self.profile.federation_key, seen)?;
@@ -210,39 +220,31 @@ impl Client {
             self.remember_version(dir.version)?;
         }
         let dir = Arc::new(dir);
-        *self.directory.lock().expect("directory lock") = Some(dir.clone());
+        *self.directory.lock().expect("directory lock") = Some((dir.clone(), Instant::now()));
         Ok(dir)
     }
 
     /// Fetches and verifies the directory.
     pub async fn refresh_directory(&self) -> Result<Arc<Directory>, ClientError> {
         let signed = if self.profile.principal.role == referral_proto::ids::Role::Auditor {
-            self.auditor_rpc()
-                .get_directory(pb::GetDirectoryRequest {})
-                .await?
-                .into_inner()
+            self.auditor_rpc().get_directory(pb::GetDirectoryRequest {}).await?.into_inner()
         } else {
-            self.broker()
-                .get_directory(pb::GetDirectoryRequest {})
-                .await?
-                .into_inner()
+            self.broker().get_directory(pb::GetDirectoryRequest {}).await?.into_inner()
         };
         self.accept_directory(signed)
     }
 
     /// The verified directory, fetched on first use.
     pub async fn directory(&self) -> Result<Arc<Directory>, ClientError> {
-        if let Some(d) = self.directory.lock().expect("directory lock").clone() {
+        if let Some((d, at)) = self.directory.lock().expect("directory lock").clone()
+            && at.elapsed() < self.directory_max_age
+        {
             return Ok(d);
         }
         self.refresh_directory().await
     }
 
-    fn check_receipt(
-        &self,
-        dir: &Directory,
-        r: Option<pb::Receipt>,
-    ) -> Result<Receipt, ClientError> {
+    fn check_receipt(&self, dir: &Directory, r: Option<pb::Receipt>) -> Result<Receipt, ClientError> {
         let r = Receipt::try_from(r.ok_or(ClientError::Incomplete("receipt"))?)?;
         r.verify(&dir.broker_log_key)?;
         if let Some(ack) = &r.ack {
@@ -253,8 +255,7 @@ impl Client {
 
     /// Seals `notice` to agency `to` and submits it with a fresh message id.
     pub async fn send(&self, to: &AgencyId, notice: &ReferralNotice) -> Result<Sent, ClientError> {
-        self.send_with_id(to, notice, MessageId::generate(now().0))
-            .await
+        self.send_with_id(to, notice, MessageId::generate(now().0)).await
     }
 
     /// Like [`Client::send`] with a chosen message id (to resend the same referral).
@@ -265,10 +266,8 @@ impl Client {
         message_id: MessageId,
     ) -> Result<Sent, ClientError> {
         let dir = self.directory().await?;
-        let recipient = dir
-            .agency(to)
-            .ok_or_else(|| ClientError::UnknownAgency(to.clone()))?;
-        let envelope = seal(notice, self.bundle()?, recipient, message_id, now())?;
+        let recipient = dir.agency(to).ok_or_else(|| ClientError::UnknownAgency(to.clone()))?;
+        let envelope = self.with_bundle(|b| seal(notice, b, recipient, message_id, now()))??;
         self.submit_envelope(pb::Envelope::from(&envelope)).await
     }
 
@@ -281,13 +280,7 @@ impl Client {
         let mut backoff = self.retry.first_backoff;
         let mut attempt = 1;
         let response = loop {
-            match self
-                .broker()
-                .submit(pb::SubmitRequest {
-                    envelope: Some(envelope.clone()),
-                })
-                .await
-            {
+            match self.broker().submit(pb::SubmitRequest { envelope: Some(envelope.clone()) }).await {
                 Ok(r) => break r.into_inner(),
                 Err(s) if is_retryable(&s) && attempt < self.retry.attempts => {
                     tracing::warn!(attempt, code = ?s.code(), "submit failed; retrying with the same message id");
@@ -302,9 +295,7 @@ impl Client {
         if receipt.statement.message_id != domain.header.message_id
             || receipt.statement.envelope_digest != domain.digest()
         {
-            return Err(ClientError::Invalid(
-                "the broker's receipt is for another message".into(),
-            ));
+            return Err(ClientError::Invalid("the broker's receipt is for another message".into()));
         }
         Ok(Sent {
             message_id: domain.header.message_id,
@@ -322,19 +313,10 @@ impl Client {
         by: &str,
     ) -> Result<Acked, ClientError> {
         let dir = self.directory().await?;
-        let ack = sign_ack(message_id, envelope_digest, now(), by, self.bundle()?)?;
-        let r = self
-            .broker()
-            .ack(pb::AckRequest {
-                ack: Some(pb::SignedAck::from(&ack)),
-            })
-            .await?
-            .into_inner();
+        let ack = self.with_bundle(|b| sign_ack(message_id, envelope_digest, now(), by, b))??;
+        let r = self.broker().ack(pb::AckRequest { ack: Some(pb::SignedAck::from(&ack)) }).await?.into_inner();
         let receipt = self.check_receipt(&dir, r.receipt)?;
-        Ok(Acked {
-            receipt,
-            already_acknowledged: r.already_acknowledged,
-        })
+        Ok(Acked { receipt, already_acknowledged: r.already_acknowledged })
     }
 
     /// Acknowledges `message_id` when only its id is known: finds it among
@@ -346,25 +328,16 @@ impl Client {
     }
 
     /// Every receipt of each message (this agency's own messages only).
-    pub async fn receipts(
-        &self,
-        ids: &[MessageId],
-    ) -> Result<Vec<(MessageId, Vec<Receipt>)>, ClientError> {
+    pub async fn receipts(&self, ids: &[MessageId]) -> Result<Vec<(MessageId, Vec<Receipt>)>, ClientError> {
         let dir = self.directory().await?;
-        let req = pb::GetReceiptsRequest {
-            message_ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
-        };
+        let req = pb::GetReceiptsRequest { message_ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect() };
         let r = self.broker().get_receipts(req).await?.into_inner();
         r.messages
             .into_iter()
             .map(|m| {
-                let id = MessageId::from_bytes(&m.message_id)
-                    .map_err(|e| ClientError::Invalid(e.to_string()))?;
-                let receipts = m
-                    .receipts
-                    .into_iter()
-                    .map(|r| self.check_receipt(&dir, Some(r)))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let id = MessageId::from_bytes(&m.message_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
+                let receipts =
+                    m.receipts.into_iter().map(|r| self.check_receipt(&dir, Some(r))).collect::<Result<Vec<_>, _>>()?;
                 Ok((id, receipts))
             })
             .collect()
@@ -373,11 +346,7 @@ impl Client {
     /// Receipts as they happen, after `cursor`; each checked.
     pub async fn watch_receipts(&self, after_cursor: u64) -> Result<ReceiptStream, ClientError> {
         let dir = self.directory().await?;
-        let inner = self
-            .broker()
-            .watch_receipts(pb::WatchReceiptsRequest { after_cursor })
-            .await?
-            .into_inner();
+        let inner = self.broker().watch_receipts(pb::WatchReceiptsRequest { after_cursor }).await?.into_inner();
         Ok(ReceiptStream { inner, dir })
     }
 }

@@ -37,12 +37,9 @@ impl NodeSource for StoreNodes<'_> {
         let v = self
             .0
             .get(Table::MerkleNodes, &keys::merkle(level, index))?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("Merkle node ({level}, {index}) is missing"))
-            })?;
-        Digest::from_slice(&v).ok_or_else(|| {
-            StoreError::Corrupt(format!("Merkle node ({level}, {index}) is not 32 bytes"))
-        })
+            .ok_or_else(|| StoreError::Corrupt(format!("Merkle node ({level}, {index}) is missing")))?;
+        Digest::from_slice(&v)
+            .ok_or_else(|| StoreError::Corrupt(format!("Merkle node ({level}, {index}) is not 32 bytes")))
     }
 }
 
@@ -58,30 +55,17 @@ impl TreeHeadSigner {
     }
 
     pub fn sign(&self, tree_size: u64, root_hash: Digest, timestamp: Timestamp) -> SignedTreeHead {
-        TreeHead {
-            tree_size,
-            root_hash,
-            timestamp,
-        }
-        .sign(&self.key)
+        TreeHead { tree_size, root_hash, timestamp }.sign(&self.key)
     }
 }
 
 /// Reads `count` entries from `from`.
-pub fn read_entries(
-    store: &dyn Store,
-    from: u64,
-    to: u64,
-    limit: usize,
-) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+pub fn read_entries(store: &dyn Store, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     let rows = store.range(Table::Audit, &keys::audit(from), &keys::audit(to), limit)?;
     rows.into_iter()
         .map(|(k, v)| {
-            let index = u64::from_be_bytes(
-                k.as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("audit key".into()))?,
-            );
+            let index =
+                u64::from_be_bytes(k.as_slice().try_into().map_err(|_| StoreError::Corrupt("audit key".into()))?);
             Ok((index, v))
         })
         .collect()

@@ -83,19 +83,10 @@ pub fn allowed(role: Role, rpc: Rpc) -> bool {
 /// principal whose agency is not in the directory.
 pub fn check(principal: &Principal, rpc: Rpc, directory: &Directory) -> Result<(), BrokerError> {
     if !allowed(principal.role, rpc) {
-        return Err(BrokerError::RoleNotAllowed {
-            role: principal.role.as_str(),
-            rpc: rpc.name(),
-        });
+        return Err(BrokerError::RoleNotAllowed { role: principal.role.as_str(), rpc: rpc.name() });
     }
-    if principal.role != Role::Auditor
-        && rpc != Rpc::GetDirectory
-        && directory.agency(&principal.agency).is_none()
-    {
-        return Err(BrokerError::AgencyNotInDirectory {
-            agency: principal.agency.clone(),
-            action: "use the broker",
-        });
+    if principal.role != Role::Auditor && rpc != Rpc::GetDirectory && directory.agency(&principal.agency).is_none() {
+        return Err(BrokerError::AgencyNotInDirectory { agency: principal.agency.clone(), action: "use the broker" });
     }
     Ok(())
 }
@@ -115,19 +106,13 @@ pub fn check_route(
             sender: header.sender.clone(),
         });
     }
-    let sender =
-        directory
-            .agency(&header.sender)
-            .ok_or_else(|| BrokerError::AgencyNotInDirectory {
-                agency: header.sender.clone(),
-                action: "send",
-            })?;
-    let recipient = directory
-        .agency(&header.recipient)
-        .ok_or_else(|| BrokerError::UnknownRecipient(header.recipient.clone()))?;
+    let sender = directory
+        .agency(&header.sender)
+        .ok_or_else(|| BrokerError::AgencyNotInDirectory { agency: header.sender.clone(), action: "send" })?;
+    let recipient =
+        directory.agency(&header.recipient).ok_or_else(|| BrokerError::UnknownRecipient(header.recipient.clone()))?;
     let allowed_pair = allow_same_kind.iter().any(|(a, b)| {
-        (a == &header.sender && b == &header.recipient)
-            || (b == &header.sender && a == &header.recipient)
+        (a == &header.sender && b == &header.recipient) || (b == &header.sender && a == &header.recipient)
     });
     if sender.kind == recipient.kind && !allowed_pair {
         let kind = |k: AgencyKind| k.as_str();
@@ -152,29 +137,18 @@ mod tests {
         let expect = |role: Role, rpc: Rpc| -> bool {
             matches!(
                 (role, rpc),
-                (
-                    Role::System,
-                    Submit | Subscribe | Ack | GetReceipts | WatchReceipts | GetDirectory
-                ) | (Role::Oncall, Subscribe | Ack | GetDirectory)
+                (Role::System, Submit | Subscribe | Ack | GetReceipts | WatchReceipts | GetDirectory)
+                    | (Role::Oncall, Subscribe | Ack | GetDirectory)
                     | (
                         Role::Auditor,
-                        AuditTreeHead
-                            | AuditReplay
-                            | AuditInclusionProof
-                            | AuditConsistencyProof
-                            | AuditDirectory
+                        AuditTreeHead | AuditReplay | AuditInclusionProof | AuditConsistencyProof | AuditDirectory
                     )
             )
         };
         let mut allowed_count = 0;
         for role in Role::ALL {
             for rpc in Rpc::ALL {
-                assert_eq!(
-                    allowed(role, rpc),
-                    expect(role, rpc),
-                    "{role} x {}",
-                    rpc.name()
-                );
+                assert_eq!(allowed(role, rpc), expect(role, rpc), "{role} x {}", rpc.name());
                 allowed_count += usize::from(allowed(role, rpc));
             }
         }

@@ -36,6 +36,9 @@ pub enum Command {
         /// Data directory.
         #[arg(long, default_value = "broker-data")]
         data: PathBuf,
+        /// The admin endpoint (metrics, health, status, backup).
+        #[arg(long, default_value = crate::config::DEFAULT_ADMIN_LISTEN)]
+        admin: SocketAddr,
     },
     /// Run the end-to-end demo in one process: federation, broker, two agencies, an auditor.
     Demo,
@@ -44,15 +47,53 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Queue depths, oldest unacknowledged, log size and tree head, from the
+    /// running broker's admin endpoint or, when it is stopped, its data directory.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent, verified copy of the store to an empty folder
+    /// (through the admin endpoint while the broker serves, directly when it is stopped).
+    Backup {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Empty or new folder for the copy.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a verified backup into the (empty) data directory of a stopped broker.
+    Restore {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages for broker, agency-client and certs into a folder.
+    Manpages {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    Ok(Config::load(path, &env)?)
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() { p } else { std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p) }
 }
 
 /// Installs the log subscriber. Logs carry ids and reasons, never payloads.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -82,16 +123,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let shutdown = CancellationToken::new();
-    let running = start(
-        listener,
-        config,
-        StartOptions {
-            clock: Arc::new(SystemClock),
-            sighup: true,
-        },
-        shutdown.clone(),
-    )
-    .await?;
+    let running =
+        start(listener, config, StartOptions { clock: Arc::new(SystemClock), sighup: true }, shutdown.clone()).await?;
     termination().await;
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.cancel();
@@ -104,28 +137,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            let config = Config::load(&config, &env)?;
+            let config = load_config(&config)?;
             init_logging(config.log_format, &config.log_level);
             serve(config).await
         }
-        Command::Dev { dir, listen, data } => {
+        Command::Dev { dir, listen, data, admin } => {
             init_logging(LogFormat::Text, "info");
-            let config = crate::dev::prepare(&dir, listen, &data)?;
-            println!(
-                "development broker on {listen}; profiles in {}",
-                dir.join("profiles").display()
-            );
-            println!(
-                "try: agency-client --profile {}/profiles/huddinge-socialtjanst-oncall listen",
-                dir.display()
-            );
+            let config = crate::dev::prepare(&dir, listen, &data, admin)?;
+            println!("development broker on {listen}; profiles in {}", dir.join("profiles").display());
+            println!("try: agency-client --profile {}/profiles/huddinge-socialtjanst-oncall listen", dir.display());
             serve(config).await
         }
         Command::Demo => crate::demo::run().await,
         Command::CheckConfig { config } => {
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            let config = Config::load(&config, &env)?;
+            let config = load_config(&config)?;
             crate::tls::load(&config.tls)?;
             let key = crate::directory::read_federation_key(&config.federation_key)?;
             let dir = crate::directory::DirectoryState::open(&config.directory, key)?;
@@ -136,6 +161,98 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.current().directory.agencies.len(),
                 config.data_dir.display()
             );
+            Ok(())
+        }
+        Command::Status { config, json } => {
+            let config = load_config(&config)?;
+            let live = match config.admin_listen {
+                Some(addr) => {
+                    crate::admin::request(addr, "GET", "/status", None).await.ok().filter(|(code, _)| *code == 200)
+                }
+                None => None,
+            };
+            let status: crate::status::Status = match live {
+                Some((_, body)) => serde_json::from_str(&body)?,
+                None => {
+                    let store = crate::store::sled_store::SledStore::open_existing(&config.data_dir).map_err(|e| {
+                        anyhow::anyhow!(
+                            "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
+                        )
+                    })?;
+                    crate::status::gather(&store, certs::now())?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                print!("{}", crate::status::render(&status));
+            }
+            Ok(())
+        }
+        Command::Backup { config, to } => {
+            let config = load_config(&config)?;
+            let to = absolute(to);
+            let live = match config.admin_listen {
+                Some(addr) => {
+                    crate::admin::request(addr, "POST", "/backup", Some(&serde_json::json!({"to": to}).to_string()))
+                        .await
+                        .ok()
+                }
+                None => None,
+            };
+            let report: crate::backup::BackupReport = match live {
+                Some((200, body)) => serde_json::from_str(&body)?,
+                Some((code, body)) => anyhow::bail!("the broker refused the backup ({code}): {}", body.trim()),
+                None => crate::backup::offline(&config.data_dir, &to)?,
+            };
+            println!(
+                "backup written to {} and verified: {} records, audit log of {} entries with root {}",
+                to.display(),
+                report.records,
+                report.audit_log_entries,
+                report.root
+            );
+            Ok(())
+        }
+        Command::Restore { config, from } => {
+            let config = load_config(&config)?;
+            if let Some(addr) = config.admin_listen
+                && crate::admin::request(addr, "GET", "/health", None).await.is_ok()
+            {
+                anyhow::bail!("the broker is running (its admin endpoint answers on {addr}); stop it before restoring");
+            }
+            let r = crate::backup::restore(&from, &config.data_dir)?;
+            println!(
+                "restored {} records into {}; audit log of {} entries with root {} verified",
+                r.records,
+                config.data_dir.display(),
+                r.audit_log_entries,
+                r.root
+            );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "broker",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpages { out } => {
+            std::fs::create_dir_all(&out)?;
+            for (name, cmd) in [
+                ("broker", <Cli as clap::CommandFactory>::command()),
+                ("agency-client", <agency_client::cli::Cli as clap::CommandFactory>::command()),
+                ("certs", <certs::cli::Cli as clap::CommandFactory>::command()),
+            ] {
+                let path = out.join(format!("{name}.1"));
+                let mut buf = Vec::new();
+                clap_mangen::Man::new(cmd.name(name)).render(&mut buf)?;
+                std::fs::write(&path, buf)?;
+                println!("{}", path.display());
+            }
             Ok(())
         }
     }

@@ -69,6 +69,9 @@ enum Job {
         envelope: Box<Envelope>,
         encoded: Vec<u8>,
         principal: String,
+        /// Set when the envelope failed the broker's checks: it is then
+        /// answered only if it repeats an accepted envelope exactly.
+        refused: Option<BrokerError>,
         reply: Reply<SubmitOutcome>,
     },
     Ack {
@@ -94,9 +97,12 @@ enum Job {
         key: Vec<u8>,
         value: Vec<u8>,
     },
+    Probe {
+        reply: Reply<()>,
+    },
     Backup {
         dir: PathBuf,
-        reply: Reply<u64>,
+        reply: Reply<BackupCopy>,
     },
     Barrier {
         reply: oneshot::Sender<()>,
@@ -118,20 +124,16 @@ impl std::fmt::Debug for Job {
             Job::Reject { .. } => "Reject",
             Job::Deadline { .. } => "Deadline",
             Job::Meta { .. } => "Meta",
+            Job::Probe { .. } => "Probe",
             Job::Backup { .. } => "Backup",
             Job::Barrier { .. } => "Barrier",
         })
     }
 }
 
-async fn ask<T>(
-    tx: &mpsc::Sender<Job>,
-    make: impl FnOnce(Reply<T>) -> Job,
-) -> Result<T, BrokerError> {
+async fn ask<T>(tx: &mpsc::Sender<Job>, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, BrokerError> {
     let (reply, rx) = oneshot::channel();
-    tx.send(make(reply))
-        .await
-        .map_err(|_| BrokerError::ShuttingDown)?;
+    tx.send(make(reply)).await.map_err(|_| BrokerError::ShuttingDown)?;
     rx.await.map_err(|_| BrokerError::ShuttingDown)?
 }
 
@@ -144,38 +146,38 @@ impl Committer {
         encoded: Vec<u8>,
         principal: String,
     ) -> Result<SubmitOutcome, BrokerError> {
+        ask(&self.tx, |reply| Job::Submit { envelope: Box::new(envelope), encoded, principal, refused: None, reply })
+            .await
+    }
+
+    /// An envelope that failed the checks (`refused`): answered with the
+    /// original receipt if it repeats an accepted envelope byte for byte (a
+    /// late retry), else refused with `refused`, which is logged.
+    pub async fn submit_if_duplicate(
+        &self,
+        envelope: Envelope,
+        principal: String,
+        refused: BrokerError,
+    ) -> Result<SubmitOutcome, BrokerError> {
+        let refused = Some(refused);
         ask(&self.tx, |reply| Job::Submit {
             envelope: Box::new(envelope),
-            encoded,
+            encoded: Vec::new(),
             principal,
+            refused,
             reply,
         })
         .await
     }
 
     /// Settles a message with a verified ack.
-    pub async fn ack(
-        &self,
-        ack: SignedAck,
-        principal: Principal,
-    ) -> Result<AckOutcome, BrokerError> {
-        ask(&self.tx, |reply| Job::Ack {
-            ack: Box::new(ack),
-            principal,
-            reply,
-        })
-        .await
+    pub async fn ack(&self, ack: SignedAck, principal: Principal) -> Result<AckOutcome, BrokerError> {
+        ask(&self.tx, |reply| Job::Ack { ack: Box::new(ack), principal, reply }).await
     }
 
     /// Records that `principal` was sent `message_id`.
     pub async fn delivered(&self, message_id: MessageId, principal: String) {
-        let _ = self
-            .tx
-            .send(Job::Delivered {
-                message_id,
-                principal,
-            })
-            .await;
+        let _ = self.tx.send(Job::Delivered { message_id, principal }).await;
     }
 
     /// Logs a rejected request.
@@ -186,15 +188,7 @@ impl Committer {
         message_id: Option<MessageId>,
         digest: Option<Digest>,
     ) {
-        let _ = self
-            .tx
-            .send(Job::Reject {
-                principal,
-                reason,
-                message_id,
-                digest,
-            })
-            .await;
+        let _ = self.tx.send(Job::Reject { principal, reason, message_id, digest }).await;
     }
 
     /// Carries out the deadline stored under `key`.
@@ -205,32 +199,24 @@ impl Committer {
     /// [`Committer::meta`] from synchronous code: queued at once (in order
     /// with everything sent before), or logged if the queue is full.
     pub fn meta_nowait(&self, key: &[u8], value: Vec<u8>) {
-        if self
-            .tx
-            .try_send(Job::Meta {
-                key: key.to_vec(),
-                value,
-            })
-            .is_err()
-        {
+        if self.tx.try_send(Job::Meta { key: key.to_vec(), value }).is_err() {
             tracing::warn!(key = %String::from_utf8_lossy(key), "the commit queue is full; a meta value was not stored");
         }
     }
 
     /// Stores a value in the meta table (tree heads, the directory version).
     pub async fn meta(&self, key: &[u8], value: Vec<u8>) {
-        let _ = self
-            .tx
-            .send(Job::Meta {
-                key: key.to_vec(),
-                value,
-            })
-            .await;
+        let _ = self.tx.send(Job::Meta { key: key.to_vec(), value }).await;
     }
 
     /// Copies the whole store to `dir` between two commits.
-    pub async fn backup(&self, dir: PathBuf) -> Result<u64, BrokerError> {
+    pub async fn backup(&self, dir: PathBuf) -> Result<BackupCopy, BrokerError> {
         ask(&self.tx, |reply| Job::Backup { dir, reply }).await
+    }
+
+    /// Writes (and makes durable) a small record: proves the store takes writes.
+    pub async fn probe(&self) -> Result<(), BrokerError> {
+        ask(&self.tx, |reply| Job::Probe { reply }).await
     }
 
     /// Returns once every job sent before it is committed.
@@ -242,6 +228,16 @@ impl Committer {
     }
 }
 
+/// A copy of the store made between two commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupCopy {
+    /// Records copied.
+    pub records: u64,
+    /// The audit log's size and root at the moment of the copy.
+    pub tree_size: u64,
+    pub root: Digest,
+}
+
 /// What the committer needs; built once at start-up.
 #[derive(Debug)]
 pub struct CommitterDeps {
@@ -251,6 +247,8 @@ pub struct CommitterDeps {
     pub log_key: Arc<SigningKey>,
     pub directory: Arc<DirectoryState>,
     pub timing: Timing,
+    /// Records the log after each commit (see [`crate::checkpoint`]).
+    pub checkpoint: Option<crate::checkpoint::Writer>,
 }
 
 /// Restores the Merkle frontier from the store.
@@ -263,16 +261,9 @@ pub fn restore_frontier(store: &dyn Store) -> Result<Frontier, StoreError> {
 /// [`Committer`] handle is dropped, after committing what was sent.
 pub fn start(deps: CommitterDeps) -> Result<(Committer, std::thread::JoinHandle<()>), StoreError> {
     let frontier = restore_frontier(&*deps.store)?;
-    deps.hub
-        .tree
-        .send_replace((frontier.size(), frontier.root()));
+    deps.hub.tree.send_replace((frontier.size(), frontier.root()));
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    let mut core = Core {
-        deps,
-        frontier,
-        seq: HashMap::new(),
-        cursor: HashMap::new(),
-    };
+    let mut core = Core { deps, frontier, counters: HashMap::new(), needs_recovery: false };
     let handle = std::thread::Builder::new()
         .name("committer".into())
         .spawn(move || core.run(rx))
@@ -283,17 +274,16 @@ pub fn start(deps: CommitterDeps) -> Result<(Committer, std::thread::JoinHandle<
 struct Core {
     deps: CommitterDeps,
     frontier: Frontier,
-    seq: HashMap<AgencyId, u64>,
-    cursor: HashMap<AgencyId, u64>,
+    /// Cached meta counters (queue sequences, receipt cursors, pending
+    /// counts), by meta key.
+    counters: HashMap<Vec<u8>, u64>,
+    /// A commit failed and the store could not be reopened yet.
+    needs_recovery: bool,
 }
 
 /// An answer held back until the batch is durable.
 enum Pending {
-    Submit(
-        Reply<SubmitOutcome>,
-        Result<SubmitOutcome, BrokerError>,
-        bool,
-    ),
+    Submit(Reply<SubmitOutcome>, Result<SubmitOutcome, BrokerError>, bool),
     Ack(Reply<AckOutcome>, Result<AckOutcome, BrokerError>, bool),
     Unit(Reply<()>, Result<(), BrokerError>, bool),
     Barrier(oneshot::Sender<()>),
@@ -320,48 +310,56 @@ impl Core {
         }
     }
 
+    /// Reopens the store after a failed commit and reloads the Merkle
+    /// frontier and counters from what is on disk. Until it succeeds, each
+    /// batch tries again.
+    fn recover(&mut self) {
+        let reloaded = self.deps.store.recover().and_then(|()| restore_frontier(&*self.deps.store));
+        match reloaded {
+            Ok(frontier) => {
+                self.frontier = frontier;
+                self.counters.clear();
+                self.needs_recovery = false;
+                self.deps.hub.tree.send_replace((self.frontier.size(), self.frontier.root()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reopening the store failed; will retry with the next batch");
+                self.needs_recovery = true;
+            }
+        }
+    }
+
     fn process(&mut self, jobs: Vec<Job>) {
+        if self.needs_recovery {
+            self.recover();
+        }
+        let jobs_in_batch = jobs.len();
         let now = self.deps.clock.now();
         let mut tx = Tx::new(self, now);
         let mut pending = Vec::with_capacity(jobs.len());
         let mut backups = Vec::new();
         for job in jobs {
             match job {
-                Job::Submit {
-                    envelope,
-                    encoded,
-                    principal,
-                    reply,
-                } => {
+                Job::Submit { envelope, encoded, principal, refused, reply } => {
                     let mark = tx.batch.len();
-                    let r = tx.submit(*envelope, encoded, &principal);
+                    let r = tx.submit(*envelope, encoded, &principal, refused);
                     let wrote = tx.batch.len() > mark;
                     pending.push(Pending::Submit(reply, r, wrote));
                 }
-                Job::Ack {
-                    ack,
-                    principal,
-                    reply,
-                } => {
+                Job::Ack { ack, principal, reply } => {
                     let mark = tx.batch.len();
                     let r = tx.ack(*ack, &principal);
                     let wrote = tx.batch.len() > mark;
                     pending.push(Pending::Ack(reply, r, wrote));
                 }
-                Job::Delivered {
-                    message_id,
-                    principal,
-                } => {
+                Job::Delivered { message_id, principal } => {
                     if let Err(e) = tx.delivered(message_id, &principal) {
                         tracing::warn!(error = %e, "recording a delivery failed");
                     }
                 }
-                Job::Reject {
-                    principal,
-                    reason,
-                    message_id,
-                    digest,
-                } => tx.reject(&principal, reason, message_id, digest),
+                Job::Reject { principal, reason, message_id, digest } => {
+                    tx.reject(&principal, reason, message_id, digest)
+                }
                 Job::Deadline { key, reply } => {
                     let mark = tx.batch.len();
                     let r = tx.deadline(&key);
@@ -369,6 +367,10 @@ impl Core {
                     pending.push(Pending::Unit(reply, r, wrote));
                 }
                 Job::Meta { key, value } => tx.batch.put(Table::Meta, key, value),
+                Job::Probe { reply } => {
+                    tx.batch.put(Table::Meta, meta::HEALTH_PROBE.to_vec(), now.0.to_be_bytes().to_vec());
+                    pending.push(Pending::Unit(reply, Ok(()), true));
+                }
                 Job::Backup { dir, reply } => backups.push((dir, reply)),
                 Job::Barrier { reply } => pending.push(Pending::Barrier(reply)),
             }
@@ -376,16 +378,19 @@ impl Core {
         let outcome = tx.finish();
         let committed = match outcome {
             Ok((batch, state)) => {
-                let result = if batch.is_empty() {
-                    Ok(())
-                } else {
-                    self.deps.store.commit(&batch)
-                };
+                let started = std::time::Instant::now();
+                let result = if batch.is_empty() { Ok(()) } else { self.deps.store.commit(&batch) };
+                if !batch.is_empty() {
+                    metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(crate::metrics::COMMIT_JOBS).record(jobs_in_batch as f64);
+                }
+                if result.is_err() {
+                    metrics::counter!(crate::metrics::COMMIT_FAILURES).increment(1);
+                }
                 match result {
                     Ok(()) => {
                         self.frontier = state.frontier;
-                        self.seq.extend(state.seq);
-                        self.cursor.extend(state.cursor);
+                        self.counters.extend(state.counters);
                         for effect in state.effects {
                             match effect {
                                 Effect::Message(a, s) => self.deps.hub.message_durable(&a, s),
@@ -393,13 +398,22 @@ impl Core {
                                 Effect::Event(a, e) => self.deps.hub.publish(&a, e),
                             }
                         }
-                        self.deps
-                            .hub
-                            .tree
-                            .send_replace((self.frontier.size(), self.frontier.root()));
+                        self.deps.hub.tree.send_replace((self.frontier.size(), self.frontier.root()));
+                        if let Some(w) = &self.deps.checkpoint {
+                            w.write(crate::checkpoint::Checkpoint {
+                                tree_size: self.frontier.size(),
+                                root: self.frontier.root(),
+                            });
+                        }
                         Ok(())
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        // The engine may hold the failed batch in memory or
+                        // refuse all further writes: reopen it from disk and
+                        // rebuild what this thread derived from it.
+                        self.recover();
+                        Err(e)
+                    }
                 }
             }
             Err(e) => Err(e),
@@ -422,17 +436,18 @@ impl Core {
             }
         }
         for (dir, reply) in backups {
-            let _ = reply.send(self.deps.store.backup_to(&dir).map_err(BrokerError::from));
+            let copy = self.deps.store.backup_to(&dir).map(|records| BackupCopy {
+                records,
+                tree_size: self.frontier.size(),
+                root: self.frontier.root(),
+            });
+            let _ = reply.send(copy.map_err(BrokerError::from));
         }
     }
 }
 
 /// A job's answer: its own result, unless it wrote and the commit failed.
-fn settle<T>(
-    r: Result<T, BrokerError>,
-    wrote: bool,
-    failed: &Option<BrokerError>,
-) -> Result<T, BrokerError> {
+fn settle<T>(r: Result<T, BrokerError>, wrote: bool, failed: &Option<BrokerError>) -> Result<T, BrokerError> {
     match (r, failed) {
         (Ok(_), Some(e)) if wrote => Err(e.clone()),
         (r, _) => r,
@@ -442,8 +457,7 @@ fn settle<T>(
 /// The state one batch builds, adopted only if its commit succeeds.
 struct TxState {
     frontier: Frontier,
-    seq: HashMap<AgencyId, u64>,
-    cursor: HashMap<AgencyId, u64>,
+    counters: HashMap<Vec<u8>, u64>,
     effects: Vec<Effect>,
 }
 
@@ -461,9 +475,7 @@ struct Tx<'a> {
 }
 
 fn receipt_status_of(p: &pb::Receipt) -> Option<ReceiptStatus> {
-    p.statement
-        .as_ref()
-        .and_then(|s| ReceiptStatus::from_code(s.status))
+    p.statement.as_ref().and_then(|s| ReceiptStatus::from_code(s.status))
 }
 
 impl<'a> Tx<'a> {
@@ -472,12 +484,7 @@ impl<'a> Tx<'a> {
             core,
             now,
             batch: Batch::default(),
-            state: TxState {
-                frontier: core.frontier.clone(),
-                seq: HashMap::new(),
-                cursor: HashMap::new(),
-                effects: Vec::new(),
-            },
+            state: TxState { frontier: core.frontier.clone(), counters: HashMap::new(), effects: Vec::new() },
             messages: HashMap::new(),
             receipts: HashMap::new(),
             deliveries: HashSet::new(),
@@ -494,29 +501,13 @@ impl<'a> Tx<'a> {
             return Err(e);
         }
         for (id, rec) in &self.messages {
-            self.batch
-                .put(Table::Messages, keys::message(id), records::encode(rec));
+            self.batch.put(Table::Messages, keys::message(id), records::encode(rec));
         }
-        for (agency, seq) in &self.state.seq {
-            self.batch.put(
-                Table::Meta,
-                meta::last_seq(agency),
-                seq.to_be_bytes().to_vec(),
-            );
-        }
-        for (agency, cursor) in &self.state.cursor {
-            self.batch.put(
-                Table::Meta,
-                meta::last_cursor(agency),
-                cursor.to_be_bytes().to_vec(),
-            );
+        for (key, value) in &self.state.counters {
+            self.batch.put(Table::Meta, key.clone(), value.to_be_bytes().to_vec());
         }
         if self.state.frontier.size() != self.core.frontier.size() {
-            self.batch.put(
-                Table::Meta,
-                meta::AUDIT_SIZE.to_vec(),
-                self.state.frontier.size().to_be_bytes().to_vec(),
-            );
+            self.batch.put(Table::Meta, meta::AUDIT_SIZE.to_vec(), self.state.frontier.size().to_be_bytes().to_vec());
         }
         Ok((self.batch, self.state))
     }
@@ -537,10 +528,7 @@ impl<'a> Tx<'a> {
             None => self.store().get(Table::Receipts, &keys::receipt(id, n))?,
         };
         bytes
-            .map(|b| {
-                prost::Message::decode(b.as_slice())
-                    .map_err(|_| StoreError::Corrupt(format!("receipt {id}/{n}")))
-            })
+            .map(|b| prost::Message::decode(b.as_slice()).map_err(|_| StoreError::Corrupt(format!("receipt {id}/{n}"))))
             .transpose()
     }
 
@@ -560,33 +548,27 @@ impl<'a> Tx<'a> {
         Ok(None)
     }
 
-    fn counter(
-        &mut self,
-        which: fn(&AgencyId) -> Vec<u8>,
-        agency: &AgencyId,
-        is_seq: bool,
-    ) -> Result<u64, StoreError> {
-        let (overlay, cached) = if is_seq {
-            (&self.state.seq, &self.core.seq)
-        } else {
-            (&self.state.cursor, &self.core.cursor)
-        };
-        if let Some(v) = overlay.get(agency).or_else(|| cached.get(agency)) {
+    /// The value of a meta counter as this batch sees it.
+    fn counter(&self, key: &[u8]) -> Result<u64, StoreError> {
+        if let Some(v) = self.state.counters.get(key).or_else(|| self.core.counters.get(key)) {
             return Ok(*v);
         }
-        read_u64(self.store(), &which(agency))
+        read_u64(self.store(), key)
+    }
+
+    /// Adds `delta` to a meta counter; returns the new value.
+    fn bump(&mut self, key: Vec<u8>, delta: i64) -> Result<u64, StoreError> {
+        let next = self.counter(&key)?.saturating_add_signed(delta);
+        self.state.counters.insert(key, next);
+        Ok(next)
     }
 
     fn next_seq(&mut self, agency: &AgencyId) -> Result<u64, StoreError> {
-        let next = self.counter(meta::last_seq, agency, true)? + 1;
-        self.state.seq.insert(agency.clone(), next);
-        Ok(next)
+        self.bump(meta::last_seq(agency), 1)
     }
 
     fn next_cursor(&mut self, agency: &AgencyId) -> Result<u64, StoreError> {
-        let next = self.counter(meta::last_cursor, agency, false)? + 1;
-        self.state.cursor.insert(agency.clone(), next);
-        Ok(next)
+        self.bump(meta::last_cursor(agency), 1)
     }
 
     /// Appends an audit entry (and its completed Merkle nodes); returns its index.
@@ -594,11 +576,7 @@ impl<'a> Tx<'a> {
         let index = self.state.frontier.size();
         let bytes = entry_bytes(index, self.now, event);
         for node in self.state.frontier.append(leaf_hash(&bytes)) {
-            self.batch.put(
-                Table::MerkleNodes,
-                keys::merkle(node.level, node.index),
-                node.hash.0.to_vec(),
-            );
+            self.batch.put(Table::MerkleNodes, keys::merkle(node.level, node.index), node.hash.0.to_vec());
         }
         self.batch.put(Table::Audit, keys::audit(index), bytes);
         index
@@ -631,35 +609,23 @@ impl<'a> Tx<'a> {
         let n = rec.receipt_count;
         rec.receipt_count += 1;
         let bytes = prost::Message::encode_to_vec(&receipt);
-        self.batch
-            .put(Table::Receipts, keys::receipt(id, n), bytes.clone());
+        self.batch.put(Table::Receipts, keys::receipt(id, n), bytes.clone());
         self.receipts.insert((*id, n), bytes);
         let cursor = self.next_cursor(&sender)?;
         self.batch.put(
             Table::ReceiptFeed,
             keys::receipt_feed(&sender, cursor),
-            records::encode(&FeedEntry {
-                message_id: *id.as_bytes(),
-                receipt: n,
-            }),
+            records::encode(&FeedEntry { message_id: *id.as_bytes(), receipt: n }),
         );
         self.state.effects.push(Effect::Receipt(sender, cursor));
         Ok(receipt)
     }
 
-    fn reject(
-        &mut self,
-        principal: &str,
-        reason: &'static str,
-        message_id: Option<MessageId>,
-        digest: Option<Digest>,
-    ) {
+    fn reject(&mut self, principal: &str, reason: &'static str, message_id: Option<MessageId>, digest: Option<Digest>) {
         self.log(Event::Rejected(pb::Rejected {
             principal: principal.to_owned(),
             reason: reason.to_owned(),
-            message_id: message_id
-                .map(|m| m.as_bytes().to_vec())
-                .unwrap_or_default(),
+            message_id: message_id.map(|m| m.as_bytes().to_vec()).unwrap_or_default(),
             envelope_digest: digest.map(|d| d.0.to_vec()).unwrap_or_default(),
         }));
     }
@@ -677,19 +643,24 @@ impl<'a> Tx<'a> {
         envelope: Envelope,
         encoded: Vec<u8>,
         principal: &str,
+        refused: Option<BrokerError>,
     ) -> Result<SubmitOutcome, BrokerError> {
         let id = envelope.header.message_id;
         let digest = envelope.digest();
         let existing = self.message(&id);
-        if let Some(rec) = self.keep(existing)? {
-            if rec.envelope_digest == digest.0 {
-                let receipt = self.receipt(&id, 0);
-                let receipt = self.keep(receipt)?.ok_or(BrokerError::StorageCorrupt)?;
-                return Ok(SubmitOutcome {
-                    receipt,
-                    duplicate: true,
-                });
-            }
+        let existing = self.keep(existing)?;
+        if let Some(rec) = &existing
+            && rec.envelope_digest == digest.0
+        {
+            let receipt = self.receipt(&id, 0);
+            let receipt = self.keep(receipt)?.ok_or(BrokerError::StorageCorrupt)?;
+            return Ok(SubmitOutcome { receipt, duplicate: true });
+        }
+        if let Some(e) = refused {
+            self.reject(principal, e.reason(), Some(id), Some(digest));
+            return Err(e);
+        }
+        if existing.is_some() {
             self.reject(principal, "duplicate_conflict", Some(id), Some(digest));
             return Err(BrokerError::DuplicateConflict(id));
         }
@@ -728,40 +699,17 @@ impl<'a> Tx<'a> {
             purged: false,
             receipt_count: 0,
         };
-        self.batch
-            .put(Table::Envelopes, keys::message(&id), encoded);
-        self.batch.put(
-            Table::Queue,
-            keys::queue(&h.recipient, seq),
-            id.as_bytes().to_vec(),
-        );
-        self.batch.put(
-            Table::Deadlines,
-            keys::deadline(ack_deadline_ms, DeadlineKind::Escalate, &id),
-            vec![],
-        );
-        self.batch.put(
-            Table::Deadlines,
-            keys::deadline(expires_at_ms, DeadlineKind::Expire, &id),
-            vec![],
-        );
-        let receipt = self.add_receipt(
-            &id,
-            &mut rec,
-            ReceiptStatus::Accepted,
-            String::new(),
-            None,
-            log_index,
-        );
+        self.batch.put(Table::Envelopes, keys::message(&id), encoded);
+        self.batch.put(Table::Queue, keys::queue(&h.recipient, seq), id.as_bytes().to_vec());
+        self.batch.put(Table::Deadlines, keys::deadline(ack_deadline_ms, DeadlineKind::Escalate, &id), vec![]);
+        self.batch.put(Table::Deadlines, keys::deadline(expires_at_ms, DeadlineKind::Expire, &id), vec![]);
+        let receipt = self.add_receipt(&id, &mut rec, ReceiptStatus::Accepted, String::new(), None, log_index);
         let receipt = self.keep(receipt)?;
-        self.state
-            .effects
-            .push(Effect::Message(h.recipient.clone(), seq));
+        let pending = self.bump(meta::pending(&h.recipient), 1);
+        self.keep(pending)?;
+        self.state.effects.push(Effect::Message(h.recipient.clone(), seq));
         self.messages.insert(id, rec);
-        Ok(SubmitOutcome {
-            receipt,
-            duplicate: false,
-        })
+        Ok(SubmitOutcome { receipt, duplicate: false })
     }
 
     fn ack(&mut self, ack: SignedAck, principal: &Principal) -> Result<AckOutcome, BrokerError> {
@@ -775,18 +723,10 @@ impl<'a> Tx<'a> {
         };
         if rec.recipient != principal.agency.as_str() {
             self.reject(&uri, "ack_other_agency", Some(id), Some(s.envelope_digest));
-            return Err(BrokerError::AckForOtherAgency {
-                message_id: id,
-                agency: principal.agency.clone(),
-            });
+            return Err(BrokerError::AckForOtherAgency { message_id: id, agency: principal.agency.clone() });
         }
         if rec.envelope_digest != s.envelope_digest.0 {
-            self.reject(
-                &uri,
-                "ack_digest_mismatch",
-                Some(id),
-                Some(s.envelope_digest),
-            );
+            self.reject(&uri, "ack_digest_mismatch", Some(id), Some(s.envelope_digest));
             return Err(BrokerError::AckDigestMismatch {
                 message_id: id,
                 acked: s.envelope_digest.to_hex(),
@@ -801,10 +741,7 @@ impl<'a> Tx<'a> {
             MessageState::Acknowledged { .. } => {
                 let found = self.find_receipt(&id, &rec, ReceiptStatus::Acknowledged);
                 let receipt = self.keep(found)?.ok_or(BrokerError::StorageCorrupt)?;
-                Ok(AckOutcome {
-                    receipt,
-                    already_acknowledged: true,
-                })
+                Ok(AckOutcome { receipt, already_acknowledged: true })
             }
             MessageState::Pending => {
                 let recipient = principal.agency.clone();
@@ -815,46 +752,24 @@ impl<'a> Tx<'a> {
                     principal: uri.clone(),
                 }));
                 rec.state = MessageState::Acknowledged { at_ms: self.now.0 };
+                let pending = self.bump(meta::pending(&recipient), -1);
+                self.keep(pending)?;
+                metrics::counter!(crate::metrics::ACKS).increment(1);
                 let purge_at = self.now.0 + self.core.deps.timing.acked_retention_ms;
                 rec.purge_at_ms = Some(purge_at);
-                self.batch
-                    .delete(Table::Queue, keys::queue(&recipient, rec.sequence));
-                self.batch.delete(
-                    Table::Deadlines,
-                    keys::deadline(rec.ack_deadline_ms, DeadlineKind::Escalate, &id),
-                );
-                self.batch.delete(
-                    Table::Deadlines,
-                    keys::deadline(rec.expires_at_ms, DeadlineKind::Expire, &id),
-                );
-                self.batch.put(
-                    Table::Deadlines,
-                    keys::deadline(purge_at, DeadlineKind::Purge, &id),
-                    vec![],
-                );
+                self.batch.delete(Table::Queue, keys::queue(&recipient, rec.sequence));
+                self.batch.delete(Table::Deadlines, keys::deadline(rec.ack_deadline_ms, DeadlineKind::Escalate, &id));
+                self.batch.delete(Table::Deadlines, keys::deadline(rec.expires_at_ms, DeadlineKind::Expire, &id));
+                self.batch.put(Table::Deadlines, keys::deadline(purge_at, DeadlineKind::Purge, &id), vec![]);
                 let pb_ack = pb::SignedAck::from(&ack);
-                let receipt = self.add_receipt(
-                    &id,
-                    &mut rec,
-                    ReceiptStatus::Acknowledged,
-                    uri,
-                    Some(ack),
-                    log_index,
-                );
+                let receipt = self.add_receipt(&id, &mut rec, ReceiptStatus::Acknowledged, uri, Some(ack), log_index);
                 let receipt = self.keep(receipt)?;
                 self.state.effects.push(Effect::Event(
                     recipient,
-                    HubEvent::Settled {
-                        message_id: *id.as_bytes(),
-                        sequence: rec.sequence,
-                        ack: pb_ack,
-                    },
+                    HubEvent::Settled { message_id: *id.as_bytes(), sequence: rec.sequence, ack: pb_ack },
                 ));
                 self.messages.insert(id, rec);
-                Ok(AckOutcome {
-                    receipt,
-                    already_acknowledged: false,
-                })
+                Ok(AckOutcome { receipt, already_acknowledged: false })
             }
         }
     }
@@ -873,6 +788,7 @@ impl<'a> Tx<'a> {
             return Ok(());
         }
         self.deliveries.insert(key.clone());
+        metrics::counter!(crate::metrics::DELIVERIES).increment(1);
         self.batch.put(Table::Deliveries, key, vec![]);
         let log_index = self.log(Event::Delivered(pb::Delivered {
             message_id: id.as_bytes().to_vec(),
@@ -882,14 +798,7 @@ impl<'a> Tx<'a> {
         }));
         if !rec.delivered {
             rec.delivered = true;
-            let r = self.add_receipt(
-                &id,
-                &mut rec,
-                ReceiptStatus::Delivered,
-                principal.to_owned(),
-                None,
-                log_index,
-            );
+            let r = self.add_receipt(&id, &mut rec, ReceiptStatus::Delivered, principal.to_owned(), None, log_index);
             self.keep(r)?;
         }
         self.messages.insert(id, rec);
@@ -907,8 +816,7 @@ impl<'a> Tx<'a> {
         let Some(mut rec) = self.keep(existing)? else {
             return Ok(());
         };
-        let recipient =
-            AgencyId::new(rec.recipient.clone()).map_err(|_| BrokerError::StorageCorrupt)?;
+        let recipient = AgencyId::new(rec.recipient.clone()).map_err(|_| BrokerError::StorageCorrupt)?;
         match kind {
             DeadlineKind::Escalate if rec.state == MessageState::Pending && !rec.escalated => {
                 let contact = self
@@ -929,42 +837,26 @@ impl<'a> Tx<'a> {
                     contact: contact_uri.clone(),
                 }));
                 rec.escalated = true;
-                let r = self.add_receipt(
-                    &id,
-                    &mut rec,
-                    ReceiptStatus::Escalated,
-                    contact_uri.clone(),
-                    None,
-                    log_index,
-                );
+                metrics::counter!(crate::metrics::ESCALATIONS).increment(1);
+                let r = self.add_receipt(&id, &mut rec, ReceiptStatus::Escalated, contact_uri.clone(), None, log_index);
                 self.keep(r)?;
                 let alert = pb::Escalation {
                     message_id: id.as_bytes().to_vec(),
                     sender: rec.sender.clone(),
                     recipient: rec.recipient.clone(),
-                    urgency: Urgency::ALL
-                        .iter()
-                        .find(|u| u.code() == rec.urgency)
-                        .map_or(0, |u| u.to_pb() as i32),
+                    urgency: Urgency::ALL.iter().find(|u| u.code() == rec.urgency).map_or(0, |u| u.to_pb() as i32),
                     deadline_ms: due,
                     sequence: rec.sequence,
                 };
                 let contact_uri = (!contact_uri.is_empty()).then_some(contact_uri);
                 self.state.effects.push(Effect::Event(
                     recipient.clone(),
-                    HubEvent::Escalation {
-                        contact: contact_uri.clone(),
-                        alert: alert.clone(),
-                    },
+                    HubEvent::Escalation { contact: contact_uri.clone(), alert: alert.clone() },
                 ));
                 if let Some(c) = contact.filter(|c| c.agency != recipient) {
-                    self.state.effects.push(Effect::Event(
-                        c.agency.clone(),
-                        HubEvent::Escalation {
-                            contact: contact_uri,
-                            alert,
-                        },
-                    ));
+                    self.state
+                        .effects
+                        .push(Effect::Event(c.agency.clone(), HubEvent::Escalation { contact: contact_uri, alert }));
                 }
             }
             DeadlineKind::Expire if rec.state == MessageState::Pending => {
@@ -974,21 +866,13 @@ impl<'a> Tx<'a> {
                     recipient: rec.recipient.clone(),
                 }));
                 rec.state = MessageState::Expired { at_ms: self.now.0 };
-                self.batch
-                    .delete(Table::Queue, keys::queue(&recipient, rec.sequence));
-                self.batch.delete(
-                    Table::Deadlines,
-                    keys::deadline(rec.ack_deadline_ms, DeadlineKind::Escalate, &id),
-                );
+                let pending = self.bump(meta::pending(&recipient), -1);
+                self.keep(pending)?;
+                metrics::counter!(crate::metrics::EXPIRIES).increment(1);
+                self.batch.delete(Table::Queue, keys::queue(&recipient, rec.sequence));
+                self.batch.delete(Table::Deadlines, keys::deadline(rec.ack_deadline_ms, DeadlineKind::Escalate, &id));
                 self.purge(&id, &mut rec);
-                let r = self.add_receipt(
-                    &id,
-                    &mut rec,
-                    ReceiptStatus::Expired,
-                    String::new(),
-                    None,
-                    log_index,
-                );
+                let r = self.add_receipt(&id, &mut rec, ReceiptStatus::Expired, String::new(), None, log_index);
                 self.keep(r)?;
             }
             DeadlineKind::Purge => self.purge(&id, &mut rec),
@@ -1003,6 +887,7 @@ impl<'a> Tx<'a> {
             return;
         }
         rec.purged = true;
+        metrics::counter!(crate::metrics::PURGES).increment(1);
         self.batch.delete(Table::Envelopes, keys::message(id));
         self.log(Event::Purged(pb::Purged {
             message_id: id.as_bytes().to_vec(),

@@ -82,7 +82,9 @@ pub struct Config {
     pub allow_same_kind: Vec<(AgencyId, AgencyId)>,
     pub log_format: LogFormat,
     pub log_level: String,
-    pub metrics_listen: Option<SocketAddr>,
+    /// The admin endpoint (metrics, health, status, backup); None when off.
+    pub admin_listen: Option<SocketAddr>,
+    pub health_interval: Duration,
     pub cert_expiry_warning: Duration,
 }
 
@@ -103,7 +105,7 @@ struct Raw {
     audit: Option<RawAudit>,
     policy: Option<RawPolicy>,
     log: Option<RawLog>,
-    metrics: Option<RawMetrics>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,9 +187,13 @@ struct RawLog {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMetrics {
+struct RawAdmin {
     listen: Option<String>,
+    health_interval: Option<String>,
 }
+
+/// Where the admin endpoint listens unless configured otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
 /// Parses `500ms`, `30s`, `15m`, `4h`, `3d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -221,15 +227,14 @@ impl Checker {
     fn duration(&mut self, v: Option<&String>, name: &str, default: Option<Duration>) -> Duration {
         match v {
             None => default.unwrap_or_else(|| {
-                self.problems.push(format!(
-                    "{name} is required (a duration such as 15m, 4h or 3d)"
-                ));
+                self.problems.push(format!("{name} is required (a duration such as 15m, 4h or 3d)"));
                 Duration::ZERO
             }),
             Some(s) => match parse_duration(s) {
                 Some(d) if !d.is_zero() => d,
                 _ => {
-                    self.problems.push(format!("{name} = {s:?} is not a positive duration such as 500ms, 30s, 15m, 4h or 3d"));
+                    self.problems
+                        .push(format!("{name} = {s:?} is not a positive duration such as 500ms, 30s, 15m, 4h or 3d"));
                     Duration::ZERO
                 }
             },
@@ -245,9 +250,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<String> {
         };
         let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         let [section, key] = parts.as_slice() else {
-            problems.push(format!(
-                "environment variable {k} must look like BROKER__SECTION__KEY"
-            ));
+            problems.push(format!("environment variable {k} must look like BROKER__SECTION__KEY"));
             continue;
         };
         // A value that parses as a TOML scalar (number, boolean, array) is
@@ -256,16 +259,12 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<String> {
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(v.clone()));
-        let entry = table
-            .entry(section.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         match entry {
             toml::Value::Table(t) => {
                 t.insert(key.clone(), value);
             }
-            _ => problems.push(format!(
-                "environment variable {k}: [{section}] is not a section"
-            )),
+            _ => problems.push(format!("environment variable {k}: [{section}] is not a section")),
         }
     }
     problems
@@ -283,9 +282,7 @@ impl Config {
 
     /// Parses configuration text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError(vec![e.to_string()]))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError(vec![e.to_string()]))?;
         let mut problems = apply_env(&mut table, env);
         let raw: Raw = match Raw::deserialize(toml::Value::Table(table)) {
             Ok(r) => r,
@@ -298,38 +295,25 @@ impl Config {
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
 
         let listen = raw.listen.unwrap_or_default();
-        let listen_addr = c
-            .required(listen.address, "listen.address")
-            .and_then(|a| match a.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    c.problems.push(format!(
-                        "listen.address = {a:?} is not an address such as 0.0.0.0:7443"
-                    ));
-                    None
-                }
-            });
-        let handshake_timeout = c.duration(
-            listen.handshake_timeout.as_ref(),
-            "listen.handshake_timeout",
-            Some(Duration::from_secs(10)),
-        );
+        let listen_addr = c.required(listen.address, "listen.address").and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.problems.push(format!("listen.address = {a:?} is not an address such as 0.0.0.0:7443"));
+                None
+            }
+        });
+        let handshake_timeout =
+            c.duration(listen.handshake_timeout.as_ref(), "listen.handshake_timeout", Some(Duration::from_secs(10)));
 
         let tls = raw.tls.unwrap_or_default();
         let certificate = c.required(tls.certificate, "tls.certificate");
         let key = c.required(tls.key, "tls.key");
         let client_ca = c.required(tls.client_ca, "tls.client_ca");
         let crl = c.required(tls.crl, "tls.crl");
-        let reload_interval = c.duration(
-            tls.reload_interval.as_ref(),
-            "tls.reload_interval",
-            Some(Duration::from_secs(10)),
-        );
-        let cert_expiry_warning = c.duration(
-            tls.expiry_warning.as_ref(),
-            "tls.expiry_warning",
-            Some(Duration::from_secs(14 * 86_400)),
-        );
+        let reload_interval =
+            c.duration(tls.reload_interval.as_ref(), "tls.reload_interval", Some(Duration::from_secs(10)));
+        let cert_expiry_warning =
+            c.duration(tls.expiry_warning.as_ref(), "tls.expiry_warning", Some(Duration::from_secs(14 * 86_400)));
 
         let fed = raw.federation.unwrap_or_default();
         let directory = c.required(fed.directory, "federation.directory");
@@ -341,42 +325,18 @@ impl Config {
         let d = raw.delivery.unwrap_or_default();
         let ms = |d: Duration| d.as_millis() as i64;
         let ack_deadlines = AckDeadlines {
-            immediate_ms: ms(c.duration(
-                d.ack_deadline_immediate.as_ref(),
-                "delivery.ack_deadline_immediate",
-                None,
-            )),
-            urgent_ms: ms(c.duration(
-                d.ack_deadline_urgent.as_ref(),
-                "delivery.ack_deadline_urgent",
-                None,
-            )),
-            routine_ms: ms(c.duration(
-                d.ack_deadline_routine.as_ref(),
-                "delivery.ack_deadline_routine",
-                None,
-            )),
+            immediate_ms: ms(c.duration(d.ack_deadline_immediate.as_ref(), "delivery.ack_deadline_immediate", None)),
+            urgent_ms: ms(c.duration(d.ack_deadline_urgent.as_ref(), "delivery.ack_deadline_urgent", None)),
+            routine_ms: ms(c.duration(d.ack_deadline_routine.as_ref(), "delivery.ack_deadline_routine", None)),
         };
-        let unacked_retention_ms = ms(c.duration(
-            d.unacked_retention.as_ref(),
-            "delivery.unacked_retention",
-            None,
-        ));
-        let acked_retention_ms =
-            ms(c.duration(d.acked_retention.as_ref(), "delivery.acked_retention", None));
-        let longest = ack_deadlines
-            .immediate_ms
-            .max(ack_deadlines.urgent_ms)
-            .max(ack_deadlines.routine_ms);
+        let unacked_retention_ms = ms(c.duration(d.unacked_retention.as_ref(), "delivery.unacked_retention", None));
+        let acked_retention_ms = ms(c.duration(d.acked_retention.as_ref(), "delivery.acked_retention", None));
+        let longest = ack_deadlines.immediate_ms.max(ack_deadlines.urgent_ms).max(ack_deadlines.routine_ms);
         if unacked_retention_ms > 0 && unacked_retention_ms <= longest {
-            c.problems
-                .push("delivery.unacked_retention must be longer than every ack deadline".into());
+            c.problems.push("delivery.unacked_retention must be longer than every ack deadline".into());
         }
-        let heartbeat_interval = c.duration(
-            d.heartbeat_interval.as_ref(),
-            "delivery.heartbeat_interval",
-            Some(Duration::from_secs(15)),
-        );
+        let heartbeat_interval =
+            c.duration(d.heartbeat_interval.as_ref(), "delivery.heartbeat_interval", Some(Duration::from_secs(15)));
         let stall_timeout = c.duration(
             d.subscriber_stall_timeout.as_ref(),
             "delivery.subscriber_stall_timeout",
@@ -384,8 +344,7 @@ impl Config {
         );
         let subscriber_buffer = d.subscriber_buffer.unwrap_or(64);
         if !(1..=10_000).contains(&subscriber_buffer) {
-            c.problems
-                .push("delivery.subscriber_buffer must be 1 to 10000".into());
+            c.problems.push("delivery.subscriber_buffer must be 1 to 10000".into());
         }
         let max_future_skew_ms = ms(c.duration(
             d.max_clock_skew_future.as_ref(),
@@ -397,11 +356,8 @@ impl Config {
             "delivery.max_clock_skew_past",
             Some(Duration::from_secs(7 * 86_400)),
         ));
-        let deadline_tick = c.duration(
-            d.deadline_tick.as_ref(),
-            "delivery.deadline_tick",
-            Some(Duration::from_secs(1)),
-        );
+        let deadline_tick =
+            c.duration(d.deadline_tick.as_ref(), "delivery.deadline_tick", Some(Duration::from_secs(1)));
 
         let l = raw.limits.unwrap_or_default();
         let limits = Limits {
@@ -412,16 +368,13 @@ impl Config {
             max_connections: listen.max_connections.unwrap_or(20_000),
         };
         if limits.submit_rate_per_second == 0 || limits.submit_burst == 0 {
-            c.problems.push(
-                "limits.submit_rate_per_second and limits.submit_burst must be positive".into(),
-            );
+            c.problems.push("limits.submit_rate_per_second and limits.submit_burst must be positive".into());
         }
         if limits.max_in_flight_per_principal == 0
             || limits.max_streams_per_principal == 0
             || limits.max_connections == 0
         {
-            c.problems
-                .push("limits and listen.max_connections must be positive".into());
+            c.problems.push("limits and listen.max_connections must be positive".into());
         }
         let tree_head_interval = c.duration(
             raw.audit.unwrap_or_default().tree_head_interval.as_ref(),
@@ -430,22 +383,13 @@ impl Config {
         );
 
         let mut allow_same_kind = Vec::new();
-        for pair in raw
-            .policy
-            .unwrap_or_default()
-            .allow_same_kind
-            .unwrap_or_default()
-        {
+        for pair in raw.policy.unwrap_or_default().allow_same_kind.unwrap_or_default() {
             match pair.as_slice() {
                 [a, b] => match (AgencyId::new(a.clone()), AgencyId::new(b.clone())) {
                     (Ok(a), Ok(b)) => allow_same_kind.push((a, b)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        c.problems.push(format!("policy.allow_same_kind: {e}"))
-                    }
+                    (Err(e), _) | (_, Err(e)) => c.problems.push(format!("policy.allow_same_kind: {e}")),
                 },
-                _ => c
-                    .problems
-                    .push("policy.allow_same_kind entries must be pairs of agency ids".into()),
+                _ => c.problems.push("policy.allow_same_kind entries must be pairs of agency ids".into()),
             }
         }
 
@@ -454,29 +398,28 @@ impl Config {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                c.problems
-                    .push(format!("log.format = {other:?} must be text or json"));
+                c.problems.push(format!("log.format = {other:?} must be text or json"));
                 LogFormat::Text
             }
         };
         let log_level = log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            c.problems.push(format!(
-                "log.level = {log_level:?} is not a tracing filter such as info or broker=debug"
-            ));
+            c.problems.push(format!("log.level = {log_level:?} is not a tracing filter such as info or broker=debug"));
         }
-        let metrics_listen = raw
-            .metrics
-            .and_then(|m| m.listen)
-            .and_then(|a| match a.parse() {
-                Ok(a) => Some(a),
+        let admin = raw.admin.unwrap_or_default();
+        let admin_listen = match admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
+            "off" => None,
+            a => match a.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
                 Err(_) => {
-                    c.problems.push(format!(
-                        "metrics.listen = {a:?} is not an address such as 127.0.0.1:9464"
-                    ));
+                    c.problems
+                        .push(format!("admin.listen = {a:?} is not an address such as 127.0.0.1:9464 (or \"off\")"));
                     None
                 }
-            });
+            },
+        };
+        let health_interval =
+            c.duration(admin.health_interval.as_ref(), "admin.health_interval", Some(Duration::from_secs(5)));
 
         if !c.problems.is_empty() {
             return Err(ConfigError(c.problems));
@@ -491,29 +434,14 @@ impl Config {
             Some(federation_key),
             Some(log_key),
             Some(data_dir),
-        ) = (
-            listen_addr,
-            certificate,
-            key,
-            client_ca,
-            crl,
-            directory,
-            federation_key,
-            log_key,
-            data_dir,
-        )
+        ) = (listen_addr, certificate, key, client_ca, crl, directory, federation_key, log_key, data_dir)
         else {
             unreachable!("every missing setting was reported as a problem");
         };
         Ok(Config {
             listen,
             handshake_timeout,
-            tls: TlsFiles {
-                certificate: abs(certificate),
-                key: abs(key),
-                client_ca: abs(client_ca),
-                crl: abs(crl),
-            },
+            tls: TlsFiles { certificate: abs(certificate), key: abs(key), client_ca: abs(client_ca), crl: abs(crl) },
             reload_interval,
             directory: abs(directory),
             federation_key: abs(federation_key),
@@ -533,7 +461,8 @@ impl Config {
             allow_same_kind,
             log_format,
             log_level,
-            metrics_listen,
+            admin_listen,
+            health_interval,
             cert_expiry_warning,
         })
     }
@@ -617,10 +546,7 @@ acked_retention = "7d"
     #[test]
     fn env_overrides_win() {
         let env = vec![
-            (
-                "BROKER__LISTEN__ADDRESS".to_owned(),
-                "0.0.0.0:9000".to_owned(),
-            ),
+            ("BROKER__LISTEN__ADDRESS".to_owned(), "0.0.0.0:9000".to_owned()),
             ("BROKER__LIMITS__SUBMIT_BURST".to_owned(), "7".to_owned()),
             ("HOME".to_owned(), "/root".to_owned()),
         ];
@@ -633,18 +559,10 @@ acked_retention = "7d"
     fn every_problem_is_reported_at_once() {
         let text = MINIMAL
             .replace("address = \"127.0.0.1:7443\"", "address = \"nowhere\"")
-            .replace(
-                "ack_deadline_urgent = \"4h\"",
-                "ack_deadline_urgent = \"soon\"",
-            )
+            .replace("ack_deadline_urgent = \"4h\"", "ack_deadline_urgent = \"soon\"")
             .replace("data_dir = \"data\"", "")
             .replace("unacked_retention = \"30d\"", "unacked_retention = \"1h\"");
-        let err = Config::parse(
-            &text,
-            Path::new("/"),
-            &[("BROKER__LOG__FORMAT".into(), "xml".into())],
-        )
-        .unwrap_err();
+        let err = Config::parse(&text, Path::new("/"), &[("BROKER__LOG__FORMAT".into(), "xml".into())]).unwrap_err();
         let all = err.0.join("\n");
         for expected in [
             "listen.address",
@@ -660,12 +578,7 @@ acked_retention = "7d"
 
     #[test]
     fn unknown_settings_are_refused() {
-        let err = Config::parse(
-            &format!("{MINIMAL}\n[storage2]\nx = 1\n"),
-            Path::new("/"),
-            &[],
-        )
-        .unwrap_err();
+        let err = Config::parse(&format!("{MINIMAL}\n[storage2]\nx = 1\n"), Path::new("/"), &[]).unwrap_err();
         assert!(err.0[0].contains("storage2"), "{err}");
     }
 
@@ -675,5 +588,27 @@ acked_retention = "7d"
         assert_eq!(parse_duration("3d"), Some(Duration::from_secs(259_200)));
         assert_eq!(parse_duration("3 days"), None);
         assert_eq!(parse_duration("h"), None);
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// packaging/broker.toml explains every setting: it must parse, and it
+    /// must set every key the configuration knows.
+    #[test]
+    fn the_packaged_example_parses_and_sets_everything() {
+        let text = include_str!("../../packaging/broker.toml");
+        let c = Config::parse(text, Path::new("/etc/referral-broker"), &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let table: toml::Table = text.parse().unwrap();
+        let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
+        // 34 = the fields of the Raw* structs above; unknown keys are refused by parsing.
+        assert_eq!(
+            keys, 34,
+            "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
+        );
     }
 }

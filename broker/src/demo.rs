@@ -29,47 +29,41 @@ struct Transcript(Instant);
 
 impl Transcript {
     fn say(&self, who: &str, what: impl AsRef<str>) {
-        println!(
-            "[{:>6.3}s] {who:<34} {}",
-            self.0.elapsed().as_secs_f64(),
-            what.as_ref()
-        );
+        println!("[{:>6.3}s] {who:<34} {}", self.0.elapsed().as_secs_f64(), what.as_ref());
     }
+}
+
+/// The JSON name of an enum value (`osl_10_18c`, `sara_sv`, …).
+fn name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|j| j.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn summary(r: &IncomingReferral) -> String {
     let n = &r.notice;
+    let support: Vec<String> = n.requested_support.iter().map(name).collect();
     format!(
-        "ALERT {} referral {} from {} (seq {}): legal basis {:?}, consent {:?}, risk {:?}/{:?}, {} child(ren), support {:?}; subject's identity shown to the recipient only",
+        "ALERT {} referral {} from {} (queue position {}): legal basis {}, consent {}, risk {} {}, {} child(ren), asks for {}; the subject's identity is shown to the recipient only",
         r.urgency,
         r.message_id,
         r.sender_name,
         r.sequence,
-        n.legal_basis.kind,
-        n.consent.state,
-        n.risk.tool,
-        n.risk.level,
+        name(&n.legal_basis.kind),
+        name(&n.consent.state),
+        name(&n.risk.tool),
+        n.risk.level.as_ref().map(name).unwrap_or_default(),
         n.children.len(),
-        n.requested_support,
+        support.join(", "),
     )
 }
 
 /// Waits for `id` on the alert stream and acknowledges it as `by`.
-async fn receive_and_ack(
-    t: &Transcript,
-    who: &str,
-    client: &Client,
-    id: MessageId,
-    by: &str,
-) -> anyhow::Result<()> {
+async fn receive_and_ack(t: &Transcript, who: &str, client: &Client, id: MessageId, by: &str) -> anyhow::Result<()> {
     let mut alerts = client.subscribe().await?;
     loop {
         match alerts.next().await?.context("the alert stream ended")? {
             AlertEvent::Referral(r) if r.message_id == id => {
                 t.say(who, summary(&r));
-                let acked = client
-                    .ack_digest(r.message_id, r.envelope_digest, by)
-                    .await?;
+                let acked = client.ack_digest(r.message_id, r.envelope_digest, by).await?;
                 t.say(
                     who,
                     format!(
@@ -86,12 +80,7 @@ async fn receive_and_ack(
 }
 
 /// Follows the sender's receipts for `id` until it is acknowledged.
-async fn follow_receipts(
-    t: &Transcript,
-    who: &str,
-    client: &Client,
-    id: MessageId,
-) -> anyhow::Result<()> {
+async fn follow_receipts(t: &Transcript, who: &str, client: &Client, id: MessageId) -> anyhow::Result<()> {
     let mut receipts = client.watch_receipts(0).await?;
     while let Some((_, r)) = receipts.next().await? {
         if r.statement.message_id != id {
@@ -103,31 +92,21 @@ async fn follow_receipts(
                     who,
                     format!(
                         "receipt ACKNOWLEDGED by {} at {} (broker and {} signatures verified)",
-                        ack.statement.acknowledged_by,
-                        ack.statement.acknowledged_at,
-                        ack.statement.acker_agency
+                        ack.statement.acknowledged_by, ack.statement.acknowledged_at, ack.statement.acker_agency
                     ),
                 );
                 return Ok(());
             }
-            (status, _) => t.say(
-                who,
-                format!(
-                    "receipt {status} (broker signature verified){}",
-                    detail(&r.statement.detail)
-                ),
-            ),
+            (status, _) => {
+                t.say(who, format!("receipt {status} (broker signature verified){}", detail(&r.statement.detail)))
+            }
         }
     }
     bail!("the receipt stream ended before the acknowledgement")
 }
 
 fn detail(d: &str) -> String {
-    if d.is_empty() {
-        String::new()
-    } else {
-        format!(", {d}")
-    }
+    if d.is_empty() { String::new() } else { format!(", {d}") }
 }
 
 async fn exchange(
@@ -145,10 +124,7 @@ async fn exchange(
         &s_who,
         format!(
             "sent {} referral {} to {to}: {} (log index {})",
-            notice.urgency,
-            sent.message_id,
-            sent.receipt.statement.status,
-            sent.receipt.statement.log_index
+            notice.urgency, sent.message_id, sent.receipt.statement.status, sent.receipt.statement.log_index
         ),
     );
     let (a, b) = tokio::join!(
@@ -167,37 +143,16 @@ pub async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let fed_dir = tmp.join("federation");
-    let dev = certs::dev::create(
-        &fed_dir,
-        &DevOptions {
-            broker_addr: addr.to_string(),
-            force: false,
-        },
-        certs::now(),
-    )?;
-    println!(
-        "referral broker demo (everything below is real: mTLS with TLS 1.3, Ed25519 + HPKE, fsync'd sled)"
-    );
+    let dev = certs::dev::create(&fed_dir, &DevOptions { broker_addr: addr.to_string(), force: false }, certs::now())?;
+    println!("referral broker demo (everything below is real: mTLS with TLS 1.3, Ed25519 + HPKE, fsync'd sled)");
     println!("  federation igor.example.se in {}", fed_dir.display());
-    let config = Config::for_dev_federation(&fed_dir, addr, &tmp.join("broker-data"));
+    let mut config = Config::for_dev_federation(&fed_dir, addr, &tmp.join("broker-data"));
+    // Never collide with a development broker's admin port.
+    config.admin_listen = Some(([127, 0, 0, 1], 0).into());
     let shutdown = CancellationToken::new();
-    let running = start(
-        listener,
-        config,
-        StartOptions {
-            clock: Arc::new(SystemClock),
-            sighup: false,
-        },
-        shutdown.clone(),
-    )
-    .await?;
-    t.say(
-        "broker",
-        format!(
-            "listening on {addr}, data in {}",
-            tmp.join("broker-data").display()
-        ),
-    );
+    let running =
+        start(listener, config, StartOptions { clock: Arc::new(SystemClock), sighup: false }, shutdown.clone()).await?;
+    t.say("broker", format!("listening on {addr}, data in {}", tmp.join("broker-data").display()));
 
     let result = async {
         exchange(&t, &dev, POLICE, SOCIAL, &example_notice()).await?;
@@ -205,8 +160,7 @@ pub async fn run() -> anyhow::Result<()> {
         back.legal_basis.kind = referral_proto::notice::LegalBasisKind::Osl10_18c;
         back.legal_basis.citation = "OSL 10 kap. 18 c §".into();
         back.legal_basis.reason =
-            "Social services know of threats against the subject that the police should assess."
-                .into();
+            "Social services know of threats against the subject that the police should assess.".into();
         back.consent.state = referral_proto::notice::ConsentState::NotSoughtUnsafe;
         back.urgency = referral_proto::envelope::Urgency::Immediate;
         back.sender_case_reference = "SOC-2026-118".into();
@@ -231,11 +185,7 @@ fn t_say(t: &Transcript) -> impl Fn(&str, String) + '_ {
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let base = std::env::temp_dir().join(format!(
-        "referral-demo-{}-{}",
-        std::process::id(),
-        certs::now().0
-    ));
+    let base = std::env::temp_dir().join(format!("referral-demo-{}-{}", std::process::id(), certs::now().0));
     std::fs::create_dir_all(&base)?;
     Ok(base)
 }

@@ -9,11 +9,7 @@ pub async fn verify(say: &impl Fn(&str, String), dev: &DevFederation) -> anyhow:
     let state = dev.dir.join("audit-state.json");
     let v = auditor.verify_log(&state, |_, _| {}).await?;
     let r = &v.report;
-    let counts: Vec<String> = r
-        .counts
-        .iter()
-        .map(|(k, n)| format!("{n} {}", k.as_str()))
-        .collect();
+    let counts: Vec<String> = r.counts.iter().map(|(k, n)| format!("{n} {}", k.as_str())).collect();
     if !v.ok {
         for f in &r.failures {
             say("auditor", format!("FAILED: {f}"));

@@ -25,37 +25,23 @@ pub enum DevError {
 
 /// Ensures a development federation in `dir` for a broker on `listen`, and
 /// returns its configuration (also written to `dir/broker.toml`).
-pub fn prepare(dir: &Path, listen: SocketAddr, data_dir: &Path) -> Result<Config, DevError> {
+pub fn prepare(dir: &Path, listen: SocketAddr, data_dir: &Path, admin: SocketAddr) -> Result<Config, DevError> {
     let dev = DevFederation::at(dir);
     if !dev.exists() {
-        certs::dev::create(
-            dir,
-            &DevOptions {
-                broker_addr: listen.to_string(),
-                force: false,
-            },
-            certs::now(),
-        )?;
+        certs::dev::create(dir, &DevOptions { broker_addr: listen.to_string(), force: false }, certs::now())?;
         tracing::info!(dir = %dir.display(), "development federation created");
     } else {
         // CRLs expire; a development federation left for a month would lock everyone out.
-        let mut fed = certs::federation::Federation::open(&dev.federation_dir())
-            .map_err(certs::dev::DevError::from)?;
-        fed.write_crl(certs::now())
-            .map_err(certs::dev::DevError::from)?;
+        let mut fed = certs::federation::Federation::open(&dev.federation_dir()).map_err(certs::dev::DevError::from)?;
+        fed.write_crl(certs::now()).map_err(certs::dev::DevError::from)?;
     }
     let data_dir = if data_dir.is_absolute() {
         data_dir.to_owned()
     } else {
-        std::env::current_dir()
-            .map(|c| c.join(data_dir))
-            .unwrap_or_else(|_| data_dir.to_owned())
+        std::env::current_dir().map(|c| c.join(data_dir)).unwrap_or_else(|_| data_dir.to_owned())
     };
-    let text = dev_config_text(listen, &data_dir);
+    let text = format!("{}\n[admin]\nlisten = \"{admin}\"\n", dev_config_text(listen, &data_dir));
     let path = dir.join("broker.toml");
-    std::fs::write(&path, &text).map_err(|source| DevError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    std::fs::write(&path, &text).map_err(|source| DevError::Io { path: path.clone(), source })?;
     Ok(Config::load(&path, &[])?)
 }

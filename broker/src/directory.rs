@@ -38,21 +38,14 @@ pub struct DirectoryState {
 
 /// Reads a `federation.pub` file.
 pub fn read_federation_key(path: &Path) -> Result<VerifyingKey, DirectoryLoadError> {
-    certs::federation::read_federation_key(path).map_err(|e| DirectoryLoadError::Read {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
+    certs::federation::read_federation_key(path)
+        .map_err(|e| DirectoryLoadError::Read { path: path.to_owned(), message: e.to_string() })
 }
 
 fn load(path: &Path, key: &VerifyingKey, seen: Option<u64>) -> Result<Loaded, DirectoryLoadError> {
-    let bytes = std::fs::read(path).map_err(|e| DirectoryLoadError::Read {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let invalid = |source| DirectoryLoadError::Invalid {
-        path: path.to_owned(),
-        source,
-    };
+    let bytes =
+        std::fs::read(path).map_err(|e| DirectoryLoadError::Read { path: path.to_owned(), message: e.to_string() })?;
+    let invalid = |source| DirectoryLoadError::Invalid { path: path.to_owned(), source };
     let signed = SignedDirectory::decode(&bytes).map_err(invalid)?;
     let directory = signed.verify(key, seen).map_err(invalid)?;
     Ok(Loaded { directory, signed })
@@ -61,11 +54,7 @@ fn load(path: &Path, key: &VerifyingKey, seen: Option<u64>) -> Result<Loaded, Di
 impl DirectoryState {
     pub fn open(path: &Path, federation_key: VerifyingKey) -> Result<Self, DirectoryLoadError> {
         let loaded = load(path, &federation_key, None)?;
-        Ok(Self {
-            path: path.to_owned(),
-            federation_key,
-            current: ArcSwap::from_pointee(loaded),
-        })
+        Ok(Self { path: path.to_owned(), federation_key, current: ArcSwap::from_pointee(loaded) })
     }
 
     pub fn current(&self) -> Arc<Loaded> {

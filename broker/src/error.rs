@@ -24,39 +24,17 @@ pub enum BrokerError {
 
     // --- what the caller may do ---
     #[error("role {role} may not call {rpc}")]
-    RoleNotAllowed {
-        role: &'static str,
-        rpc: &'static str,
-    },
+    RoleNotAllowed { role: &'static str, rpc: &'static str },
     #[error("principal of agency {principal_agency} may not send as agency {sender}")]
-    SenderMismatch {
-        principal_agency: AgencyId,
-        sender: AgencyId,
-    },
+    SenderMismatch { principal_agency: AgencyId, sender: AgencyId },
     #[error("agency {agency} is not in the directory, so it may not {action}")]
-    AgencyNotInDirectory {
-        agency: AgencyId,
-        action: &'static str,
-    },
-    #[error(
-        "policy does not allow {sender} ({sender_kind}) to send to {recipient} ({recipient_kind})"
-    )]
-    PolicyForbids {
-        sender: AgencyId,
-        sender_kind: &'static str,
-        recipient: AgencyId,
-        recipient_kind: &'static str,
-    },
+    AgencyNotInDirectory { agency: AgencyId, action: &'static str },
+    #[error("policy does not allow {sender} ({sender_kind}) to send to {recipient} ({recipient_kind})")]
+    PolicyForbids { sender: AgencyId, sender_kind: &'static str, recipient: AgencyId, recipient_kind: &'static str },
     #[error("message {message_id} is addressed to another agency; {agency} may not acknowledge it")]
-    AckForOtherAgency {
-        message_id: MessageId,
-        agency: AgencyId,
-    },
+    AckForOtherAgency { message_id: MessageId, agency: AgencyId },
     #[error("ack is signed for agency {acker}, but the caller is of agency {principal_agency}")]
-    AckerMismatch {
-        acker: AgencyId,
-        principal_agency: AgencyId,
-    },
+    AckerMismatch { acker: AgencyId, principal_agency: AgencyId },
 
     // --- what the caller sent ---
     #[error("request lacks {0}")]
@@ -72,11 +50,7 @@ pub enum BrokerError {
     #[error(
         "envelope created_at is {skew_s} s away from the broker's clock (allowed: {max_future_s} s ahead, {max_past_s} s behind)"
     )]
-    ClockSkew {
-        skew_s: i64,
-        max_future_s: i64,
-        max_past_s: i64,
-    },
+    ClockSkew { skew_s: i64, max_future_s: i64, max_past_s: i64 },
     #[error("message id {0} was already accepted with a different envelope digest")]
     DuplicateConflict(MessageId),
     #[error("malformed ack: {0}")]
@@ -84,11 +58,7 @@ pub enum BrokerError {
     #[error("ack rejected: {0}")]
     AckSignature(String),
     #[error("ack is for envelope digest {acked}, but message {message_id} has digest {stored}")]
-    AckDigestMismatch {
-        message_id: MessageId,
-        acked: String,
-        stored: String,
-    },
+    AckDigestMismatch { message_id: MessageId, acked: String, stored: String },
     #[error("message {0} is not known to the broker")]
     UnknownMessage(MessageId),
     #[error("message {0} expired unacknowledged and can no longer be acknowledged")]
@@ -97,9 +67,7 @@ pub enum BrokerError {
     InvalidRequest(String),
 
     // --- limits ---
-    #[error(
-        "rate limit: at most {per_second}/s submits with bursts of {burst} per principal; retry later"
-    )]
+    #[error("rate limit: at most {per_second}/s submits with bursts of {burst} per principal; retry later")]
     RateLimited { per_second: u32, burst: u32 },
     #[error("too many concurrent {what} for this principal (limit {limit})")]
     TooManyConcurrent { what: &'static str, limit: usize },
@@ -135,10 +103,9 @@ impl BrokerError {
     pub fn code(&self) -> Code {
         use BrokerError as E;
         match self {
-            E::NoClientCertificate
-            | E::BadIdentity(_)
-            | E::ForeignTrustDomain { .. }
-            | E::Revoked => Code::Unauthenticated,
+            E::NoClientCertificate | E::BadIdentity(_) | E::ForeignTrustDomain { .. } | E::Revoked => {
+                Code::Unauthenticated
+            }
             E::RoleNotAllowed { .. }
             | E::SenderMismatch { .. }
             | E::AgencyNotInDirectory { .. }
@@ -218,20 +185,11 @@ mod tests {
 
     #[test]
     fn every_status_message_names_the_problem() {
-        let e = BrokerError::Oversize {
-            size: 70_000,
-            max: 65_536,
-        };
+        let e = BrokerError::Oversize { size: 70_000, max: 65_536 };
         let s = Status::from(e);
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(s.message(), "envelope is 70000 bytes; the limit is 65536");
-        assert_eq!(
-            Status::from(BrokerError::StorageFull).code(),
-            Code::ResourceExhausted
-        );
-        assert_eq!(
-            Status::from(BrokerError::Revoked).code(),
-            Code::Unauthenticated
-        );
+        assert_eq!(Status::from(BrokerError::StorageFull).code(), Code::ResourceExhausted);
+        assert_eq!(Status::from(BrokerError::Revoked).code(), Code::Unauthenticated);
     }
 }

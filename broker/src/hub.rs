@@ -24,17 +24,10 @@ pub const EVENT_CAPACITY: usize = 1024;
 #[derive(Debug, Clone)]
 pub enum HubEvent {
     /// A message of this agency was acknowledged.
-    Settled {
-        message_id: [u8; 16],
-        sequence: u64,
-        ack: pb::SignedAck,
-    },
+    Settled { message_id: [u8; 16], sequence: u64, ack: pb::SignedAck },
     /// An ack deadline was missed; `contact` is the principal to alert
     /// specially (or none), and every subscriber of the agency is told.
-    Escalation {
-        contact: Option<String>,
-        alert: pb::Escalation,
-    },
+    Escalation { contact: Option<String>, alert: pb::Escalation },
 }
 
 #[derive(Debug)]
@@ -57,24 +50,17 @@ pub struct Hub {
 pub(crate) fn read_u64(store: &dyn Store, key: &[u8]) -> Result<u64, StoreError> {
     match store.get(crate::store::Table::Meta, key)? {
         None => Ok(0),
-        Some(v) => Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(
-            |_| {
-                StoreError::Corrupt(format!(
-                    "meta {:?} is not a u64",
-                    String::from_utf8_lossy(key)
-                ))
-            },
-        )?)),
+        Some(v) => Ok(u64::from_be_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(format!("meta {:?} is not a u64", String::from_utf8_lossy(key))))?,
+        )),
     }
 }
 
 impl Hub {
     pub fn new(store: Arc<dyn Store>, tree: (u64, Digest)) -> Self {
-        Self {
-            store,
-            agencies: Mutex::new(HashMap::new()),
-            tree: watch::Sender::new(tree),
-        }
+        Self { store, agencies: Mutex::new(HashMap::new()), tree: watch::Sender::new(tree) }
     }
 
     /// The hub of `agency`, created from the store's counters on first use.

@@ -31,23 +31,13 @@ pub struct PeerInfo {
 /// one `spiffe://` URI SAN, of the form
 /// `spiffe://<trust-domain>/agency/<agency-id>/<role>/<name>`, in this
 /// federation's trust domain.
-pub fn principal_from_cert(
-    leaf: &CertificateDer<'_>,
-    trust_domain: &TrustDomain,
-) -> Result<Identity, BrokerError> {
-    let info =
-        certs::pki::cert_info_der(leaf).map_err(|e| BrokerError::BadIdentity(e.to_string()))?;
-    let spiffe: Vec<&String> = info
-        .uris
-        .iter()
-        .filter(|u| u.starts_with("spiffe://"))
-        .collect();
+pub fn principal_from_cert(leaf: &CertificateDer<'_>, trust_domain: &TrustDomain) -> Result<Identity, BrokerError> {
+    let info = certs::pki::cert_info_der(leaf).map_err(|e| BrokerError::BadIdentity(e.to_string()))?;
+    let spiffe: Vec<&String> = info.uris.iter().filter(|u| u.starts_with("spiffe://")).collect();
     let uri = match spiffe.as_slice() {
         [one] => *one,
         [] => {
-            return Err(BrokerError::BadIdentity(
-                "no spiffe:// URI in the subject alternative names".into(),
-            ));
+            return Err(BrokerError::BadIdentity("no spiffe:// URI in the subject alternative names".into()));
         }
         _ => {
             return Err(BrokerError::BadIdentity(
@@ -55,18 +45,14 @@ pub fn principal_from_cert(
             ));
         }
     };
-    let principal =
-        Principal::parse_uri(uri).map_err(|e| BrokerError::BadIdentity(e.to_string()))?;
+    let principal = Principal::parse_uri(uri).map_err(|e| BrokerError::BadIdentity(e.to_string()))?;
     if &principal.trust_domain != trust_domain {
         return Err(BrokerError::ForeignTrustDomain {
             found: principal.trust_domain.to_string(),
             expected: trust_domain.to_string(),
         });
     }
-    Ok(Identity {
-        principal,
-        serial: info.serial,
-    })
+    Ok(Identity { principal, serial: info.serial })
 }
 
 #[cfg(test)]
@@ -86,43 +72,20 @@ mod tests {
     #[test]
     fn maps_and_refuses() {
         let td = TrustDomain::new("igor.example.se").unwrap();
-        let ca = Ca::generate(
-            "igor.example.se",
-            Timestamp(0),
-            Timestamp(4_000_000_000_000),
-        )
-        .unwrap();
-        let ok = principal_from_cert(
-            &leaf(
-                &ca,
-                &["spiffe://igor.example.se/agency/polisen-huddinge/system/a"],
-            ),
-            &td,
-        )
-        .unwrap();
+        let ca = Ca::generate("igor.example.se", Timestamp(0), Timestamp(4_000_000_000_000)).unwrap();
+        let ok = principal_from_cert(&leaf(&ca, &["spiffe://igor.example.se/agency/polisen-huddinge/system/a"]), &td)
+            .unwrap();
         assert_eq!(ok.principal.name, "a");
         assert!(!ok.serial.is_empty());
         assert!(
             matches!(principal_from_cert(&leaf(&ca, &[]), &td), Err(BrokerError::BadIdentity(m)) if m.contains("no spiffe"))
         );
         assert!(matches!(
-            principal_from_cert(
-                &leaf(
-                    &ca,
-                    &["spiffe://other.example/agency/polisen-huddinge/system/a"]
-                ),
-                &td
-            ),
+            principal_from_cert(&leaf(&ca, &["spiffe://other.example/agency/polisen-huddinge/system/a"]), &td),
             Err(BrokerError::ForeignTrustDomain { .. })
         ));
         assert!(matches!(
-            principal_from_cert(
-                &leaf(
-                    &ca,
-                    &["spiffe://igor.example.se/agency/polisen-huddinge/admin/a"]
-                ),
-                &td
-            ),
+            principal_from_cert(&leaf(&ca, &["spiffe://igor.example.se/agency/polisen-huddinge/admin/a"]), &td),
             Err(BrokerError::BadIdentity(_))
         ));
         assert!(matches!(

@@ -15,6 +15,8 @@
 //! - [`tasks`]: deadline scheduler, tree head signer, reloader.
 //! - [`audit`]: audit entries, the store-backed Merkle node source, tree heads.
 //! - [`error`]: every broker error and its single mapping to a gRPC status.
+//! - [`health`], [`admin`], [`metrics`], [`status`], [`backup`]: what operators use: the gRPC
+//!   health service, the admin HTTP endpoint (metrics, health, status, backup), restore.
 //! - [`server`]: wiring and orderly shutdown; [`cli`], [`dev`] and [`demo`] back the binary.
 //!
 //! Architecture invariants: the broker never holds an agency private key
@@ -23,8 +25,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod authz;
+pub mod backup;
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod commit;
@@ -34,12 +39,15 @@ mod demo_audit;
 pub mod dev;
 pub mod directory;
 pub mod error;
+pub mod health;
 pub mod hub;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod tasks;
 pub mod tls;

@@ -31,24 +31,16 @@ pub struct Permit(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Limiter {
     pub fn new(cfg: Limits) -> Self {
-        Self {
-            cfg,
-            buckets: Mutex::default(),
-            in_flight: Mutex::default(),
-            streams: Mutex::default(),
-        }
+        Self { cfg, buckets: Mutex::default(), in_flight: Mutex::default(), streams: Mutex::default() }
     }
 
     fn take_token(&self, principal: &str) -> Result<(), BrokerError> {
         let now = Instant::now();
         let mut map = self.buckets.lock().expect("limiter lock");
-        let b = map.entry(principal.to_owned()).or_insert(Bucket {
-            tokens: f64::from(self.cfg.submit_burst),
-            at: now,
-        });
+        let b = map.entry(principal.to_owned()).or_insert(Bucket { tokens: f64::from(self.cfg.submit_burst), at: now });
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * f64::from(self.cfg.submit_rate_per_second))
-            .min(f64::from(self.cfg.submit_burst));
+        b.tokens =
+            (b.tokens + elapsed * f64::from(self.cfg.submit_rate_per_second)).min(f64::from(self.cfg.submit_burst));
         b.at = now;
         if b.tokens < 1.0 {
             return Err(BrokerError::RateLimited {
@@ -72,31 +64,19 @@ impl Limiter {
             .entry(principal.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(limit)))
             .clone();
-        sem.try_acquire_owned()
-            .map(Permit)
-            .map_err(|_| BrokerError::TooManyConcurrent { what, limit })
+        sem.try_acquire_owned().map(Permit).map_err(|_| BrokerError::TooManyConcurrent { what, limit })
     }
 
     /// Admits one submit (or ack) by `principal`.
     pub fn submit(&self, principal: &str) -> Result<Permit, BrokerError> {
-        let permit = Self::slot(
-            &self.in_flight,
-            principal,
-            self.cfg.max_in_flight_per_principal,
-            "requests",
-        )?;
+        let permit = Self::slot(&self.in_flight, principal, self.cfg.max_in_flight_per_principal, "requests")?;
         self.take_token(principal)?;
         Ok(permit)
     }
 
     /// Admits one stream (subscribe or receipt watch) by `principal`.
     pub fn stream(&self, principal: &str) -> Result<Permit, BrokerError> {
-        Self::slot(
-            &self.streams,
-            principal,
-            self.cfg.max_streams_per_principal,
-            "streams",
-        )
+        Self::slot(&self.streams, principal, self.cfg.max_streams_per_principal, "streams")
     }
 }
 
@@ -120,13 +100,7 @@ mod tests {
         for _ in 0..3 {
             drop(l.submit("a").unwrap());
         }
-        assert!(matches!(
-            l.submit("a"),
-            Err(BrokerError::RateLimited {
-                per_second: 10,
-                burst: 3
-            })
-        ));
+        assert!(matches!(l.submit("a"), Err(BrokerError::RateLimited { per_second: 10, burst: 3 })));
         drop(l.submit("b").unwrap());
         tokio::time::advance(std::time::Duration::from_millis(100)).await;
         drop(l.submit("a").unwrap());
@@ -136,23 +110,11 @@ mod tests {
     async fn concurrency_caps() {
         let l = Limiter::new(limits());
         let s1 = l.stream("a").unwrap();
-        assert!(matches!(
-            l.stream("a"),
-            Err(BrokerError::TooManyConcurrent {
-                what: "streams",
-                limit: 1
-            })
-        ));
+        assert!(matches!(l.stream("a"), Err(BrokerError::TooManyConcurrent { what: "streams", limit: 1 })));
         drop(s1);
         let _s2 = l.stream("a").unwrap();
         let _p1 = l.submit("x").unwrap();
         let _p2 = l.submit("x").unwrap();
-        assert!(matches!(
-            l.submit("x"),
-            Err(BrokerError::TooManyConcurrent {
-                what: "requests",
-                ..
-            })
-        ));
+        assert!(matches!(l.submit("x"), Err(BrokerError::TooManyConcurrent { what: "requests", .. })));
     }
 }

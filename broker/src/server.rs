@@ -55,6 +55,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the admin endpoint listens, if it is on.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<BrokerState>,
     server: tokio::task::JoinHandle<Result<(), String>>,
     committer: std::thread::JoinHandle<()>,
@@ -75,24 +77,15 @@ pub async fn start(
     opts: StartOptions,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
     let federation_key = read_federation_key(&config.federation_key)?;
     let directory = Arc::new(DirectoryState::open(&config.directory, federation_key)?);
     let log_key_path = config.log_key.display().to_string();
-    let log_key_text =
-        certs::secret_file::read(&config.log_key).map_err(|e| StartError::LogKey {
-            path: log_key_path.clone(),
-            message: e.to_string(),
-        })?;
+    let log_key_text = certs::secret_file::read(&config.log_key)
+        .map_err(|e| StartError::LogKey { path: log_key_path.clone(), message: e.to_string() })?;
     let log_key = Arc::new(
-        parse_signing_key_file(&log_key_text, KeyPurpose::BrokerLog).map_err(|e| {
-            StartError::LogKey {
-                path: log_key_path.clone(),
-                message: e.to_string(),
-            }
-        })?,
+        parse_signing_key_file(&log_key_text, KeyPurpose::BrokerLog)
+            .map_err(|e| StartError::LogKey { path: log_key_path.clone(), message: e.to_string() })?,
     );
     if log_key.verifying_key() != directory.current().directory.broker_log_key {
         return Err(StartError::LogKeyMismatch { path: log_key_path });
@@ -102,12 +95,12 @@ pub async fn start(
     let directory_version = directory.current().directory.version;
     let served = crate::hub::read_u64(&*store, crate::store::keys::meta::DIRECTORY_VERSION)?;
     if directory_version < served {
-        return Err(StartError::DirectoryRollback {
-            found: directory_version,
-            served,
-        });
+        return Err(StartError::DirectoryRollback { found: directory_version, served });
     }
     let frontier = commit::restore_frontier(&*store)?;
+    crate::checkpoint::verify(&*store, &config.data_dir, frontier.size()).map_err(|message| {
+        StartError::Store(crate::store::StoreError::Refused { path: config.data_dir.display().to_string(), message })
+    })?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
     let (committer, committer_thread) = commit::start(CommitterDeps {
         store: store.clone(),
@@ -115,6 +108,7 @@ pub async fn start(
         clock: opts.clock.clone(),
         log_key: log_key.clone(),
         directory: directory.clone(),
+        checkpoint: Some(crate::checkpoint::Writer::open(&config.data_dir)?),
         timing: Timing {
             ack_deadlines: config.ack_deadlines,
             unacked_retention_ms: config.unacked_retention_ms,
@@ -136,17 +130,12 @@ pub async fn start(
         latest_tree_head: Default::default(),
         trust_domain: trust_domain.clone(),
         accept_stats: accept_stats.clone(),
+        health: Default::default(),
         shutdown: shutdown.clone(),
         config,
     });
 
-    state
-        .committer
-        .meta(
-            crate::store::keys::meta::DIRECTORY_VERSION,
-            directory_version.to_be_bytes().to_vec(),
-        )
-        .await;
+    state.committer.meta(crate::store::keys::meta::DIRECTORY_VERSION, directory_version.to_be_bytes().to_vec()).await;
     tokio::spawn(tasks::deadlines(state.clone()));
     tokio::spawn(tasks::tree_heads(state.clone()));
     tokio::spawn(tasks::reloader(state.clone(), opts.sighup));
@@ -162,43 +151,61 @@ pub async fn start(
         accept_stats,
         shutdown.clone(),
     );
-    let referral = ReferralBrokerServer::new(ReferralService::new(state.clone()))
-        .max_decoding_message_size(MAX_DECODING_BYTES);
-    let auditor = AuditorServer::new(AuditorService::new(state.clone()))
-        .max_decoding_message_size(MAX_DECODING_BYTES);
+    let referral =
+        ReferralBrokerServer::new(ReferralService::new(state.clone())).max_decoding_message_size(MAX_DECODING_BYTES);
+    let auditor = AuditorServer::new(AuditorService::new(state.clone())).max_decoding_message_size(MAX_DECODING_BYTES);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for service in crate::health::SERVICES {
+        health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
+    }
+    tokio::spawn(crate::health::run(state.clone(), health_reporter, state.config.health_interval));
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(referral_proto::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(referral_proto::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let admin_addr = match state.config.admin_listen {
+        None => None,
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Serve(format!("cannot listen on {addr} for the admin endpoint: {e}")))?;
+            let bound = l.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
+            tokio::spawn(crate::admin::serve(l, state.clone()));
+            Some(bound)
+        }
+    };
     let hb = state.config.heartbeat_interval;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(hb))
         .http2_keepalive_timeout(Some(hb))
         .add_service(referral)
-        .add_service(auditor);
+        .add_service(auditor)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
         router
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::ReceiverStream::new(incoming),
-                stop.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(incoming), stop.cancelled_owned())
             .await
             .map_err(|e| e.to_string())
     });
-    tracing::info!(%addr, "broker serving");
-    Ok(Running {
-        addr,
-        state,
-        server,
-        committer: committer_thread,
-    })
+    crate::metrics::handle();
+    tracing::info!(%addr, admin = ?admin_addr, "broker serving");
+    Ok(Running { addr, admin_addr, state, server, committer: committer_thread })
 }
 
 impl Running {
     /// Waits for the server to stop (after `shutdown` is cancelled), then
     /// lets the committer finish every queued job and flush.
     pub async fn wait(self) -> Result<(), StartError> {
-        let served = self
-            .server
-            .await
-            .map_err(|e| StartError::Serve(e.to_string()))?;
+        let served = self.server.await.map_err(|e| StartError::Serve(e.to_string()))?;
         self.state.committer.barrier().await;
         // Background tasks and streams hold the state; they all end on the
         // shutdown signal. Wait for them, so that the store is closed (and

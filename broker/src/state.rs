@@ -37,16 +37,14 @@ pub struct BrokerState {
     pub latest_tree_head: ArcSwapOption<SignedTreeHead>,
     pub trust_domain: TrustDomain,
     pub accept_stats: Arc<AcceptStats>,
+    pub health: crate::health::Health,
     pub shutdown: CancellationToken,
 }
 
 impl BrokerState {
     /// The caller's identity, from the connection its request came on.
     pub fn identify<T>(&self, req: &tonic::Request<T>) -> Result<Identity, BrokerError> {
-        let info = req
-            .extensions()
-            .get::<PeerInfo>()
-            .ok_or(BrokerError::NoClientCertificate)?;
+        let info = req.extensions().get::<PeerInfo>().ok_or(BrokerError::NoClientCertificate)?;
         let identity = info.identity.clone()?;
         if self.tls.is_revoked(&identity.serial) {
             return Err(BrokerError::Revoked);
@@ -57,11 +55,7 @@ impl BrokerState {
     /// The caller's identity, if it may call `rpc`.
     pub fn authorize<T>(&self, req: &tonic::Request<T>, rpc: Rpc) -> Result<Identity, BrokerError> {
         let identity = self.identify(req)?;
-        authz::check(
-            &identity.principal,
-            rpc,
-            &self.directory.current().directory,
-        )?;
+        authz::check(&identity.principal, rpc, &self.directory.current().directory)?;
         Ok(identity)
     }
 }

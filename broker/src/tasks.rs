@@ -18,12 +18,7 @@ const DEADLINE_PAGE: usize = 256;
 pub async fn deadlines(state: Arc<BrokerState>) {
     loop {
         let now = state.clock.now();
-        let due = match state.store.range(
-            Table::Deadlines,
-            &[],
-            &keys::deadline_upper(now.0),
-            DEADLINE_PAGE,
-        ) {
+        let due = match state.store.range(Table::Deadlines, &[], &keys::deadline_upper(now.0), DEADLINE_PAGE) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "reading deadlines failed");
@@ -56,10 +51,7 @@ pub async fn tree_heads(state: Arc<BrokerState>) {
         if size != last_size {
             let head: SignedTreeHead = state.tree_heads.sign(size, root, state.clock.now());
             let bytes = prost::Message::encode_to_vec(&head.to_pb());
-            state
-                .committer
-                .meta(crate::store::keys::meta::TREE_HEAD, bytes)
-                .await;
+            state.committer.meta(crate::store::keys::meta::TREE_HEAD, bytes).await;
             state.latest_tree_head.store(Some(Arc::new(head)));
             last_size = size;
         }
@@ -80,17 +72,12 @@ pub fn reload(state: &BrokerState) -> Result<(), String> {
     let mut problems = Vec::new();
     match state.tls.reload() {
         Ok(()) => tracing::info!("TLS certificates, key and CRL reloaded"),
-        Err(e) => problems.push(format!(
-            "TLS reload failed, keeping the previous material: {e}"
-        )),
+        Err(e) => problems.push(format!("TLS reload failed, keeping the previous material: {e}")),
     }
     match state.directory.reload() {
         Ok(version) => {
             // Remembered so that a restart with an older file is refused too.
-            state.committer.meta_nowait(
-                crate::store::keys::meta::DIRECTORY_VERSION,
-                version.to_be_bytes().to_vec(),
-            );
+            state.committer.meta_nowait(crate::store::keys::meta::DIRECTORY_VERSION, version.to_be_bytes().to_vec());
         }
         Err(e) => problems.push(format!(
             "directory reload failed, keeping version {}: {e}",
@@ -100,25 +87,15 @@ pub fn reload(state: &BrokerState) -> Result<(), String> {
     for p in &problems {
         tracing::error!("{p}");
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }
 
 fn mtimes(state: &BrokerState) -> Vec<Option<SystemTime>> {
     let c = &state.config;
-    [
-        &c.tls.certificate,
-        &c.tls.key,
-        &c.tls.client_ca,
-        &c.tls.crl,
-        &c.directory,
-    ]
-    .iter()
-    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-    .collect()
+    [&c.tls.certificate, &c.tls.key, &c.tls.client_ca, &c.tls.crl, &c.directory]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 /// Reloads when a watched file changes (polled every reload interval) or,

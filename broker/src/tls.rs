@@ -42,10 +42,7 @@ pub enum TlsError {
 }
 
 fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
-        path: path.display().to_string(),
-        message: message.to_string(),
-    }
+    TlsError::File { path: path.display().to_string(), message: message.to_string() }
 }
 
 /// Everything loaded from the TLS files at one time.
@@ -70,20 +67,12 @@ pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         .map_err(|e| file_err(&files.certificate, e))?
         .collect::<Result<_, _>>()
         .map_err(|e| file_err(&files.certificate, e))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| file_err(&files.certificate, "holds no certificate"))?;
-    let server_cert_not_after = certs::pki::cert_info_der(leaf)
-        .map_err(|e| file_err(&files.certificate, e))?
-        .not_after;
+    let leaf = chain.first().ok_or_else(|| file_err(&files.certificate, "holds no certificate"))?;
+    let server_cert_not_after = certs::pki::cert_info_der(leaf).map_err(|e| file_err(&files.certificate, e))?.not_after;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
-    let ca = CertificateDer::from_pem_file(&files.client_ca)
-        .map_err(|e| file_err(&files.client_ca, e))?;
-    let client_ca_not_after = certs::pki::cert_info_der(&ca)
-        .map_err(|e| file_err(&files.client_ca, e))?
-        .not_after;
-    let crl = CertificateRevocationListDer::from_pem_file(&files.crl)
-        .map_err(|e| file_err(&files.crl, e))?;
+    let ca = CertificateDer::from_pem_file(&files.client_ca).map_err(|e| file_err(&files.client_ca, e))?;
+    let client_ca_not_after = certs::pki::cert_info_der(&ca).map_err(|e| file_err(&files.client_ca, e))?.not_after;
+    let crl = CertificateRevocationListDer::from_pem_file(&files.crl).map_err(|e| file_err(&files.crl, e))?;
     let (revoked, crl_next_update) = crl_contents(&crl).map_err(|m| file_err(&files.crl, m))?;
 
     let mut roots = RootCertStore::empty();
@@ -109,19 +98,12 @@ pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
     })
 }
 
-fn crl_contents(
-    crl: &CertificateRevocationListDer<'_>,
-) -> Result<(HashSet<Vec<u8>>, Option<Timestamp>), String> {
+fn crl_contents(crl: &CertificateRevocationListDer<'_>) -> Result<(HashSet<Vec<u8>>, Option<Timestamp>), String> {
     use x509_parser::prelude::FromDer as _;
     let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
         .map_err(|e| format!("not a CRL: {e}"))?;
-    let revoked = parsed
-        .iter_revoked_certificates()
-        .map(|r| r.raw_serial().to_vec())
-        .collect();
-    let next = parsed
-        .next_update()
-        .map(|t| Timestamp(t.timestamp() * 1000));
+    let revoked = parsed.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()).collect();
+    let next = parsed.next_update().map(|t| Timestamp(t.timestamp() * 1000));
     Ok((revoked, next))
 }
 
@@ -134,10 +116,7 @@ pub struct TlsState {
 
 impl TlsState {
     pub fn open(files: &TlsFiles) -> Result<Self, TlsError> {
-        Ok(Self {
-            files: files.clone(),
-            current: ArcSwap::from_pointee(load(files)?),
-        })
+        Ok(Self { files: files.clone(), current: ArcSwap::from_pointee(load(files)?) })
     }
 
     pub fn current(&self) -> Arc<TlsMaterial> {
@@ -162,6 +141,7 @@ pub struct PeerStream {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
     _permit: OwnedSemaphorePermit,
+    _open: crate::metrics::Open,
 }
 
 impl tonic::transport::server::Connected for PeerStream {
@@ -172,21 +152,13 @@ impl tonic::transport::server::Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -266,33 +238,22 @@ pub fn accept_loop(
             tokio::spawn(async move {
                 match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let identity = match stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                        {
+                        let identity = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                             Some(leaf) => principal_from_cert(leaf, &opts.trust_domain),
                             None => Err(BrokerError::NoClientCertificate),
                         };
-                        let info = PeerInfo {
-                            identity,
-                            remote: Some(remote),
-                        };
-                        let _ = tx
-                            .send(Ok(PeerStream {
-                                inner: stream,
-                                info,
-                                _permit: permit,
-                            }))
-                            .await;
+                        let info = PeerInfo { identity, remote: Some(remote) };
+                        let open = crate::metrics::Open::new(crate::metrics::CONNECTIONS, "tls");
+                        let _ = tx.send(Ok(PeerStream { inner: stream, info, _permit: permit, _open: open })).await;
                     }
                     Ok(Err(e)) => {
                         stats.handshakes_failed.fetch_add(1, Relaxed);
+                        metrics::counter!(crate::metrics::HANDSHAKE_FAILURES, "cause" => "refused").increment(1);
                         tracing::info!(%remote, error = %e, "TLS handshake failed");
                     }
                     Err(_) => {
                         stats.handshakes_timed_out.fetch_add(1, Relaxed);
+                        metrics::counter!(crate::metrics::HANDSHAKE_FAILURES, "cause" => "timeout").increment(1);
                         tracing::info!(%remote, "TLS handshake timed out");
                     }
                 }

@@ -79,6 +79,15 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Copy an agency key bundle into an existing profile (after a key rotation).
+    AddProfileKey {
+        /// The profile folder.
+        #[arg(long)]
+        profile: PathBuf,
+        /// The key bundle file (from keygen).
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Register the public half (a .pub file from keygen) of an agency key bundle.
     AddKey {
         #[arg(long)]
@@ -102,6 +111,19 @@ pub enum Command {
         days: i64,
         #[arg(long)]
         force: bool,
+    },
+    /// Renew the broker's server certificate and key in OUT (the log key stays).
+    RenewServerCert {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long = "dns", required = true)]
+        dns: Vec<String>,
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
     },
     /// Issue a client certificate and write a profile folder for it.
     Issue {
@@ -155,11 +177,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     let now = now();
     match cli.command {
-        Command::Dev {
-            dir,
-            broker_addr,
-            force,
-        } => {
+        Command::Dev { dir, broker_addr, force } => {
             let dev = dev::create(&dir, &dev::DevOptions { broker_addr, force }, now)?;
             println!("development federation written to {}", dev.dir.display());
             println!("  federation: {}", dev.federation_dir().display());
@@ -168,24 +186,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("  profile:    {}", dev.profile(&name).display());
             }
         }
-        Command::Init {
-            dir,
-            trust_domain,
-            ca_days,
-        } => {
+        Command::Init { dir, trust_domain, ca_days } => {
             let td = TrustDomain::new(trust_domain)?;
             Federation::init(&dir, &td, now, ca_days)?;
             println!("federation {td} created in {}", dir.display());
         }
-        Command::AddAgency {
-            dir,
-            id,
-            kind,
-            name,
-            escalation_principal,
-            escalation_name,
-            escalation_phone,
-        } => {
+        Command::AddAgency { dir, id, kind, name, escalation_principal, escalation_name, escalation_phone } => {
             let mut fed = Federation::open(&dir)?;
             let escalation = match escalation_principal {
                 None => None,
@@ -196,29 +202,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 }),
             };
             fed.add_agency(&AgencyId::new(id.clone())?, kind, &name, escalation)?;
-            println!(
-                "agency {id} registered; publish with 'certs directory --dir {}'",
-                dir.display()
-            );
+            println!("agency {id} registered; publish with 'certs directory --dir {}'", dir.display());
         }
-        Command::Keygen {
-            agency,
-            out,
-            days,
-            not_before,
-            force,
-        } => {
+        Command::Keygen { agency, out, days, not_before, force } => {
             let nb = match not_before {
                 Some(t) => referral_proto::time::Timestamp::parse_rfc3339(&t)?,
                 None => now,
             };
-            let (bundle, files) = keygen::generate(
-                &AgencyId::new(agency)?,
-                &out,
-                nb,
-                nb.plus_millis(days * DAY_MS),
-                force,
-            )?;
+            let (bundle, files) =
+                keygen::generate(&AgencyId::new(agency)?, &out, nb, nb.plus_millis(days * DAY_MS), force)?;
             println!(
                 "key bundle {} written to {} (secret) and {}",
                 bundle.key_id(),
@@ -226,46 +218,32 @@ pub fn run(cli: Cli) -> Result<()> {
                 files.public.display()
             );
         }
+        Command::AddProfileKey { profile, key } => {
+            profile::add_bundle(&profile, &key)?;
+            println!("key bundle {} added to profile {}", key.display(), profile.display());
+        }
         Command::AddKey { dir, public } => {
             let mut fed = Federation::open(&dir)?;
             let id = fed.add_agency_key(&keygen::read_public(&public)?)?;
-            println!(
-                "key {id} registered; publish with 'certs directory --dir {}'",
-                dir.display()
-            );
+            println!("key {id} registered; publish with 'certs directory --dir {}'", dir.display());
         }
-        Command::Broker {
-            dir,
-            out,
-            dns,
-            ips,
-            days,
-            force,
-        } => {
+        Command::Broker { dir, out, dns, ips, days, force } => {
             let mut fed = Federation::open(&dir)?;
             broker_creds::create(&mut fed, &out, dns, ips, now, days, force)?;
-            println!(
-                "broker credentials written to {}; publish the log key with 'certs directory'",
-                out.display()
-            );
+            println!("broker credentials written to {}; publish the log key with 'certs directory'", out.display());
         }
-        Command::Issue {
-            dir,
-            principal,
-            out,
-            broker,
-            server_name,
-            agency_keys,
-            days,
-            force,
-        } => {
+        Command::RenewServerCert { dir, out, dns, ips, days } => {
+            let mut fed = Federation::open(&dir)?;
+            broker_creds::renew_server_cert(&mut fed, &out, dns, ips, now, days)?;
+            println!("server certificate renewed in {}; the broker picks it up on reload (SIGHUP)", out.display());
+        }
+        Command::Issue { dir, principal, out, broker, server_name, agency_keys, days, force } => {
             let mut fed = Federation::open(&dir)?;
             let p = Principal::parse_uri(&principal)?;
             if !broker.starts_with("https://") {
                 bail!("--broker {broker:?} must be an https:// address");
             }
-            let issued =
-                fed.issue_principal(&p, now.plus_millis(-60_000), now.plus_millis(days * DAY_MS))?;
+            let issued = fed.issue_principal(&p, now.plus_millis(-60_000), now.plus_millis(days * DAY_MS))?;
             let ca_pem = fed.ca().cert_pem().to_owned();
             profile::write(
                 &out,
@@ -280,21 +258,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 },
                 force,
             )?;
-            println!(
-                "certificate {} for {p} written to profile {}",
-                hex::encode(&issued.serial),
-                out.display()
-            );
+            println!("certificate {} for {p} written to profile {}", hex::encode(&issued.serial), out.display());
         }
         Command::Revoke { dir, target } => {
             let mut fed = Federation::open(&dir)?;
             for serial in fed.revoke(&target, now)? {
                 println!("revoked {serial}");
             }
-            println!(
-                "CRL written to {}; the broker picks it up on reload (SIGHUP)",
-                dir.join("crl.pem").display()
-            );
+            println!("CRL written to {}; the broker picks it up on reload (SIGHUP)", dir.join("crl.pem").display());
         }
         Command::Crl { dir } => {
             Federation::open(&dir)?.write_crl(now)?;
@@ -319,20 +290,12 @@ pub fn run(cli: Cli) -> Result<()> {
             for a in &s.agencies {
                 println!("agency {} ({}) {}", a.id, a.kind.as_str(), a.display_name);
                 for k in &a.keys {
-                    println!(
-                        "  key {} valid {} .. {}",
-                        k.key_id, k.not_before, k.not_after
-                    );
+                    println!("  key {} valid {} .. {}", k.key_id, k.not_before, k.not_after);
                 }
             }
             for c in &s.certificates {
-                let state = c
-                    .revoked_at
-                    .map_or("valid".to_owned(), |t| format!("revoked {t}"));
-                println!(
-                    "cert {} {} until {} ({state})",
-                    c.serial, c.subject, c.not_after
-                );
+                let state = c.revoked_at.map_or("valid".to_owned(), |t| format!("revoked {t}"));
+                println!("cert {} {} until {} ({state})", c.serial, c.subject, c.not_after);
             }
         }
     }

@@ -24,9 +24,7 @@ const MARKER: &str = ".referral-dev-federation";
 pub enum DevError {
     #[error("{0}: already holds a development federation; pass --force to replace it")]
     Exists(PathBuf),
-    #[error(
-        "{0}: exists and is not a development federation made by 'certs dev'; refusing to touch it"
-    )]
+    #[error("{0}: exists and is not a development federation made by 'certs dev'; refusing to touch it")]
     NotOurs(PathBuf),
     #[error(transparent)]
     Federation(#[from] FederationError),
@@ -48,9 +46,7 @@ pub struct DevFederation {
 
 impl DevFederation {
     pub fn at(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_owned(),
-        }
+        Self { dir: dir.to_owned() }
     }
     pub fn exists(&self) -> bool {
         self.dir.join(MARKER).exists()
@@ -88,23 +84,13 @@ pub struct DevOptions {
 }
 
 fn principal(td: &TrustDomain, agency: &str, role: Role, name: &str) -> Principal {
-    Principal::new(
-        td.clone(),
-        AgencyId::new(agency).expect("constant"),
-        role,
-        name,
-    )
-    .expect("constant")
+    Principal::new(td.clone(), AgencyId::new(agency).expect("constant"), role, name).expect("constant")
 }
 
 /// Creates the development federation in `dir`.
 pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFederation, DevError> {
     let dev = DevFederation::at(dir);
-    if dir.exists()
-        && std::fs::read_dir(dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    {
+    if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
         if !dev.exists() {
             return Err(DevError::NotOurs(dir.to_owned()));
         }
@@ -113,11 +99,7 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
         }
         for sub in ["federation", "broker", "agency-keys", "profiles", MARKER] {
             let p = dir.join(sub);
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
+            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             if let Err(source) = r
                 && source.kind() != std::io::ErrorKind::NotFound
             {
@@ -130,29 +112,13 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
         move |source| DevError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    std::fs::write(
-        dir.join(MARKER),
-        "made by 'certs dev'; safe to delete with the folder\n",
-    )
-    .map_err(io(dir))?;
+    std::fs::write(dir.join(MARKER), "made by 'certs dev'; safe to delete with the folder\n").map_err(io(dir))?;
     let td = TrustDomain::new(TRUST_DOMAIN).expect("constant");
     let mut fed = Federation::init(&dev.federation_dir(), &td, now, 3650)?;
 
     let agencies = [
-        (
-            POLICE,
-            AgencyKind::Police,
-            "Polisen, lokalpolisområde Huddinge",
-            "vakthavande",
-            "Vakthavande befäl",
-        ),
-        (
-            SOCIAL,
-            AgencyKind::Municipal,
-            "Huddinge kommun, socialtjänsten",
-            "socialjour",
-            "Socialjouren",
-        ),
+        (POLICE, AgencyKind::Police, "Polisen, lokalpolisområde Huddinge", "vakthavande", "Vakthavande befäl"),
+        (SOCIAL, AgencyKind::Municipal, "Huddinge kommun, socialtjänsten", "socialjour", "Socialjouren"),
     ];
     let keys_dir = dev.agency_keys_dir();
     std::fs::create_dir_all(&keys_dir).map_err(io(&keys_dir))?;
@@ -173,18 +139,12 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
         )?;
         fed.add_agency_key(&keygen::read_public(&files.public)?)?;
     }
-    let host = opts
-        .broker_addr
-        .rsplit_once(':')
-        .map_or(opts.broker_addr.as_str(), |(h, _)| h);
+    let host = opts.broker_addr.rsplit_once(':').map_or(opts.broker_addr.as_str(), |(h, _)| h);
     let mut dns = vec!["localhost".to_owned()];
     if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
         dns.push(host.to_owned());
     }
-    let ips = vec![
-        "127.0.0.1".parse().expect("constant"),
-        "::1".parse().expect("constant"),
-    ];
+    let ips = vec!["127.0.0.1".parse().expect("constant"), "::1".parse().expect("constant")];
     broker_creds::create(&mut fed, &dev.broker_dir(), dns, ips, now, 365, false)?;
     fed.publish_directory(now)?;
 
@@ -198,17 +158,11 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
         (SOCIAL, Role::Oncall, "socialjour"),
         (AUDITOR_ORG, Role::Auditor, "granskare"),
     ];
-    for ((agency, role, name), profile_name) in
-        people.into_iter().zip(DevFederation::profile_names())
-    {
+    for ((agency, role, name), profile_name) in people.into_iter().zip(DevFederation::profile_names()) {
         let p = principal(&td, agency, role, name);
-        let issued =
-            fed.issue_principal(&p, now.plus_millis(-60_000), now.plus_millis(365 * DAY_MS))?;
-        let bundles: Vec<PathBuf> = if role == Role::Auditor {
-            vec![]
-        } else {
-            vec![keys_dir.join(format!("{agency}.key"))]
-        };
+        let issued = fed.issue_principal(&p, now.plus_millis(-60_000), now.plus_millis(365 * DAY_MS))?;
+        let bundles: Vec<PathBuf> =
+            if role == Role::Auditor { vec![] } else { vec![keys_dir.join(format!("{agency}.key"))] };
         profile::write(
             &dev.profile(&profile_name),
             &NewProfile {

@@ -14,9 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use referral_proto::directory::{
-    Agency, AgencyKind, Directory, EscalationContact, SignedDirectory,
-};
+use referral_proto::directory::{Agency, AgencyKind, Directory, EscalationContact, SignedDirectory};
 use referral_proto::ids::{AgencyId, KeyId, Principal, TrustDomain};
 use referral_proto::keys::{AgencyPublicKey, KeyPurpose, SigningKey, VerifyingKey, bundle_key_id};
 use referral_proto::time::Timestamp;
@@ -54,11 +52,7 @@ pub enum FederationError {
     #[error("public key file {path}: {message}")]
     PublicKeyFile { path: PathBuf, message: String },
     #[error("principal {principal} is of trust domain {found}, but this federation is {expected}")]
-    TrustDomain {
-        principal: String,
-        found: String,
-        expected: String,
-    },
+    TrustDomain { principal: String, found: String, expected: String },
     #[error("no broker log key is registered; create broker credentials with 'certs broker' first")]
     NoBrokerLogKey,
     #[error("no issued certificate matches {0}")]
@@ -146,10 +140,7 @@ impl PublicKeyRecord {
     /// Parses and checks that the key id matches the keys.
     pub fn to_key(&self) -> Result<AgencyPublicKey, String> {
         let b32 = |s: &str, what: &str| -> Result<[u8; 32], String> {
-            hex::decode(s)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| format!("{what} is not 64 hex digits"))
+            hex::decode(s).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| format!("{what} is not 64 hex digits"))
         };
         let signing = VerifyingKey(b32(&self.signing_public, "signing_public")?);
         let encryption = b32(&self.encryption_public, "encryption_public")?;
@@ -160,13 +151,7 @@ impl PublicKeyRecord {
         if self.not_before >= self.not_after {
             return Err("not_before is not before not_after".into());
         }
-        Ok(AgencyPublicKey {
-            key_id,
-            signing,
-            encryption,
-            not_before: self.not_before,
-            not_after: self.not_after,
-        })
+        Ok(AgencyPublicKey { key_id, signing, encryption, not_before: self.not_before, not_after: self.not_after })
     }
 }
 
@@ -191,39 +176,23 @@ pub struct Federation {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FederationError + '_ {
-    move |source| FederationError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| FederationError::Io { path: path.to_owned(), source }
 }
 
 impl Federation {
     /// Creates a federation in `dir` (which must not already hold one).
-    pub fn init(
-        dir: &Path,
-        trust_domain: &TrustDomain,
-        now: Timestamp,
-        ca_days: i64,
-    ) -> Result<Self, FederationError> {
+    pub fn init(dir: &Path, trust_domain: &TrustDomain, now: Timestamp, ca_days: i64) -> Result<Self, FederationError> {
         if dir.join(STATE_FILE).exists() {
             return Err(FederationError::Exists(dir.to_owned()));
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let ca = Ca::generate(
-            trust_domain.as_str(),
-            now.plus_millis(-DAY_MS),
-            now.plus_millis(ca_days * DAY_MS),
-        )?;
+        let ca = Ca::generate(trust_domain.as_str(), now.plus_millis(-DAY_MS), now.plus_millis(ca_days * DAY_MS))?;
         let directory_key = SigningKey::generate();
         write_text_atomic(&dir.join(CA_CERT), ca.cert_pem())?;
         secret_file::write(&dir.join(CA_KEY), ca.key_pem().as_bytes(), false)?;
-        let key_file =
-            referral_proto::keys::signing_key_file(&directory_key, KeyPurpose::FederationDirectory);
+        let key_file = referral_proto::keys::signing_key_file(&directory_key, KeyPurpose::FederationDirectory);
         secret_file::write(&dir.join(DIRECTORY_KEY), key_file.as_bytes(), false)?;
-        write_text_atomic(
-            &dir.join(FEDERATION_PUB),
-            &format!("{}\n", directory_key.verifying_key().to_hex()),
-        )?;
+        write_text_atomic(&dir.join(FEDERATION_PUB), &format!("{}\n", directory_key.verifying_key().to_hex()))?;
         let state = State {
             format: 1,
             trust_domain: trust_domain.to_string(),
@@ -233,12 +202,7 @@ impl Federation {
             agencies: vec![],
             certificates: vec![],
         };
-        let mut fed = Self {
-            dir: dir.to_owned(),
-            state,
-            ca,
-            directory_key,
-        };
+        let mut fed = Self { dir: dir.to_owned(), state, ca, directory_key };
         fed.write_crl(now)?;
         fed.save()?;
         Ok(fed)
@@ -251,35 +215,22 @@ impl Federation {
             return Err(FederationError::NotAFederation(dir.to_owned()));
         }
         let text = read_text(&state_path)?;
-        let state: State = toml::from_str(&text).map_err(|e| FederationError::State {
-            path: state_path.clone(),
-            message: e.to_string(),
-        })?;
+        let state: State = toml::from_str(&text)
+            .map_err(|e| FederationError::State { path: state_path.clone(), message: e.to_string() })?;
         if state.format != 1 {
             return Err(FederationError::State {
                 path: state_path,
                 message: format!("format {} is not supported", state.format),
             });
         }
-        let ca = Ca::load(
-            &read_text(&dir.join(CA_CERT))?,
-            &secret_file::read(&dir.join(CA_KEY))?,
-        )?;
+        let ca = Ca::load(&read_text(&dir.join(CA_CERT))?, &secret_file::read(&dir.join(CA_KEY))?)?;
         let key_path = dir.join(DIRECTORY_KEY);
         let directory_key = referral_proto::keys::parse_signing_key_file(
             &secret_file::read(&key_path)?,
             KeyPurpose::FederationDirectory,
         )
-        .map_err(|source| FederationError::KeyFile {
-            path: key_path,
-            source,
-        })?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            state,
-            ca,
-            directory_key,
-        })
+        .map_err(|source| FederationError::KeyFile { path: key_path, source })?;
+        Ok(Self { dir: dir.to_owned(), state, ca, directory_key })
     }
 
     pub fn dir(&self) -> &Path {
@@ -303,13 +254,10 @@ impl Federation {
     }
 
     fn save(&self) -> Result<(), FederationError> {
-        let text = toml::to_string_pretty(&self.state)
-            .map_err(|e| FederationError::Invalid(e.to_string()))?;
+        let text = toml::to_string_pretty(&self.state).map_err(|e| FederationError::Invalid(e.to_string()))?;
         write_text_atomic(
             &self.dir.join(STATE_FILE),
-            &format!(
-                "# Federation registry: public data only. Edit with the 'certs' tool.\n{text}"
-            ),
+            &format!("# Federation registry: public data only. Edit with the 'certs' tool.\n{text}"),
         )
     }
 
@@ -332,9 +280,7 @@ impl Federation {
             return Err(FederationError::DuplicateAgency(id.clone()));
         }
         if display_name.trim().is_empty() {
-            return Err(FederationError::Invalid(
-                "an agency needs a display name".into(),
-            ));
+            return Err(FederationError::Invalid("an agency needs a display name".into()));
         }
         if let Some(e) = &escalation {
             self.check_trust_domain(&e.principal)?;
@@ -356,15 +302,8 @@ impl Federation {
     /// Registers the public half of an agency key bundle.
     pub fn add_agency_key(&mut self, record: &PublicKeyRecord) -> Result<KeyId, FederationError> {
         let key = record.to_key().map_err(FederationError::Invalid)?;
-        let id = AgencyId::new(record.agency.clone())
-            .map_err(|e| FederationError::Invalid(e.to_string()))?;
-        if self
-            .state
-            .agencies
-            .iter()
-            .flat_map(|a| &a.keys)
-            .any(|k| k.key_id == record.key_id)
-        {
+        let id = AgencyId::new(record.agency.clone()).map_err(|e| FederationError::Invalid(e.to_string()))?;
+        if self.state.agencies.iter().flat_map(|a| &a.keys).any(|k| k.key_id == record.key_id) {
             return Err(FederationError::DuplicateKey(key.key_id));
         }
         self.agency_mut(&id)?.keys.push(record.clone());
@@ -388,12 +327,7 @@ impl Federation {
         Ok(())
     }
 
-    fn record_cert(
-        &mut self,
-        issued: &Issued,
-        subject: String,
-        not_after: Timestamp,
-    ) -> Result<(), FederationError> {
+    fn record_cert(&mut self, issued: &Issued, subject: String, not_after: Timestamp) -> Result<(), FederationError> {
         self.state.certificates.push(CertRecord {
             serial: hex::encode(&issued.serial),
             subject,
@@ -411,9 +345,7 @@ impl Federation {
         not_after: Timestamp,
     ) -> Result<Issued, FederationError> {
         self.check_trust_domain(principal)?;
-        let issued = self
-            .ca
-            .issue(&LeafSpec::principal(principal, not_before, not_after))?;
+        let issued = self.ca.issue(&LeafSpec::principal(principal, not_before, not_after))?;
         self.record_cert(&issued, principal.uri(), not_after)?;
         Ok(issued)
     }
@@ -427,9 +359,7 @@ impl Federation {
         not_after: Timestamp,
     ) -> Result<Issued, FederationError> {
         let subject = format!("dns:{}", dns_names.join(","));
-        let issued = self
-            .ca
-            .issue(&LeafSpec::server(dns_names, ips, not_before, not_after))?;
+        let issued = self.ca.issue(&LeafSpec::server(dns_names, ips, not_before, not_after))?;
         self.record_cert(&issued, subject, not_after)?;
         Ok(issued)
     }
@@ -482,15 +412,11 @@ impl Federation {
             .ok_or(FederationError::NoBrokerLogKey)?;
         let mut agencies = BTreeMap::new();
         for a in &self.state.agencies {
-            let id =
-                AgencyId::new(a.id.clone()).map_err(|e| FederationError::Invalid(e.to_string()))?;
+            let id = AgencyId::new(a.id.clone()).map_err(|e| FederationError::Invalid(e.to_string()))?;
             let keys = a
                 .keys
                 .iter()
-                .map(|k| {
-                    k.to_key()
-                        .map_err(|m| FederationError::Invalid(format!("agency {id}: {m}")))
-                })
+                .map(|k| k.to_key().map_err(|m| FederationError::Invalid(format!("agency {id}: {m}"))))
                 .collect::<Result<Vec<_>, _>>()?;
             let escalation = match &a.escalation {
                 None => None,
@@ -503,13 +429,7 @@ impl Federation {
             };
             agencies.insert(
                 id.clone(),
-                Agency {
-                    id,
-                    display_name: a.display_name.clone(),
-                    kind: a.kind,
-                    keys,
-                    escalation,
-                },
+                Agency { id, display_name: a.display_name.clone(), kind: a.kind, keys, escalation },
             );
         }
         Ok(Directory {
@@ -522,10 +442,7 @@ impl Federation {
     }
 
     /// Signs and writes the next directory version to `directory.bin`.
-    pub fn publish_directory(
-        &mut self,
-        now: Timestamp,
-    ) -> Result<SignedDirectory, FederationError> {
+    pub fn publish_directory(&mut self, now: Timestamp) -> Result<SignedDirectory, FederationError> {
         let directory = self.directory(now)?;
         let signed = directory.sign(&self.directory_key);
         let path = self.dir.join(DIRECTORY);
@@ -541,11 +458,8 @@ impl Federation {
 /// Reads `federation.pub`: the pinned Ed25519 directory key, 64 hex digits.
 pub fn read_federation_key(path: &Path) -> Result<VerifyingKey, FederationError> {
     let text = read_text(path)?;
-    hex::decode(text.trim())
-        .ok()
-        .and_then(|b| VerifyingKey::from_slice(&b))
-        .ok_or_else(|| FederationError::State {
-            path: path.to_owned(),
-            message: "not a 64-hex-digit Ed25519 public key".into(),
-        })
+    hex::decode(text.trim()).ok().and_then(|b| VerifyingKey::from_slice(&b)).ok_or_else(|| FederationError::State {
+        path: path.to_owned(),
+        message: "not a 64-hex-digit Ed25519 public key".into(),
+    })
 }

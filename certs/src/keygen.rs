@@ -34,46 +34,31 @@ pub fn generate(
     overwrite: bool,
 ) -> Result<(AgencyKeyBundle, KeyFiles), FederationError> {
     let bundle = AgencyKeyBundle::generate(agency.clone(), not_before, not_after);
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| FederationError::Io { path: parent.to_owned(), source })?;
+    }
     secret_file::write(out, bundle.to_key_file().as_bytes(), overwrite)?;
     let public = public_path(out);
     let record = PublicKeyRecord::from_key(agency, bundle.public());
-    let text =
-        toml::to_string_pretty(&record).map_err(|e| FederationError::Invalid(e.to_string()))?;
+    let text = toml::to_string_pretty(&record).map_err(|e| FederationError::Invalid(e.to_string()))?;
     write_text_atomic(
         &public,
         &format!("# Public half of an agency key bundle; give this to the federation.\n{text}"),
     )?;
-    Ok((
-        bundle,
-        KeyFiles {
-            secret: out.to_owned(),
-            public,
-        },
-    ))
+    Ok((bundle, KeyFiles { secret: out.to_owned(), public }))
 }
 
 /// Reads a `.pub` file.
 pub fn read_public(path: &Path) -> Result<PublicKeyRecord, FederationError> {
     let text = read_text(path)?;
-    let record: PublicKeyRecord =
-        toml::from_str(&text).map_err(|e| FederationError::PublicKeyFile {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-    record
-        .to_key()
-        .map_err(|message| FederationError::PublicKeyFile {
-            path: path.to_owned(),
-            message,
-        })?;
+    let record: PublicKeyRecord = toml::from_str(&text)
+        .map_err(|e| FederationError::PublicKeyFile { path: path.to_owned(), message: e.to_string() })?;
+    record.to_key().map_err(|message| FederationError::PublicKeyFile { path: path.to_owned(), message })?;
     Ok(record)
 }
 
 /// Reads a secret key bundle file (refusing loose permissions).
 pub fn read_bundle(path: &Path) -> Result<AgencyKeyBundle, FederationError> {
     let text = secret_file::read(path)?;
-    AgencyKeyBundle::from_key_file(&text).map_err(|source| FederationError::KeyFile {
-        path: path.to_owned(),
-        source,
-    })
+    AgencyKeyBundle::from_key_file(&text).map_err(|source| FederationError::KeyFile { path: path.to_owned(), source })
 }

@@ -33,18 +33,12 @@ pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// Reads a public text file, naming it in the error.
 pub(crate) fn read_text(path: &Path) -> Result<String, FederationError> {
-    std::fs::read_to_string(path).map_err(|source| FederationError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| FederationError::Io { path: path.to_owned(), source })
 }
 
 /// Writes a public text file atomically (temporary file, then rename).
 pub(crate) fn write_text_atomic(path: &Path, text: &str) -> Result<(), FederationError> {
-    let io = |source| FederationError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| FederationError::Io { path: path.to_owned(), source };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     std::fs::write(&tmp, text).map_err(io)?;
@@ -53,9 +47,7 @@ pub(crate) fn write_text_atomic(path: &Path, text: &str) -> Result<(), Federatio
 
 /// The current wall-clock time.
 pub fn now() -> referral_proto::time::Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     referral_proto::time::Timestamp(ms)
 }

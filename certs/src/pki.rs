@@ -7,9 +7,9 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType,
+    SerialNumber,
 };
 use referral_proto::ids::Principal;
 use referral_proto::time::Timestamp;
@@ -27,16 +27,13 @@ pub enum PkiError {
 }
 
 pub(crate) fn offset(t: Timestamp) -> Result<time::OffsetDateTime, PkiError> {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
-        .map_err(|_| PkiError::Time(t))
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000).map_err(|_| PkiError::Time(t))
 }
 
 /// A fresh random 16-byte positive serial number.
 pub fn random_serial() -> Vec<u8> {
     let mut s = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut s)
-        .expect("the OS random source failed");
+    ring::rand::SystemRandom::new().fill(&mut s).expect("the OS random source failed");
     s[0] &= 0x7f;
     s[0] |= 0x01; // never a leading zero byte: the DER encoding stays 16 bytes
     s.to_vec()
@@ -80,17 +77,9 @@ impl LeafSpec {
     }
 
     /// A server certificate for the broker.
-    pub fn server(
-        dns_names: Vec<String>,
-        ips: Vec<IpAddr>,
-        not_before: Timestamp,
-        not_after: Timestamp,
-    ) -> Self {
+    pub fn server(dns_names: Vec<String>, ips: Vec<IpAddr>, not_before: Timestamp, not_after: Timestamp) -> Self {
         Self {
-            common_name: dns_names
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "referral-broker".into()),
+            common_name: dns_names.first().cloned().unwrap_or_else(|| "referral-broker".into()),
             uris: vec![],
             dns_names,
             ips,
@@ -111,11 +100,7 @@ pub struct Ca {
 
 impl Ca {
     /// A new self-signed CA for `trust_domain`, valid over the given times.
-    pub fn generate(
-        trust_domain: &str,
-        not_before: Timestamp,
-        not_after: Timestamp,
-    ) -> Result<Self, PkiError> {
+    pub fn generate(trust_domain: &str, not_before: Timestamp, not_after: Timestamp) -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -123,33 +108,22 @@ impl Ca {
         dn.push(DnType::OrganizationName, trust_domain);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = offset(not_before)?;
         params.not_after = offset(not_after)?;
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
         params.key_identifier_method = KeyIdMethod::Sha256;
         let cert = params.self_signed(&key)?;
-        Ok(Self {
-            cert_pem: cert.pem(),
-            key,
-        })
+        Ok(Self { cert_pem: cert.pem(), key })
     }
 
     /// Loads a CA from its certificate and PKCS#8 key, both PEM.
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         // Check that the certificate parses as a CA certificate now, not at first use.
-        Issuer::from_ca_cert_pem(cert_pem, &key).map_err(|_| PkiError::Parse {
-            what: "CA certificate".into(),
-        })?;
-        Ok(Self {
-            cert_pem: cert_pem.to_owned(),
-            key,
-        })
+        Issuer::from_ca_cert_pem(cert_pem, &key).map_err(|_| PkiError::Parse { what: "CA certificate".into() })?;
+        Ok(Self { cert_pem: cert_pem.to_owned(), key })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -174,27 +148,19 @@ impl Ca {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = [
-            spec.client_auth
-                .then_some(ExtendedKeyUsagePurpose::ClientAuth),
-            spec.server_auth
-                .then_some(ExtendedKeyUsagePurpose::ServerAuth),
+            spec.client_auth.then_some(ExtendedKeyUsagePurpose::ClientAuth),
+            spec.server_auth.then_some(ExtendedKeyUsagePurpose::ServerAuth),
         ]
         .into_iter()
         .flatten()
         .collect();
         for uri in &spec.uris {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.as_str().try_into()?));
+            params.subject_alt_names.push(SanType::URI(uri.as_str().try_into()?));
         }
         for dns in &spec.dns_names {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(dns.as_str().try_into()?));
+            params.subject_alt_names.push(SanType::DnsName(dns.as_str().try_into()?));
         }
-        params
-            .subject_alt_names
-            .extend(spec.ips.iter().copied().map(SanType::IpAddress));
+        params.subject_alt_names.extend(spec.ips.iter().copied().map(SanType::IpAddress));
         params.not_before = offset(spec.not_before)?;
         params.not_after = offset(spec.not_after)?;
         let serial = random_serial();
@@ -202,11 +168,7 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
         let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: Zeroizing::new(key.serialize_pem()),
-            serial,
-        })
+        Ok(Issued { cert_pem: cert.pem(), key_pem: Zeroizing::new(key.serialize_pem()), serial })
     }
 
     /// A CRL listing `revoked` (serial, revocation time), numbered `number`.
@@ -251,9 +213,7 @@ pub struct CertInfo {
 
 /// Reads the first certificate of a PEM text.
 pub fn cert_info(pem: &str) -> Result<CertInfo, PkiError> {
-    let bad = || PkiError::Parse {
-        what: "certificate".into(),
-    };
+    let bad = || PkiError::Parse { what: "certificate".into() };
     let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| bad())?;
     let cert = p.parse_x509().map_err(|_| bad())?;
     cert_info_of(&cert)
@@ -261,15 +221,12 @@ pub fn cert_info(pem: &str) -> Result<CertInfo, PkiError> {
 
 /// [`cert_info`] for DER bytes.
 pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| PkiError::Parse {
-        what: "certificate".into(),
-    })?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| PkiError::Parse { what: "certificate".into() })?;
     cert_info_of(&cert)
 }
 
-fn cert_info_of(
-    cert: &x509_parser::certificate::X509Certificate<'_>,
-) -> Result<CertInfo, PkiError> {
+fn cert_info_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<CertInfo, PkiError> {
     let ms = |t: x509_parser::time::ASN1Time| Timestamp(t.timestamp() * 1000);
     let mut uris = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -42,9 +42,7 @@ struct ProfileFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error(
-        "{0}: not a profile folder (no profile.toml); make one with 'certs issue' or 'certs dev'"
-    )]
+    #[error("{0}: not a profile folder (no profile.toml); make one with 'certs issue' or 'certs dev'")]
     NotAProfile(PathBuf),
     #[error("{0}: a profile already exists here; pass --force to replace it")]
     Exists(PathBuf),
@@ -55,26 +53,13 @@ pub enum ProfileError {
     #[error("{path}: the certificate expired at {not_after}; ask the federation for a new one")]
     Expired { path: PathBuf, not_after: Timestamp },
     #[error("{path}: the certificate is not valid before {not_before}")]
-    NotYetValid {
-        path: PathBuf,
-        not_before: Timestamp,
-    },
+    NotYetValid { path: PathBuf, not_before: Timestamp },
     #[error("{path}: the certificate is for {found}, but the profile says {expected}")]
-    PrincipalMismatch {
-        path: PathBuf,
-        expected: String,
-        found: String,
-    },
-    #[error(
-        "{dir}: a {role} profile needs its agency's key bundle in agency-keys/, and there is none"
-    )]
+    PrincipalMismatch { path: PathBuf, expected: String, found: String },
+    #[error("{dir}: a {role} profile needs its agency's key bundle in agency-keys/, and there is none")]
     NoAgencyKeys { dir: PathBuf, role: Role },
     #[error("{path}: the key bundle is for agency {found}, but the profile's agency is {expected}")]
-    BundleAgency {
-        path: PathBuf,
-        expected: String,
-        found: String,
-    },
+    BundleAgency { path: PathBuf, expected: String, found: String },
     #[error(transparent)]
     Secret(#[from] SecretFileError),
     #[error(transparent)]
@@ -126,36 +111,22 @@ pub fn write(dir: &Path, p: &NewProfile<'_>, overwrite: bool) -> Result<(), Prof
         return Err(ProfileError::Exists(dir.to_owned()));
     }
     if need_bundles(p.principal.role) && p.bundle_files.is_empty() {
-        return Err(ProfileError::NoAgencyKeys {
-            dir: dir.to_owned(),
-            role: p.principal.role,
-        });
+        return Err(ProfileError::NoAgencyKeys { dir: dir.to_owned(), role: p.principal.role });
     }
     let keys_dir = dir.join(AGENCY_KEYS);
-    std::fs::create_dir_all(&keys_dir).map_err(|source| ProfileError::Io {
-        path: keys_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&keys_dir).map_err(|source| ProfileError::Io { path: keys_dir.clone(), source })?;
     let file = ProfileFile {
         principal: p.principal.uri(),
         broker: p.broker.to_owned(),
         server_name: p.server_name.to_owned(),
     };
-    let text = toml::to_string_pretty(&file).map_err(|e| ProfileError::Invalid {
-        path: dir.join(PROFILE_FILE),
-        message: e.to_string(),
-    })?;
-    write_text_atomic(
-        &dir.join(PROFILE_FILE),
-        &format!("# agency-client profile\n{text}"),
-    )?;
+    let text = toml::to_string_pretty(&file)
+        .map_err(|e| ProfileError::Invalid { path: dir.join(PROFILE_FILE), message: e.to_string() })?;
+    write_text_atomic(&dir.join(PROFILE_FILE), &format!("# agency-client profile\n{text}"))?;
     write_text_atomic(&dir.join(CERT), &p.issued.cert_pem)?;
     secret_file::write(&dir.join(KEY), p.issued.key_pem.as_bytes(), overwrite)?;
     write_text_atomic(&dir.join(CA), p.ca_pem)?;
-    write_text_atomic(
-        &dir.join(FEDERATION_PUB),
-        &format!("{}\n", p.federation_key.to_hex()),
-    )?;
+    write_text_atomic(&dir.join(FEDERATION_PUB), &format!("{}\n", p.federation_key.to_hex()))?;
     for src in p.bundle_files {
         let bundle = keygen::read_bundle(src)?;
         if bundle.agency() != &p.principal.agency {
@@ -171,6 +142,43 @@ pub fn write(dir: &Path, p: &NewProfile<'_>, overwrite: bool) -> Result<(), Prof
     Ok(())
 }
 
+/// Reads every key bundle in `dir/agency-keys/`, newest first, refusing
+/// bundles of another agency and files others can read.
+pub fn load_bundles(dir: &Path, principal: &Principal) -> Result<Vec<AgencyKeyBundle>, ProfileError> {
+    let mut bundles = Vec::new();
+    let keys_dir = dir.join(AGENCY_KEYS);
+    if keys_dir.is_dir() {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&keys_dir)
+            .map_err(|source| ProfileError::Io { path: keys_dir.clone(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "key"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let bundle = keygen::read_bundle(&path)?;
+            if bundle.agency() != &principal.agency {
+                return Err(ProfileError::BundleAgency {
+                    path,
+                    expected: principal.agency.to_string(),
+                    found: bundle.agency().to_string(),
+                });
+            }
+            bundles.push(bundle);
+        }
+    }
+    bundles.sort_by_key(|b| std::cmp::Reverse(b.public().not_before));
+    Ok(bundles)
+}
+
+/// Copies a key bundle file into a profile's `agency-keys/` (mode 0600).
+pub fn add_bundle(dir: &Path, bundle_file: &Path) -> Result<(), ProfileError> {
+    let bundle = keygen::read_bundle(bundle_file)?;
+    let keys_dir = dir.join(AGENCY_KEYS);
+    std::fs::create_dir_all(&keys_dir).map_err(|source| ProfileError::Io { path: keys_dir.clone(), source })?;
+    secret_file::write(&keys_dir.join(format!("{}.key", bundle.key_id())), bundle.to_key_file().as_bytes(), false)?;
+    Ok(())
+}
+
 impl Profile {
     /// Loads and checks a profile folder at time `now`.
     pub fn load(dir: &Path, now: Timestamp) -> Result<Self, ProfileError> {
@@ -178,28 +186,16 @@ impl Profile {
         if !file_path.is_file() {
             return Err(ProfileError::NotAProfile(dir.to_owned()));
         }
-        let invalid = |path: &Path, message: String| ProfileError::Invalid {
-            path: path.to_owned(),
-            message,
-        };
+        let invalid = |path: &Path, message: String| ProfileError::Invalid { path: path.to_owned(), message };
         let text = read_text(&file_path)?;
-        let file: ProfileFile =
-            toml::from_str(&text).map_err(|e| invalid(&file_path, e.to_string()))?;
-        let principal = Principal::parse_uri(&file.principal)
-            .map_err(|e| invalid(&file_path, e.to_string()))?;
+        let file: ProfileFile = toml::from_str(&text).map_err(|e| invalid(&file_path, e.to_string()))?;
+        let principal = Principal::parse_uri(&file.principal).map_err(|e| invalid(&file_path, e.to_string()))?;
         if !file.broker.starts_with("https://") {
-            return Err(invalid(
-                &file_path,
-                format!("broker {:?} must be an https:// address", file.broker),
-            ));
+            return Err(invalid(&file_path, format!("broker {:?} must be an https:// address", file.broker)));
         }
         let required = |name: &str| {
             let p = dir.join(name);
-            if p.exists() {
-                Ok(p)
-            } else {
-                Err(ProfileError::Missing { path: p })
-            }
+            if p.exists() { Ok(p) } else { Err(ProfileError::Missing { path: p }) }
         };
         let cert_path = required(CERT)?;
         let cert_pem = read_text(&cert_path)?;
@@ -212,51 +208,18 @@ impl Profile {
             });
         }
         if now >= info.not_after {
-            return Err(ProfileError::Expired {
-                path: cert_path,
-                not_after: info.not_after,
-            });
+            return Err(ProfileError::Expired { path: cert_path, not_after: info.not_after });
         }
         if now < info.not_before {
-            return Err(ProfileError::NotYetValid {
-                path: cert_path,
-                not_before: info.not_before,
-            });
+            return Err(ProfileError::NotYetValid { path: cert_path, not_before: info.not_before });
         }
         let key_pem = secret_file::read(&required(KEY)?)?;
         let ca_pem = read_text(&required(CA)?)?;
         let federation_key = read_federation_key(&required(FEDERATION_PUB)?)?;
-        let mut bundles = Vec::new();
-        let keys_dir = dir.join(AGENCY_KEYS);
-        if keys_dir.is_dir() {
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(&keys_dir)
-                .map_err(|source| ProfileError::Io {
-                    path: keys_dir.clone(),
-                    source,
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "key"))
-                .collect();
-            paths.sort();
-            for path in paths {
-                let bundle = keygen::read_bundle(&path)?;
-                if bundle.agency() != &principal.agency {
-                    return Err(ProfileError::BundleAgency {
-                        path,
-                        expected: principal.agency.to_string(),
-                        found: bundle.agency().to_string(),
-                    });
-                }
-                bundles.push(bundle);
-            }
-        }
+        let bundles = load_bundles(dir, &principal)?;
         if need_bundles(principal.role) && bundles.is_empty() {
-            return Err(ProfileError::NoAgencyKeys {
-                dir: dir.to_owned(),
-                role: principal.role,
-            });
+            return Err(ProfileError::NoAgencyKeys { dir: dir.to_owned(), role: principal.role });
         }
-        bundles.sort_by_key(|b| std::cmp::Reverse(b.public().not_before));
         Ok(Self {
             dir: dir.to_owned(),
             principal,

@@ -12,9 +12,7 @@ use zeroize::Zeroizing;
 pub enum SecretFileError {
     #[error("{path}: already exists; refusing to overwrite a secret (pass --force to replace it)")]
     Exists { path: PathBuf },
-    #[error(
-        "{path}: permissions are {mode:04o}; a secret must be readable by its owner only (run: chmod 600 {path})"
-    )]
+    #[error("{path}: permissions are {mode:04o}; a secret must be readable by its owner only (run: chmod 600 {path})")]
     TooOpen { path: PathBuf, mode: u32 },
     #[error("{path}: not a regular file")]
     NotAFile { path: PathBuf },
@@ -27,29 +25,19 @@ pub enum SecretFileError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretFileError + '_ {
-    move |source| SecretFileError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| SecretFileError::Io { path: path.to_owned(), source }
 }
 
 /// Writes `contents` to a new file with mode 0600 and syncs it. With
 /// `overwrite`, an existing file is replaced (still 0600).
 pub fn write(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), SecretFileError> {
     if !overwrite && path.exists() {
-        return Err(SecretFileError::Exists {
-            path: path.to_owned(),
-        });
+        return Err(SecretFileError::Exists { path: path.to_owned() });
     }
     if overwrite && path.exists() {
         std::fs::remove_file(path).map_err(io(path))?;
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
     f.write_all(contents).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }
@@ -58,20 +46,13 @@ pub fn write(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), Secret
 pub fn read(path: &Path) -> Result<Zeroizing<String>, SecretFileError> {
     let meta = std::fs::metadata(path).map_err(io(path))?;
     if !meta.is_file() {
-        return Err(SecretFileError::NotAFile {
-            path: path.to_owned(),
-        });
+        return Err(SecretFileError::NotAFile { path: path.to_owned() });
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(SecretFileError::TooOpen {
-            path: path.to_owned(),
-            mode,
-        });
+        return Err(SecretFileError::TooOpen { path: path.to_owned(), mode });
     }
-    Ok(Zeroizing::new(
-        std::fs::read_to_string(path).map_err(io(path))?,
-    ))
+    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(io(path))?))
 }
 
 #[cfg(test)]
@@ -83,15 +64,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.key");
         write(&p, b"secret", false).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(read(&p).unwrap().as_str(), "secret");
-        assert!(matches!(
-            write(&p, b"x", false),
-            Err(SecretFileError::Exists { .. })
-        ));
+        assert!(matches!(write(&p, b"x", false), Err(SecretFileError::Exists { .. })));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = read(&p).unwrap_err();
         assert!(matches!(err, SecretFileError::TooOpen { mode: 0o644, .. }));

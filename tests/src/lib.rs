@@ -38,18 +38,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            manual_clock: false,
-            tweak: Box::new(|_| {}),
-        }
+        Self { manual_clock: false, tweak: Box::new(|_| {}) }
     }
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Options")
-            .field("manual_clock", &self.manual_clock)
-            .finish_non_exhaustive()
+        f.debug_struct("Options").field("manual_clock", &self.manual_clock).finish_non_exhaustive()
     }
 }
 
@@ -66,10 +61,7 @@ pub struct Harness {
 
 impl std::fmt::Debug for Harness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Harness")
-            .field("addr", &self.addr)
-            .field("dir", &self.tmp.path())
-            .finish_non_exhaustive()
+        f.debug_struct("Harness").field("addr", &self.addr).field("dir", &self.tmp.path()).finish_non_exhaustive()
     }
 }
 
@@ -86,16 +78,11 @@ impl Harness {
     pub async fn start_with(opts: Options) -> Self {
         init_crypto();
         let tmp = tempfile::tempdir().expect("temporary folder");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let dev = certs::dev::create(
             &tmp.path().join("federation"),
-            &DevOptions {
-                broker_addr: addr.to_string(),
-                force: false,
-            },
+            &DevOptions { broker_addr: addr.to_string(), force: false },
             certs::now(),
         )
         .expect("development federation");
@@ -103,23 +90,15 @@ impl Harness {
         // Fast ticks so deadline tests need no real waiting.
         config.deadline_tick = Duration::from_millis(20);
         config.reload_interval = Duration::from_secs(3600);
+        config.admin_listen = Some(([127, 0, 0, 1], 0).into());
+        config.health_interval = Duration::from_millis(50);
         (opts.tweak)(&mut config);
-        let manual_clock = opts
-            .manual_clock
-            .then(|| Arc::new(ManualClock::new(certs::now())));
+        let manual_clock = opts.manual_clock.then(|| Arc::new(ManualClock::new(certs::now())));
         let clock: Arc<dyn Clock> = match &manual_clock {
             Some(c) => c.clone(),
             None => Arc::new(SystemClock),
         };
-        let mut h = Self {
-            tmp,
-            dev,
-            addr,
-            config,
-            manual_clock,
-            clock,
-            running: None,
-        };
+        let mut h = Self { tmp, dev, addr, config, manual_clock, clock, running: None };
         h.launch(listener).await;
         h
     }
@@ -129,15 +108,17 @@ impl Harness {
         let running = start(
             listener,
             self.config.clone(),
-            StartOptions {
-                clock: self.clock.clone(),
-                sighup: false,
-            },
+            StartOptions { clock: self.clock.clone(), sighup: false },
             shutdown.clone(),
         )
         .await
         .expect("broker starts");
         self.running = Some((running, shutdown));
+    }
+
+    /// Where the running broker's admin endpoint listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.running.as_ref().expect("broker running").0.admin_addr.expect("admin endpoint on")
     }
 
     /// The running broker's shared state.
@@ -151,9 +132,7 @@ impl Harness {
 
     /// A connected client for a profile of the development federation.
     pub async fn client(&self, name: &str) -> Client {
-        Client::connect_dir(&self.profile(name))
-            .await
-            .unwrap_or_else(|e| panic!("client {name}: {e}"))
+        Client::connect_dir(&self.profile(name)).await.unwrap_or_else(|e| panic!("client {name}: {e}"))
     }
 
     /// Stops the broker gracefully (in-flight work finishes, queue flushed).
@@ -182,10 +161,7 @@ impl Harness {
 
     /// Moves the broker's clock on (manual clock only).
     pub fn advance(&self, by: Duration) {
-        self.manual_clock
-            .as_ref()
-            .expect("started with a manual clock")
-            .advance(by.as_millis() as i64);
+        self.manual_clock.as_ref().expect("started with a manual clock").advance(by.as_millis() as i64);
     }
 
     pub fn dir(&self) -> &Path {
@@ -211,9 +187,7 @@ pub async fn raw_channel(
     ca_pem: &str,
     identity: Option<(&str, &str)>,
 ) -> Result<Channel, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name("localhost");
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
@@ -231,9 +205,7 @@ pub async fn raw_client(
     ca_pem: &str,
     identity: Option<(&str, &str)>,
 ) -> Result<ReferralBrokerClient<Channel>, tonic::transport::Error> {
-    Ok(ReferralBrokerClient::new(
-        raw_channel(addr, ca_pem, identity).await?,
-    ))
+    Ok(ReferralBrokerClient::new(raw_channel(addr, ca_pem, identity).await?))
 }
 
 impl Drop for Harness {
@@ -272,23 +244,16 @@ impl ChildBroker {
         let addr = free_port();
         let dev = certs::dev::create(
             &dir.join("federation"),
-            &DevOptions {
-                broker_addr: addr.to_string(),
-                force: false,
-            },
+            &DevOptions { broker_addr: addr.to_string(), force: false },
             certs::now(),
         )
         .expect("development federation");
         let data_dir = dir.join("data");
         let config_path = dev.dir.join("broker.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                "{}\n{extra}\n",
-                broker::config::dev_config_text(addr, &data_dir)
-            ),
-        )
-        .expect("write config");
+        let admin = free_port();
+        let text =
+            format!("{}\n[admin]\nlisten = \"{admin}\"\n{extra}\n", broker::config::dev_config_text(addr, &data_dir));
+        std::fs::write(&config_path, text).expect("write config");
         let mut me = Self {
             child: spawn_placeholder(),
             addr,
@@ -304,11 +269,7 @@ impl ChildBroker {
 
     /// (Re)starts the process on the same configuration; its log is appended.
     pub async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
         self.child = tokio::process::Command::new(&self.exe)
             .args(["broker", "serve", "--config"])
             .arg(&self.config_path)
@@ -362,17 +323,12 @@ impl ChildBroker {
 
 fn signal(child: &tokio::process::Child, sig: &str) {
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status();
+        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
     }
 }
 
 fn spawn_placeholder() -> tokio::process::Child {
-    tokio::process::Command::new("true")
-        .spawn()
-        .expect("spawn true")
+    tokio::process::Command::new("true").spawn().expect("spawn true")
 }
 
 /// Runs `exe TOOL ARGS…` to completion; returns (exit code, stdout, stderr).

@@ -36,10 +36,7 @@ impl AuditorService {
 
     fn signed_head(&self) -> pb::SignedTreeHead {
         let (size, root) = *self.state.hub.tree.borrow();
-        self.state
-            .tree_heads
-            .sign(size, root, self.state.clock.now())
-            .to_pb()
+        self.state.tree_heads.sign(size, root, self.state.clock.now()).to_pb()
     }
 }
 
@@ -59,10 +56,7 @@ impl Auditor for AuditorService {
 
     type ReplayStream = BoundedStream<pb::LogEntry>;
 
-    async fn replay(
-        &self,
-        req: Request<pb::ReplayRequest>,
-    ) -> Result<Response<Self::ReplayStream>, Status> {
+    async fn replay(&self, req: Request<pb::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
         let identity = self.state.authorize(&req, Rpc::AuditReplay)?;
         let r = req.into_inner();
         let size = self.size();
@@ -93,9 +87,7 @@ impl Auditor for AuditorService {
                 }
                 for (index, entry) in page {
                     if index != next {
-                        out.end(Status::internal(format!(
-                            "audit entry {next} is missing from the store"
-                        )));
+                        out.end(Status::internal(format!("audit entry {next} is missing from the store")));
                         return;
                     }
                     if out.send(pb::LogEntry { index, entry }).await.is_err() {
@@ -118,14 +110,12 @@ impl Auditor for AuditorService {
         let index = match r.target {
             Some(pb::inclusion_proof_request::Target::Index(i)) => i,
             Some(pb::inclusion_proof_request::Target::MessageId(raw)) => {
-                let id = MessageId::from_bytes(&raw)
-                    .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+                let id = MessageId::from_bytes(&raw).map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
                 let bytes = store
                     .get(Table::Messages, &keys::message(&id))
                     .map_err(BrokerError::from)?
                     .ok_or(BrokerError::UnknownMessage(id))?;
-                let rec: MessageRecord =
-                    records::decode("message", &bytes).map_err(BrokerError::from)?;
+                let rec: MessageRecord = records::decode("message", &bytes).map_err(BrokerError::from)?;
                 rec.submit_log_index
             }
             None => return Err(BrokerError::Missing("target (index or message_id)").into()),
@@ -169,11 +159,8 @@ impl Auditor for AuditorService {
                 r.first, r.second
             )));
         }
-        let path = consistency_proof(&StoreNodes(&*self.state.store), r.first, r.second)
-            .map_err(BrokerError::from)?;
-        Ok(Response::new(pb::ConsistencyProofResponse {
-            path: path.into_iter().map(|d| d.0.to_vec()).collect(),
-        }))
+        let path = consistency_proof(&StoreNodes(&*self.state.store), r.first, r.second).map_err(BrokerError::from)?;
+        Ok(Response::new(pb::ConsistencyProofResponse { path: path.into_iter().map(|d| d.0.to_vec()).collect() }))
     }
 
     async fn get_directory(

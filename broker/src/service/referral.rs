@@ -44,52 +44,28 @@ impl ReferralService {
         digest: Option<Digest>,
     ) -> Status {
         tracing::info!(principal = %principal, reason = e.reason(), "request rejected");
-        self.state
-            .committer
-            .reject(principal.uri(), e.reason(), id, digest)
-            .await;
+        metrics::counter!(crate::metrics::REJECTIONS, "reason" => e.reason()).increment(1);
+        self.state.committer.reject(principal.uri(), e.reason(), id, digest).await;
         e.into()
     }
 
-    async fn submit_inner(
-        &self,
-        principal: &Principal,
-        req: pb::SubmitRequest,
-    ) -> Result<pb::SubmitResponse, Status> {
+    async fn submit_inner(&self, principal: &Principal, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, Status> {
         let state = &self.state;
         let Some(pb_env) = req.envelope else {
-            return Err(self
-                .rejected(principal, BrokerError::Missing("envelope"), None, None)
-                .await);
+            return Err(self.rejected(principal, BrokerError::Missing("envelope"), None, None).await);
         };
         let size = pb_env.encoded_len();
         if size > MAX_ENVELOPE_BYTES {
             return Err(self
-                .rejected(
-                    principal,
-                    BrokerError::Oversize {
-                        size,
-                        max: MAX_ENVELOPE_BYTES,
-                    },
-                    None,
-                    None,
-                )
+                .rejected(principal, BrokerError::Oversize { size, max: MAX_ENVELOPE_BYTES }, None, None)
                 .await);
         }
-        let id_hint = pb_env
-            .header
-            .as_ref()
-            .and_then(|h| MessageId::from_bytes(&h.message_id).ok());
+        let id_hint = pb_env.header.as_ref().and_then(|h| MessageId::from_bytes(&h.message_id).ok());
         let envelope = match Envelope::try_from(pb_env) {
             Ok(e) => e,
             Err(e) => {
                 return Err(self
-                    .rejected(
-                        principal,
-                        BrokerError::MalformedEnvelope(e.to_string()),
-                        id_hint,
-                        None,
-                    )
+                    .rejected(principal, BrokerError::MalformedEnvelope(e.to_string()), id_hint, None)
                     .await);
             }
         };
@@ -97,77 +73,59 @@ impl ReferralService {
         tracing::Span::current().record("message_id", tracing::field::display(id));
         let digest = envelope.digest();
         let dir = state.directory.current();
-        if let Err(e) = authz::check_route(
-            principal,
-            &envelope.header,
-            &dir.directory,
-            &state.config.allow_same_kind,
-        ) {
+        if let Err(e) = authz::check_route(principal, &envelope.header, &dir.directory, &state.config.allow_same_kind) {
             return Err(self.rejected(principal, e, Some(id), Some(digest)).await);
-        }
-        // A retry of an accepted envelope gets its original receipt, even once
-        // the clock or the directory would no longer let it in afresh. Equal
-        // digests mean equal bytes, which were verified the first time.
-        if let Some(rec) = message_record(state, &id)?
-            && rec.envelope_digest == digest.0
-        {
-            tracing::info!("duplicate of an accepted envelope");
-            return Ok(pb::SubmitResponse {
-                receipt: Some(receipt(state, &id, 0)?),
-                duplicate: true,
-            });
         }
         let now = state.clock.now();
         let skew = envelope.header.created_at.0 - now.0;
-        if skew > state.config.max_future_skew_ms || -skew > state.config.max_past_skew_ms {
-            let e = BrokerError::ClockSkew {
+        let checked = if skew > state.config.max_future_skew_ms || -skew > state.config.max_past_skew_ms {
+            Err(BrokerError::ClockSkew {
                 skew_s: skew / 1000,
                 max_future_s: state.config.max_future_skew_ms / 1000,
                 max_past_s: state.config.max_past_skew_ms / 1000,
-            };
-            return Err(self.rejected(principal, e, Some(id), Some(digest)).await);
-        }
-        if let Err(e) = verify_envelope(&envelope, &dir.directory) {
-            let err = match e {
+            })
+        } else {
+            verify_envelope(&envelope, &dir.directory).map(|_| ()).map_err(|e| match e {
                 VerifyError::UnknownRecipient(r) => BrokerError::UnknownRecipient(r),
                 other => BrokerError::EnvelopeSignature(other.to_string()),
-            };
-            return Err(self.rejected(principal, err, Some(id), Some(digest)).await);
-        }
-        let encoded = envelope.encode();
-        let outcome = state
-            .committer
-            .submit(envelope, encoded, principal.uri())
-            .await?;
+            })
+        };
+        let outcome = match checked {
+            Ok(()) => {
+                let encoded = envelope.encode();
+                state.committer.submit(envelope, encoded, principal.uri()).await?
+            }
+            // A late retry of an accepted envelope still gets its original
+            // receipt once the clock or the directory would refuse it afresh
+            // (equal digests mean equal bytes, verified the first time). The
+            // committer decides, so that it sees only durable state.
+            Err(e) => {
+                let reason = e.reason();
+                match state.committer.submit_if_duplicate(envelope, principal.uri(), e).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::info!(principal = %principal, reason, "request rejected");
+                        metrics::counter!(crate::metrics::REJECTIONS, "reason" => reason).increment(1);
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         tracing::info!(duplicate = outcome.duplicate, "accepted");
-        Ok(pb::SubmitResponse {
-            receipt: Some(outcome.receipt),
-            duplicate: outcome.duplicate,
-        })
+        let outcome_label = if outcome.duplicate { "duplicate" } else { "accepted" };
+        metrics::counter!(crate::metrics::SUBMITS, "outcome" => outcome_label).increment(1);
+        Ok(pb::SubmitResponse { receipt: Some(outcome.receipt), duplicate: outcome.duplicate })
     }
 
-    async fn ack_inner(
-        &self,
-        principal: &Principal,
-        req: pb::AckRequest,
-    ) -> Result<pb::AckResponse, Status> {
+    async fn ack_inner(&self, principal: &Principal, req: pb::AckRequest) -> Result<pb::AckResponse, Status> {
         let state = &self.state;
         let Some(pb_ack) = req.ack else {
-            return Err(self
-                .rejected(principal, BrokerError::Missing("ack"), None, None)
-                .await);
+            return Err(self.rejected(principal, BrokerError::Missing("ack"), None, None).await);
         };
         let ack = match SignedAck::try_from(pb_ack) {
             Ok(a) => a,
             Err(e) => {
-                return Err(self
-                    .rejected(
-                        principal,
-                        BrokerError::MalformedAck(e.to_string()),
-                        None,
-                        None,
-                    )
-                    .await);
+                return Err(self.rejected(principal, BrokerError::MalformedAck(e.to_string()), None, None).await);
             }
         };
         let s = &ack.statement;
@@ -181,14 +139,7 @@ impl ReferralService {
             return Err(self.rejected(principal, e, id, digest).await);
         }
         if let Err(e) = ack.verify(&state.directory.current().directory) {
-            return Err(self
-                .rejected(
-                    principal,
-                    BrokerError::AckSignature(e.to_string()),
-                    id,
-                    digest,
-                )
-                .await);
+            return Err(self.rejected(principal, BrokerError::AckSignature(e.to_string()), id, digest).await);
         }
         let skew = s.acknowledged_at.0 - state.clock.now().0;
         if skew > state.config.max_future_skew_ms {
@@ -201,17 +152,11 @@ impl ReferralService {
         }
         let outcome = state.committer.ack(ack, principal.clone()).await?;
         tracing::info!(already = outcome.already_acknowledged, "acknowledged");
-        Ok(pb::AckResponse {
-            receipt: Some(outcome.receipt),
-            already_acknowledged: outcome.already_acknowledged,
-        })
+        Ok(pb::AckResponse { receipt: Some(outcome.receipt), already_acknowledged: outcome.already_acknowledged })
     }
 }
 
-fn message_record(
-    state: &BrokerState,
-    id: &MessageId,
-) -> Result<Option<MessageRecord>, BrokerError> {
+fn message_record(state: &BrokerState, id: &MessageId) -> Result<Option<MessageRecord>, BrokerError> {
     match state.store.get(Table::Messages, &keys::message(id))? {
         None => Ok(None),
         Some(b) => Ok(Some(records::decode("message", &b)?)),
@@ -219,10 +164,7 @@ fn message_record(
 }
 
 fn receipt(state: &BrokerState, id: &MessageId, n: u8) -> Result<pb::Receipt, BrokerError> {
-    let bytes = state
-        .store
-        .get(Table::Receipts, &keys::receipt(id, n))?
-        .ok_or(BrokerError::StorageCorrupt)?;
+    let bytes = state.store.get(Table::Receipts, &keys::receipt(id, n))?.ok_or(BrokerError::StorageCorrupt)?;
     pb::Receipt::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)
 }
 
@@ -239,12 +181,8 @@ fn delivery(
     let Some(bytes) = state.store.get(Table::Envelopes, &keys::message(id))? else {
         return Ok(None);
     };
-    let envelope =
-        pb::Envelope::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)?;
-    let redelivery = state
-        .store
-        .get(Table::Deliveries, &keys::delivery(id, principal))?
-        .is_some();
+    let envelope = pb::Envelope::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)?;
+    let redelivery = state.store.get(Table::Deliveries, &keys::delivery(id, principal))?.is_some();
     Ok(Some(pb::Delivery {
         envelope: Some(envelope),
         envelope_digest: rec.envelope_digest.to_vec(),
@@ -292,11 +230,7 @@ async fn run_subscriber(
                 let seq = keys::queue_seq(&k).ok_or(BrokerError::StorageCorrupt)?;
                 let id = MessageId::from_bytes(&v).map_err(|_| BrokerError::StorageCorrupt)?;
                 if let Some(d) = delivery(&state, &id, seq, &me)? {
-                    if out
-                        .send(alert(pb::alert::Event::Delivery(d)))
-                        .await
-                        .is_err()
-                    {
+                    if out.send(alert(pb::alert::Event::Delivery(d))).await.is_err() {
                         return Ok(());
                     }
                     state.committer.delivered(id, me.clone()).await;
@@ -307,13 +241,7 @@ async fn run_subscriber(
         }
         if !caught_up {
             caught_up = true;
-            if out
-                .send(alert(pb::alert::Event::CaughtUp(pb::CaughtUp {
-                    sequence: watermark,
-                })))
-                .await
-                .is_err()
-            {
+            if out.send(alert(pb::alert::Event::CaughtUp(pb::CaughtUp { sequence: watermark }))).await.is_err() {
                 return Ok(());
             }
         }
@@ -386,17 +314,9 @@ async fn run_receipts(
             for (k, v) in page {
                 let c = keys::queue_seq(&k).ok_or(BrokerError::StorageCorrupt)?;
                 let entry: FeedEntry = records::decode("feed", &v)?;
-                let id = MessageId::from_bytes(&entry.message_id)
-                    .map_err(|_| BrokerError::StorageCorrupt)?;
+                let id = MessageId::from_bytes(&entry.message_id).map_err(|_| BrokerError::StorageCorrupt)?;
                 let r = receipt(&state, &id, entry.receipt)?;
-                if out
-                    .send(pb::ReceiptEvent {
-                        cursor: c,
-                        receipt: Some(r),
-                    })
-                    .await
-                    .is_err()
-                {
+                if out.send(pb::ReceiptEvent { cursor: c, receipt: Some(r) }).await.is_err() {
                     return Ok(());
                 }
                 cursor = c;
@@ -413,12 +333,8 @@ async fn run_receipts(
     }
 }
 
-fn spawn_stream<T, F>(
-    name: &'static str,
-    principal: &Principal,
-    out: Producer<T>,
-    run: impl FnOnce(Producer<T>) -> F,
-) where
+fn spawn_stream<T, F>(name: &'static str, principal: &Principal, out: Producer<T>, run: impl FnOnce(Producer<T>) -> F)
+where
     T: Send + 'static,
     F: std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
 {
@@ -427,6 +343,7 @@ fn spawn_stream<T, F>(
     let fut = run(out);
     tokio::spawn(
         async move {
+            let _open = crate::metrics::Open::new(crate::metrics::STREAMS, name);
             if let Err(e) = fut.await {
                 tracing::warn!(error = %e, "stream ended by an error");
                 ender(e.into());
@@ -446,22 +363,16 @@ impl<T> Producer<T> {
 
 #[tonic::async_trait]
 impl ReferralBroker for ReferralService {
-    async fn submit(
-        &self,
-        req: Request<pb::SubmitRequest>,
-    ) -> Result<Response<pb::SubmitResponse>, Status> {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
         let identity = self.state.authorize(&req, Rpc::Submit)?;
         let p = identity.principal;
-        let span =
-            tracing::info_span!("submit", principal = %p, message_id = tracing::field::Empty);
+        let span = tracing::info_span!("submit", principal = %p, message_id = tracing::field::Empty);
         async {
             let _permit = match self.state.limiter.submit(&p.uri()) {
                 Ok(permit) => permit,
                 Err(e) => return Err(e.into()),
             };
-            self.submit_inner(&p, req.into_inner())
-                .await
-                .map(Response::new)
+            self.submit_inner(&p, req.into_inner()).await.map(Response::new)
         }
         .instrument(span)
         .await
@@ -469,17 +380,11 @@ impl ReferralBroker for ReferralService {
 
     type SubscribeStream = BoundedStream<pb::Alert>;
 
-    async fn subscribe(
-        &self,
-        req: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let identity = self.state.authorize(&req, Rpc::Subscribe)?;
         let p = identity.principal;
         let permit = self.state.limiter.stream(&p.uri())?;
-        let (out, stream) = bounded(
-            self.state.config.subscriber_buffer,
-            self.state.config.stall_timeout,
-        );
+        let (out, stream) = bounded(self.state.config.subscriber_buffer, self.state.config.stall_timeout);
         tracing::info!(principal = %p, "subscribed");
         let state = self.state.clone();
         let principal = p.clone();
@@ -496,9 +401,7 @@ impl ReferralBroker for ReferralService {
         let span = tracing::info_span!("ack", principal = %p, message_id = tracing::field::Empty);
         async {
             let _permit = self.state.limiter.submit(&p.uri())?;
-            self.ack_inner(&p, req.into_inner())
-                .await
-                .map(Response::new)
+            self.ack_inner(&p, req.into_inner()).await.map(Response::new)
         }
         .instrument(span)
         .await
@@ -520,19 +423,14 @@ impl ReferralBroker for ReferralService {
         }
         let mut messages = Vec::with_capacity(ids.len());
         for raw in ids {
-            let id = MessageId::from_bytes(&raw)
-                .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+            let id = MessageId::from_bytes(&raw).map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
             // Another agency's message is reported exactly like an unknown one.
             let rec = message_record(&self.state, &id)?
                 .filter(|r| r.sender == agency.as_str())
                 .ok_or(BrokerError::UnknownMessage(id))?;
-            let receipts = (0..rec.receipt_count)
-                .map(|n| receipt(&self.state, &id, n))
-                .collect::<Result<Vec<_>, _>>()?;
-            messages.push(pb::MessageReceipts {
-                message_id: raw,
-                receipts,
-            });
+            let receipts =
+                (0..rec.receipt_count).map(|n| receipt(&self.state, &id, n)).collect::<Result<Vec<_>, _>>()?;
+            messages.push(pb::MessageReceipts { message_id: raw, receipts });
         }
         Ok(Response::new(pb::GetReceiptsResponse { messages }))
     }
@@ -547,10 +445,7 @@ impl ReferralBroker for ReferralService {
         let p = identity.principal;
         let permit = self.state.limiter.stream(&p.uri())?;
         let after = req.into_inner().after_cursor;
-        let (out, stream) = bounded(
-            self.state.config.subscriber_buffer,
-            self.state.config.stall_timeout,
-        );
+        let (out, stream) = bounded(self.state.config.subscriber_buffer, self.state.config.stall_timeout);
         let state = self.state.clone();
         let principal = p.clone();
         spawn_stream("WatchReceipts", &p, out, move |out| async move {

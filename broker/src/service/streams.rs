@@ -43,18 +43,7 @@ pub enum Stop {
 pub fn bounded<T>(capacity: usize, stall: Duration) -> (Producer<T>, BoundedStream<T>) {
     let (tx, rx) = mpsc::channel(capacity);
     let ending = Arc::new(Mutex::new(None));
-    (
-        Producer {
-            tx,
-            ending: ending.clone(),
-            stall,
-        },
-        BoundedStream {
-            rx,
-            ending,
-            done: false,
-        },
-    )
+    (Producer { tx, ending: ending.clone(), stall }, BoundedStream { rx, ending, done: false })
 }
 
 impl<T> Producer<T> {
@@ -119,11 +108,7 @@ mod tests {
         assert_eq!(s.next().await.unwrap().unwrap(), 2);
         let status = s.next().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            status.message().contains("did not read for 30 s"),
-            "{}",
-            status.message()
-        );
+        assert!(status.message().contains("did not read for 30 s"), "{}", status.message());
         assert!(s.next().await.is_none());
     }
 }

@@ -25,9 +25,7 @@ pub fn queue(recipient: &AgencyId, seq: u64) -> Vec<u8> {
 
 pub fn queue_seq(key: &[u8]) -> Option<u64> {
     let len = *key.first()? as usize;
-    Some(u64::from_be_bytes(
-        key.get(1 + len..1 + len + 8)?.try_into().ok()?,
-    ))
+    Some(u64::from_be_bytes(key.get(1 + len..1 + len + 8)?.try_into().ok()?))
 }
 
 /// What a deadline does when it passes.
@@ -75,11 +73,7 @@ pub fn parse_deadline(key: &[u8]) -> Option<(i64, DeadlineKind, MessageId)> {
         return None;
     }
     let ms = (u64::from_be_bytes(key[..8].try_into().ok()?) ^ (1 << 63)) as i64;
-    Some((
-        ms,
-        DeadlineKind::from_u8(key[8])?,
-        MessageId::from_bytes(&key[9..]).ok()?,
-    ))
+    Some((ms, DeadlineKind::from_u8(key[8])?, MessageId::from_bytes(&key[9..]).ok()?))
 }
 
 /// Receipt key: message id, receipt number.
@@ -124,17 +118,28 @@ pub mod meta {
     pub const FORMAT: &[u8] = b"store-format";
     pub const AUDIT_SIZE: &[u8] = b"audit-size";
     pub const TREE_HEAD: &[u8] = b"tree-head";
+    /// Written by the health check to prove the store takes writes.
+    pub const HEALTH_PROBE: &[u8] = b"health-probe";
     /// The newest directory version this broker has served (rollback guard).
     pub const DIRECTORY_VERSION: &[u8] = b"directory-version";
 
+    pub const SEQ_PREFIX: &[u8] = b"seq:";
+    pub const CURSOR_PREFIX: &[u8] = b"cursor:";
+    pub const PENDING_PREFIX: &[u8] = b"pending:";
+
     /// The last sequence number given to a message for `recipient`.
     pub fn last_seq(recipient: &AgencyId) -> Vec<u8> {
-        [b"seq:".as_slice(), recipient.as_str().as_bytes()].concat()
+        [SEQ_PREFIX, recipient.as_str().as_bytes()].concat()
     }
 
     /// The last receipt cursor of `sender`.
     pub fn last_cursor(sender: &AgencyId) -> Vec<u8> {
-        [b"cursor:".as_slice(), sender.as_str().as_bytes()].concat()
+        [CURSOR_PREFIX, sender.as_str().as_bytes()].concat()
+    }
+
+    /// How many messages for `recipient` wait for an acknowledgement.
+    pub fn pending(recipient: &AgencyId) -> Vec<u8> {
+        [PENDING_PREFIX, recipient.as_str().as_bytes()].concat()
     }
 }
 
@@ -149,13 +154,8 @@ mod tests {
         let b = deadline(3, DeadlineKind::Escalate, &id);
         let c = deadline(1_000_000, DeadlineKind::Expire, &id);
         assert!(a < b && b < c);
-        assert!(
-            b < deadline_upper(3) && deadline_upper(3) < deadline(4, DeadlineKind::Escalate, &id)
-        );
-        assert_eq!(
-            parse_deadline(&c),
-            Some((1_000_000, DeadlineKind::Expire, id))
-        );
+        assert!(b < deadline_upper(3) && deadline_upper(3) < deadline(4, DeadlineKind::Escalate, &id));
+        assert_eq!(parse_deadline(&c), Some((1_000_000, DeadlineKind::Expire, id)));
     }
 
     #[test]

@@ -124,13 +124,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Up to `limit` entries with `start <= key < end`, in key order.
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Entries, StoreError>;
+    fn range(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError>;
 
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
     fn prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Entries, StoreError> {
@@ -147,6 +141,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Bytes used on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Brings the store back to a usable state after a failed commit (the
+    /// engine may have kept the failed batch in memory, or stopped taking
+    /// writes). Afterwards the store holds exactly what is on disk, with the
+    /// failed batch wholly there or wholly absent; callers reload any state
+    /// they derived from it.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Writes a consistent copy of every table to `dir` (a new store there).
     fn backup_to(&self, dir: &Path) -> Result<u64, StoreError>;

@@ -20,8 +20,9 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest)
-            .map_err(|e| StoreError::Corrupt(format!("{what} record: {e}"))),
+        Some((&RECORD_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(format!("{what} record: {e}")))
+        }
         Some((v, _)) => Err(StoreError::Corrupt(format!(
             "{what} record has format version {v}, this broker reads {RECORD_VERSION}"
         ))),
@@ -79,10 +80,7 @@ mod tests {
 
     #[test]
     fn records_carry_their_version_and_refuse_others() {
-        let r = FeedEntry {
-            message_id: [7; 16],
-            receipt: 2,
-        };
+        let r = FeedEntry { message_id: [7; 16], receipt: 2 };
         let mut bytes = encode(&r);
         assert_eq!(bytes[0], RECORD_VERSION);
         assert_eq!(decode::<FeedEntry>("feed", &bytes).unwrap(), r);

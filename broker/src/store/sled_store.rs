@@ -4,10 +4,19 @@
 //! Durability: sled's `flush` writes the log with `sync_file_range`, which
 //! does not flush the drive's cache, so every commit also `fdatasync`s the
 //! database file through a separately opened handle (fsync is per inode).
+//!
+//! Recovery: after any I/O error (a full disk, say) sled 0.34 refuses every
+//! later write with the same error, and its memory may hold the batch that
+//! failed. [`Store::recover`] therefore closes the database and opens it
+//! again from disk, which is what sled's crash recovery is for; the failed
+//! batch is then either wholly there or wholly absent.
+//!
 //! The only module that names sled.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use super::records::STORE_FORMAT;
 use super::{Batch, Entries, Op, Store, StoreError, Table};
@@ -18,10 +27,18 @@ use crate::store::keys::meta;
 const CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 #[derive(Debug)]
-pub struct SledStore {
+struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     data_file: File,
+}
+
+#[derive(Debug)]
+pub struct SledStore {
+    /// None only while [`Store::recover`] reopens the database, or after
+    /// it failed to (then `reopen_error` says why).
+    inner: RwLock<Option<Arc<Inner>>>,
+    reopen_error: std::sync::Mutex<Option<StoreError>>,
     path: PathBuf,
 }
 
@@ -47,28 +64,21 @@ fn key(t: Table, k: &[u8]) -> Vec<u8> {
     out
 }
 
+fn is_no_space(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
+}
+
 fn map_err(e: sled::Error) -> StoreError {
     match e {
-        sled::Error::Io(io)
-            if io.raw_os_error() == Some(libc::ENOSPC)
-                || io.kind() == std::io::ErrorKind::StorageFull =>
-        {
-            StoreError::NoSpace
-        }
+        sled::Error::Io(io) if is_no_space(&io) => StoreError::NoSpace,
         sled::Error::Io(io) => StoreError::Io(io.to_string()),
-        sled::Error::Corruption { at, bt: _ } => {
-            StoreError::Corrupt(format!("sled reports corruption at {at:?}"))
-        }
+        sled::Error::Corruption { at, bt: _ } => StoreError::Corrupt(format!("sled reports corruption at {at:?}")),
         other => StoreError::Io(other.to_string()),
     }
 }
 
 fn io_err(e: std::io::Error) -> StoreError {
-    if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull {
-        StoreError::NoSpace
-    } else {
-        StoreError::Io(e.to_string())
-    }
+    if is_no_space(&e) { StoreError::NoSpace } else { StoreError::Io(e.to_string()) }
 }
 
 /// sled reports a held lock as an I/O error wrapping EWOULDBLOCK.
@@ -76,121 +86,174 @@ fn is_lock_error(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
+fn refuse(dir: &Path, message: String) -> StoreError {
+    StoreError::Refused { path: dir.display().to_string(), message }
+}
+
+/// Opens sled in `dir`, waiting a little for a lock that a process just
+/// exiting (or a reopen) still holds.
+fn open_inner(dir: &Path) -> Result<Inner, StoreError> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_BYTES)
+        // The broker flushes itself on every commit; sled's timer would only add I/O.
+        .flush_every_ms(None);
+    let mut attempts = 0;
+    let db = loop {
+        // sled 0.34 panics on some damaged files instead of returning an
+        // error; a damaged data directory must be reported, never crash.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            refuse(dir, format!("is damaged: sled cannot read it ({what}); restore it from a backup"))
+        })?;
+        match opened {
+            Ok(db) => break db,
+            Err(sled::Error::Io(e)) if is_lock_error(&e) && attempts < 40 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                return Err(refuse(dir, "is in use by another broker process (its lock is held)".into()));
+            }
+            Err(e) => {
+                return Err(match map_err(e) {
+                    StoreError::NoSpace => StoreError::NoSpace,
+                    other => refuse(dir, format!("cannot open the store: {other}")),
+                });
+            }
+        }
+    };
+    let tree: sled::Tree = (*db).clone();
+    let data_file =
+        File::open(dir.join("db")).map_err(|e| refuse(dir, format!("cannot open the database file: {e}")))?;
+    Ok(Inner { db, tree, data_file })
+}
+
+fn apply(inner: &Inner, batch: &Batch) -> Result<(), StoreError> {
+    let mut b = sled::Batch::default();
+    for op in &batch.ops {
+        match op {
+            Op::Put(t, k, v) => b.insert(key(*t, k), v.as_slice()),
+            Op::Delete(t, k) => b.remove(key(*t, k)),
+        }
+    }
+    inner.tree.apply_batch(b).map_err(map_err)
+}
+
+fn make_durable(inner: &Inner) -> Result<(), StoreError> {
+    inner.db.flush().map_err(map_err)?;
+    inner.data_file.sync_data().map_err(io_err)
+}
+
 impl SledStore {
     /// Opens the store in `dir`, creating it if `dir` is missing or empty.
     /// Refuses a directory that holds anything else, or a store of another
     /// format, instead of resetting it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let refuse = |message: String| StoreError::Refused {
-            path: dir.display().to_string(),
-            message,
-        };
         let fresh = match std::fs::read_dir(dir) {
             Ok(mut entries) => entries.next().is_none(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-            Err(e) => return Err(refuse(format!("cannot read the data directory: {e}"))),
+            Err(e) => return Err(refuse(dir, format!("cannot read the data directory: {e}"))),
         };
         let looks_like_sled = dir.join("db").is_file() && dir.join("conf").is_file();
         if !fresh && !looks_like_sled {
             return Err(refuse(
-                "is not empty and is not a broker data directory (no sled 'db' and 'conf' files); refusing to use it".into(),
+                dir,
+                "is not empty and is not a broker data directory (no sled 'db' and 'conf' files); refusing to use it"
+                    .into(),
             ));
         }
-        let config = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            // The broker flushes itself on every commit; sled's timer would only add I/O.
-            .flush_every_ms(None);
-        // A process that just exited (a quick restart) may hold the lock for
-        // a moment; another live broker holds it for good.
-        let mut attempts = 0;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e)) if is_lock_error(&e) && attempts < 40 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
-                    return Err(refuse(
-                        "is in use by another broker process (its lock is held)".into(),
-                    ));
-                }
-                Err(e) => return Err(refuse(format!("cannot open the store: {}", map_err(e)))),
-            }
-        };
-        let tree: sled::Tree = (*db).clone();
-        let data_file = File::open(dir.join("db"))
-            .map_err(|e| refuse(format!("cannot open the database file: {e}")))?;
-        let store = Self {
-            db,
-            tree,
-            data_file,
-            path: dir.to_owned(),
-        };
+        let inner = open_inner(dir)?;
+        let empty = inner.tree.is_empty();
+        let store =
+            Self { inner: RwLock::new(Some(Arc::new(inner))), reopen_error: Default::default(), path: dir.to_owned() };
         match store.get(Table::Meta, meta::FORMAT)? {
             Some(f) if f == STORE_FORMAT => {}
             Some(f) => {
-                return Err(refuse(format!(
-                    "holds store format {:?}, this broker reads {:?}",
-                    String::from_utf8_lossy(&f),
-                    String::from_utf8_lossy(STORE_FORMAT)
-                )));
+                return Err(refuse(
+                    dir,
+                    format!(
+                        "holds store format {:?}, this broker reads {:?}",
+                        String::from_utf8_lossy(&f),
+                        String::from_utf8_lossy(STORE_FORMAT)
+                    ),
+                ));
             }
-            None if fresh || store.tree.is_empty() => {
+            None if fresh || empty => {
                 let mut b = Batch::default();
                 b.put(Table::Meta, meta::FORMAT.to_vec(), STORE_FORMAT.to_vec());
                 store.commit(&b)?;
             }
-            None => {
-                return Err(refuse(
-                    "holds data but no store format marker; refusing to use it".into(),
-                ));
-            }
+            None => return Err(refuse(dir, "holds data but no store format marker; refusing to use it".into())),
         }
         Ok(store)
+    }
+
+    /// Opens an existing store; refuses a missing or empty directory
+    /// instead of creating one (for tools that read a store).
+    pub fn open_existing(dir: &Path) -> Result<Self, StoreError> {
+        let has_files = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if !has_files {
+            return Err(refuse(dir, "holds no broker data".into()));
+        }
+        Self::open(dir)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    fn inner(&self) -> Result<Arc<Inner>, StoreError> {
+        self.inner.read().expect("store lock").clone().ok_or_else(|| {
+            self.reopen_error
+                .lock()
+                .expect("store lock")
+                .clone()
+                .unwrap_or_else(|| StoreError::Io("the store is being reopened after an I/O error".into()))
+        })
+    }
+
+    /// Applies every write in `batch` atomically, without flushing it to
+    /// disk: the writes are visible at once but may be lost in a crash.
+    /// For bulk loading and benchmarks only; never used for acknowledged
+    /// writes, which go through [`Store::commit`].
+    pub fn commit_unflushed(&self, batch: &Batch) -> Result<(), StoreError> {
+        apply(&*self.inner()?, batch)
+    }
+
+    /// Number of records (all tables).
+    pub fn len(&self) -> Result<usize, StoreError> {
+        Ok(self.inner()?.tree.len())
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.inner()?.tree.is_empty())
+    }
 }
 
 impl Store for SledStore {
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for op in &batch.ops {
-            match op {
-                Op::Put(t, k, v) => b.insert(key(*t, k), v.as_slice()),
-                Op::Delete(t, k) => b.remove(key(*t, k)),
-            }
-        }
-        self.tree.apply_batch(b).map_err(map_err)?;
-        self.db.flush().map_err(map_err)?;
-        self.data_file.sync_data().map_err(io_err)
+        let inner = self.inner()?;
+        apply(&inner, batch)?;
+        make_durable(&inner)
     }
 
     fn get(&self, table: Table, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree
-            .get(key(table, k))
-            .map_err(map_err)?
-            .map(|v| v.to_vec()))
+        Ok(self.inner()?.tree.get(key(table, k)).map_err(map_err)?.map(|v| v.to_vec()))
     }
 
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
+    fn range(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
         let (s, e) = (key(table, start), key(table, end));
         if s >= e {
             return Ok(vec![]);
         }
+        let inner = self.inner()?;
         let mut out = Vec::new();
-        for item in self.tree.range(s..e).take(limit) {
+        for item in inner.tree.range(s..e).take(limit) {
             let (k, v) = item.map_err(map_err)?;
             out.push((k[1..].to_vec(), v.to_vec()));
         }
@@ -198,38 +261,59 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(map_err)
+        self.inner()?.db.size_on_disk().map_err(map_err)
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        let mut slot = self.inner.write().expect("store lock");
+        let weak = slot.take().map(|old| Arc::downgrade(&old));
+        // Readers hold the old database only for the length of one call.
+        if let Some(weak) = weak {
+            for _ in 0..200 {
+                if weak.strong_count() == 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        match open_inner(&self.path) {
+            Ok(inner) => {
+                *slot = Some(Arc::new(inner));
+                *self.reopen_error.lock().expect("store lock") = None;
+                tracing::warn!(path = %self.path.display(), "store reopened after an I/O error");
+                Ok(())
+            }
+            Err(e) => {
+                *self.reopen_error.lock().expect("store lock") = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 
     fn backup_to(&self, dir: &Path) -> Result<u64, StoreError> {
         let target = SledStore::open(dir)?;
-        if target.tree.len() > 1 {
-            return Err(StoreError::Refused {
-                path: dir.display().to_string(),
-                message: "backup target already holds data".into(),
-            });
+        let target_inner = target.inner()?;
+        if target_inner.tree.len() > 1 {
+            return Err(refuse(dir, "backup target already holds data".into()));
         }
+        let inner = self.inner()?;
         // sled iterators are not snapshots: the caller (the committer) runs
         // this between commits, so nothing changes while it copies.
         let mut raw = sled::Batch::default();
         let mut pending = 0usize;
         let mut copied = 0u64;
-        for item in self.tree.iter() {
+        for item in inner.tree.iter() {
             let (k, v) = item.map_err(map_err)?;
             raw.insert(k, v);
             pending += 1;
             copied += 1;
             if pending == 10_000 {
-                target
-                    .tree
-                    .apply_batch(std::mem::take(&mut raw))
-                    .map_err(map_err)?;
+                target_inner.tree.apply_batch(std::mem::take(&mut raw)).map_err(map_err)?;
                 pending = 0;
             }
         }
-        target.tree.apply_batch(raw).map_err(map_err)?;
-        target.db.flush().map_err(map_err)?;
-        target.data_file.sync_data().map_err(io_err)?;
+        target_inner.tree.apply_batch(raw).map_err(map_err)?;
+        make_durable(&target_inner)?;
         Ok(copied)
     }
 }
@@ -249,17 +333,12 @@ mod tests {
             }
             b.put(Table::Queue, b"x".to_vec(), b"other table".to_vec());
             s.commit(&b).unwrap();
-            let r = s
-                .range(Table::Audit, &3u64.to_be_bytes(), &6u64.to_be_bytes(), 100)
-                .unwrap();
+            let r = s.range(Table::Audit, &3u64.to_be_bytes(), &6u64.to_be_bytes(), 100).unwrap();
             assert_eq!(r.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [3, 4, 5]);
             assert_eq!(s.prefix(Table::Queue, b"", 10).unwrap().len(), 1);
         }
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(
-            s.get(Table::Audit, &9u64.to_be_bytes()).unwrap(),
-            Some(vec![9])
-        );
+        assert_eq!(s.get(Table::Audit, &9u64.to_be_bytes()).unwrap(), Some(vec![9]));
     }
 
     #[test]
@@ -268,11 +347,7 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
         let err = SledStore::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("not a broker data directory"), "{err}");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
-            "mine",
-            "never reset"
-        );
+        assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine", "never reset");
     }
 
     #[test]
@@ -280,8 +355,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
-            db.insert(b"\x00store-format", b"something else".to_vec())
-                .unwrap();
+            db.insert(b"\x00store-format", b"something else".to_vec()).unwrap();
             db.flush().unwrap();
         }
         let err = SledStore::open(dir.path()).unwrap_err().to_string();

@@ -22,24 +22,17 @@ async fn traffic(h: &Harness, n: usize) {
     let oncall = h.client(SOCIAL_ONCALL).await;
     let mut alerts = oncall.subscribe().await.unwrap();
     for i in 0..n {
-        let sent = police
-            .send(&AgencyId::new(SOCIAL).unwrap(), &example_notice())
-            .await
-            .unwrap();
+        let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
         // Receiving it records a delivery.
         loop {
-            if let agency_client::alerts::AlertEvent::Referral(r) =
-                alerts.next().await.unwrap().unwrap()
+            if let agency_client::alerts::AlertEvent::Referral(r) = alerts.next().await.unwrap().unwrap()
                 && r.message_id == sent.message_id
             {
                 break;
             }
         }
         if i % 2 == 0 {
-            oncall
-                .ack_digest(sent.message_id, sent.envelope_digest, "jour-1")
-                .await
-                .unwrap();
+            oncall.ack_digest(sent.message_id, sent.envelope_digest, "jour-1").await.unwrap();
         }
     }
     let mut bad = crate::support::example_envelope(h, POLICE_SYSTEM, SOCIAL).await;
@@ -54,12 +47,7 @@ async fn verify(h: &Harness, state: &Path) -> agency_client::auditor::Verificati
 }
 
 fn failures(v: &agency_client::auditor::Verification) -> String {
-    v.report
-        .failures
-        .iter()
-        .map(|f| f.to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+    v.report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n")
 }
 
 #[tokio::test]
@@ -70,24 +58,14 @@ async fn a_real_log_verifies_grows_consistently_and_proves_entries() {
     let v = verify(&h, &state).await;
     assert!(v.ok, "{}", failures(&v));
     let c = |k| v.report.counts.get(&k).copied().unwrap_or(0);
-    assert_eq!(
-        (
-            c(EventKind::Submitted),
-            c(EventKind::Acknowledged),
-            c(EventKind::Rejected)
-        ),
-        (4, 2, 1)
-    );
+    assert_eq!((c(EventKind::Submitted), c(EventKind::Acknowledged), c(EventKind::Rejected)), (4, 2, 1));
     assert_eq!(v.report.pairs, [(POLICE.to_owned(), SOCIAL.to_owned(), 4)]);
     assert_eq!(v.report.rejections.get("bad_signature"), Some(&1));
     let first_size = v.report.tree_size;
 
     // More traffic the other way; the next run proves the log only grew.
     let social = h.client(SOCIAL_SYSTEM).await;
-    let sent = social
-        .send(&AgencyId::new(POLICE).unwrap(), &example_notice())
-        .await
-        .unwrap();
+    let sent = social.send(&AgencyId::new(POLICE).unwrap(), &example_notice()).await.unwrap();
     let v2 = verify(&h, &state).await;
     assert!(v2.ok, "{}", failures(&v2));
     assert_eq!(v2.previous_size, Some(first_size));
@@ -106,38 +84,18 @@ async fn the_auditor_cli_verifies_replays_and_proves() {
     traffic(&h, 2).await;
     let exe = Path::new(env!("CARGO_BIN_EXE_under-test"));
     let profile = h.profile(AUDITOR).display().to_string();
-    let (code, out, err) = run_tool(
-        exe,
-        "agency-client",
-        &["--profile", &profile, "audit", "verify"],
-    )
-    .await;
+    let (code, out, err) = run_tool(exe, "agency-client", &["--profile", &profile, "audit", "verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("OK: every signature") && out.contains("submitted     2"),
-        "{out}"
-    );
-    let (code, out, _) = run_tool(
-        exe,
-        "agency-client",
-        &["--profile", &profile, "--json", "audit", "replay"],
-    )
-    .await;
+    assert!(out.contains("OK: every signature") && out.contains("submitted     2"), "{out}");
+    let (code, out, _) = run_tool(exe, "agency-client", &["--profile", &profile, "--json", "audit", "replay"]).await;
     assert_eq!(code, 0);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["event"], "submitted");
     assert_eq!(lines[0]["index"], 0);
     let id = lines[0]["message_id"].as_str().unwrap().to_owned();
     assert!(!out.contains("Testperson"), "the log holds no content");
-    let (code, out, err) = run_tool(
-        exe,
-        "agency-client",
-        &["--profile", &profile, "--json", "audit", "prove", &id],
-    )
-    .await;
+    let (code, out, err) =
+        run_tool(exe, "agency-client", &["--profile", &profile, "--json", "audit", "prove", &id]).await;
     assert_eq!(code, 0, "{err}");
     let proof: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     // The printed proof checks offline with nothing but the proto crate.
@@ -146,13 +104,9 @@ async fn the_auditor_cli_verifies_replays_and_proves() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| {
-            referral_proto::Digest::from_slice(&hex::decode(h.as_str().unwrap()).unwrap()).unwrap()
-        })
+        .map(|h| referral_proto::Digest::from_slice(&hex::decode(h.as_str().unwrap()).unwrap()).unwrap())
         .collect();
-    let root =
-        referral_proto::Digest::from_slice(&hex::decode(proof["root"].as_str().unwrap()).unwrap())
-            .unwrap();
+    let root = referral_proto::Digest::from_slice(&hex::decode(proof["root"].as_str().unwrap()).unwrap()).unwrap();
     referral_proto::merkle::verify_inclusion(
         &leaf_hash(&entry),
         proof["leaf_index"].as_u64().unwrap(),
@@ -163,12 +117,7 @@ async fn the_auditor_cli_verifies_replays_and_proves() {
     .unwrap();
     // Only auditors may do this.
     let police = h.profile(POLICE_SYSTEM).display().to_string();
-    let (code, _, err) = run_tool(
-        exe,
-        "agency-client",
-        &["--profile", &police, "audit", "verify"],
-    )
-    .await;
+    let (code, _, err) = run_tool(exe, "agency-client", &["--profile", &police, "audit", "verify"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("PERMISSION_DENIED"), "{err}");
 }
@@ -178,14 +127,9 @@ async fn the_auditor_cli_verifies_replays_and_proves() {
 /// tree rebuilt, so the restarted broker serves, and signs, the new log.
 fn rewrite_log(data_dir: &Path, edit: impl FnOnce(&mut Vec<pb::AuditEntry>), rebuild_tree: bool) {
     let store = SledStore::open(data_dir).unwrap();
-    let old: Vec<(Vec<u8>, Vec<u8>)> = store
-        .range(Table::Audit, &[], &[0xff; 9], usize::MAX)
-        .unwrap();
-    let mut entries: Vec<pb::AuditEntry> = old
-        .iter()
-        .enumerate()
-        .map(|(i, (_, b))| decode_entry(b, i as u64).unwrap())
-        .collect();
+    let old: Vec<(Vec<u8>, Vec<u8>)> = store.range(Table::Audit, &[], &[0xff; 9], usize::MAX).unwrap();
+    let mut entries: Vec<pb::AuditEntry> =
+        old.iter().enumerate().map(|(i, (_, b))| decode_entry(b, i as u64).unwrap()).collect();
     edit(&mut entries);
     let mut batch = Batch::default();
     for (k, _) in &old {
@@ -193,10 +137,7 @@ fn rewrite_log(data_dir: &Path, edit: impl FnOnce(&mut Vec<pb::AuditEntry>), reb
     }
     let mut frontier = Frontier::default();
     if rebuild_tree {
-        for (k, _) in store
-            .range(Table::MerkleNodes, &[], &[0xff; 10], usize::MAX)
-            .unwrap()
-        {
+        for (k, _) in store.range(Table::MerkleNodes, &[], &[0xff; 10], usize::MAX).unwrap() {
             batch.delete(Table::MerkleNodes, k);
         }
     }
@@ -205,23 +146,18 @@ fn rewrite_log(data_dir: &Path, edit: impl FnOnce(&mut Vec<pb::AuditEntry>), reb
         let bytes = encode_entry(e);
         for n in frontier.append(leaf_hash(&bytes)) {
             if rebuild_tree {
-                batch.put(
-                    Table::MerkleNodes,
-                    keys::merkle(n.level, n.index),
-                    n.hash.0.to_vec(),
-                );
+                batch.put(Table::MerkleNodes, keys::merkle(n.level, n.index), n.hash.0.to_vec());
             }
         }
         batch.put(Table::Audit, keys::audit(i as u64), bytes);
     }
     if rebuild_tree {
-        batch.put(
-            Table::Meta,
-            keys::meta::AUDIT_SIZE.to_vec(),
-            frontier.size().to_be_bytes().to_vec(),
-        );
+        batch.put(Table::Meta, keys::meta::AUDIT_SIZE.to_vec(), frontier.size().to_be_bytes().to_vec());
     }
     store.commit(&batch).unwrap();
+    // The broker would refuse a store behind its checkpoint; an operator
+    // rewriting history removes that too.
+    let _ = std::fs::remove_file(broker::checkpoint::path(data_dir));
 }
 
 /// A verified log, then `edit` by the operator, then the auditor again.
@@ -241,13 +177,7 @@ async fn tamper_and_verify(
 }
 
 fn position(entries: &[pb::AuditEntry], kind: EventKind, nth: usize) -> usize {
-    entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| EventKind::of(e.event.as_ref().unwrap()) == kind)
-        .nth(nth)
-        .unwrap()
-        .0
+    entries.iter().enumerate().filter(|(_, e)| EventKind::of(e.event.as_ref().unwrap()) == kind).nth(nth).unwrap().0
 }
 
 #[tokio::test]
@@ -265,13 +195,9 @@ async fn a_changed_byte_is_caught_and_located() {
     .await;
     assert!(!v.ok);
     let all = failures(&v);
+    assert!(all.contains(&format!("entry {at}: message")) && all.contains("signature does not verify"), "{all}");
     assert!(
-        all.contains(&format!("entry {at}: message")) && all.contains("signature does not verify"),
-        "{all}"
-    );
-    assert!(
-        all.contains("first changed block is entries 0..=255")
-            || all.contains("no longer those verified"),
+        all.contains("first changed block is entries 0..=255") || all.contains("no longer those verified"),
         "{all}"
     );
 }
@@ -288,10 +214,7 @@ async fn a_changed_unsigned_byte_is_caught_by_the_previous_tree_head() {
     .await;
     assert!(!v.ok);
     let all = failures(&v);
-    assert!(
-        all.contains("cannot prove that its log") && all.contains("rewritten or forked"),
-        "{all}"
-    );
+    assert!(all.contains("cannot prove that its log") && all.contains("rewritten or forked"), "{all}");
     assert!(all.contains("no longer those verified"), "{all}");
 }
 
@@ -308,14 +231,10 @@ async fn a_deleted_entry_is_caught_and_located() {
     assert!(!v.ok);
     let all = failures(&v);
     assert!(
-        all.contains("a submission is missing or out of order")
-            || all.contains("which was never submitted"),
+        all.contains("a submission is missing or out of order") || all.contains("which was never submitted"),
         "{all}"
     );
-    assert!(
-        all.contains("rewritten or forked") || all.contains("shrank"),
-        "{all}"
-    );
+    assert!(all.contains("rewritten or forked") || all.contains("shrank"), "{all}");
 }
 
 #[tokio::test]
@@ -336,11 +255,7 @@ async fn reordered_entries_are_caught_and_located() {
     .await;
     assert!(!v.ok);
     let all = failures(&v);
-    assert!(
-        all.contains(&format!("entry {at}: delivery of message"))
-            && all.contains("never submitted"),
-        "{all}"
-    );
+    assert!(all.contains(&format!("entry {at}: delivery of message")) && all.contains("never submitted"), "{all}");
 }
 
 #[tokio::test]
@@ -356,18 +271,12 @@ async fn a_truncated_and_regrown_log_is_caught() {
     h.restart().await;
     traffic(&h, 6).await;
     let after = verify(&h, &state).await;
-    assert!(
-        after.report.tree_size > before.report.tree_size,
-        "regrown past the verified size"
-    );
+    assert!(after.report.tree_size > before.report.tree_size, "regrown past the verified size");
     assert!(!after.ok);
     let all = failures(&after);
     assert!(all.contains("rewritten or forked"), "{all}");
     assert!(
-        all.contains(&format!(
-            "the first {} entries are no longer those verified",
-            before.report.tree_size
-        )),
+        all.contains(&format!("the first {} entries are no longer those verified", before.report.tree_size)),
         "{all}"
     );
 }

@@ -26,12 +26,7 @@ fn write_referral(dir: &Path, notice: &referral_proto::notice::ReferralNotice) -
 async fn send_listen_ack_status_and_directory() {
     let h = Harness::start().await;
     let file = write_referral(h.dir(), &referral_proto::notice::example_notice());
-    let (code, out, err) = client(
-        &h,
-        POLICE_SYSTEM,
-        &["--json", "send", "--to", SOCIAL, "--referral", &file],
-    )
-    .await;
+    let (code, out, err) = client(&h, POLICE_SYSTEM, &["--json", "send", "--to", SOCIAL, "--referral", &file]).await;
     assert_eq!(code, 0, "{err}");
     let sent: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let id = sent["message_id"].as_str().unwrap().to_owned();
@@ -39,55 +34,37 @@ async fn send_listen_ack_status_and_directory() {
 
     let (code, out, err) = client(&h, SOCIAL_ONCALL, &["--json", "listen", "--once"]).await;
     assert_eq!(code, 0, "{err}");
-    let events: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events[0]["event"], "referral");
     assert_eq!(events[0]["message_id"], id.as_str());
-    assert_eq!(
-        events[0]["notice"]["subject"]["name"],
-        "Testperson Andersson"
-    );
+    assert_eq!(events[0]["notice"]["subject"]["name"], "Testperson Andersson");
     assert_eq!(events.last().unwrap()["event"], "caught_up");
 
     // The readable form for a person on call.
     let (code, out, _) = client(&h, SOCIAL_ONCALL, &["listen", "--once"]).await;
     assert_eq!(code, 0);
     assert!(
-        out.contains("URGENT referral")
-            && out.contains("Legal basis:")
-            && out.contains(&format!("ack {id}")),
+        out.contains("URGENT referral") && out.contains("Legal basis:") && out.contains(&format!("ack {id}")),
         "{out}"
     );
 
     let (code, out, err) = client(&h, SOCIAL_ONCALL, &["ack", &id, "--by", "jour-3"]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains(&format!("acknowledged {id} as jour-3")),
-        "{out}"
-    );
+    assert!(out.contains(&format!("acknowledged {id} as jour-3")), "{out}");
     let (code, out, _) = client(&h, SOCIAL_ONCALL, &["ack", &id]).await;
     assert_eq!(code, 1, "a settled message is no longer waiting: {out}");
 
     let (code, out, err) = client(&h, POLICE_SYSTEM, &["--json", "status", &id]).await;
     assert_eq!(code, 0, "{err}");
     let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let statuses: Vec<&str> = status["receipts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
+    let statuses: Vec<&str> =
+        status["receipts"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["ACCEPTED", "DELIVERED", "ACKNOWLEDGED"]);
     assert_eq!(status["receipts"][2]["acknowledged_by"], "jour-3");
 
     let (code, out, _) = client(&h, POLICE_SYSTEM, &["directory"]).await;
     assert_eq!(code, 0);
-    assert!(
-        out.contains("huddinge-socialtjanst") && out.contains("signature verified"),
-        "{out}"
-    );
+    assert!(out.contains("huddinge-socialtjanst") && out.contains("signature verified"), "{out}");
 }
 
 #[tokio::test]
@@ -95,82 +72,40 @@ async fn errors_name_the_problem() {
     let h = Harness::start().await;
     let good = write_referral(h.dir(), &referral_proto::notice::example_notice());
 
-    let (code, _, err) = run_tool(
-        exe(),
-        "agency-client",
-        &["--profile", "/nonexistent", "directory"],
-    )
-    .await;
+    let (code, _, err) = run_tool(exe(), "agency-client", &["--profile", "/nonexistent", "directory"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("not a profile folder"), "{err}");
 
-    let (code, _, err) = client(
-        &h,
-        POLICE_SYSTEM,
-        &["send", "--to", "okand-kommun", "--referral", &good],
-    )
-    .await;
+    let (code, _, err) = client(&h, POLICE_SYSTEM, &["send", "--to", "okand-kommun", "--referral", &good]).await;
     assert_eq!(code, 1);
-    assert!(
-        err.contains("agency okand-kommun is not in the directory"),
-        "{err}"
-    );
+    assert!(err.contains("agency okand-kommun is not in the directory"), "{err}");
 
     let mut bad = referral_proto::notice::example_notice();
     bad.legal_basis.reason.clear();
     bad.sender_case_reference = "ref 19850312-2387".into();
     let bad_file = h.dir().join("bad.json");
     std::fs::write(&bad_file, serde_json::to_string(&bad).unwrap()).unwrap();
-    let (code, _, err) = client(
-        &h,
-        POLICE_SYSTEM,
-        &[
-            "send",
-            "--to",
-            SOCIAL,
-            "--referral",
-            bad_file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (code, _, err) =
+        client(&h, POLICE_SYSTEM, &["send", "--to", SOCIAL, "--referral", bad_file.to_str().unwrap()]).await;
     assert_eq!(code, 1);
     assert!(
         err.contains("legal_basis.reason: is required")
             && err.contains("sender_case_reference: must not contain a personal identity number"),
         "{err}"
     );
-    assert!(
-        !err.contains("19850312"),
-        "errors never echo personal data: {err}"
-    );
+    assert!(!err.contains("19850312"), "errors never echo personal data: {err}");
 
-    let (code, _, err) = client(
-        &h,
-        SOCIAL_ONCALL,
-        &["send", "--to", POLICE, "--referral", &good],
-    )
-    .await;
+    let (code, _, err) = client(&h, SOCIAL_ONCALL, &["send", "--to", POLICE, "--referral", &good]).await;
     assert_eq!(code, 1);
-    assert!(
-        err.contains("PERMISSION_DENIED") && err.contains("role oncall may not call Submit"),
-        "{err}"
-    );
+    assert!(err.contains("PERMISSION_DENIED") && err.contains("role oncall may not call Submit"), "{err}");
 
     // An expired certificate: the client says so before trying.
     let expired_dir = h.dir().join("expired-profile");
     let mut fed = h.federation();
-    let p = referral_proto::ids::Principal::parse_uri(
-        "spiffe://igor.example.se/agency/polisen-huddinge/system/gammal",
-    )
-    .unwrap();
-    let now = certs::now();
-    let issued = fed
-        .issue_principal(
-            &p,
-            now.plus_millis(-3 * 86_400_000),
-            now.plus_millis(-86_400_000),
-        )
+    let p = referral_proto::ids::Principal::parse_uri("spiffe://igor.example.se/agency/polisen-huddinge/system/gammal")
         .unwrap();
+    let now = certs::now();
+    let issued = fed.issue_principal(&p, now.plus_millis(-3 * 86_400_000), now.plus_millis(-86_400_000)).unwrap();
     let ca = std::fs::read_to_string(h.dev.federation_dir().join("ca.pem")).unwrap();
     certs::profile::write(
         &expired_dir,
@@ -186,12 +121,8 @@ async fn errors_name_the_problem() {
         false,
     )
     .unwrap();
-    let (code, _, err) = run_tool(
-        exe(),
-        "agency-client",
-        &["--profile", expired_dir.to_str().unwrap(), "directory"],
-    )
-    .await;
+    let (code, _, err) =
+        run_tool(exe(), "agency-client", &["--profile", expired_dir.to_str().unwrap(), "directory"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("the certificate expired at"), "{err}");
 
@@ -213,25 +144,54 @@ async fn certs_dev_refuses_to_overwrite() {
     assert!(out.contains("profile:"), "{out}");
     let (code, _, err) = run_tool(exe(), "certs", &["dev", "--dir", d]).await;
     assert_eq!(code, 1);
-    assert!(
-        err.contains("already holds a development federation; pass --force"),
-        "{err}"
-    );
+    assert!(err.contains("already holds a development federation; pass --force"), "{err}");
     let (code, _, err) = run_tool(exe(), "certs", &["dev", "--dir", d, "--force"]).await;
     assert_eq!(code, 0, "{err}");
     let other = tmp.path().join("mine");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "keep").unwrap();
-    let (code, _, err) = run_tool(
-        exe(),
-        "certs",
-        &["dev", "--dir", other.to_str().unwrap(), "--force"],
-    )
-    .await;
+    let (code, _, err) = run_tool(exe(), "certs", &["dev", "--dir", other.to_str().unwrap(), "--force"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("is not a development federation"), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
-        "keep"
-    );
+    assert_eq!(std::fs::read_to_string(other.join("notes.txt")).unwrap(), "keep");
+}
+
+#[tokio::test]
+async fn broker_dev_makes_a_federation_and_serves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let (listen, admin) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(exe())
+        .args([
+            "broker",
+            "dev",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .arg("--data")
+        .arg(tmp.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..500 {
+        if let Ok((200, _)) = broker::admin::request(admin, "GET", "/health", None).await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ready, "broker dev became healthy");
+    assert!(dir.join("broker.toml").is_file());
+    let client = agency_client::Client::connect_dir(&dir.join("profiles").join(POLICE_SYSTEM)).await.unwrap();
+    assert_eq!(client.refresh_directory().await.unwrap().agencies.len(), 2);
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().await.unwrap().success(), "SIGTERM shuts down cleanly");
 }

@@ -34,20 +34,11 @@ async fn send(h: &Harness, urgency: Urgency) -> (agency_client::Sent, agency_cli
     let police = h.client(POLICE_SYSTEM).await;
     let mut n = example_notice();
     n.urgency = urgency;
-    (
-        police
-            .send(&AgencyId::new(SOCIAL).unwrap(), &n)
-            .await
-            .unwrap(),
-        police,
-    )
+    (police.send(&AgencyId::new(SOCIAL).unwrap(), &n).await.unwrap(), police)
 }
 
 fn manual() -> Options {
-    Options {
-        manual_clock: true,
-        ..Options::default()
-    }
+    Options { manual_clock: true, ..Options::default() }
 }
 
 #[tokio::test]
@@ -62,24 +53,15 @@ async fn a_missed_deadline_escalates_to_sender_and_escalation_contact() {
     h.state().committer.barrier().await;
     h.advance(2 * Duration::from_secs(60));
     let escalated = wait_status(&mut receipts, sent.message_id, ReceiptStatus::Escalated).await;
-    assert_eq!(
-        escalated.statement.detail,
-        "spiffe://igor.example.se/agency/huddinge-socialtjanst/oncall/socialjour"
-    );
+    assert_eq!(escalated.statement.detail, "spiffe://igor.example.se/agency/huddinge-socialtjanst/oncall/socialjour");
     loop {
         match alerts.next().await.unwrap().unwrap() {
-            AlertEvent::Escalation {
-                message_id,
-                urgency,
-                ..
-            } => {
+            AlertEvent::Escalation { message_id, urgency, .. } => {
                 assert_eq!(message_id, sent.message_id);
                 assert_eq!(urgency, Some(Urgency::Urgent));
                 break;
             }
-            AlertEvent::Referral(_)
-            | AlertEvent::CaughtUp { .. }
-            | AlertEvent::Heartbeat { .. } => {}
+            AlertEvent::Referral(_) | AlertEvent::CaughtUp { .. } | AlertEvent::Heartbeat { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -96,24 +78,9 @@ async fn each_urgency_has_its_own_deadline() {
     let (routine, _) = send(&h, Urgency::Routine).await;
     let mut receipts = police.watch_receipts(0).await.unwrap();
     h.advance(Duration::from_secs(16 * 60));
-    wait_status(
-        &mut receipts,
-        immediate.message_id,
-        ReceiptStatus::Escalated,
-    )
-    .await;
-    let statuses = police
-        .receipts(&[routine.message_id])
-        .await
-        .unwrap()
-        .remove(0)
-        .1;
-    assert!(
-        statuses
-            .iter()
-            .all(|r| r.statement.status != ReceiptStatus::Escalated),
-        "routine waits 3 days"
-    );
+    wait_status(&mut receipts, immediate.message_id, ReceiptStatus::Escalated).await;
+    let statuses = police.receipts(&[routine.message_id]).await.unwrap().remove(0).1;
+    assert!(statuses.iter().all(|r| r.statement.status != ReceiptStatus::Escalated), "routine waits 3 days");
     h.advance(3 * DAY);
     wait_status(&mut receipts, routine.message_id, ReceiptStatus::Escalated).await;
 }
@@ -127,20 +94,10 @@ async fn unacknowledged_messages_expire_and_their_ciphertext_is_deleted() {
     wait_status(&mut receipts, sent.message_id, ReceiptStatus::Expired).await;
     h.state().committer.barrier().await;
     let key = sent.message_id.as_bytes().to_vec();
-    assert_eq!(
-        h.state()
-            .store
-            .get(broker::store::Table::Envelopes, &key)
-            .unwrap(),
-        None,
-        "ciphertext purged"
-    );
+    assert_eq!(h.state().store.get(broker::store::Table::Envelopes, &key).unwrap(), None, "ciphertext purged");
     // Too late to acknowledge.
     let oncall = h.client(SOCIAL_ONCALL).await;
-    let err = oncall
-        .ack_digest(sent.message_id, sent.envelope_digest, "jour-1")
-        .await
-        .unwrap_err();
+    let err = oncall.ack_digest(sent.message_id, sent.envelope_digest, "jour-1").await.unwrap_err();
     assert_eq!(err.status().unwrap().code(), Code::FailedPrecondition);
     // Gone from the queue too.
     let mut alerts = oncall.subscribe().await.unwrap();
@@ -158,59 +115,28 @@ async fn unacknowledged_messages_expire_and_their_ciphertext_is_deleted() {
         .map(|e| referral_proto::audit::EventKind::of(&e))
         .collect();
     use referral_proto::audit::EventKind::*;
-    assert_eq!(
-        kinds,
-        [Submitted, Escalated, Expired, Purged, Rejected],
-        "the late ack is logged as rejected"
-    );
+    assert_eq!(kinds, [Submitted, Escalated, Expired, Purged, Rejected], "the late ack is logged as rejected");
 }
 
 #[tokio::test]
 async fn acknowledged_ciphertext_is_purged_after_the_retention_period() {
     let h = Harness::start_with(manual()).await;
     let (sent, police) = send(&h, Urgency::Urgent).await;
-    h.client(SOCIAL_ONCALL)
-        .await
-        .ack(sent.message_id, "jour-1")
-        .await
-        .unwrap();
+    h.client(SOCIAL_ONCALL).await.ack(sent.message_id, "jour-1").await.unwrap();
     let key = sent.message_id.as_bytes().to_vec();
-    assert!(
-        h.state()
-            .store
-            .get(broker::store::Table::Envelopes, &key)
-            .unwrap()
-            .is_some()
-    );
+    assert!(h.state().store.get(broker::store::Table::Envelopes, &key).unwrap().is_some());
     let mut tree = h.state().hub.tree.subscribe();
     h.advance(7 * DAY + Duration::from_secs(1));
     loop {
         h.state().committer.barrier().await;
         let entries = audit_entries(&h).await;
-        if entries
-            .iter()
-            .any(|e| matches!(e.event, Some(pb::audit_entry::Event::Purged(_))))
-        {
+        if entries.iter().any(|e| matches!(e.event, Some(pb::audit_entry::Event::Purged(_)))) {
             break;
         }
         tree.changed().await.unwrap();
     }
-    assert_eq!(
-        h.state()
-            .store
-            .get(broker::store::Table::Envelopes, &key)
-            .unwrap(),
-        None
-    );
+    assert_eq!(h.state().store.get(broker::store::Table::Envelopes, &key).unwrap(), None);
     // The receipts stay: the log and the sender keep digests, not content.
-    let receipts = police
-        .receipts(&[sent.message_id])
-        .await
-        .unwrap()
-        .remove(0)
-        .1;
-    assert_eq!(
-        receipts.last().unwrap().statement.status,
-        ReceiptStatus::Acknowledged
-    );
+    let receipts = police.receipts(&[sent.message_id]).await.unwrap().remove(0).1;
+    assert_eq!(receipts.last().unwrap().statement.status, ReceiptStatus::Acknowledged);
 }

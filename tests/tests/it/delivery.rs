@@ -39,14 +39,8 @@ async fn backlog(alerts: &mut Alerts<'_>) -> Vec<Box<IncomingReferral>> {
 async fn next_settled(alerts: &mut Alerts<'_>) -> (MessageId, String) {
     loop {
         match alerts.next().await.unwrap().expect("stream open") {
-            AlertEvent::Settled {
-                message_id,
-                acknowledged_by,
-                ..
-            } => return (message_id, acknowledged_by),
-            AlertEvent::Heartbeat { .. }
-            | AlertEvent::CaughtUp { .. }
-            | AlertEvent::Referral(_) => {}
+            AlertEvent::Settled { message_id, acknowledged_by, .. } => return (message_id, acknowledged_by),
+            AlertEvent::Heartbeat { .. } | AlertEvent::CaughtUp { .. } | AlertEvent::Referral(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -62,36 +56,18 @@ async fn every_subscriber_is_alerted_and_the_first_ack_wins() {
     let mut a = oncall.subscribe().await.unwrap();
     let mut b = oncall_second_device.subscribe().await.unwrap();
     let mut c = system.subscribe().await.unwrap();
-    let sent = police
-        .send(&AgencyId::new(SOCIAL).unwrap(), &example_notice())
-        .await
-        .unwrap();
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
     for alerts in [&mut a, &mut b, &mut c] {
         assert_eq!(next_referral(alerts).await.message_id, sent.message_id);
     }
-    let first = oncall
-        .ack_digest(sent.message_id, sent.envelope_digest, "jour-1")
-        .await
-        .unwrap();
+    let first = oncall.ack_digest(sent.message_id, sent.envelope_digest, "jour-1").await.unwrap();
     assert!(!first.already_acknowledged);
-    let second = system
-        .ack_digest(sent.message_id, sent.envelope_digest, "handlaggare-2")
-        .await
-        .unwrap();
+    let second = system.ack_digest(sent.message_id, sent.envelope_digest, "handlaggare-2").await.unwrap();
     assert!(second.already_acknowledged);
-    assert_eq!(
-        second.receipt, first.receipt,
-        "the later ack gets the first ack's receipt"
-    );
-    assert_eq!(
-        second.receipt.ack.unwrap().statement.acknowledged_by,
-        "jour-1"
-    );
+    assert_eq!(second.receipt, first.receipt, "the later ack gets the first ack's receipt");
+    assert_eq!(second.receipt.ack.unwrap().statement.acknowledged_by, "jour-1");
     for alerts in [&mut a, &mut b, &mut c] {
-        assert_eq!(
-            next_settled(alerts).await,
-            (sent.message_id, "jour-1".to_owned())
-        );
+        assert_eq!(next_settled(alerts).await, (sent.message_id, "jour-1".to_owned()));
     }
 }
 
@@ -101,13 +77,7 @@ async fn unacknowledged_messages_are_redelivered_in_order_after_reconnect() {
     let police = h.client(POLICE_SYSTEM).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(
-            police
-                .send(&AgencyId::new(SOCIAL).unwrap(), &example_notice())
-                .await
-                .unwrap()
-                .message_id,
-        );
+        ids.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap().message_id);
     }
     let oncall = h.client(SOCIAL_ONCALL).await;
     let first = {
@@ -115,33 +85,16 @@ async fn unacknowledged_messages_are_redelivered_in_order_after_reconnect() {
         backlog(&mut alerts).await
     };
     assert_eq!(first.iter().map(|r| r.message_id).collect::<Vec<_>>(), ids);
-    assert_eq!(
-        first.iter().map(|r| r.sequence).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5]
-    );
+    assert_eq!(first.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     assert!(first.iter().all(|r| !r.redelivery));
-    oncall
-        .ack_digest(first[1].message_id, first[1].envelope_digest, "jour-1")
-        .await
-        .unwrap();
+    oncall.ack_digest(first[1].message_id, first[1].envelope_digest, "jour-1").await.unwrap();
     let again = {
         let mut alerts = oncall.subscribe().await.unwrap();
         backlog(&mut alerts).await
     };
-    let expected: Vec<MessageId> = ids
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 1)
-        .map(|(_, id)| *id)
-        .collect();
-    assert_eq!(
-        again.iter().map(|r| r.message_id).collect::<Vec<_>>(),
-        expected
-    );
-    assert!(
-        again.iter().all(|r| r.redelivery),
-        "sent to this principal before"
-    );
+    let expected: Vec<MessageId> = ids.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, id)| *id).collect();
+    assert_eq!(again.iter().map(|r| r.message_id).collect::<Vec<_>>(), expected);
+    assert!(again.iter().all(|r| r.redelivery), "sent to this principal before");
     // Another principal of the agency has never been sent them.
     let system = h.client(SOCIAL_SYSTEM).await;
     let mut alerts = system.subscribe().await.unwrap();
@@ -162,10 +115,7 @@ async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
     let p = certs::profile::Profile::load(&h.profile(SOCIAL_ONCALL), certs::now()).unwrap();
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&p.ca_pem))
-        .identity(tonic::transport::Identity::from_pem(
-            &p.cert_pem,
-            p.key_pem.as_bytes(),
-        ))
+        .identity(tonic::transport::Identity::from_pem(&p.cert_pem, p.key_pem.as_bytes()))
         .domain_name("localhost");
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", h.addr))
         .unwrap()
@@ -191,13 +141,7 @@ async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
     big.free_text = "x".repeat(3900);
     let mut sent = Vec::new();
     for _ in 0..150 {
-        sent.push(
-            police
-                .send(&AgencyId::new(SOCIAL).unwrap(), &big)
-                .await
-                .unwrap()
-                .message_id,
-        );
+        sent.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &big).await.unwrap().message_id);
     }
     let mut got = Vec::new();
     while got.len() < sent.len() {
@@ -215,8 +159,5 @@ async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("did not read"), "{status:?}");
-    assert!(
-        delivered < 150,
-        "a stuck reader cannot have received everything ({delivered})"
-    );
+    assert!(delivered < 150, "a stuck reader cannot have received everything ({delivered})");
 }

@@ -9,17 +9,11 @@ use referral_proto::receipt::ReceiptStatus;
 #[tokio::test]
 async fn police_to_social_services_and_back() {
     let h = Harness::start().await;
-    for (from, to_profile, to) in [
-        (POLICE_SYSTEM, SOCIAL_ONCALL, SOCIAL),
-        (SOCIAL_SYSTEM, POLICE_ONCALL, POLICE),
-    ] {
+    for (from, to_profile, to) in [(POLICE_SYSTEM, SOCIAL_ONCALL, SOCIAL), (SOCIAL_SYSTEM, POLICE_ONCALL, POLICE)] {
         let sender = h.client(from).await;
         let oncall = h.client(to_profile).await;
         let mut alerts = oncall.subscribe().await.unwrap();
-        let sent = sender
-            .send(&AgencyId::new(to).unwrap(), &example_notice())
-            .await
-            .unwrap();
+        let sent = sender.send(&AgencyId::new(to).unwrap(), &example_notice()).await.unwrap();
         assert_eq!(sent.receipt.statement.status, ReceiptStatus::Accepted);
         assert!(!sent.duplicate);
         let incoming = loop {
@@ -32,10 +26,7 @@ async fn police_to_social_services_and_back() {
         assert_eq!(incoming.message_id, sent.message_id);
         assert_eq!(incoming.notice, example_notice());
         assert_eq!(incoming.envelope_digest, sent.envelope_digest);
-        let acked = oncall
-            .ack_digest(incoming.message_id, incoming.envelope_digest, "jour-7")
-            .await
-            .unwrap();
+        let acked = oncall.ack_digest(incoming.message_id, incoming.envelope_digest, "jour-7").await.unwrap();
         assert!(!acked.already_acknowledged);
         let mut receipts = sender.watch_receipts(0).await.unwrap();
         let mut statuses = Vec::new();
@@ -47,13 +38,6 @@ async fn police_to_social_services_and_back() {
                 assert_eq!(r.ack.as_ref().unwrap().statement.acknowledged_by, "jour-7");
             }
         }
-        assert_eq!(
-            statuses,
-            [
-                ReceiptStatus::Accepted,
-                ReceiptStatus::Delivered,
-                ReceiptStatus::Acknowledged
-            ]
-        );
+        assert_eq!(statuses, [ReceiptStatus::Accepted, ReceiptStatus::Delivered, ReceiptStatus::Acknowledged]);
     }
 }

@@ -5,6 +5,8 @@
 mod audit;
 /// The command-line tools as people use them.
 mod cli;
+/// SIGKILL at random moments loses nothing.
+mod crash;
 /// Deadlines, escalation, expiry, purge on a moved clock.
 mod deadlines;
 /// Fan-out, first ack wins, redelivery, stuck subscribers.
@@ -13,6 +15,12 @@ mod delivery;
 mod demo;
 /// Referrals both ways, receipts, idempotent resubmission.
 mod exchange;
+/// Full disks and damaged data directories.
+mod faults;
+/// Hostile clients and an outside TLS check.
+mod hostile;
+/// Health, reflection, metrics, status, backup, rotation.
+mod operations;
 /// No personal data in logs or on disk.
 mod privacy;
 /// Everything the broker refuses, with the exact status.
@@ -21,3 +29,5 @@ mod rejections;
 mod restart;
 /// Shared helpers.
 mod support;
+/// OPERATIONS.md, executed.
+mod walkthrough;

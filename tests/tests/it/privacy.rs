@@ -14,11 +14,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p))
-        } else {
-            out.push(p)
-        }
+        if p.is_dir() { out.extend(files(&p)) } else { out.push(p) }
     }
     out
 }
@@ -38,27 +34,17 @@ async fn names_and_personal_identity_numbers_never_reach_logs_or_disk() {
         "[log]\nlevel = \"trace\"\nformat = \"json\"",
     )
     .await;
-    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM))
-        .await
-        .unwrap();
-    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL))
-        .await
-        .unwrap();
+    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
     let mut n = example_notice();
     n.subject.name = NAME.into();
     n.subject.personal_identity_number = PIN.into();
-    let sent = police
-        .send(&AgencyId::new(SOCIAL).unwrap(), &n)
-        .await
-        .unwrap();
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &n).await.unwrap();
     let mut alerts = oncall.subscribe().await.unwrap();
     loop {
         if let AlertEvent::Referral(r) = alerts.next().await.unwrap().unwrap() {
             assert_eq!(r.notice.subject.name, NAME, "the recipient does read it");
-            oncall
-                .ack_digest(r.message_id, r.envelope_digest, "jour-1")
-                .await
-                .unwrap();
+            oncall.ack_digest(r.message_id, r.envelope_digest, "jour-1").await.unwrap();
             break;
         }
     }
@@ -67,15 +53,9 @@ async fn names_and_personal_identity_numbers_never_reach_logs_or_disk() {
     assert!(b.terminate().await.success());
 
     let log = b.log();
-    assert!(
-        log.contains(&sent.message_id.to_string()),
-        "the log is real and mentions the message id:\n{log}"
-    );
+    assert!(log.contains(&sent.message_id.to_string()), "the log is real and mentions the message id:\n{log}");
     for needle in [NAME, PIN, "19790416-3305", "Hemligsdotter"] {
-        assert!(
-            !log.contains(needle),
-            "{needle:?} appears in the broker log"
-        );
+        assert!(!log.contains(needle), "{needle:?} appears in the broker log");
     }
     let data = files(&b.data_dir);
     assert!(!data.is_empty());

@@ -21,11 +21,7 @@ const DAY: i64 = 86_400_000;
 fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needle: &str) {
     let s = r.expect_err("must be refused");
     assert_eq!(s.code(), code, "status {s:?}");
-    assert!(
-        s.message().contains(needle),
-        "message {:?} lacks {needle:?}",
-        s.message()
-    );
+    assert!(s.message().contains(needle), "message {:?} lacks {needle:?}", s.message());
 }
 
 fn ca_pem(h: &Harness) -> String {
@@ -33,23 +29,15 @@ fn ca_pem(h: &Harness) -> String {
 }
 
 fn principal(agency: &str, role: Role, name: &str) -> Principal {
-    Principal::new(
-        TrustDomain::new(certs::dev::TRUST_DOMAIN).unwrap(),
-        AgencyId::new(agency).unwrap(),
-        role,
-        name,
-    )
-    .unwrap()
+    Principal::new(TrustDomain::new(certs::dev::TRUST_DOMAIN).unwrap(), AgencyId::new(agency).unwrap(), role, name)
+        .unwrap()
 }
 
 /// A transport failure caused by the TLS handshake, as the client sees it.
 fn assert_handshake_refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>) {
     let s = r.expect_err("must be refused");
     let all = format!("{s:?}");
-    assert!(
-        matches!(s.code(), Code::Unavailable | Code::Unknown),
-        "status {s:?}"
-    );
+    assert!(matches!(s.code(), Code::Unavailable | Code::Unknown), "status {s:?}");
     assert!(
         all.contains("certificate")
             || all.contains("Certificate")
@@ -63,32 +51,19 @@ fn assert_handshake_refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>) {
 async fn no_client_certificate_is_refused_at_the_handshake() {
     let h = Harness::start().await;
     let r = match raw_client(h.addr, &ca_pem(&h), None).await {
-        Ok(mut c) => c
-            .get_directory(pb::GetDirectoryRequest {})
-            .await
-            .map(|_| ()),
+        Ok(mut c) => c.get_directory(pb::GetDirectoryRequest {}).await.map(|_| ()),
         Err(e) => Err(tonic::Status::unavailable(format!("{e:?}"))),
     };
     assert_handshake_refused(r);
-    assert!(
-        h.state()
-            .accept_stats
-            .handshakes_failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    assert!(h.state().accept_stats.handshakes_failed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 
 #[tokio::test]
 async fn certificate_from_another_ca_is_refused() {
     let h = Harness::start().await;
     let now = certs::now();
-    let other = certs::pki::Ca::generate(
-        certs::dev::TRUST_DOMAIN,
-        now.plus_millis(-DAY),
-        now.plus_millis(DAY),
-    )
-    .unwrap();
+    let other =
+        certs::pki::Ca::generate(certs::dev::TRUST_DOMAIN, now.plus_millis(-DAY), now.plus_millis(DAY)).unwrap();
     let issued = other
         .issue(&LeafSpec::principal(
             &principal(POLICE, Role::System, "intruder"),
@@ -96,17 +71,8 @@ async fn certificate_from_another_ca_is_refused() {
             now.plus_millis(DAY),
         ))
         .unwrap();
-    let r = match raw_client(
-        h.addr,
-        &ca_pem(&h),
-        Some((&issued.cert_pem, &issued.key_pem)),
-    )
-    .await
-    {
-        Ok(mut c) => c
-            .get_directory(pb::GetDirectoryRequest {})
-            .await
-            .map(|_| ()),
+    let r = match raw_client(h.addr, &ca_pem(&h), Some((&issued.cert_pem, &issued.key_pem))).await {
+        Ok(mut c) => c.get_directory(pb::GetDirectoryRequest {}).await.map(|_| ()),
         Err(e) => Err(tonic::Status::unavailable(format!("{e:?}"))),
     };
     assert_handshake_refused(r);
@@ -118,31 +84,14 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
     let now = certs::now();
     let mut fed = h.federation();
     let expired = fed
-        .issue_principal(
-            &principal(POLICE, Role::System, "old"),
-            now.plus_millis(-10 * DAY),
-            now.plus_millis(-DAY),
-        )
+        .issue_principal(&principal(POLICE, Role::System, "old"), now.plus_millis(-10 * DAY), now.plus_millis(-DAY))
         .unwrap();
     let future = fed
-        .issue_principal(
-            &principal(POLICE, Role::System, "early"),
-            now.plus_millis(DAY),
-            now.plus_millis(10 * DAY),
-        )
+        .issue_principal(&principal(POLICE, Role::System, "early"), now.plus_millis(DAY), now.plus_millis(10 * DAY))
         .unwrap();
     for issued in [expired, future] {
-        let r = match raw_client(
-            h.addr,
-            &ca_pem(&h),
-            Some((&issued.cert_pem, &issued.key_pem)),
-        )
-        .await
-        {
-            Ok(mut c) => c
-                .get_directory(pb::GetDirectoryRequest {})
-                .await
-                .map(|_| ()),
+        let r = match raw_client(h.addr, &ca_pem(&h), Some((&issued.cert_pem, &issued.key_pem))).await {
+            Ok(mut c) => c.get_directory(pb::GetDirectoryRequest {}).await.map(|_| ()),
             Err(e) => Err(tonic::Status::unavailable(format!("{e:?}"))),
         };
         assert_handshake_refused(r);
@@ -158,30 +107,16 @@ async fn revoked_certificate_is_refused_on_new_and_open_connections() {
     h.federation().revoke(&uri, certs::now()).unwrap();
     h.reload();
     // The open connection: refused on its next RPC.
-    assert_status(
-        client
-            .broker()
-            .get_directory(pb::GetDirectoryRequest {})
-            .await,
-        Code::Unauthenticated,
-        "revoked",
-    );
+    assert_status(client.broker().get_directory(pb::GetDirectoryRequest {}).await, Code::Unauthenticated, "revoked");
     // A new connection: refused at the handshake.
     let p = support_profile(&h, POLICE_SYSTEM);
     let r = match raw_client(h.addr, &ca_pem(&h), Some((&p.cert_pem, &p.key_pem))).await {
-        Ok(mut c) => c
-            .get_directory(pb::GetDirectoryRequest {})
-            .await
-            .map(|_| ()),
+        Ok(mut c) => c.get_directory(pb::GetDirectoryRequest {}).await.map(|_| ()),
         Err(e) => Err(tonic::Status::unavailable(format!("{e:?}"))),
     };
     assert_handshake_refused(r);
     // Others are unaffected.
-    h.client(SOCIAL_SYSTEM)
-        .await
-        .refresh_directory()
-        .await
-        .unwrap();
+    h.client(SOCIAL_SYSTEM).await.refresh_directory().await.unwrap();
 }
 
 fn support_profile(h: &Harness, name: &str) -> certs::profile::Profile {
@@ -193,34 +128,19 @@ async fn identities_outside_the_federation_are_unauthenticated() {
     let h = Harness::start().await;
     let now = certs::now();
     let fed = h.federation();
-    let mut foreign = LeafSpec::principal(
-        &principal(POLICE, Role::System, "x"),
-        now.plus_millis(-DAY),
-        now.plus_millis(DAY),
-    );
+    let mut foreign =
+        LeafSpec::principal(&principal(POLICE, Role::System, "x"), now.plus_millis(-DAY), now.plus_millis(DAY));
     foreign.uris = vec!["spiffe://other.example.org/agency/polisen-huddinge/system/x".into()];
     let mut no_uri = foreign.clone();
     no_uri.uris = vec![];
     let mut bad_role = foreign.clone();
     bad_role.uris = vec!["spiffe://igor.example.se/agency/polisen-huddinge/admin/x".into()];
-    for (spec, needle) in [
-        (foreign, "trust domain other.example.org"),
-        (no_uri, "no spiffe"),
-        (bad_role, "role \"admin\""),
-    ] {
+    for (spec, needle) in
+        [(foreign, "trust domain other.example.org"), (no_uri, "no spiffe"), (bad_role, "role \"admin\"")]
+    {
         let issued = fed.ca().issue(&spec).unwrap();
-        let mut c = raw_client(
-            h.addr,
-            &ca_pem(&h),
-            Some((&issued.cert_pem, &issued.key_pem)),
-        )
-        .await
-        .unwrap();
-        assert_status(
-            c.get_directory(pb::GetDirectoryRequest {}).await,
-            Code::Unauthenticated,
-            needle,
-        );
+        let mut c = raw_client(h.addr, &ca_pem(&h), Some((&issued.cert_pem, &issued.key_pem))).await.unwrap();
+        assert_status(c.get_directory(pb::GetDirectoryRequest {}).await, Code::Unauthenticated, needle);
     }
 }
 
@@ -237,12 +157,7 @@ async fn roles_may_only_make_their_calls() {
         "role oncall may not call Submit",
     );
     assert_status(
-        oncall
-            .broker()
-            .get_receipts(pb::GetReceiptsRequest {
-                message_ids: vec![],
-            })
-            .await,
+        oncall.broker().get_receipts(pb::GetReceiptsRequest { message_ids: vec![] }).await,
         Code::PermissionDenied,
         "role oncall may not call GetReceipts",
     );
@@ -251,24 +166,14 @@ async fn roles_may_only_make_their_calls() {
         Code::PermissionDenied,
         "role auditor may not call Subscribe",
     );
+    assert_status(submit_raw(&auditor, envelope).await, Code::PermissionDenied, "role auditor may not call Submit");
     assert_status(
-        submit_raw(&auditor, envelope).await,
-        Code::PermissionDenied,
-        "role auditor may not call Submit",
-    );
-    assert_status(
-        system
-            .auditor_rpc()
-            .get_tree_head(pb::GetTreeHeadRequest {})
-            .await,
+        system.auditor_rpc().get_tree_head(pb::GetTreeHeadRequest {}).await,
         Code::PermissionDenied,
         "role system may not call Auditor.GetTreeHead",
     );
     assert_status(
-        oncall
-            .auditor_rpc()
-            .replay(pb::ReplayRequest { from: 0, to: 0 })
-            .await,
+        oncall.auditor_rpc().replay(pb::ReplayRequest { from: 0, to: 0 }).await,
         Code::PermissionDenied,
         "role oncall may not call Auditor.Replay",
     );
@@ -285,11 +190,7 @@ async fn a_sender_cannot_send_as_another_agency() {
         Code::PermissionDenied,
         "may not send as agency huddinge-socialtjanst",
     );
-    assert!(
-        rejection_reasons(&h)
-            .await
-            .contains(&"sender_mismatch".to_owned())
-    );
+    assert!(rejection_reasons(&h).await.contains(&"sender_mismatch".to_owned()));
 }
 
 #[tokio::test]
@@ -317,24 +218,15 @@ async fn unknown_recipient_is_not_found() {
         "recipient agency okand-kommun is not in the directory",
     );
     // The client library refuses before sending.
-    let err = police
-        .send(&AgencyId::new("okand-kommun").unwrap(), &example_notice())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "agency okand-kommun is not in the directory"
-    );
+    let err = police.send(&AgencyId::new("okand-kommun").unwrap(), &example_notice()).await.unwrap_err();
+    assert_eq!(err.to_string(), "agency okand-kommun is not in the directory");
 }
 
 #[tokio::test]
 async fn same_kind_routes_need_explicit_policy() {
     let h = Harness::start_with(Options {
         tweak: Box::new(|c| {
-            c.allow_same_kind = vec![(
-                AgencyId::new(POLICE).unwrap(),
-                AgencyId::new("polisen-syd").unwrap(),
-            )]
+            c.allow_same_kind = vec![(AgencyId::new(POLICE).unwrap(), AgencyId::new("polisen-syd").unwrap())]
         }),
         ..Options::default()
     })
@@ -343,19 +235,11 @@ async fn same_kind_routes_need_explicit_policy() {
     let mut fed = h.federation();
     for id in ["polisen-botkyrka", "polisen-syd"] {
         let agency = AgencyId::new(id).unwrap();
-        fed.add_agency(&agency, AgencyKind::Police, id, None)
-            .unwrap();
+        fed.add_agency(&agency, AgencyKind::Police, id, None).unwrap();
         let key_path = h.dir().join(format!("{id}.key"));
-        let (_, files) = certs::keygen::generate(
-            &agency,
-            &key_path,
-            now.plus_millis(-DAY),
-            now.plus_millis(DAY),
-            false,
-        )
-        .unwrap();
-        fed.add_agency_key(&certs::keygen::read_public(&files.public).unwrap())
-            .unwrap();
+        let (_, files) =
+            certs::keygen::generate(&agency, &key_path, now.plus_millis(-DAY), now.plus_millis(DAY), false).unwrap();
+        fed.add_agency_key(&certs::keygen::read_public(&files.public).unwrap()).unwrap();
     }
     fed.publish_directory(now).unwrap();
     h.reload();
@@ -367,9 +251,7 @@ async fn same_kind_routes_need_explicit_policy() {
         "policy does not allow polisen-huddinge (police) to send to polisen-botkyrka (police)",
     );
     let allowed = example_envelope(&h, POLICE_SYSTEM, "polisen-syd").await;
-    submit_raw(&police, allowed)
-        .await
-        .expect("an allowed same-kind route");
+    submit_raw(&police, allowed).await.expect("an allowed same-kind route");
 }
 
 #[tokio::test]
@@ -378,74 +260,36 @@ async fn tampered_envelopes_are_refused_before_storage() {
     let police = h.client(POLICE_SYSTEM).await;
     let mut bad_sig = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
     bad_sig.signature[10] ^= 1;
-    assert_status(
-        submit_raw(&police, bad_sig).await,
-        Code::InvalidArgument,
-        "envelope signature does not verify",
-    );
+    assert_status(submit_raw(&police, bad_sig).await, Code::InvalidArgument, "envelope signature does not verify");
     let mut bad_ct = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
     bad_ct.ciphertext[100] ^= 1;
-    assert_status(
-        submit_raw(&police, bad_ct).await,
-        Code::InvalidArgument,
-        "envelope signature does not verify",
-    );
+    assert_status(submit_raw(&police, bad_ct).await, Code::InvalidArgument, "envelope signature does not verify");
     let mut malformed = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
     malformed.header.as_mut().unwrap().message_id.truncate(15);
-    assert_status(
-        submit_raw(&police, malformed).await,
-        Code::InvalidArgument,
-        "message id must be 16 bytes, got 15",
-    );
+    assert_status(submit_raw(&police, malformed).await, Code::InvalidArgument, "message id must be 16 bytes, got 15");
     let mut no_header = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
     no_header.header = None;
+    assert_status(submit_raw(&police, no_header).await, Code::InvalidArgument, "envelope lacks header");
     assert_status(
-        submit_raw(&police, no_header).await,
-        Code::InvalidArgument,
-        "envelope lacks header",
-    );
-    assert_status(
-        police
-            .broker()
-            .submit(pb::SubmitRequest { envelope: None })
-            .await
-            .map(|r| r.into_inner()),
+        police.broker().submit(pb::SubmitRequest { envelope: None }).await.map(|r| r.into_inner()),
         Code::InvalidArgument,
         "request lacks envelope",
     );
     let mut oversize = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
     oversize.ciphertext = vec![7; 70_000];
-    assert_status(
-        submit_raw(&police, oversize).await,
-        Code::ResourceExhausted,
-        "the limit is 65536",
-    );
+    assert_status(submit_raw(&police, oversize).await, Code::ResourceExhausted, "the limit is 65536");
     let mut huge = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
     huge.ciphertext = vec![7; 1_000_000];
     let s = submit_raw(&police, huge).await.unwrap_err();
-    assert!(
-        matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{s:?}"
-    );
+    assert!(matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted), "{s:?}");
     // None of them was stored; each rejection is in the audit log.
     let reasons = rejection_reasons(&h).await;
     assert_eq!(
         reasons,
-        [
-            "bad_signature",
-            "bad_signature",
-            "malformed_envelope",
-            "malformed_envelope",
-            "missing_field",
-            "oversize"
-        ]
+        ["bad_signature", "bad_signature", "malformed_envelope", "malformed_envelope", "missing_field", "oversize"]
     );
     let entries = audit_entries(&h).await;
-    assert!(
-        entries
-            .iter()
-            .all(|e| !matches!(e.event, Some(pb::audit_entry::Event::Submitted(_))))
-    );
+    assert!(entries.iter().all(|e| !matches!(e.event, Some(pb::audit_entry::Event::Submitted(_)))));
 }
 
 #[tokio::test]
@@ -484,16 +328,11 @@ async fn duplicate_message_id_with_other_content_already_exists() {
     let id = MessageId::from_bytes(&first.header.as_ref().unwrap().message_id).unwrap();
     let mut n = example_notice();
     n.free_text = "a different text".into();
-    let other = police
-        .send_with_id(&AgencyId::new(SOCIAL).unwrap(), &n, id)
-        .await
-        .unwrap_err();
+    let other = police.send_with_id(&AgencyId::new(SOCIAL).unwrap(), &n, id).await.unwrap_err();
     let s = other.status().expect("a status");
     assert_eq!(s.code(), Code::AlreadyExists);
     assert!(
-        s.message().contains(&format!(
-            "message id {id} was already accepted with a different envelope digest"
-        )),
+        s.message().contains(&format!("message id {id} was already accepted with a different envelope digest")),
         "{s:?}"
     );
 }
@@ -502,135 +341,58 @@ async fn duplicate_message_id_with_other_content_already_exists() {
 async fn acks_with_the_wrong_key_or_for_another_agency_are_refused() {
     let h = Harness::start().await;
     let police = h.client(POLICE_SYSTEM).await;
-    let sent = police
-        .send(&AgencyId::new(SOCIAL).unwrap(), &example_notice())
-        .await
-        .unwrap();
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
     let social = h.client(SOCIAL_ONCALL).await;
     let social_bundle = &profile(&h, SOCIAL_ONCALL).bundles[0];
     // Signed by a key the directory does not list for social services,
     // while claiming social services' real key id.
-    let rogue = AgencyKeyBundle::generate(
-        AgencyId::new(SOCIAL).unwrap(),
-        Timestamp(0),
-        Timestamp(i64::MAX),
-    );
-    let mut forged = sign_ack(
-        sent.message_id,
-        sent.envelope_digest,
-        certs::now(),
-        "jour-1",
-        &rogue,
-    )
-    .unwrap();
+    let rogue = AgencyKeyBundle::generate(AgencyId::new(SOCIAL).unwrap(), Timestamp(0), Timestamp(i64::MAX));
+    let mut forged = sign_ack(sent.message_id, sent.envelope_digest, certs::now(), "jour-1", &rogue).unwrap();
     forged.statement.signer_key_id = social_bundle.key_id();
     forged.signature = rogue.sign(&forged.statement.signing_input());
     assert_status(
-        social
-            .broker()
-            .ack(pb::AckRequest {
-                ack: Some(pb::SignedAck::from(&forged)),
-            })
-            .await,
+        social.broker().ack(pb::AckRequest { ack: Some(pb::SignedAck::from(&forged)) }).await,
         Code::InvalidArgument,
         "ack signature does not verify",
     );
     // The police on-call acknowledging a message addressed to social services.
     let police_oncall = h.client(POLICE_ONCALL).await;
     let police_bundle = &profile(&h, POLICE_ONCALL).bundles[0];
-    let theirs = sign_ack(
-        sent.message_id,
-        sent.envelope_digest,
-        certs::now(),
-        "vakthavande",
-        police_bundle,
-    )
-    .unwrap();
+    let theirs = sign_ack(sent.message_id, sent.envelope_digest, certs::now(), "vakthavande", police_bundle).unwrap();
     assert_status(
-        police_oncall
-            .broker()
-            .ack(pb::AckRequest {
-                ack: Some(pb::SignedAck::from(&theirs)),
-            })
-            .await,
+        police_oncall.broker().ack(pb::AckRequest { ack: Some(pb::SignedAck::from(&theirs)) }).await,
         Code::PermissionDenied,
         "is addressed to another agency",
     );
     // Signed by social services but sent by a police principal.
-    let mismatched = sign_ack(
-        sent.message_id,
-        sent.envelope_digest,
-        certs::now(),
-        "x",
-        social_bundle,
-    )
-    .unwrap();
+    let mismatched = sign_ack(sent.message_id, sent.envelope_digest, certs::now(), "x", social_bundle).unwrap();
     assert_status(
-        police_oncall
-            .broker()
-            .ack(pb::AckRequest {
-                ack: Some(pb::SignedAck::from(&mismatched)),
-            })
-            .await,
+        police_oncall.broker().ack(pb::AckRequest { ack: Some(pb::SignedAck::from(&mismatched)) }).await,
         Code::PermissionDenied,
         "ack is signed for agency huddinge-socialtjanst",
     );
     // The right agency and key, but another envelope digest.
-    let wrong_digest = sign_ack(
-        sent.message_id,
-        Digest([9; 32]),
-        certs::now(),
-        "jour-1",
-        social_bundle,
-    )
-    .unwrap();
+    let wrong_digest = sign_ack(sent.message_id, Digest([9; 32]), certs::now(), "jour-1", social_bundle).unwrap();
     assert_status(
-        social
-            .broker()
-            .ack(pb::AckRequest {
-                ack: Some(pb::SignedAck::from(&wrong_digest)),
-            })
-            .await,
+        social.broker().ack(pb::AckRequest { ack: Some(pb::SignedAck::from(&wrong_digest)) }).await,
         Code::InvalidArgument,
         "but message",
     );
     // A message the broker never saw.
-    let unknown = sign_ack(
-        MessageId::generate(certs::now().0),
-        sent.envelope_digest,
-        certs::now(),
-        "jour-1",
-        social_bundle,
-    )
-    .unwrap();
+    let unknown =
+        sign_ack(MessageId::generate(certs::now().0), sent.envelope_digest, certs::now(), "jour-1", social_bundle)
+            .unwrap();
     assert_status(
-        social
-            .broker()
-            .ack(pb::AckRequest {
-                ack: Some(pb::SignedAck::from(&unknown)),
-            })
-            .await,
+        social.broker().ack(pb::AckRequest { ack: Some(pb::SignedAck::from(&unknown)) }).await,
         Code::NotFound,
         "is not known",
     );
     // None of these settled it: the real ack still wins.
-    let ok = social
-        .ack_digest(sent.message_id, sent.envelope_digest, "jour-1")
-        .await
-        .unwrap();
+    let ok = social.ack_digest(sent.message_id, sent.envelope_digest, "jour-1").await.unwrap();
     assert!(!ok.already_acknowledged);
     let reasons = rejection_reasons(&h).await;
-    for r in [
-        "ack_bad_signature",
-        "ack_other_agency",
-        "acker_mismatch",
-        "ack_digest_mismatch",
-        "unknown_message",
-    ] {
-        assert!(
-            reasons.contains(&r.to_owned()),
-            "{r} not logged in {reasons:?}"
-        );
+    for r in ["ack_bad_signature", "ack_other_agency", "acker_mismatch", "ack_digest_mismatch", "unknown_message"] {
+        assert!(reasons.contains(&r.to_owned()), "{r} not logged in {reasons:?}");
     }
 }
 
@@ -659,9 +421,6 @@ async fn a_flood_from_one_principal_is_rate_limited_while_others_are_served() {
     assert!(limited >= 6, "only {limited} of 12 limited");
     // Social services are served throughout.
     let social = h.client(SOCIAL_SYSTEM).await;
-    social
-        .send(&AgencyId::new(POLICE).unwrap(), &example_notice())
-        .await
-        .unwrap();
+    social.send(&AgencyId::new(POLICE).unwrap(), &example_notice()).await.unwrap();
     let _ = Duration::ZERO;
 }

@@ -12,29 +12,15 @@ use crate::deadlines::wait_status;
 
 #[tokio::test]
 async fn queued_messages_survive_a_restart() {
-    let mut h = Harness::start_with(Options {
-        manual_clock: true,
-        ..Options::default()
-    })
-    .await;
+    let mut h = Harness::start_with(Options { manual_clock: true, ..Options::default() }).await;
     let police = h.client(POLICE_SYSTEM).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(
-            police
-                .send(&AgencyId::new(SOCIAL).unwrap(), &example_notice())
-                .await
-                .unwrap()
-                .message_id,
-        );
+        ids.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap().message_id);
     }
     let (size_before, root_before) = *h.state().hub.tree.borrow();
     h.restart().await;
-    assert_eq!(
-        *h.state().hub.tree.borrow(),
-        (size_before, root_before),
-        "the audit log is intact"
-    );
+    assert_eq!(*h.state().hub.tree.borrow(), (size_before, root_before), "the audit log is intact");
     let oncall = h.client(SOCIAL_ONCALL).await;
     let mut alerts = oncall.subscribe().await.unwrap();
     let mut got = Vec::new();
@@ -48,10 +34,7 @@ async fn queued_messages_survive_a_restart() {
     assert_eq!(got, ids);
     // New messages continue the queue's sequence.
     let police = h.client(POLICE_SYSTEM).await;
-    let next = police
-        .send(&AgencyId::new(SOCIAL).unwrap(), &example_notice())
-        .await
-        .unwrap();
+    let next = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
     assert_eq!(next.receipt.statement.recipient_sequence, 4);
     // Deadlines were stored, not kept in memory: the restart forgot none.
     let mut receipts = police.watch_receipts(0).await.unwrap();
@@ -63,16 +46,10 @@ async fn queued_messages_survive_a_restart() {
 
 #[tokio::test]
 async fn a_retry_days_later_still_gets_the_original_receipt() {
-    let h = Harness::start_with(Options {
-        manual_clock: true,
-        ..Options::default()
-    })
-    .await;
+    let h = Harness::start_with(Options { manual_clock: true, ..Options::default() }).await;
     let police = h.client(POLICE_SYSTEM).await;
     let envelope = crate::support::example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
-    let first = crate::support::submit_raw(&police, envelope.clone())
-        .await
-        .unwrap();
+    let first = crate::support::submit_raw(&police, envelope.clone()).await.unwrap();
     // Long past the clock-skew window a fresh envelope would face.
     h.advance(Duration::from_secs(10 * 86_400));
     let again = crate::support::submit_raw(&police, envelope).await.unwrap();
@@ -91,25 +68,13 @@ async fn an_older_directory_is_refused_on_reload_and_on_restart() {
     std::fs::write(&path, &v1).unwrap();
     let err = broker::tasks::reload(h.state()).unwrap_err();
     assert!(err.contains("older than version 2"), "{err}");
-    assert_eq!(
-        h.state().directory.current().directory.version,
-        2,
-        "kept the newer one"
-    );
+    assert_eq!(h.state().directory.current().directory.version, 2, "kept the newer one");
     h.stop().await;
     let listener = bind_again(h.addr).await;
-    let opts = broker::server::StartOptions {
-        clock: std::sync::Arc::new(broker::clock::SystemClock),
-        sighup: false,
-    };
-    let err = broker::server::start(
-        listener,
-        h.config.clone(),
-        opts,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let opts = broker::server::StartOptions { clock: std::sync::Arc::new(broker::clock::SystemClock), sighup: false };
+    let err = broker::server::start(listener, h.config.clone(), opts, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "the directory file holds version 1, older than version 2 this broker has served; refusing a rollback"

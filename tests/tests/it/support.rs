@@ -36,17 +36,8 @@ pub async fn example_envelope(h: &Harness, from: &str, to: &str) -> pb::Envelope
 }
 
 /// Submits a wire envelope with `client`'s credentials, unchecked.
-pub async fn submit_raw(
-    client: &Client,
-    envelope: pb::Envelope,
-) -> Result<pb::SubmitResponse, tonic::Status> {
-    client
-        .broker()
-        .submit(pb::SubmitRequest {
-            envelope: Some(envelope),
-        })
-        .await
-        .map(|r| r.into_inner())
+pub async fn submit_raw(client: &Client, envelope: pb::Envelope) -> Result<pb::SubmitResponse, tonic::Status> {
+    client.broker().submit(pb::SubmitRequest { envelope: Some(envelope) }).await.map(|r| r.into_inner())
 }
 
 /// Every audit log entry, decoded, once everything sent to the committer

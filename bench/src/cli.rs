@@ -1,0 +1,109 @@
+//! The `loadgen` command line: `run` and `streams` measure; the hidden
+//! `serve-broker` and `serve-ceiling` are the servers under test, which
+//! `run` and `streams` start as child processes of this same executable.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::run::{RunArgs, run};
+use crate::streams::{StreamsArgs, streams};
+
+/// Load generator and resource meter for the referral broker. Every run makes its own
+/// temporary development federation and starts the server under test itself.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Throughput, latency, CPU and memory of the ceiling and/or the broker under submits.
+    Run(RunArgs),
+    /// Memory of many idle Subscribe streams on the broker.
+    Streams(StreamsArgs),
+    /// The real broker (`broker serve --config FILE`); started by `run` and `streams`.
+    #[command(hide = true)]
+    ServeBroker {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The ceiling server; started by `run`.
+    #[command(hide = true)]
+    ServeCeiling {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let report = run(args).await?;
+    if json {
+        print_json(&report)
+    } else {
+        print!("{}", report.to_table());
+        Ok(())
+    }
+}
+
+async fn streams_command(args: StreamsArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let report = streams(args).await?;
+    if json {
+        print_json(&report)
+    } else {
+        print!("{}", report.to_table());
+        Ok(())
+    }
+}
+
+/// Runs a measuring command on a fresh runtime with the ring TLS provider.
+fn measure(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the process's arguments and carries them out.
+pub fn main() -> ExitCode {
+    main_with(Cli::parse())
+}
+
+/// Carries out a parsed command line and turns the outcome into an exit code.
+pub fn main_with(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::ServeBroker { config } => {
+            let os = |s: &str| std::ffi::OsString::from(s);
+            broker::cli::main_with(broker::cli::Cli::parse_from([
+                os("broker"),
+                os("serve"),
+                os("--config"),
+                config.into_os_string(),
+            ]))
+        }
+        Command::ServeCeiling { config } => crate::ceiling::main(&config),
+        Command::Run(args) => measure(run_command(args)),
+        Command::Streams(args) => measure(streams_command(args)),
+    }
+}

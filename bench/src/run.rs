@@ -1,0 +1,310 @@
+//! `loadgen run`: measures the ceiling, the broker, or both (ceiling first)
+//! on one fresh federation with the same envelopes, and reports each.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use broker::directory::{DirectoryState, read_federation_key};
+use certs::dev::SOCIAL;
+use referral_proto::ids::AgencyId;
+
+use crate::fill::{FillReport, fill};
+use crate::load::{self, EndToEnd, Plan};
+use crate::procfs;
+use crate::report::{EndToEndReport, Latency, RunReport, SealReport, Settings, TargetReport, mib};
+use crate::server::{Kind, ServerProcess};
+use crate::setup::{Machine, Setup, load_average, sender_profile, subscriber_profiles};
+use crate::workload::{Sealer, Source, sized_notice};
+
+/// Submits when neither `--count` nor `--duration` is given.
+pub const DEFAULT_COUNT: u64 = 20_000;
+/// Longest wait, after the last submit, for alerts and receipts to arrive.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which servers to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetChoice {
+    Broker,
+    Ceiling,
+    /// The ceiling, then the broker.
+    Both,
+}
+
+/// Options of `loadgen run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// HTTP/2 connections (one client each) the submits are spread over.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub connections: u64,
+    /// Submits in flight on each connection (total concurrency: connections x in-flight).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub in_flight: u64,
+    /// Bytes of padded plaintext per referral: the notice is grown to SIZE - 4 encoded
+    /// bytes, so 2048 gives exactly the 2 KiB padding bucket.
+    #[arg(long, default_value_t = 2048)]
+    pub size: usize,
+    /// Submits to make (default 20000 unless --duration is given).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Seconds to submit for (with --count too: whichever ends first).
+    #[arg(long, value_parser = positive_f64)]
+    pub duration: Option<f64>,
+    /// Offered load in submits per second, paced (open loop); default: as fast as answered (closed loop).
+    #[arg(long, value_parser = positive_f64)]
+    pub rate: Option<f64>,
+    /// Live subscribers of the recipient agency that acknowledge every referral (broker only).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub subscribers: u64,
+    /// Seal every envelope before the clock starts (in parallel); otherwise each is sealed just before its submit.
+    #[arg(long)]
+    pub presealed: bool,
+    /// The server(s) to measure.
+    #[arg(long, value_enum, default_value_t = TargetChoice::Both)]
+    pub target: TargetChoice,
+    /// Before starting the broker, load its store with this many queued, unacknowledged (unreadable) messages.
+    #[arg(long, default_value_t = 0)]
+    pub fill: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Work folder (new or empty) for the federation, the store and the logs; kept afterwards.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the temporary work folder (its path is printed).
+    #[arg(long)]
+    pub keep: bool,
+    /// The broker's log level (the production default is info: one line per accepted submit).
+    #[arg(long, default_value = "info")]
+    pub broker_log_level: String,
+}
+
+pub fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+/// How many submits the run makes at most, and whether that is bounded.
+fn submit_limit(args: &RunArgs) -> anyhow::Result<Option<u64>> {
+    Ok(match (args.count, args.duration, args.rate) {
+        (Some(c), _, _) => Some(c),
+        (None, None, _) => Some(DEFAULT_COUNT),
+        (None, Some(d), Some(r)) => Some((d * r).ceil() as u64),
+        (None, Some(_), None) if args.presealed => {
+            anyhow::bail!("--presealed with --duration needs --count or --rate, to know how many envelopes to seal")
+        }
+        (None, Some(_), None) => None,
+    })
+}
+
+fn check(args: &RunArgs) -> anyhow::Result<()> {
+    if args.fill > 0 && args.subscribers > 0 {
+        anyhow::bail!(
+            "--fill with --subscribers would send every subscriber the whole filled backlog, which cannot be opened; run them separately"
+        );
+    }
+    if args.fill > 0 && args.target == TargetChoice::Ceiling {
+        anyhow::bail!("--fill loads the broker's store; it means nothing with --target ceiling");
+    }
+    if args.keep && args.dir.is_some() {
+        anyhow::bail!("--dir folders are always kept; --keep is for the temporary folder");
+    }
+    Ok(())
+}
+
+/// Carries out `loadgen run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
+    check(&args)?;
+    let limit = submit_limit(&args)?;
+    let notice = sized_notice(args.size)?;
+    let setup = Setup::create(args.dir.as_deref(), args.keep, &args.broker_log_level)?;
+    if !matches!(setup.work, crate::setup::WorkDir::Temporary(_)) {
+        eprintln!("work folder: {}", setup.work.path().display());
+    }
+    let machine = Machine::describe(setup.work.path());
+    let key = read_federation_key(&setup.config.federation_key)?;
+    let directory = DirectoryState::open(&setup.config.directory, key)?;
+    let recipient = AgencyId::new(SOCIAL).context("the social services agency id")?;
+    let sealer =
+        Arc::new(Sealer::new(&setup.profile(&sender_profile()), &directory.current().directory, &recipient, notice)?);
+    let sizes = sealer.sizes()?;
+    let (source, presealed) = if args.presealed {
+        let n = usize::try_from(limit.unwrap_or(DEFAULT_COUNT)).context("--count is too large for this machine")?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        eprintln!("sealing {n} envelopes on {threads} threads...");
+        let started = Instant::now();
+        let s = sealer.clone();
+        let envelopes = tokio::task::spawn_blocking(move || s.seal_many(n, threads)).await??;
+        let seconds = started.elapsed().as_secs_f64();
+        (
+            Source::Presealed(Arc::new(envelopes)),
+            Some(SealReport { envelopes: n, seconds, per_second: n as f64 / seconds }),
+        )
+    } else {
+        (Source::OnTheFly(sealer.clone()), None)
+    };
+    let plan = Plan {
+        in_flight_per_connection: args.in_flight as usize,
+        limit: limit.unwrap_or(u64::MAX),
+        duration: args.duration.map(Duration::from_secs_f64),
+        rate: args.rate,
+    };
+    let kinds: &[Kind] = match args.target {
+        TargetChoice::Broker => &[Kind::Broker],
+        TargetChoice::Ceiling => &[Kind::Ceiling],
+        TargetChoice::Both => &[Kind::Ceiling, Kind::Broker],
+    };
+    let mut targets = Vec::new();
+    let mut fill_report: Option<FillReport> = None;
+    for &kind in kinds {
+        if kind == Kind::Broker && args.fill > 0 {
+            eprintln!("filling the broker's store with {} queued messages...", args.fill);
+            let f = fill(&setup.config, args.fill, sealer.clone()).await?;
+            eprintln!("  filled {} in {:.1} s ({:.0}/s)", f.messages, f.seconds, f.messages_per_second);
+            fill_report = Some(f);
+        }
+        targets.push(measure(kind, &setup, &args, source.clone(), &plan).await?);
+    }
+    let rate_of = |k: Kind| targets.iter().find(|t| t.target == k).map(|t| t.submits_per_second);
+    let broker_over_ceiling = match (rate_of(Kind::Broker), rate_of(Kind::Ceiling)) {
+        (Some(b), Some(c)) if c > 0.0 => Some(b / c),
+        _ => None,
+    };
+    Ok(RunReport {
+        machine,
+        settings: Settings {
+            connections: args.connections as usize,
+            in_flight_per_connection: args.in_flight as usize,
+            concurrency: (args.connections * args.in_flight) as usize,
+            size: args.size,
+            sizes,
+            count: limit,
+            duration_seconds: args.duration,
+            rate: args.rate,
+            subscribers: args.subscribers as usize,
+            presealed: args.presealed,
+            fill: args.fill,
+            broker_log_level: args.broker_log_level.clone(),
+        },
+        presealed,
+        fill: fill_report,
+        targets,
+        broker_over_ceiling,
+    })
+}
+
+/// Starts `kind`, drives the load against it, stops it, and reports.
+async fn measure(
+    kind: Kind,
+    setup: &Setup,
+    args: &RunArgs,
+    source: Source,
+    plan: &Plan,
+) -> anyhow::Result<TargetReport> {
+    let sender = setup.profile(&sender_profile());
+    let log = setup.file(&format!("{}.log", kind.as_str()));
+    eprintln!("{}: starting...", kind.as_str());
+    let server = ServerProcess::start(kind, &setup.config_path, &log, &sender).await?;
+    eprintln!("{}: answering after {:.0} ms", kind.as_str(), server.ready_after.as_secs_f64() * 1000.0);
+    let ready_memory = server.memory()?;
+    let clients = load::connect(&sender, args.connections as usize).await?;
+    let subscribers = if kind == Kind::Broker { args.subscribers as usize } else { 0 };
+    if kind == Kind::Ceiling && args.subscribers > 0 {
+        eprintln!("ceiling: no subscribers (it serves Submit only)");
+    }
+    let e2e = if subscribers > 0 {
+        let profiles = subscriber_profiles().map(|p| setup.profile(&p));
+        let refs: Vec<&std::path::Path> = profiles.iter().map(PathBuf::as_path).collect();
+        Some(EndToEnd::start(subscribers, &refs, &sender).await?)
+    } else {
+        None
+    };
+    let commits_before = if kind == Kind::Broker { crate::metrics::scrape(setup.admin).await } else { None };
+    let cpu_before = server.cpu_seconds()?;
+    let written_before = server.written()?;
+    let own_before = procfs::cpu_seconds(std::process::id())?;
+    let window = Instant::now();
+    eprintln!("{}: submitting...", kind.as_str());
+    let outcome = load::submit(&clients, source, plan, e2e.as_ref().map(|e| e.sent.clone())).await?;
+    let end_to_end = match e2e {
+        Some(e2e) => {
+            let drained = e2e.drain(outcome.accepted, DRAIN_TIMEOUT).await;
+            if !drained {
+                eprintln!(
+                    "{}: not every alert or receipt arrived within {} s of the last submit",
+                    kind.as_str(),
+                    DRAIN_TIMEOUT.as_secs()
+                );
+            }
+            e2e.quiesce().await;
+            let report = end_to_end_report(&e2e, outcome.accepted);
+            e2e.stop();
+            Some(report)
+        }
+        None => None,
+    };
+    let window = window.elapsed();
+    let cpu = server.cpu_seconds()? - cpu_before;
+    let written = server.written()?;
+    let own = procfs::cpu_seconds(std::process::id())? - own_before;
+    let end_memory = server.memory()?;
+    let commits = match commits_before {
+        Some(before) => crate::metrics::scrape(setup.admin).await.and_then(|after| before.until(&after, window)),
+        None => None,
+    };
+    let ready_after = server.ready_after;
+    drop(clients);
+    let status = server.stop().await?;
+    if !status.success() {
+        eprintln!("{}: exited with {status}; see {}", kind.as_str(), log.display());
+    }
+    let submits_per_second = outcome.accepted as f64 / outcome.elapsed.as_secs_f64();
+    let per_submit =
+        |bytes: u64| if outcome.accepted > 0 { bytes as f64 / 1024.0 / outcome.accepted as f64 } else { 0.0 };
+    Ok(TargetReport {
+        target: kind,
+        submits_ok: outcome.accepted,
+        duplicates: outcome.duplicates,
+        errors: outcome.errors,
+        seconds: outcome.elapsed.as_secs_f64(),
+        submits_per_second,
+        submit_latency: Latency::of(&outcome.latency),
+        submit_latency_from_schedule: outcome.latency_from_schedule.as_ref().and_then(Latency::of),
+        end_to_end,
+        commits,
+        server_cpu_seconds: cpu,
+        server_cpu_us_per_submit: if outcome.accepted > 0 { cpu * 1e6 / outcome.accepted as f64 } else { 0.0 },
+        server_cores_busy: cpu / window.as_secs_f64(),
+        server_kib_written_per_submit: per_submit(written.syscall_bytes - written_before.syscall_bytes),
+        server_kib_to_storage_per_submit: per_submit(written.storage_bytes - written_before.storage_bytes),
+        generator_cpu_seconds: own,
+        server_rss_ready_mib: mib(ready_memory.rss_kib),
+        server_rss_end_mib: mib(end_memory.rss_kib),
+        server_peak_rss_mib: mib(end_memory.peak_kib),
+        ready_after_ms: ready_after.as_secs_f64() * 1000.0,
+        load_average_after: load_average(),
+    })
+}
+
+fn end_to_end_report(e2e: &EndToEnd, accepted: u64) -> EndToEndReport {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &e2e.stats;
+    EndToEndReport {
+        subscribers: e2e.subscribers,
+        alert: Latency::of(&s.alert.lock().expect("histogram lock")),
+        ack_receipt: Latency::of(&s.ack_receipt.lock().expect("histogram lock")),
+        alerts_expected: accepted * e2e.subscribers as u64,
+        alerts_received: s.alerts.load(Relaxed),
+        settled_before_delivery: s.settled_before_delivery.load(Relaxed),
+        ack_receipts_expected: accepted,
+        ack_receipts_received: s.ack_receipts.load(Relaxed),
+        acks_first: s.acks_first.load(Relaxed),
+        acks_repeated: s.acks_repeated.load(Relaxed),
+        ack_errors: s.ack_errors.load(Relaxed),
+        unreadable: s.unreadable.load(Relaxed),
+        stream_errors: s.stream_errors.lock().expect("errors lock").clone(),
+    }
+}

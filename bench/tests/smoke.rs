@@ -1,0 +1,91 @@
+//! Runs the `loadgen` binary end to end on tiny workloads and checks the
+//! counts in its JSON reports: every submit answered, every alert and
+//! receipt arrived, every stream open. No timing is asserted: these runs
+//! share the machine with whatever else is running.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn loadgen(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen")).args(args).output().expect("run loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadgen {args:?} failed:\n{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("loadgen {args:?} printed no JSON ({e}):\n{stderr}"))
+}
+
+fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["target"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+#[test]
+fn both_targets_with_subscribers() {
+    let r = loadgen(&[
+        "run",
+        "--count",
+        "200",
+        "--connections",
+        "2",
+        "--in-flight",
+        "4",
+        "--subscribers",
+        "2",
+        "--presealed",
+        "--json",
+    ]);
+    assert_eq!(r["settings"]["sizes"]["ciphertext_bytes"], 2064, "2048-byte bucket");
+    for name in ["ceiling", "broker"] {
+        let t = target(&r, name);
+        assert_eq!(t["submits_ok"], 200, "{t}");
+        assert_eq!(t["duplicates"], 0, "{t}");
+        assert!(t["server_cpu_seconds"].as_f64().expect("cpu") >= 0.0);
+        assert!(t["server_peak_rss_mib"].as_f64().expect("rss") > 0.0);
+    }
+    let e2e = &target(&r, "broker")["end_to_end"];
+    let delivered = e2e["alerts_received"].as_u64().expect("alerts");
+    let settled_first = e2e["settled_before_delivery"].as_u64().expect("settled first");
+    assert_eq!(delivered + settled_first, 400, "{e2e}");
+    assert_eq!(e2e["ack_receipts_received"], 200, "{e2e}");
+    assert_eq!(e2e["acks_first"], 200, "{e2e}");
+    assert_eq!(e2e["unreadable"], 0, "{e2e}");
+    assert!(target(&r, "ceiling")["end_to_end"].is_null());
+    assert!(r["broker_over_ceiling"].as_f64().is_some());
+}
+
+#[test]
+fn open_loop_on_the_fly_after_a_fill() {
+    let r = loadgen(&[
+        "run", "--target", "broker", "--fill", "500", "--rate", "200", "--count", "50", "--size", "1024", "--json",
+    ]);
+    assert_eq!(r["fill"]["messages"], 500, "{r}");
+    assert_eq!(r["fill"]["failed"], 0, "{r}");
+    let t = target(&r, "broker");
+    assert_eq!(t["submits_ok"], 50, "{t}");
+    assert!(t["submit_latency_from_schedule"]["count"].as_u64() == Some(50), "{t}");
+}
+
+#[test]
+fn idle_streams_stay_open() {
+    let r = loadgen(&["streams", "--count", "30", "--per-connection", "10", "--hold", "0.5", "--json"]);
+    assert_eq!(r["connections"], 3, "{r}");
+    assert_eq!(r["established"], 30, "{r}");
+    assert_eq!(r["open_after_hold"], 30, "{r}");
+}
+
+#[test]
+fn bad_options_are_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["run", "--fill", "10", "--subscribers", "1"])
+        .output()
+        .expect("run loadgen");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fill with --subscribers"));
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen")).args(["run", "--rate", "0"]).output().expect("run loadgen");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a positive number"));
+}

@@ -1,0 +1,101 @@
+//! Backup and restore. A backup is a complete copy of the store made
+//! between two commits (so it is consistent while the broker serves), then
+//! verified: its audit log is replayed, its Merkle root recomputed from the
+//! entries and compared with the root the broker had at the moment of the
+//! copy and with the copy's own stored tree.
+
+use std::path::Path;
+
+use referral_proto::Digest;
+use referral_proto::merkle::MemoryTree;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::read_entries;
+use crate::commit::restore_frontier;
+use crate::store::sled_store::SledStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupReport {
+    pub records: u64,
+    pub audit_log_entries: u64,
+    pub root: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Broker(#[from] crate::error::BrokerError),
+    #[error("the copy does not verify: {0}")]
+    Verify(String),
+}
+
+/// Replays a store's audit log: the root recomputed from its entries must
+/// equal the root of its stored Merkle nodes. Returns (size, root).
+pub fn verify_store(store: &dyn Store) -> Result<(u64, Digest), BackupError> {
+    let frontier = restore_frontier(store)?;
+    let size = frontier.size();
+    let mut tree = MemoryTree::default();
+    let mut next = 0u64;
+    while next < size {
+        let page = read_entries(store, next, size, 10_000)?;
+        if page.is_empty() {
+            return Err(BackupError::Verify(format!("audit entry {next} is missing")));
+        }
+        for (index, bytes) in page {
+            if index != next {
+                return Err(BackupError::Verify(format!("audit entry {next} is missing")));
+            }
+            tree.append_entry(&bytes);
+            next += 1;
+        }
+    }
+    if tree.root() != frontier.root() {
+        return Err(BackupError::Verify("the audit entries do not hash to the stored Merkle tree".into()));
+    }
+    Ok((size, frontier.root()))
+}
+
+fn report(records: u64, size: u64, root: Digest) -> BackupReport {
+    BackupReport { records, audit_log_entries: size, root: root.to_hex() }
+}
+
+/// A backup of a running broker, through its committer.
+pub async fn online(state: &crate::state::BrokerState, to: &Path) -> Result<BackupReport, BackupError> {
+    let copy = state.committer.backup(to.to_owned()).await?;
+    let target = SledStore::open(to)?;
+    let (size, root) = verify_store(&target)?;
+    if (size, root) != (copy.tree_size, copy.root) {
+        return Err(BackupError::Verify(format!(
+            "the copy's log ({size} entries, root {root}) is not the broker's at the time ({} entries, root {})",
+            copy.tree_size, copy.root
+        )));
+    }
+    Ok(report(copy.records, size, root))
+}
+
+/// A backup of a stopped broker's data directory.
+pub fn offline(data_dir: &Path, to: &Path) -> Result<BackupReport, BackupError> {
+    let source = SledStore::open_existing(data_dir)?;
+    let expected = verify_store(&source)?;
+    let records = source.backup_to(to)?;
+    let copy = verify_store(&SledStore::open(to)?)?;
+    if copy != expected {
+        return Err(BackupError::Verify("the copy's log differs from the source's".into()));
+    }
+    Ok(report(records, copy.0, copy.1))
+}
+
+/// Restores a verified backup into an empty data directory.
+pub fn restore(from: &Path, data_dir: &Path) -> Result<BackupReport, BackupError> {
+    let source = SledStore::open_existing(from)?;
+    let expected = verify_store(&source)?;
+    let records = source.backup_to(data_dir)?;
+    let restored = verify_store(&SledStore::open(data_dir)?)?;
+    if restored != expected {
+        return Err(BackupError::Verify("the restored log differs from the backup's".into()));
+    }
+    Ok(report(records, restored.0, restored.1))
+}

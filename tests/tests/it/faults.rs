@@ -1,0 +1,187 @@
+//! Storage faults: a full disk refuses new work with a clear status, loses
+//! nothing already accepted, and recovers by itself once space is free; a
+//! corrupt or foreign data directory refuses to start, saying why.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agency_client::alerts::AlertEvent;
+use integration_tests::*;
+use referral_proto::ids::AgencyId;
+use referral_proto::notice::example_notice;
+use tonic::Code;
+
+/// A small tmpfs, unmounted on drop. Needs CAP_SYS_ADMIN (root in the CI
+/// container), as a full disk cannot be made any other honest way.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, megabytes: u32) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "this test mounts a small tmpfs to fill it up; it needs root (CAP_SYS_ADMIN)");
+        Self { path: path.to_owned() }
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_submits_keeps_what_was_accepted_and_recovers() {
+    let mount = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(mount.path(), 48);
+    let data = disk.path.join("data");
+    let h = Harness::start_with(Options { tweak: Box::new(move |c| c.data_dir = data.clone()), ..Options::default() })
+        .await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let social = AgencyId::new(SOCIAL).unwrap();
+    let mut accepted = Vec::new();
+    for _ in 0..5 {
+        accepted.push(police.send(&social, &example_notice()).await.unwrap().message_id);
+    }
+    let filler = disk.fill();
+    // Every submit now fails with a clear status, none is half-written.
+    let mut refusals = 0;
+    for _ in 0..5 {
+        let envelope = crate::support::example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
+        match crate::support::submit_raw(&police, envelope).await {
+            Ok(r) => panic!("accepted on a full disk: {r:?}"),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert_eq!(s.message(), "broker storage is full; the request was not carried out, retry later");
+                refusals += 1;
+            }
+        }
+    }
+    assert_eq!(refusals, 5);
+    // Health says so.
+    let mut sick = false;
+    for _ in 0..200 {
+        if !h.state().health.is_serving() {
+            sick = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(sick, "health turns NOT_SERVING while the disk is full");
+    assert!(h.state().health.problems().iter().any(|p| p.contains("does not take durable writes")));
+
+    // Space comes back: the broker recovers by itself.
+    std::fs::remove_file(filler).unwrap();
+    let mut recovered = None;
+    for _ in 0..200 {
+        match police.send(&social, &example_notice()).await {
+            Ok(sent) => {
+                recovered = Some(sent.message_id);
+                break;
+            }
+            Err(e) => eprintln!("still failing: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    accepted.push(recovered.expect("submits succeed again once space is free"));
+    // Nothing accepted was lost.
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let mut alerts = oncall.subscribe().await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match alerts.next().await.unwrap().unwrap() {
+            AlertEvent::Referral(r) => got.push(r.message_id),
+            AlertEvent::CaughtUp { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(got, accepted);
+    let auditor = h.client(AUDITOR).await;
+    let v = auditor.verify_log(&h.dir().join("audit.json"), |_, _| {}).await.unwrap();
+    assert!(v.ok, "{:?}", v.report.failures);
+}
+
+/// Runs `broker serve` on a configuration and expects it to refuse to
+/// start; returns its error output.
+async fn refuses_to_start(config: &Path) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_under-test"))
+            .args(["broker", "serve", "--config"])
+            .arg(config)
+            .env("RUST_BACKTRACE", "0")
+            .output(),
+    )
+    .await
+    .expect("exits by itself")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "refused to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_damaged_or_foreign_data_directory_refuses_to_start_and_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_under-test"));
+    let mut b = ChildBroker::start(exe, tmp.path(), "").await;
+    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
+    for _ in 0..50 {
+        police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    }
+    assert!(b.terminate().await.success());
+
+    // Damage the middle of the database file.
+    let db = b.data_dir.join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let mid = bytes.len() / 2;
+    for byte in &mut bytes[mid..mid + 4096] {
+        *byte = 0xab;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let err = refuses_to_start(&b.config_path).await;
+    assert!(err.contains("error: storage:"), "{err}");
+    assert!(err.contains(&b.data_dir.display().to_string()), "names the directory: {err}");
+    assert!(
+        err.contains("is damaged") || err.contains("corrupt") || err.contains("cannot open the store"),
+        "says what is wrong: {err}"
+    );
+    // Not reset: the store still holds its data from before the damage
+    // (sled's own recovery cuts its log at the damage when it opens it, so
+    // later data is gone; RELIABILITY.md says so and what to do).
+    {
+        let store = broker::store::sled_store::SledStore::open_existing(&b.data_dir).unwrap();
+        use broker::store::Store as _;
+        assert!(store.get(broker::store::Table::Meta, b"store-format").unwrap().is_some());
+        assert!(
+            store.get(broker::store::Table::Audit, &0u64.to_be_bytes()).unwrap().is_some(),
+            "the first entry survives"
+        );
+    }
+    let err = refuses_to_start(&b.config_path).await;
+    assert!(err.contains("the database lost data") || err.contains("is damaged"), "still refused: {err}");
+
+    // A folder of something else entirely.
+    std::fs::remove_dir_all(&b.data_dir).unwrap();
+    std::fs::create_dir_all(&b.data_dir).unwrap();
+    std::fs::write(b.data_dir.join("payroll.csv"), "not a broker's").unwrap();
+    let err = refuses_to_start(&b.config_path).await;
+    assert!(err.contains("is not empty and is not a broker data directory"), "{err}");
+    assert_eq!(std::fs::read_to_string(b.data_dir.join("payroll.csv")).unwrap(), "not a broker's");
+}

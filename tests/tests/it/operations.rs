@@ -1,0 +1,281 @@
+//! What operators rely on: gRPC health with its transitions, reflection,
+//! metrics after traffic, status, backup and restore, and key and
+//! certificate rotation with traffic flowing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agency_client::alerts::AlertEvent;
+use futures_util::StreamExt as _;
+use integration_tests::*;
+use referral_proto::ids::AgencyId;
+use referral_proto::notice::example_notice;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_under-test"))
+}
+
+#[tokio::test]
+async fn health_is_serving_and_turns_not_serving_when_the_certificate_expires() {
+    let h = Harness::start_with(Options { manual_clock: true, ..Options::default() }).await;
+    let client = h.client(POLICE_ONCALL).await;
+    let mut health = HealthClient::new(client.channel());
+    let mut watch =
+        health.watch(HealthCheckRequest { service: "referral.v1.ReferralBroker".into() }).await.unwrap().into_inner();
+    loop {
+        let s = watch.next().await.unwrap().unwrap();
+        if s.status == ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+    let (code, body) = broker::admin::request(h.admin_addr(), "GET", "/health", None).await.unwrap();
+    assert_eq!((code, body.trim()), (200, "SERVING"));
+    // A year and more later, the broker's own certificate has expired.
+    h.advance(Duration::from_secs(400 * 86_400));
+    loop {
+        let s = watch.next().await.unwrap().unwrap();
+        if s.status == ServingStatus::NotServing as i32 {
+            break;
+        }
+    }
+    let (code, body) = broker::admin::request(h.admin_addr(), "GET", "/health", None).await.unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("server certificate expired at"), "{body}");
+}
+
+#[tokio::test]
+async fn expiring_credentials_are_warned_about_ahead_of_time() {
+    let h = Harness::start_with(Options { manual_clock: true, ..Options::default() }).await;
+    let (problems, warnings) = broker::health::check(h.state()).await;
+    assert!(problems.is_empty() && warnings.is_empty(), "{problems:?} {warnings:?}");
+    // 25 days on, the 30-day CRL is within the 14-day warning window.
+    h.advance(Duration::from_secs(25 * 86_400));
+    let (problems, warnings) = broker::health::check(h.state()).await;
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(warnings.iter().any(|w| w.starts_with("the CRL expires at") && w.contains("certs crl")), "{warnings:?}");
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let h = Harness::start().await;
+    let client = h.client(AUDITOR).await;
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(client.channel())
+        .server_reflection_info(futures_util::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = r.message_response else { panic!("unexpected {r:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["referral.v1.ReferralBroker", "referral.v1.Auditor", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_describe_traffic_without_personal_data() {
+    let h = Harness::start().await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let mut n = example_notice();
+    n.subject.name = "Metrik Personsson".into();
+    police.send(&AgencyId::new(SOCIAL).unwrap(), &n).await.unwrap();
+    let mut bad = crate::support::example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
+    bad.signature[1] ^= 1;
+    crate::support::submit_raw(&police, bad).await.unwrap_err();
+    broker::health::update_gauges(h.state());
+    let (code, text) = broker::admin::request(h.admin_addr(), "GET", "/metrics", None).await.unwrap();
+    assert_eq!(code, 200);
+    for expected in [
+        "broker_submits_total{outcome=\"accepted\"}",
+        "broker_rejections_total{reason=\"bad_signature\"}",
+        "broker_commit_seconds_bucket",
+        "broker_queue_depth{recipient=\"huddinge-socialtjanst\"}",
+        "broker_certificate_not_after_seconds{which=\"server\"}",
+        "broker_connections_open{kind=\"tls\"}",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    assert!(!text.contains("Personsson") && !text.contains("spiffe://"), "no people, no principals in labels");
+}
+
+#[tokio::test]
+async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = ChildBroker::start(exe(), tmp.path(), "").await;
+    let config = b.config_path.display().to_string();
+    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap().message_id);
+    }
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    oncall.ack(ids[0], "jour-1").await.unwrap();
+
+    // Status from the running broker.
+    let (code, out, err) = run_tool(exe(), "broker", &["status", "--config", &config, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(status["queues"][SOCIAL]["pending"], 2);
+    assert_eq!(status["queues"][SOCIAL]["last_sequence"], 3);
+
+    // A backup while serving.
+    let backup = tmp.path().join("backup");
+    let (code, out, err) =
+        run_tool(exe(), "broker", &["backup", "--config", &config, "--to", backup.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verified"), "{out}");
+    // A backup refuses a folder that holds something.
+    let (code, _, err) =
+        run_tool(exe(), "broker", &["backup", "--config", &config, "--to", backup.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{err}");
+
+    // Lose the data directory; restore refuses while the broker runs.
+    let (code, _, err) =
+        run_tool(exe(), "broker", &["restore", "--config", &config, "--from", backup.to_str().unwrap()]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("stop it before restoring"), "{err}");
+    assert!(b.terminate().await.success());
+    // Status from the stopped broker's data directory.
+    let (code, out, _) = run_tool(exe(), "broker", &["status", "--config", &config]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("huddinge-socialtjanst") && out.contains("pending        2"), "{out}");
+    std::fs::rename(&b.data_dir, tmp.path().join("lost")).unwrap();
+    let (code, out, err) =
+        run_tool(exe(), "broker", &["restore", "--config", &config, "--from", backup.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verified"), "{out}");
+
+    // The restored broker serves the waiting referrals and its log verifies.
+    b.spawn().await;
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    let mut alerts = oncall.subscribe().await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match alerts.next().await.unwrap().unwrap() {
+            AlertEvent::Referral(r) => got.push(r.message_id),
+            AlertEvent::CaughtUp { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(got, ids[1..]);
+    let auditor = agency_client::Client::connect_dir(&b.dev.profile(AUDITOR)).await.unwrap();
+    let v = auditor.verify_log(&tmp.path().join("audit.json"), |_, _| {}).await.unwrap();
+    assert!(v.ok, "{:?}", v.report.failures);
+    assert!(b.terminate().await.success());
+}
+
+#[tokio::test]
+async fn agency_keys_rotate_with_traffic_flowing() {
+    let h = Harness::start().await;
+    let social = AgencyId::new(SOCIAL).unwrap();
+    let police = h.client(POLICE_SYSTEM).await;
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let old_key = oncall.bundles()[0].key_id();
+
+    // Police send all through the rotation; on-call acknowledges everything.
+    let sender = tokio::spawn({
+        let police_profile = h.profile(POLICE_SYSTEM);
+        async move {
+            let police = agency_client::Client::connect_dir(&police_profile).await.unwrap();
+            let mut sent = Vec::new();
+            for i in 0..30 {
+                if i == 15 {
+                    // Picks up the new directory as a long-running client would after its max age.
+                    police.refresh_directory().await.unwrap();
+                }
+                sent.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        }
+    });
+    // Social services generate a new bundle, put it in their profiles, and
+    // the federation publishes it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let now = certs::now();
+    let key_path = h.dir().join("social-2.key");
+    let (_, files) =
+        certs::keygen::generate(&social, &key_path, now.plus_millis(-1000), now.plus_millis(730 * 86_400_000), false)
+            .unwrap();
+    for p in [SOCIAL_ONCALL, SOCIAL_SYSTEM] {
+        certs::profile::add_bundle(&h.profile(p), &key_path).unwrap();
+    }
+    let mut fed = h.federation();
+    let new_key = fed.add_agency_key(&certs::keygen::read_public(&files.public).unwrap()).unwrap();
+    fed.publish_directory(certs::now()).unwrap();
+    h.reload();
+
+    let sent = sender.await.unwrap();
+    let mut alerts = oncall.subscribe().await.unwrap();
+    let mut opened = 0;
+    loop {
+        match alerts.next().await.unwrap().unwrap() {
+            AlertEvent::Referral(r) => {
+                oncall.ack_digest(r.message_id, r.envelope_digest, "jour-1").await.unwrap();
+                opened += 1;
+            }
+            AlertEvent::Unreadable { error, .. } => panic!("unreadable during rotation: {error}"),
+            AlertEvent::CaughtUp { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(opened, sent.len(), "every referral opened and acknowledged");
+    // Early ones went to the old key, later ones to the new one.
+    let receipts = police.receipts(&sent.iter().map(|s| s.message_id).collect::<Vec<_>>()).await.unwrap();
+    assert_eq!(receipts.len(), 30);
+    let dir = police.refresh_directory().await.unwrap();
+    assert_eq!(dir.agency(&social).unwrap().current_key(certs::now()).unwrap().key_id, new_key);
+    assert_ne!(old_key, new_key);
+    // Social services now sign with the new key; the police open it.
+    let social_system = h.client(SOCIAL_SYSTEM).await;
+    let back = social_system.send(&AgencyId::new(POLICE).unwrap(), &example_notice()).await.unwrap();
+    let police_oncall = h.client(POLICE_ONCALL).await;
+    let mut alerts = police_oncall.subscribe().await.unwrap();
+    loop {
+        if let AlertEvent::Referral(r) = alerts.next().await.unwrap().unwrap() {
+            assert_eq!(r.message_id, back.message_id);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_server_certificate_renews_without_dropping_streams() {
+    let h = Harness::start().await;
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let mut alerts = oncall.subscribe().await.unwrap();
+    let before = h.state().tls.current().server_cert_not_after;
+    let mut fed = h.federation();
+    certs::broker_creds::renew_server_cert(
+        &mut fed,
+        &h.dev.broker_dir(),
+        vec!["localhost".into()],
+        vec!["127.0.0.1".parse().unwrap()],
+        certs::now(),
+        400,
+    )
+    .unwrap();
+    h.reload();
+    assert!(h.state().tls.current().server_cert_not_after > before);
+    // A new connection handshakes with the new certificate…
+    let police = h.client(POLICE_SYSTEM).await;
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    // …and the stream opened before the renewal still delivers.
+    loop {
+        if let AlertEvent::Referral(r) = alerts.next().await.unwrap().unwrap() {
+            assert_eq!(r.message_id, sent.message_id);
+            break;
+        }
+    }
+}
