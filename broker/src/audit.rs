@@ -27,13 +27,36 @@ pub fn entry_bytes(index: u64, at: Timestamp, event: pb::audit_entry::Event) -> 
     })
 }
 
-/// Reads Merkle nodes from the store.
+/// Merkle nodes below this level are not stored: they are recomputed from
+/// at most 2^level entries when a proof or a restart needs them. That keeps
+/// the writes per entry near one (the entry) instead of about three.
+pub const LOWEST_STORED_LEVEL: u32 = 4;
+
+/// Whether the committer stores a node of `level`.
+pub fn stores_level(level: u32) -> bool {
+    level >= LOWEST_STORED_LEVEL
+}
+
+/// Reads Merkle nodes from the store, recomputing the lowest levels from
+/// the entries themselves.
 #[derive(Debug)]
 pub struct StoreNodes<'a>(pub &'a dyn Store);
 
 impl NodeSource for StoreNodes<'_> {
     type Error = StoreError;
     fn node(&self, level: u32, index: u64) -> Result<Digest, StoreError> {
+        if !stores_level(level) {
+            let (from, to) = (index << level, (index + 1) << level);
+            let entries = read_entries(self.0, from, to, 1 << level)?;
+            if entries.len() as u64 != to - from {
+                return Err(StoreError::Corrupt(format!("audit entries {from}..{to} are missing")));
+            }
+            let mut tree = referral_proto::merkle::MemoryTree::default();
+            for (_, e) in &entries {
+                tree.append_entry(e);
+            }
+            return Ok(tree.root());
+        }
         let v = self
             .0
             .get(Table::MerkleNodes, &keys::merkle(level, index))?

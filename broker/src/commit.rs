@@ -576,13 +576,15 @@ impl<'a> Tx<'a> {
         let index = self.state.frontier.size();
         let bytes = entry_bytes(index, self.now, event);
         for node in self.state.frontier.append(leaf_hash(&bytes)) {
-            self.batch.put(Table::MerkleNodes, keys::merkle(node.level, node.index), node.hash.0.to_vec());
+            if crate::audit::stores_level(node.level) {
+                self.batch.put(Table::MerkleNodes, keys::merkle(node.level, node.index), node.hash.0.to_vec());
+            }
         }
         self.batch.put(Table::Audit, keys::audit(index), bytes);
         index
     }
 
-    /// Issues a signed receipt for the sender and puts it in the feed.
+    /// Issues a receipt for the sender and puts it in the feed.
     fn add_receipt(
         &mut self,
         id: &MessageId,
@@ -605,7 +607,10 @@ impl<'a> Tx<'a> {
             log_index,
             detail,
         };
-        let receipt = pb::Receipt::from(&statement.sign(&self.core.deps.log_key, ack));
+        // Stored unsigned; signed on the way out, off this thread (see
+        // referral_proto::receipt::sign_stored).
+        let mut receipt = pb::Receipt::from(&statement.sign_placeholder(ack));
+        receipt.broker_signature.clear();
         let n = rec.receipt_count;
         rec.receipt_count += 1;
         let bytes = prost::Message::encode_to_vec(&receipt);
@@ -701,8 +706,9 @@ impl<'a> Tx<'a> {
         };
         self.batch.put(Table::Envelopes, keys::message(&id), encoded);
         self.batch.put(Table::Queue, keys::queue(&h.recipient, seq), id.as_bytes().to_vec());
+        // One stored deadline per message at a time: the escalation now; the
+        // expiry is stored when the escalation fires (it always comes later).
         self.batch.put(Table::Deadlines, keys::deadline(ack_deadline_ms, DeadlineKind::Escalate, &id), vec![]);
-        self.batch.put(Table::Deadlines, keys::deadline(expires_at_ms, DeadlineKind::Expire, &id), vec![]);
         let receipt = self.add_receipt(&id, &mut rec, ReceiptStatus::Accepted, String::new(), None, log_index);
         let receipt = self.keep(receipt)?;
         let pending = self.bump(meta::pending(&h.recipient), 1);
@@ -758,8 +764,12 @@ impl<'a> Tx<'a> {
                 let purge_at = self.now.0 + self.core.deps.timing.acked_retention_ms;
                 rec.purge_at_ms = Some(purge_at);
                 self.batch.delete(Table::Queue, keys::queue(&recipient, rec.sequence));
-                self.batch.delete(Table::Deadlines, keys::deadline(rec.ack_deadline_ms, DeadlineKind::Escalate, &id));
-                self.batch.delete(Table::Deadlines, keys::deadline(rec.expires_at_ms, DeadlineKind::Expire, &id));
+                let pending_deadline = if rec.escalated {
+                    keys::deadline(rec.expires_at_ms, DeadlineKind::Expire, &id)
+                } else {
+                    keys::deadline(rec.ack_deadline_ms, DeadlineKind::Escalate, &id)
+                };
+                self.batch.delete(Table::Deadlines, pending_deadline);
                 self.batch.put(Table::Deadlines, keys::deadline(purge_at, DeadlineKind::Purge, &id), vec![]);
                 let pb_ack = pb::SignedAck::from(&ack);
                 let receipt = self.add_receipt(&id, &mut rec, ReceiptStatus::Acknowledged, uri, Some(ack), log_index);
@@ -837,6 +847,7 @@ impl<'a> Tx<'a> {
                     contact: contact_uri.clone(),
                 }));
                 rec.escalated = true;
+                self.batch.put(Table::Deadlines, keys::deadline(rec.expires_at_ms, DeadlineKind::Expire, &id), vec![]);
                 metrics::counter!(crate::metrics::ESCALATIONS).increment(1);
                 let r = self.add_receipt(&id, &mut rec, ReceiptStatus::Escalated, contact_uri.clone(), None, log_index);
                 self.keep(r)?;
@@ -870,7 +881,7 @@ impl<'a> Tx<'a> {
                 self.keep(pending)?;
                 metrics::counter!(crate::metrics::EXPIRIES).increment(1);
                 self.batch.delete(Table::Queue, keys::queue(&recipient, rec.sequence));
-                self.batch.delete(Table::Deadlines, keys::deadline(rec.ack_deadline_ms, DeadlineKind::Escalate, &id));
+                // Reached only after the escalation fired and stored this expiry.
                 self.purge(&id, &mut rec);
                 let r = self.add_receipt(&id, &mut rec, ReceiptStatus::Expired, String::new(), None, log_index);
                 self.keep(r)?;

@@ -320,7 +320,8 @@ impl Config {
         let federation_key = c.required(fed.federation_key, "federation.federation_key");
         let log_key = c.required(fed.log_key, "federation.log_key");
 
-        let data_dir = c.required(raw.storage.unwrap_or_default().data_dir, "storage.data_dir");
+        let storage = raw.storage.unwrap_or_default();
+        let data_dir = c.required(storage.data_dir, "storage.data_dir");
 
         let d = raw.delivery.unwrap_or_default();
         let ms = |d: Duration| d.as_millis() as i64;

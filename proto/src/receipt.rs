@@ -93,6 +93,12 @@ impl ReceiptStatement {
         c.finish()
     }
 
+    /// A receipt with an all-zero signature, to be stored and signed later
+    /// with [`sign_stored`].
+    pub fn sign_placeholder(self, ack: Option<SignedAck>) -> Receipt {
+        Receipt { statement: self, signature: [0; 64], ack }
+    }
+
     pub fn sign(self, key: &SigningKey, ack: Option<SignedAck>) -> Receipt {
         let signature = key.sign(&self.signing_input());
         Receipt { statement: self, signature, ack }
@@ -188,6 +194,26 @@ impl TryFrom<pb::Receipt> for Receipt {
             ack: p.ack.map(SignedAck::try_from).transpose()?,
         })
     }
+}
+
+/// Signs a receipt held in its wire form with an empty signature: the
+/// broker stores receipts unsigned and signs them as it sends them
+/// (Ed25519 is deterministic, so every copy carries the same signature).
+pub fn sign_stored(mut p: pb::Receipt, key: &SigningKey) -> Result<pb::Receipt, ReceiptError> {
+    let s = p.statement.clone().ok_or(ReceiptError::Missing("statement"))?;
+    let statement = ReceiptStatement {
+        message_id: MessageId::from_bytes(&s.message_id)?,
+        envelope_digest: Digest::from_slice(&s.envelope_digest).ok_or(ReceiptError::Missing("envelope_digest"))?,
+        status: ReceiptStatus::from_code(s.status).ok_or(ReceiptError::Status(s.status))?,
+        at: Timestamp(s.at_ms),
+        sender: AgencyId::new(s.sender)?,
+        recipient: AgencyId::new(s.recipient)?,
+        recipient_sequence: s.recipient_sequence,
+        log_index: s.log_index,
+        detail: s.detail,
+    };
+    p.broker_signature = key.sign(&statement.signing_input()).to_vec();
+    Ok(p)
 }
 
 /// The audit log's size and root hash at a time.

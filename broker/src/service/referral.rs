@@ -111,10 +111,10 @@ impl ReferralService {
                 }
             }
         };
-        tracing::info!(duplicate = outcome.duplicate, "accepted");
+        tracing::debug!(duplicate = outcome.duplicate, "accepted");
         let outcome_label = if outcome.duplicate { "duplicate" } else { "accepted" };
         metrics::counter!(crate::metrics::SUBMITS, "outcome" => outcome_label).increment(1);
-        Ok(pb::SubmitResponse { receipt: Some(outcome.receipt), duplicate: outcome.duplicate })
+        Ok(pb::SubmitResponse { receipt: Some(signed(state, outcome.receipt)?), duplicate: outcome.duplicate })
     }
 
     async fn ack_inner(&self, principal: &Principal, req: pb::AckRequest) -> Result<pb::AckResponse, Status> {
@@ -152,7 +152,10 @@ impl ReferralService {
         }
         let outcome = state.committer.ack(ack, principal.clone()).await?;
         tracing::info!(already = outcome.already_acknowledged, "acknowledged");
-        Ok(pb::AckResponse { receipt: Some(outcome.receipt), already_acknowledged: outcome.already_acknowledged })
+        Ok(pb::AckResponse {
+            receipt: Some(signed(state, outcome.receipt)?),
+            already_acknowledged: outcome.already_acknowledged,
+        })
     }
 }
 
@@ -163,9 +166,15 @@ fn message_record(state: &BrokerState, id: &MessageId) -> Result<Option<MessageR
     }
 }
 
+/// A stored receipt, signed for sending.
 fn receipt(state: &BrokerState, id: &MessageId, n: u8) -> Result<pb::Receipt, BrokerError> {
     let bytes = state.store.get(Table::Receipts, &keys::receipt(id, n))?.ok_or(BrokerError::StorageCorrupt)?;
-    pb::Receipt::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)
+    signed(state, pb::Receipt::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)?)
+}
+
+/// Signs a receipt the committer stored unsigned.
+fn signed(state: &BrokerState, r: pb::Receipt) -> Result<pb::Receipt, BrokerError> {
+    referral_proto::receipt::sign_stored(r, &state.log_key).map_err(|_| BrokerError::StorageCorrupt)
 }
 
 /// Builds the delivery of queue entry `seq` (None if settled meanwhile).

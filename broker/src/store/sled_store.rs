@@ -24,7 +24,7 @@ use crate::store::keys::meta;
 
 /// sled's page cache; the store's working set (queues, heads of the log)
 /// is small, so this bounds the broker's memory, not its speed.
-const CACHE_BYTES: u64 = 128 * 1024 * 1024;
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug)]
 struct Inner {
