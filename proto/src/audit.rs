@@ -218,13 +218,51 @@ impl<'d> LogChecker<'d> {
 
     /// Checks the entry at `index` (which must be the next one).
     pub fn push(&mut self, index: u64, bytes: &[u8]) {
+        let decoded = decode_entry(bytes, index);
+        let signatures =
+            decoded.as_ref().ok().and_then(|e| e.event.as_ref()).map(|e| verify_signatures(self.directory, e));
+        self.push_checked(index, leaf_hash(bytes), decoded, signatures);
+    }
+
+    /// Checks consecutive entries, verifying their signatures and hashing
+    /// them on every core (the expensive, independent part), then running
+    /// the in-order checks.
+    pub fn push_batch(&mut self, entries: &[(u64, Vec<u8>)]) {
+        let directory = self.directory;
+        let work = |(index, bytes): &(u64, Vec<u8>)| {
+            let decoded = decode_entry(bytes, *index);
+            let signatures =
+                decoded.as_ref().ok().and_then(|e| e.event.as_ref()).map(|e| verify_signatures(directory, e));
+            (leaf_hash(bytes), decoded, signatures)
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(entries.len().max(1));
+        let chunk = entries.len().div_ceil(threads).max(1);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = entries
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<_>>()))
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("a verification thread panicked")).collect()
+        });
+        for ((index, _), (leaf, decoded, signatures)) in entries.iter().zip(results) {
+            self.push_checked(*index, leaf, decoded, signatures);
+        }
+    }
+
+    fn push_checked(
+        &mut self,
+        index: u64,
+        leaf: Digest,
+        decoded: Result<pb::AuditEntry, EntryError>,
+        signatures: Option<Result<(), String>>,
+    ) {
         if index != self.frontier.size() {
             self.fail(
                 Some(index),
                 format!("expected entry {} next; the log skips or repeats entries", self.frontier.size()),
             );
         }
-        for node in self.frontier.append(leaf_hash(bytes)) {
+        for node in self.frontier.append(leaf) {
             if node.level == BLOCK_LEVEL {
                 self.blocks.push(node.hash);
             }
@@ -232,11 +270,15 @@ impl<'d> LogChecker<'d> {
         if Some(self.frontier.size()) == self.checkpoint {
             self.checkpoint_root = Some(self.frontier.root());
         }
-        match decode_entry(bytes, index) {
+        match decoded {
             Ok(entry) => {
                 let event = entry.event.expect("decode_entry refuses entries without an event");
                 *self.counts.entry(EventKind::of(&event)).or_default() += 1;
-                if let Err(m) = self.check_event(event) {
+                let checked = match signatures {
+                    Some(Err(m)) => Err(m),
+                    _ => self.check_event(event),
+                };
+                if let Err(m) = checked {
                     self.fail(Some(index), m);
                 }
             }
@@ -258,22 +300,7 @@ impl<'d> LogChecker<'d> {
                     .map_err(|e| format!("submission header: {e}"))?;
                 let id = header.message_id;
                 let payload = Digest::from_slice(&s.payload_digest).ok_or("payload digest is not 32 bytes")?;
-                let sender = self
-                    .directory
-                    .agency(&header.sender)
-                    .ok_or_else(|| format!("message {id}: sender {} is not in the directory", header.sender))?;
-                let key = sender.key(&header.sender_key_id).ok_or_else(|| {
-                    format!("message {id}: sender key {} is not in the directory", header.sender_key_id)
-                })?;
-                if !key.valid_at(header.created_at) {
-                    return Err(format!(
-                        "message {id}: sender key {} was not valid at {}",
-                        key.key_id, header.created_at
-                    ));
-                }
-                key.signing
-                    .verify(&signing_input(&header, &payload), &s.signature)
-                    .map_err(|_| format!("message {id}: the sender's signature does not verify"))?;
+                // The signature was checked by verify_signatures.
                 let digest = envelope_digest(&header, &payload, &s.signature);
                 if s.envelope_digest != digest.0 {
                     return Err(format!("message {id}: the recorded envelope digest is not the envelope's"));
@@ -315,7 +342,7 @@ impl<'d> LogChecker<'d> {
                 let ack = SignedAck::try_from(a.ack.ok_or("acknowledgement without its signed ack")?)
                     .map_err(|e| format!("acknowledgement: {e}"))?;
                 let id = ack.statement.message_id;
-                ack.verify(self.directory).map_err(|e| format!("acknowledgement of message {id}: {e}"))?;
+                // The ack's signature was checked by verify_signatures.
                 let info = self
                     .messages
                     .get_mut(&id)
@@ -376,6 +403,40 @@ impl<'d> LogChecker<'d> {
             blocks: self.blocks,
             checkpoint_root: self.checkpoint_root,
         }
+    }
+}
+
+/// The signature checks of one event, which need only the directory: the
+/// sender's signature of a submission (with its key valid at the creation
+/// time) and the acker's signature of an acknowledgement. Pure and
+/// independent, so a checker runs them in parallel.
+pub fn verify_signatures(directory: &Directory, event: &Event) -> Result<(), String> {
+    match event {
+        Event::Submitted(s) => {
+            let header = EnvelopeHeader::try_from(s.header.clone().ok_or("submission without a header")?)
+                .map_err(|e| format!("submission header: {e}"))?;
+            let id = header.message_id;
+            let payload = Digest::from_slice(&s.payload_digest).ok_or("payload digest is not 32 bytes")?;
+            let sender = directory
+                .agency(&header.sender)
+                .ok_or_else(|| format!("message {id}: sender {} is not in the directory", header.sender))?;
+            let key = sender
+                .key(&header.sender_key_id)
+                .ok_or_else(|| format!("message {id}: sender key {} is not in the directory", header.sender_key_id))?;
+            if !key.valid_at(header.created_at) {
+                return Err(format!("message {id}: sender key {} was not valid at {}", key.key_id, header.created_at));
+            }
+            key.signing
+                .verify(&signing_input(&header, &payload), &s.signature)
+                .map_err(|_| format!("message {id}: the sender's signature does not verify"))
+        }
+        Event::Acknowledged(a) => {
+            let ack = SignedAck::try_from(a.ack.clone().ok_or("acknowledgement without its signed ack")?)
+                .map_err(|e| format!("acknowledgement: {e}"))?;
+            let id = ack.statement.message_id;
+            ack.verify(directory).map_err(|e| format!("acknowledgement of message {id}: {e}"))
+        }
+        _ => Ok(()),
     }
 }
 
