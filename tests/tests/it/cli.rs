@@ -195,3 +195,18 @@ async fn broker_dev_makes_a_federation_and_serves_it() {
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().await.unwrap().success(), "SIGTERM shuts down cleanly");
 }
+
+#[tokio::test]
+async fn completions_and_man_pages_are_generated() {
+    let (code, out, err) = run_tool(exe(), "broker", &["completions", "bash"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("_broker()") && out.contains("check-config"), "bash completion for broker");
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_tool(exe(), "broker", &["manpages", "--out", tmp.path().to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    for tool in ["broker", "agency-client", "certs"] {
+        let page = std::fs::read_to_string(tmp.path().join(format!("{tool}.1"))).unwrap();
+        assert!(page.contains(".TH") && page.to_lowercase().contains(tool), "{tool}.1 is a man page");
+        assert!(out.contains(&format!("{tool}.1")));
+    }
+}

@@ -161,3 +161,25 @@ async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
     assert!(status.message().contains("did not read"), "{status:?}");
     assert!(delivered < 150, "a stuck reader cannot have received everything ({delivered})");
 }
+
+#[tokio::test]
+async fn idle_streams_get_heartbeats() {
+    let h = Harness::start_with(Options {
+        tweak: Box::new(|c| c.heartbeat_interval = Duration::from_millis(100)),
+        ..Options::default()
+    })
+    .await;
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let mut alerts = oncall.subscribe().await.unwrap();
+    let mut beats = 0;
+    while beats < 2 {
+        match alerts.next().await.unwrap().unwrap() {
+            AlertEvent::Heartbeat { at } => {
+                assert!(at.0 > 0);
+                beats += 1;
+            }
+            AlertEvent::CaughtUp { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
