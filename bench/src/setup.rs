@@ -112,31 +112,7 @@ pub fn free_port() -> std::io::Result<SocketAddr> {
 pub fn config_text(listen: SocketAddr, admin: SocketAddr, data_dir: &Path, log_level: &str) -> String {
     format!(
         r#"# Written by 'loadgen': the development configuration with benchmark limits.
-[listen]
-address = "{listen}"
-max_connections = 100000
-
-[tls]
-certificate = "broker/server.pem"
-key = "broker/server.key"
-client_ca = "federation/ca.pem"
-crl = "federation/crl.pem"
-
-[federation]
-directory = "federation/directory.bin"
-federation_key = "federation/federation.pub"
-log_key = "broker/log.key"
-
-[storage]
-data_dir = "{data}"
-
-[delivery]
-ack_deadline_immediate = "15m"
-ack_deadline_urgent = "4h"
-ack_deadline_routine = "3d"
-unacked_retention = "30d"
-acked_retention = "7d"
-
+{}
 [limits]
 submit_rate_per_second = 1000000
 submit_burst = 1000000
@@ -149,7 +125,7 @@ level = "{log_level}"
 [admin]
 listen = "{admin}"
 "#,
-        data = data_dir.display()
+        broker::config::dev_config_text(listen, data_dir)
     )
 }
 

@@ -168,24 +168,30 @@ impl From<&Receipt> for pb::Receipt {
     }
 }
 
+impl TryFrom<pb::ReceiptStatement> for ReceiptStatement {
+    type Error = ReceiptError;
+
+    fn try_from(s: pb::ReceiptStatement) -> Result<Self, ReceiptError> {
+        Ok(ReceiptStatement {
+            message_id: MessageId::from_bytes(&s.message_id)?,
+            envelope_digest: Digest::from_slice(&s.envelope_digest).ok_or(ReceiptError::Missing("envelope_digest"))?,
+            status: ReceiptStatus::from_code(s.status).ok_or(ReceiptError::Status(s.status))?,
+            at: Timestamp(s.at_ms),
+            sender: AgencyId::new(s.sender)?,
+            recipient: AgencyId::new(s.recipient)?,
+            recipient_sequence: s.recipient_sequence,
+            log_index: s.log_index,
+            detail: s.detail,
+        })
+    }
+}
+
 impl TryFrom<pb::Receipt> for Receipt {
     type Error = ReceiptError;
 
     fn try_from(p: pb::Receipt) -> Result<Self, ReceiptError> {
-        let s = p.statement.ok_or(ReceiptError::Missing("statement"))?;
         Ok(Receipt {
-            statement: ReceiptStatement {
-                message_id: MessageId::from_bytes(&s.message_id)?,
-                envelope_digest: Digest::from_slice(&s.envelope_digest)
-                    .ok_or(ReceiptError::Missing("envelope_digest"))?,
-                status: ReceiptStatus::from_code(s.status).ok_or(ReceiptError::Status(s.status))?,
-                at: Timestamp(s.at_ms),
-                sender: AgencyId::new(s.sender)?,
-                recipient: AgencyId::new(s.recipient)?,
-                recipient_sequence: s.recipient_sequence,
-                log_index: s.log_index,
-                detail: s.detail,
-            },
+            statement: ReceiptStatement::try_from(p.statement.ok_or(ReceiptError::Missing("statement"))?)?,
             signature: p
                 .broker_signature
                 .as_slice()
@@ -200,18 +206,7 @@ impl TryFrom<pb::Receipt> for Receipt {
 /// broker stores receipts unsigned and signs them as it sends them
 /// (Ed25519 is deterministic, so every copy carries the same signature).
 pub fn sign_stored(mut p: pb::Receipt, key: &SigningKey) -> Result<pb::Receipt, ReceiptError> {
-    let s = p.statement.clone().ok_or(ReceiptError::Missing("statement"))?;
-    let statement = ReceiptStatement {
-        message_id: MessageId::from_bytes(&s.message_id)?,
-        envelope_digest: Digest::from_slice(&s.envelope_digest).ok_or(ReceiptError::Missing("envelope_digest"))?,
-        status: ReceiptStatus::from_code(s.status).ok_or(ReceiptError::Status(s.status))?,
-        at: Timestamp(s.at_ms),
-        sender: AgencyId::new(s.sender)?,
-        recipient: AgencyId::new(s.recipient)?,
-        recipient_sequence: s.recipient_sequence,
-        log_index: s.log_index,
-        detail: s.detail,
-    };
+    let statement = ReceiptStatement::try_from(p.statement.clone().ok_or(ReceiptError::Missing("statement"))?)?;
     p.broker_signature = key.sign(&statement.signing_input()).to_vec();
     Ok(p)
 }

@@ -6,7 +6,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agency_client::alerts::AlertEvent;
 use integration_tests::*;
 use referral_proto::ids::AgencyId;
 use referral_proto::notice::example_notice;
@@ -103,15 +102,7 @@ async fn a_full_disk_refuses_submits_keeps_what_was_accepted_and_recovers() {
     accepted.push(recovered.expect("submits succeed again once space is free"));
     // Nothing accepted was lost.
     let oncall = h.client(SOCIAL_ONCALL).await;
-    let mut alerts = oncall.subscribe().await.unwrap();
-    let mut got = Vec::new();
-    loop {
-        match alerts.next().await.unwrap().unwrap() {
-            AlertEvent::Referral(r) => got.push(r.message_id),
-            AlertEvent::CaughtUp { .. } => break,
-            _ => {}
-        }
-    }
+    let got = crate::support::waiting(&oncall).await;
     assert_eq!(got, accepted);
     let auditor = h.client(AUDITOR).await;
     let v = auditor.verify_log(&h.dir().join("audit.json"), |_, _| {}).await.unwrap();

@@ -159,15 +159,7 @@ async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
     // The restored broker serves the waiting referrals and its log verifies.
     b.spawn().await;
     let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
-    let mut alerts = oncall.subscribe().await.unwrap();
-    let mut got = Vec::new();
-    loop {
-        match alerts.next().await.unwrap().unwrap() {
-            AlertEvent::Referral(r) => got.push(r.message_id),
-            AlertEvent::CaughtUp { .. } => break,
-            _ => {}
-        }
-    }
+    let got = crate::support::waiting(&oncall).await;
     assert_eq!(got, ids[1..]);
     let auditor = agency_client::Client::connect_dir(&b.dev.profile(AUDITOR)).await.unwrap();
     let v = auditor.verify_log(&tmp.path().join("audit.json"), |_, _| {}).await.unwrap();

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use agency_client::alerts::AlertEvent;
 use integration_tests::*;
 use referral_proto::ids::AgencyId;
 use referral_proto::notice::example_notice;
@@ -22,15 +21,7 @@ async fn queued_messages_survive_a_restart() {
     h.restart().await;
     assert_eq!(*h.state().hub.tree.borrow(), (size_before, root_before), "the audit log is intact");
     let oncall = h.client(SOCIAL_ONCALL).await;
-    let mut alerts = oncall.subscribe().await.unwrap();
-    let mut got = Vec::new();
-    loop {
-        match alerts.next().await.unwrap().unwrap() {
-            AlertEvent::Referral(r) => got.push(r.message_id),
-            AlertEvent::CaughtUp { .. } => break,
-            _ => {}
-        }
-    }
+    let got = crate::support::waiting(&oncall).await;
     assert_eq!(got, ids);
     // New messages continue the queue's sequence.
     let police = h.client(POLICE_SYSTEM).await;

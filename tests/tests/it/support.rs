@@ -2,6 +2,7 @@
 //! what the broker stored.
 
 use agency_client::Client;
+use agency_client::alerts::AlertEvent;
 use certs::profile::Profile;
 use integration_tests::Harness;
 use referral_proto::envelope::Envelope;
@@ -63,4 +64,17 @@ pub async fn rejection_reasons(h: &Harness) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// The ids of every referral waiting for `client`'s agency, in queue order.
+pub async fn waiting(client: &Client) -> Vec<MessageId> {
+    let mut alerts = client.subscribe().await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match alerts.next().await.unwrap().unwrap() {
+            AlertEvent::Referral(r) => got.push(r.message_id),
+            AlertEvent::CaughtUp { .. } => return got,
+            _ => {}
+        }
+    }
 }
