@@ -120,6 +120,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let answer = fixed_answer(&config, &directory)?;
     let trust_domain = directory.current().directory.trust_domain.clone();
     let tls = Arc::new(TlsState::open(&config.tls)?);
+    let termination = broker::cli::Termination::listen().context("cannot install the SIGTERM/SIGINT handlers")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -139,7 +140,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let hb = config.heartbeat_interval;
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        broker::cli::termination().await;
+        termination.recv().await;
         stop.cancel();
     });
     tonic::transport::Server::builder()

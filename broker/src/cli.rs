@@ -100,32 +100,44 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
+/// SIGTERM and SIGINT, caught from the moment `listen` returns.
+///
+/// Listen before anything can be reached from outside (a health probe, a
+/// client): a signal that arrives before the handler is installed would take
+/// the default action and kill the process without an orderly shutdown.
+#[derive(Debug)]
+pub struct Termination {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    /// Installs the handlers. Needs a running tokio runtime.
+    pub fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { term: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT received since `listen`.
+    pub async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
 /// Serves until SIGTERM/SIGINT, then shuts down in order.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let termination =
+        Termination::listen().map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let shutdown = CancellationToken::new();
     let running =
         start(listener, config, StartOptions { clock: Arc::new(SystemClock), sighup: true }, shutdown.clone()).await?;
-    termination().await;
+    termination.recv().await;
     tracing::info!("shutting down: finishing in-flight requests");
     shutdown.cancel();
     running.wait().await?;

@@ -175,7 +175,7 @@ async fn broker_dev_makes_a_federation_and_serves_it() {
         .arg("--data")
         .arg(tmp.path().join("data"))
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("stderr.log")).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -193,7 +193,10 @@ async fn broker_dev_makes_a_federation_and_serves_it() {
     assert_eq!(client.refresh_directory().await.unwrap().agencies.len(), 2);
     let pid = child.id().unwrap().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(child.wait().await.unwrap().success(), "SIGTERM shuts down cleanly");
+    let status = child.wait().await.unwrap();
+    let log = std::fs::read_to_string(tmp.path().join("stderr.log")).unwrap();
+    assert!(status.success(), "SIGTERM shuts down cleanly; exited with {status}:\n{log}");
+    assert!(log.contains("shutting down: finishing in-flight requests") && log.contains("stopped"), "{log}");
 }
 
 #[tokio::test]
