@@ -18,7 +18,7 @@ use crate::authz::{self, Rpc};
 use crate::error::BrokerError;
 use crate::hub::HubEvent;
 use crate::state::BrokerState;
-use crate::store::records::{self, FeedEntry, MessageRecord};
+use crate::store::records::{self, FeedEntry, MessageRecord, MessageState};
 use crate::store::{Table, keys};
 
 /// Most message ids in one GetReceipts call.
@@ -177,7 +177,9 @@ fn signed(state: &BrokerState, r: pb::Receipt) -> Result<pb::Receipt, BrokerErro
     referral_proto::receipt::sign_stored(r, &state.log_key).map_err(|_| BrokerError::StorageCorrupt)
 }
 
-/// Builds the delivery of queue entry `seq` (None if settled meanwhile).
+/// Builds the delivery of queue entry `seq`; None once the message is
+/// acknowledged or expired (its ciphertext is kept for a while after that,
+/// but it is never delivered again).
 fn delivery(
     state: &BrokerState,
     id: &MessageId,
@@ -187,6 +189,9 @@ fn delivery(
     let Some(rec) = message_record(state, id)? else {
         return Ok(None);
     };
+    if !matches!(rec.state, MessageState::Pending) {
+        return Ok(None);
+    }
     let Some(bytes) = state.store.get(Table::Envelopes, &keys::message(id))? else {
         return Ok(None);
     };
@@ -238,10 +243,13 @@ async fn run_subscriber(
             for (k, v) in page {
                 let seq = keys::queue_seq(&k).ok_or(BrokerError::StorageCorrupt)?;
                 let id = MessageId::from_bytes(&v).map_err(|_| BrokerError::StorageCorrupt)?;
+                // Room first, then the state: a message settled while this
+                // stream waited for room is never sent afterwards.
+                let Ok(permit) = out.reserve().await else {
+                    return Ok(());
+                };
                 if let Some(d) = delivery(&state, &id, seq, &me)? {
-                    if out.send(alert(pb::alert::Event::Delivery(d))).await.is_err() {
-                        return Ok(());
-                    }
+                    permit.send(alert(pb::alert::Event::Delivery(d)));
                     state.committer.delivered(id, me.clone()).await;
                     heartbeat.reset();
                 }

@@ -59,6 +59,21 @@ impl<T> Producer<T> {
         }
     }
 
+    /// Waits (at most the stall timeout) for room for one item. Check what
+    /// depends on the current state after this, then send with the permit:
+    /// the item then goes out reflecting the state at the moment it was
+    /// queued, however long the wait for room was.
+    pub async fn reserve(&self) -> Result<mpsc::Permit<'_, T>, Stop> {
+        match tokio::time::timeout(self.stall, self.tx.reserve()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Stop::Closed),
+            Err(_) => {
+                self.end(BrokerError::SubscriberStalled(self.stall.as_secs()).into());
+                Err(Stop::Stalled)
+            }
+        }
+    }
+
     /// Ends the stream with `status` once buffered items are read.
     pub fn end(&self, status: Status) {
         *self.ending.lock().expect("stream lock") = Some(status);

@@ -101,18 +101,10 @@ async fn unacknowledged_messages_are_redelivered_in_order_after_reconnect() {
     assert!(backlog(&mut alerts).await.iter().all(|r| !r.redelivery));
 }
 
-#[tokio::test]
-async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
-    let h = Harness::start_with(Options {
-        tweak: Box::new(|c| {
-            c.subscriber_buffer = 2;
-            c.stall_timeout = Duration::from_millis(300);
-        }),
-        ..Options::default()
-    })
-    .await;
-    // A subscriber with tiny HTTP/2 windows that never reads.
-    let p = certs::profile::Profile::load(&h.profile(SOCIAL_ONCALL), certs::now()).unwrap();
+/// A raw subscription over a connection with 16 KiB HTTP/2 windows, so
+/// that a client that does not read soon fills every buffer on the way.
+async fn tiny_window_subscription(h: &Harness, principal: &str) -> tonic::Streaming<pb::Alert> {
+    let p = certs::profile::Profile::load(&h.profile(principal), certs::now()).unwrap();
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(&p.ca_pem))
         .identity(tonic::transport::Identity::from_pem(&p.cert_pem, p.key_pem.as_bytes()))
@@ -126,19 +118,39 @@ async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
         .connect()
         .await
         .unwrap();
-    let mut stuck = pb::referral_broker_client::ReferralBrokerClient::new(channel)
+    pb::referral_broker_client::ReferralBrokerClient::new(channel)
         .subscribe(pb::SubscribeRequest {})
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// A referral big enough that 150 of them overflow a stuck reader's
+/// windows and the server's HTTP/2 send buffer (hyper keeps up to 400 KiB
+/// per stream): about 4.3 KiB each.
+fn big_notice() -> referral_proto::notice::ReferralNotice {
+    let mut big = example_notice();
+    big.free_text = "x".repeat(3900);
+    big
+}
+
+#[tokio::test]
+async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
+    let h = Harness::start_with(Options {
+        tweak: Box::new(|c| {
+            c.subscriber_buffer = 2;
+            c.stall_timeout = Duration::from_millis(300);
+        }),
+        ..Options::default()
+    })
+    .await;
+    // A subscriber with tiny HTTP/2 windows that never reads.
+    let mut stuck = tiny_window_subscription(&h, SOCIAL_ONCALL).await;
 
     let police = h.client(POLICE_SYSTEM).await;
     let system = h.client(SOCIAL_SYSTEM).await;
     let mut reader = system.subscribe().await.unwrap();
-    // More than the stuck client's windows and the server's HTTP/2 send
-    // buffer (hyper keeps up to 400 KiB per stream) can hold: 150 x ~4.3 KiB.
-    let mut big = example_notice();
-    big.free_text = "x".repeat(3900);
+    let big = big_notice();
     let mut sent = Vec::new();
     for _ in 0..150 {
         sent.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &big).await.unwrap().message_id);
@@ -160,6 +172,64 @@ async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("did not read"), "{status:?}");
     assert!(delivered < 150, "a stuck reader cannot have received everything ({delivered})");
+}
+
+#[tokio::test]
+async fn a_message_acknowledged_while_a_subscriber_waits_for_room_is_never_sent_to_it() {
+    let h = Harness::start_with(Options {
+        tweak: Box::new(|c| {
+            c.subscriber_buffer = 2;
+            // Long enough that the slow subscriber is waited for, not cut off.
+            c.stall_timeout = Duration::from_secs(120);
+        }),
+        ..Options::default()
+    })
+    .await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let system = h.client(SOCIAL_SYSTEM).await;
+    let social = AgencyId::new(SOCIAL).unwrap();
+    // 60 referrals of about 16 KB: one page of the broker's backlog read,
+    // and about 1 MB, far more than the slow subscriber's buffers hold.
+    let mut huge = example_notice();
+    huge.free_text = "\u{1F512}".repeat(3900);
+    let mut sent = Vec::new();
+    for _ in 0..60 {
+        sent.push(police.send(&social, &huge).await.unwrap());
+    }
+    let mut slow = tiny_window_subscription(&h, SOCIAL_ONCALL).await;
+    let delivery_id = |alert: pb::Alert| match alert.event {
+        Some(pb::alert::Event::Delivery(d)) => {
+            Some(MessageId::from_bytes(&d.envelope.unwrap().header.unwrap().message_id).unwrap())
+        }
+        _ => None,
+    };
+    // Its first delivery shows the broker has read the backlog; then it
+    // stops reading, and its stream fills up and waits for room.
+    let first = loop {
+        if let Some(id) = delivery_id(slow.next().await.expect("stream open").expect("no error status")) {
+            break id;
+        }
+    };
+    assert_eq!(first, sent[0].message_id);
+    // Another subscriber of the agency settles every one of them meanwhile.
+    for m in &sent {
+        let acked = system.ack_digest(m.message_id, m.envelope_digest, "handlaggare-2").await.unwrap();
+        assert!(!acked.already_acknowledged);
+    }
+    // One more, left open, marks the end of what the slow one can be sent.
+    let last = police.send(&social, &huge).await.unwrap().message_id;
+    let mut delivered = vec![first];
+    while delivered.last() != Some(&last) {
+        if let Some(id) = delivery_id(slow.next().await.expect("stream open").expect("no error status")) {
+            delivered.push(id);
+        }
+    }
+    // What was queued for it before the acks (its buffers' worth) arrives;
+    // nothing acknowledged before it had room is sent afterwards.
+    let before_acks = delivered.len() - 1;
+    assert!(before_acks < 60, "acknowledged messages were still sent to the slow subscriber ({before_acks} of 60)");
+    let expected: Vec<MessageId> = sent[..before_acks].iter().map(|m| m.message_id).chain([last]).collect();
+    assert_eq!(delivered, expected, "a prefix of the queue, in order, then the open message");
 }
 
 #[tokio::test]
