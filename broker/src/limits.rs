@@ -69,15 +69,22 @@ impl Limiter {
 
     /// Admits one submit (or ack) by `principal`.
     pub fn submit(&self, principal: &str) -> Result<Permit, BrokerError> {
-        let permit = Self::slot(&self.in_flight, principal, self.cfg.max_in_flight_per_principal, "requests")?;
-        self.take_token(principal)?;
+        let permit = Self::slot(&self.in_flight, principal, self.cfg.max_in_flight_per_principal, "requests")
+            .inspect_err(counted)?;
+        self.take_token(principal).inspect_err(counted)?;
         Ok(permit)
     }
 
     /// Admits one stream (subscribe or receipt watch) by `principal`.
     pub fn stream(&self, principal: &str) -> Result<Permit, BrokerError> {
-        Self::slot(&self.streams, principal, self.cfg.max_streams_per_principal, "streams")
+        Self::slot(&self.streams, principal, self.cfg.max_streams_per_principal, "streams").inspect_err(counted)
     }
+}
+
+/// Limit refusals are counted in the metrics but not written to the audit
+/// log: a flood must not become a flood of log entries.
+fn counted(e: &BrokerError) {
+    crate::metrics::rejected(e.reason());
 }
 
 #[cfg(test)]

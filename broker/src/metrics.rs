@@ -27,6 +27,12 @@ pub const AUDIT_ENTRIES: &str = "broker_audit_log_entries";
 pub const CERT_NOT_AFTER: &str = "broker_certificate_not_after_seconds";
 pub const HEALTHY: &str = "broker_healthy";
 
+/// Counts one refused request under its reason: a fixed word from
+/// `BrokerError::reason`, never anything taken from the request.
+pub fn rejected(reason: &'static str) {
+    metrics::counter!(REJECTIONS, "reason" => reason).increment(1);
+}
+
 /// The process-wide recorder (installed once) and the handle that renders it.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -54,8 +54,9 @@ impl BrokerState {
 
     /// The caller's identity, if it may call `rpc`.
     pub fn authorize<T>(&self, req: &tonic::Request<T>, rpc: Rpc) -> Result<Identity, BrokerError> {
-        let identity = self.identify(req)?;
-        authz::check(&identity.principal, rpc, &self.directory.current().directory)?;
+        let counted = |e: &BrokerError| crate::metrics::rejected(e.reason());
+        let identity = self.identify(req).inspect_err(counted)?;
+        authz::check(&identity.principal, rpc, &self.directory.current().directory).inspect_err(counted)?;
         Ok(identity)
     }
 }

@@ -44,7 +44,7 @@ impl ReferralService {
         digest: Option<Digest>,
     ) -> Status {
         tracing::info!(principal = %principal, reason = e.reason(), "request rejected");
-        metrics::counter!(crate::metrics::REJECTIONS, "reason" => e.reason()).increment(1);
+        crate::metrics::rejected(e.reason());
         self.state.committer.reject(principal.uri(), e.reason(), id, digest).await;
         e.into()
     }
@@ -105,7 +105,7 @@ impl ReferralService {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::info!(principal = %principal, reason, "request rejected");
-                        metrics::counter!(crate::metrics::REJECTIONS, "reason" => reason).increment(1);
+                        crate::metrics::rejected(reason);
                         return Err(e.into());
                     }
                 }

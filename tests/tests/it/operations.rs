@@ -89,7 +89,19 @@ async fn metrics_describe_traffic_without_personal_data() {
     let police = h.client(POLICE_SYSTEM).await;
     let mut n = example_notice();
     n.subject.name = "Metrik Personsson".into();
-    police.send(&AgencyId::new(SOCIAL).unwrap(), &n).await.unwrap();
+    let social = AgencyId::new(SOCIAL).unwrap();
+    // One delivered and acknowledged, one left waiting (oldest unacked).
+    let sent = police.send(&social, &n).await.unwrap();
+    police.send(&social, &example_notice()).await.unwrap();
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let mut alerts = oncall.subscribe().await.unwrap();
+    let mut delivered = 0;
+    while delivered < 2 {
+        if let AlertEvent::Referral(_) = alerts.next().await.unwrap().unwrap() {
+            delivered += 1;
+        }
+    }
+    oncall.ack_digest(sent.message_id, sent.envelope_digest, "jour-1").await.unwrap();
     let mut bad = crate::support::example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
     bad.signature[1] ^= 1;
     crate::support::submit_raw(&police, bad).await.unwrap_err();
@@ -99,6 +111,11 @@ async fn metrics_describe_traffic_without_personal_data() {
     for expected in [
         "broker_submits_total{outcome=\"accepted\"}",
         "broker_rejections_total{reason=\"bad_signature\"}",
+        "broker_deliveries_total",
+        "broker_acks_total",
+        "broker_streams_open",
+        "broker_oldest_unacked_seconds{recipient=\"huddinge-socialtjanst\"}",
+        "broker_audit_log_entries",
         "broker_commit_seconds_bucket",
         "broker_queue_depth{recipient=\"huddinge-socialtjanst\"}",
         "broker_certificate_not_after_seconds{which=\"server\"}",
