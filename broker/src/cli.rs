@@ -163,14 +163,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => crate::demo::run().await,
         Command::CheckConfig { config } => {
             let config = load_config(&config)?;
-            crate::tls::load(&config.tls)?;
-            let key = crate::directory::read_federation_key(&config.federation_key)?;
-            let dir = crate::directory::DirectoryState::open(&config.directory, key)?;
+            let (version, agencies) = crate::server::check_files(&config).map_err(|problems| {
+                anyhow::anyhow!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))
+            })?;
             println!(
-                "configuration ok: listening on {}, directory version {} with {} agencies, data in {}",
+                "configuration ok: listening on {}, directory version {version} with {agencies} agencies, data in {}",
                 config.listen,
-                dir.current().directory.version,
-                dir.current().directory.agencies.len(),
                 config.data_dir.display()
             );
             Ok(())

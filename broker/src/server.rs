@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use referral_proto::keys::{KeyPurpose, parse_signing_key_file};
+use referral_proto::keys::{KeyPurpose, SigningKey, parse_signing_key_file};
 use referral_proto::pb::auditor_server::AuditorServer;
 use referral_proto::pb::referral_broker_server::ReferralBrokerServer;
 use tokio::net::TcpListener;
@@ -51,6 +51,50 @@ pub enum StartError {
     Serve(String),
 }
 
+/// Reads the broker's log key (a 0600 key file for the broker-log purpose).
+fn read_log_key(path: &std::path::Path) -> Result<SigningKey, StartError> {
+    let problem = |message: String| StartError::LogKey { path: path.display().to_string(), message };
+    let text = certs::secret_file::read(path).map_err(|e| problem(e.to_string()))?;
+    parse_signing_key_file(&text, KeyPurpose::BrokerLog).map_err(|e| problem(e.to_string()))
+}
+
+/// The log key must be the one the directory publishes, or auditors could
+/// not check a single tree head.
+fn check_log_key(path: &std::path::Path, key: &SigningKey, directory: &DirectoryState) -> Result<(), StartError> {
+    if key.verifying_key() != directory.current().directory.broker_log_key {
+        return Err(StartError::LogKeyMismatch { path: path.display().to_string() });
+    }
+    Ok(())
+}
+
+/// What `broker check-config` checks: every problem in the files the
+/// configuration names that would stop `serve`, all reported at once. (The
+/// data directory is left to `serve`, which takes its lock.) On success,
+/// the directory's version and number of agencies.
+pub fn check_files(config: &Config) -> Result<(u64, usize), Vec<String>> {
+    let mut problems = Vec::new();
+    if let Err(e) = crate::tls::load(&config.tls) {
+        problems.push(StartError::from(e).to_string());
+    }
+    let directory = read_federation_key(&config.federation_key)
+        .and_then(|key| DirectoryState::open(&config.directory, key))
+        .map_err(|e| problems.push(StartError::from(e).to_string()))
+        .ok();
+    let log_key = read_log_key(&config.log_key).map_err(|e| problems.push(e.to_string())).ok();
+    if let (Some(directory), Some(key)) = (&directory, &log_key)
+        && let Err(e) = check_log_key(&config.log_key, key, directory)
+    {
+        problems.push(e.to_string());
+    }
+    match directory {
+        Some(d) if problems.is_empty() => {
+            let current = d.current();
+            Ok((current.directory.version, current.directory.agencies.len()))
+        }
+        _ => Err(problems),
+    }
+}
+
 /// A running broker.
 #[derive(Debug)]
 pub struct Running {
@@ -80,16 +124,8 @@ pub async fn start(
     let addr = listener.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
     let federation_key = read_federation_key(&config.federation_key)?;
     let directory = Arc::new(DirectoryState::open(&config.directory, federation_key)?);
-    let log_key_path = config.log_key.display().to_string();
-    let log_key_text = certs::secret_file::read(&config.log_key)
-        .map_err(|e| StartError::LogKey { path: log_key_path.clone(), message: e.to_string() })?;
-    let log_key = Arc::new(
-        parse_signing_key_file(&log_key_text, KeyPurpose::BrokerLog)
-            .map_err(|e| StartError::LogKey { path: log_key_path.clone(), message: e.to_string() })?,
-    );
-    if log_key.verifying_key() != directory.current().directory.broker_log_key {
-        return Err(StartError::LogKeyMismatch { path: log_key_path });
-    }
+    let log_key = Arc::new(read_log_key(&config.log_key)?);
+    check_log_key(&config.log_key, &log_key, &directory)?;
     let tls = Arc::new(TlsState::open(&config.tls)?);
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
     let directory_version = directory.current().directory.version;

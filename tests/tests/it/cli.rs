@@ -157,6 +157,48 @@ async fn certs_dev_refuses_to_overwrite() {
 }
 
 #[tokio::test]
+async fn check_config_reports_every_problem_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fed");
+    let (code, _, err) = run_tool(exe(), "certs", &["dev", "--dir", dir.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    let config = dir.join("broker.toml");
+    let listen = "127.0.0.1:7443".parse().unwrap();
+    std::fs::write(&config, broker::config::dev_config_text(listen, &tmp.path().join("data"))).unwrap();
+    let args = ["check-config", "--config", config.to_str().unwrap()];
+    let check = || run_tool(exe(), "broker", &args);
+    let (code, out, err) = check().await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("configuration ok: listening on 127.0.0.1:7443, directory version 1 with 2 agencies"),
+        "{out}"
+    );
+
+    // Two unrelated problems: a missing certificate, and a log key file that
+    // holds another kind of key (the directory signing key).
+    std::fs::remove_file(dir.join("broker/server.pem")).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("broker/log.key", "federation/directory.key")).unwrap();
+    let (code, _, err) = check().await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("2 problem(s)"), "{err}");
+    assert!(err.contains("server.pem"), "the missing certificate: {err}");
+    assert!(err.contains("directory.key"), "the wrong log key: {err}");
+
+    // A readable broker log key that the directory does not publish.
+    let (code, _, err) = {
+        std::fs::write(&config, text.replace("broker/log.key", "broker/log-other.key")).unwrap();
+        let other = referral_proto::keys::SigningKey::generate();
+        let file = referral_proto::keys::signing_key_file(&other, referral_proto::keys::KeyPurpose::BrokerLog);
+        certs::secret_file::write(&dir.join("broker/log-other.key"), file.as_bytes(), false).unwrap();
+        check().await
+    };
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("2 problem(s)"), "{err}");
+    assert!(err.contains("is not the broker log key the directory publishes"), "{err}");
+}
+
+#[tokio::test]
 async fn broker_dev_makes_a_federation_and_serves_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
