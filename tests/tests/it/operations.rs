@@ -193,14 +193,17 @@ async fn agency_keys_rotate_with_traffic_flowing() {
     let old_key = oncall.bundles()[0].key_id();
 
     // Police send all through the rotation; on-call acknowledges everything.
+    let (published_tx, published) = tokio::sync::oneshot::channel::<()>();
     let sender = tokio::spawn({
         let police_profile = h.profile(POLICE_SYSTEM);
         async move {
             let police = agency_client::Client::connect_dir(&police_profile).await.unwrap();
             let mut sent = Vec::new();
+            let mut published = Some(published);
             for i in 0..30 {
                 if i == 15 {
                     // Picks up the new directory as a long-running client would after its max age.
+                    published.take().unwrap().await.unwrap();
                     police.refresh_directory().await.unwrap();
                 }
                 sent.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap());
@@ -224,6 +227,7 @@ async fn agency_keys_rotate_with_traffic_flowing() {
     let new_key = fed.add_agency_key(&certs::keygen::read_public(&files.public).unwrap()).unwrap();
     fed.publish_directory(certs::now()).unwrap();
     h.reload();
+    published_tx.send(()).unwrap();
 
     let sent = sender.await.unwrap();
     let mut alerts = oncall.subscribe().await.unwrap();
@@ -240,9 +244,25 @@ async fn agency_keys_rotate_with_traffic_flowing() {
         }
     }
     assert_eq!(opened, sent.len(), "every referral opened and acknowledged");
-    // Early ones went to the old key, later ones to the new one.
+    // The first 15 were sealed to the old key (the sender's directory did
+    // not know the new one yet), the rest to the newest, as the audit log's
+    // signed headers show; the old ones still opened above.
     let receipts = police.receipts(&sent.iter().map(|s| s.message_id).collect::<Vec<_>>()).await.unwrap();
     assert_eq!(receipts.len(), 30);
+    let sealed_to: std::collections::HashMap<Vec<u8>, Vec<u8>> = crate::support::audit_entries(&h)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Some(referral_proto::pb::audit_entry::Event::Submitted(s)) => {
+                let header = s.header.unwrap();
+                Some((header.message_id, header.recipient_key_id))
+            }
+            _ => None,
+        })
+        .collect();
+    let key_of = |i: usize| sealed_to[sent[i].message_id.as_bytes().as_slice()].clone();
+    assert!((0..15).all(|i| key_of(i) == old_key.as_bytes()), "sealed to the old key before the refresh");
+    assert!((15..30).all(|i| key_of(i) == new_key.as_bytes()), "sealed to the new key after it");
     let dir = police.refresh_directory().await.unwrap();
     assert_eq!(dir.agency(&social).unwrap().current_key(certs::now()).unwrap().key_id, new_key);
     assert_ne!(old_key, new_key);
