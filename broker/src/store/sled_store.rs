@@ -156,7 +156,15 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let fresh = match std::fs::read_dir(dir) {
             Ok(mut entries) => entries.next().is_none(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Only the broker's user may enter a directory the broker
+                // makes, whatever the process umask: it holds ciphertext
+                // and the audit log.
+                std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                    .create(dir)
+                    .map_err(|e| refuse(dir, format!("cannot create the data directory: {e}")))?;
+                true
+            }
             Err(e) => return Err(refuse(dir, format!("cannot read the data directory: {e}"))),
         };
         let looks_like_sled = dir.join("db").is_file() && dir.join("conf").is_file();
@@ -321,6 +329,15 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_it_makes_is_for_its_user_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("new").join("data");
+        drop(SledStore::open(&dir).unwrap());
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
 
     #[test]
     fn commit_get_range_and_reopen() {
