@@ -34,9 +34,15 @@ impl AuditorService {
         self.state.hub.tree.borrow().0
     }
 
+    /// The latest periodically issued head while it is current (so every
+    /// auditor asking between two appends gets the same signed head), a
+    /// freshly signed one when the log has grown since.
     fn signed_head(&self) -> pb::SignedTreeHead {
         let (size, root) = *self.state.hub.tree.borrow();
-        self.state.tree_heads.sign(size, root, self.state.clock.now()).to_pb()
+        match self.state.latest_tree_head.load_full() {
+            Some(head) if head.head.tree_size == size && head.head.root_hash == root => head.to_pb(),
+            _ => self.state.tree_heads.sign(size, root, self.state.clock.now()).to_pb(),
+        }
     }
 }
 

@@ -51,6 +51,41 @@ fn failures(v: &agency_client::auditor::Verification) -> String {
 }
 
 #[tokio::test]
+async fn tree_heads_are_issued_while_entries_arrive_and_served_to_auditors() {
+    let h = Harness::start_with(Options {
+        tweak: Box::new(|c| c.tree_head_interval = std::time::Duration::from_millis(100)),
+        ..Options::default()
+    })
+    .await;
+    let log_key = h.state().directory.current().directory.broker_log_key;
+    let mut issued = Vec::new();
+    for round in 1..=3 {
+        traffic(&h, 1).await;
+        let (size, root) = *h.state().hub.tree.borrow();
+        // Issued by the broker by itself, without anyone asking.
+        let head = loop {
+            if let Some(head) = h.state().latest_tree_head.load_full()
+                && head.head.tree_size == size
+            {
+                break head;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(head.head.root_hash, root, "round {round}");
+        head.verify(&log_key).expect("signed by the log key the directory publishes");
+        // Persisted (broker status reads it from the store).
+        let stored = h.state().store.get(Table::Meta, keys::meta::TREE_HEAD).unwrap().unwrap();
+        assert_eq!(<pb::SignedTreeHead as prost::Message>::decode(stored.as_slice()).unwrap(), head.to_pb());
+        // And that same head is what an auditor is given while it is current.
+        let auditor = h.client(AUDITOR).await;
+        let served = auditor.auditor_rpc().get_tree_head(pb::GetTreeHeadRequest {}).await.unwrap().into_inner();
+        assert_eq!(served, head.to_pb(), "round {round}");
+        issued.push(head.head.tree_size);
+    }
+    assert!(issued.windows(2).all(|w| w[0] < w[1]), "a new head for each growth: {issued:?}");
+}
+
+#[tokio::test]
 async fn a_real_log_verifies_grows_consistently_and_proves_entries() {
     let h = Harness::start().await;
     traffic(&h, 4).await;
