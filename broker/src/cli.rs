@@ -71,13 +71,47 @@ pub enum Command {
         #[arg(long)]
         from: PathBuf,
     },
-    /// Print shell completions.
-    Completions { shell: clap_complete::Shell },
+    /// Print shell completions for one of the three tools.
+    Completions {
+        shell: clap_complete::Shell,
+        /// The tool to complete.
+        #[arg(long = "for", value_enum, default_value = "broker")]
+        tool: Tool,
+    },
     /// Write man pages for broker, agency-client and certs into a folder.
     Manpages {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// The project's three command-line tools.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Tool {
+    Broker,
+    AgencyClient,
+    Certs,
+}
+
+impl Tool {
+    const ALL: [Tool; 3] = [Tool::Broker, Tool::AgencyClient, Tool::Certs];
+
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Broker => "broker",
+            Tool::AgencyClient => "agency-client",
+            Tool::Certs => "certs",
+        }
+    }
+
+    fn command(self) -> clap::Command {
+        let cmd = match self {
+            Tool::Broker => <Cli as clap::CommandFactory>::command(),
+            Tool::AgencyClient => <agency_client::cli::Cli as clap::CommandFactory>::command(),
+            Tool::Certs => <certs::cli::Cli as clap::CommandFactory>::command(),
+        };
+        cmd.name(self.name())
+    }
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
@@ -241,25 +275,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "broker",
-                &mut std::io::stdout(),
-            );
+        Command::Completions { shell, tool } => {
+            clap_complete::generate(shell, &mut tool.command(), tool.name(), &mut std::io::stdout());
             Ok(())
         }
         Command::Manpages { out } => {
             std::fs::create_dir_all(&out)?;
-            for (name, cmd) in [
-                ("broker", <Cli as clap::CommandFactory>::command()),
-                ("agency-client", <agency_client::cli::Cli as clap::CommandFactory>::command()),
-                ("certs", <certs::cli::Cli as clap::CommandFactory>::command()),
-            ] {
-                let path = out.join(format!("{name}.1"));
+            for tool in Tool::ALL {
+                let path = out.join(format!("{}.1", tool.name()));
                 let mut buf = Vec::new();
-                clap_mangen::Man::new(cmd.name(name)).render(&mut buf)?;
+                clap_mangen::Man::new(tool.command()).render(&mut buf)?;
                 std::fs::write(&path, buf)?;
                 println!("{}", path.display());
             }

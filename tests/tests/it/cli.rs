@@ -246,6 +246,19 @@ async fn completions_and_man_pages_are_generated() {
     let (code, out, err) = run_tool(exe(), "broker", &["completions", "bash"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("_broker()") && out.contains("check-config"), "bash completion for broker");
+    for (tool, function, subcommand) in
+        [("agency-client", "_agency__client()", "listen"), ("certs", "_certs()", "add-agency")]
+    {
+        let (code, out, err) = run_tool(exe(), "broker", &["completions", "bash", "--for", tool]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(function) && out.contains(subcommand), "bash completion for {tool}:\n{out}");
+    }
+    let (code, out, err) = run_tool(exe(), "broker", &["completions", "zsh", "--for", "certs"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("#compdef certs"), "{out}");
+    let (code, _, err) = run_tool(exe(), "broker", &["completions", "bash", "--for", "nope"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'nope' for '--for <TOOL>'"), "{err}");
     let tmp = tempfile::tempdir().unwrap();
     let (code, out, err) = run_tool(exe(), "broker", &["manpages", "--out", tmp.path().to_str().unwrap()]).await;
     assert_eq!(code, 0, "{err}");
