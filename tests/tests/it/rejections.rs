@@ -142,39 +142,81 @@ async fn identities_outside_the_federation_are_unauthenticated() {
     }
 }
 
+/// The whole role x RPC table of PROTOCOL.md 10.2, over the wire: each
+/// call a role may not make is refused with its exact message; each call it
+/// may make gets past authorization (it may still fail on its empty request).
 #[tokio::test]
-async fn roles_may_only_make_their_calls() {
+async fn the_role_table_holds_over_the_wire() {
     let h = Harness::start().await;
-    let oncall = h.client(SOCIAL_ONCALL).await;
-    let auditor = h.client(AUDITOR).await;
-    let system = h.client(POLICE_SYSTEM).await;
-    let envelope = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
+    let rpcs = [
+        "Submit",
+        "Subscribe",
+        "Ack",
+        "GetReceipts",
+        "WatchReceipts",
+        "GetDirectory",
+        "Auditor.GetTreeHead",
+        "Auditor.Replay",
+        "Auditor.InclusionProof",
+        "Auditor.ConsistencyProof",
+        "Auditor.GetDirectory",
+    ];
+    let table: [(&str, &str, [bool; 11]); 3] = [
+        (POLICE_SYSTEM, "system", [true, true, true, true, true, true, false, false, false, false, false]),
+        (SOCIAL_ONCALL, "oncall", [false, true, true, false, false, true, false, false, false, false, false]),
+        (AUDITOR, "auditor", [false, false, false, false, false, false, true, true, true, true, true]),
+    ];
+    for (who, role, allowed) in table {
+        let c = h.client(who).await;
+        let (mut b, mut a) = (c.broker(), c.auditor_rpc());
+        let outcomes: [Result<(), tonic::Status>; 11] = [
+            b.submit(pb::SubmitRequest { envelope: None }).await.map(drop),
+            b.subscribe(pb::SubscribeRequest {}).await.map(drop),
+            b.ack(pb::AckRequest { ack: None }).await.map(drop),
+            b.get_receipts(pb::GetReceiptsRequest { message_ids: vec![] }).await.map(drop),
+            b.watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 }).await.map(drop),
+            b.get_directory(pb::GetDirectoryRequest {}).await.map(drop),
+            a.get_tree_head(pb::GetTreeHeadRequest {}).await.map(drop),
+            a.replay(pb::ReplayRequest { from: 0, to: 0 }).await.map(drop),
+            a.inclusion_proof(pb::InclusionProofRequest::default()).await.map(drop),
+            a.consistency_proof(pb::ConsistencyProofRequest { first: 0, second: 0 }).await.map(drop),
+            a.get_directory(pb::GetDirectoryRequest {}).await.map(drop),
+        ];
+        for ((rpc, outcome), allowed) in rpcs.iter().zip(outcomes).zip(allowed) {
+            if allowed {
+                if let Err(s) = outcome {
+                    assert_ne!(s.code(), Code::PermissionDenied, "{role} may call {rpc}: {s:?}");
+                }
+            } else {
+                assert_status(outcome, Code::PermissionDenied, &format!("role {role} may not call {rpc}"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn receipts_of_another_agency_are_not_found() {
+    let h = Harness::start().await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    // The recipient's system may not read the sender's receipts: reported
+    // exactly like a message that does not exist.
+    let social = h.client(SOCIAL_SYSTEM).await;
+    let ids = vec![sent.message_id.as_bytes().to_vec()];
     assert_status(
-        submit_raw(&oncall, envelope.clone()).await,
-        Code::PermissionDenied,
-        "role oncall may not call Submit",
+        social.broker().get_receipts(pb::GetReceiptsRequest { message_ids: ids.clone() }).await,
+        Code::NotFound,
+        &format!("message {} is not known to the broker", sent.message_id),
     );
+    let unknown = MessageId::generate(certs::now().0);
     assert_status(
-        oncall.broker().get_receipts(pb::GetReceiptsRequest { message_ids: vec![] }).await,
-        Code::PermissionDenied,
-        "role oncall may not call GetReceipts",
+        social.broker().get_receipts(pb::GetReceiptsRequest { message_ids: vec![unknown.as_bytes().to_vec()] }).await,
+        Code::NotFound,
+        &format!("message {unknown} is not known to the broker"),
     );
-    assert_status(
-        auditor.broker().subscribe(pb::SubscribeRequest {}).await,
-        Code::PermissionDenied,
-        "role auditor may not call Subscribe",
-    );
-    assert_status(submit_raw(&auditor, envelope).await, Code::PermissionDenied, "role auditor may not call Submit");
-    assert_status(
-        system.auditor_rpc().get_tree_head(pb::GetTreeHeadRequest {}).await,
-        Code::PermissionDenied,
-        "role system may not call Auditor.GetTreeHead",
-    );
-    assert_status(
-        oncall.auditor_rpc().replay(pb::ReplayRequest { from: 0, to: 0 }).await,
-        Code::PermissionDenied,
-        "role oncall may not call Auditor.Replay",
-    );
+    // The sender can.
+    let mine = police.broker().get_receipts(pb::GetReceiptsRequest { message_ids: ids }).await.unwrap().into_inner();
+    assert_eq!(mine.messages.len(), 1);
 }
 
 #[tokio::test]
