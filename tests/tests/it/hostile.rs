@@ -11,7 +11,6 @@ use certs::pki::LeafSpec;
 use integration_tests::*;
 use referral_proto::ids::{AgencyId, Principal};
 use referral_proto::notice::example_notice;
-use referral_proto::pb;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A legitimate client still gets through.
@@ -113,13 +112,7 @@ async fn a_certificate_without_client_auth_usage_is_refused() {
     spec.client_auth = false;
     spec.server_auth = true;
     let issued = fed.ca().issue(&spec).unwrap();
-    let ca = std::fs::read_to_string(h.dev.federation_dir().join("ca.pem")).unwrap();
-    let r = match raw_client(h.addr, &ca, Some((&issued.cert_pem, &issued.key_pem))).await {
-        Ok(mut c) => c.get_directory(pb::GetDirectoryRequest {}).await.map(|_| ()),
-        Err(e) => Err(tonic::Status::unavailable(format!("{e:?}"))),
-    };
-    let s = r.expect_err("refused");
-    assert!(matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown), "{s:?}");
+    crate::support::refused_at_handshake(&h, Some((&issued.cert_pem, &issued.key_pem)), "UnsupportedCertificate").await;
     others_are_served(&h).await;
 }
 

@@ -78,3 +78,18 @@ pub async fn waiting(client: &Client) -> Vec<MessageId> {
         }
     }
 }
+
+/// Connects with `identity` (or none) and makes one call: the broker must
+/// end the TLS handshake with the fatal alert `alert` (that is all TLS can
+/// say about why), and keep serving everyone else.
+pub async fn refused_at_handshake(h: &Harness, identity: Option<(&str, &str)>, alert: &str) {
+    let ca = std::fs::read_to_string(h.dev.federation_dir().join("ca.pem")).unwrap();
+    let r = match integration_tests::raw_client(h.addr, &ca, identity).await {
+        Ok(mut c) => c.get_directory(pb::GetDirectoryRequest {}).await.map(drop),
+        Err(e) => Err(tonic::Status::unavailable(format!("{e:?}"))),
+    };
+    let s = r.expect_err("must be refused at the handshake");
+    let all = format!("{s:?}");
+    assert!(all.contains(&format!("received fatal alert: {alert}\"")), "expected the {alert} alert: {all}");
+    h.client(integration_tests::SOCIAL_SYSTEM).await.refresh_directory().await.expect("others are still served");
+}
