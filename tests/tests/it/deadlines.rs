@@ -98,7 +98,12 @@ async fn unacknowledged_messages_expire_and_their_ciphertext_is_deleted() {
     // Too late to acknowledge.
     let oncall = h.client(SOCIAL_ONCALL).await;
     let err = oncall.ack_digest(sent.message_id, sent.envelope_digest, "jour-1").await.unwrap_err();
-    assert_eq!(err.status().unwrap().code(), Code::FailedPrecondition);
+    let status = err.status().unwrap();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        format!("message {} expired unacknowledged and can no longer be acknowledged", sent.message_id)
+    );
     // Gone from the queue too.
     let mut alerts = oncall.subscribe().await.unwrap();
     loop {

@@ -305,7 +305,9 @@ async fn tampered_envelopes_are_refused_before_storage() {
     let mut huge = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
     huge.ciphertext = vec![7; 1_000_000];
     let s = submit_raw(&police, huge).await.unwrap_err();
-    assert!(matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted), "{s:?}");
+    // Refused by the gRPC layer before decoding (tonic's wording).
+    assert_eq!(s.code(), Code::OutOfRange, "{s:?}");
+    assert_eq!(s.message(), "Error, decoded message length too large: found 1000261 bytes, the limit is: 262144 bytes");
     // None of them was stored; each rejection is in the audit log.
     let reasons = rejection_reasons(&h).await;
     assert_eq!(
