@@ -71,3 +71,31 @@ async fn an_older_directory_is_refused_on_reload_and_on_restart() {
         "the directory file holds version 1, older than version 2 this broker has served; refusing a rollback"
     );
 }
+
+/// A submit made while the broker is down is retried by the client library
+/// with the same message id and the same bytes, and lands exactly once
+/// when the broker is back.
+#[tokio::test]
+async fn a_submit_during_an_outage_is_retried_and_lands_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_under-test"));
+    let mut b = ChildBroker::start(exe, tmp.path(), "").await;
+    let police = std::sync::Arc::new(agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap());
+    police.refresh_directory().await.unwrap();
+    assert!(b.terminate().await.success());
+    let sending = tokio::spawn({
+        let police = police.clone();
+        async move { police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await }
+    });
+    // Down long enough for the first attempts to fail (the first retry
+    // waits 100 ms, then 200, 400, ...).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!sending.is_finished(), "still retrying while the broker is down");
+    b.spawn().await;
+    let sent = sending.await.unwrap().expect("landed after the restart");
+    assert_eq!(sent.receipt.statement.message_id, sent.message_id);
+    // Exactly once in the recipient's queue.
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    assert_eq!(crate::support::waiting(&oncall).await, vec![sent.message_id]);
+    assert!(b.terminate().await.success());
+}
