@@ -115,9 +115,20 @@ async fn check_invariants(b: &ChildBroker, ledger: &Ledger, audit_state: &Path) 
     let auditor = Client::connect_dir(&b.dev.profile(AUDITOR)).await.unwrap();
     let v = auditor.verify_log(audit_state, |_, _| {}).await.unwrap();
     assert!(v.ok, "{:?}", v.report.failures);
-    // Exactly once: as many submissions in the log as messages known... at least every receipted one.
-    let submitted = v.report.counts.get(&referral_proto::audit::EventKind::Submitted).copied().unwrap_or(0);
-    assert!(submitted >= ledger.receipted.len() as u64);
+    // Exactly once: every receipted message has one Submitted entry in the log.
+    let mut submitted: HashMap<MessageId, u32> = HashMap::new();
+    let mut entries =
+        auditor.auditor_rpc().replay(referral_proto::pb::ReplayRequest { from: 0, to: 0 }).await.unwrap().into_inner();
+    while let Some(e) = entries.message().await.unwrap() {
+        let entry: referral_proto::pb::AuditEntry = prost::Message::decode(e.entry.as_slice()).unwrap();
+        if let Some(referral_proto::pb::audit_entry::Event::Submitted(s)) = entry.event {
+            *submitted.entry(MessageId::from_bytes(&s.header.unwrap().message_id).unwrap()).or_default() += 1;
+        }
+    }
+    for id in ledger.receipted.keys() {
+        assert_eq!(submitted.get(id), Some(&1), "message {id} is in the log {:?} times", submitted.get(id));
+    }
+    assert!(submitted.values().all(|&n| n == 1), "a message submitted twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
