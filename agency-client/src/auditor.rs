@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Subcommand;
 use referral_proto::Digest;
-use referral_proto::audit::{EventKind, LogChecker, LogReport, decode_entry, first_differing_block};
+use referral_proto::audit::{BLOCK_ENTRIES, EventKind, LogChecker, LogReport, decode_entry, first_differing_block};
 use referral_proto::ids::MessageId;
 use referral_proto::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 use referral_proto::pb;
@@ -207,9 +207,12 @@ impl Client {
             && let (Ok(old), Some(now)) = (p.root(), report.checkpoint_root)
             && old != now
         {
-            let where_ = first_differing_block(&p.blocks(), &report.blocks)
-                .map(|(a, b)| format!("; the first changed block is entries {a}..={b}"))
-                .unwrap_or_default();
+            let old_blocks = p.blocks();
+            // Every complete block the state kept is compared; when they all
+            // match, the change is in the entries after the last of them.
+            let (a, b) = first_differing_block(&old_blocks, &report.blocks)
+                .unwrap_or((old_blocks.len() as u64 * BLOCK_ENTRIES, p.tree_size.saturating_sub(1)));
+            let where_ = format!("; the first changed block is entries {a}..={b}");
             extra.push(format!(
                 "the first {} entries are no longer those verified on {}{where_}",
                 p.tree_size, p.verified_at
