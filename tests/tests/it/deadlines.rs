@@ -71,6 +71,102 @@ async fn a_missed_deadline_escalates_to_sender_and_escalation_contact() {
     wait_status(&mut receipts, sent.message_id, ReceiptStatus::Acknowledged).await;
 }
 
+/// The directory may name an escalation contact in another agency (a joint
+/// regional on-call service, say): that principal gets the escalation alert
+/// even though the referral was not addressed to its agency.
+#[tokio::test]
+async fn the_escalation_contact_may_belong_to_another_agency() {
+    use referral_proto::directory::{AgencyKind, EscalationContact};
+    use referral_proto::ids::{Principal, Role};
+    let h = Harness::start_with(manual()).await;
+    let now = certs::now();
+    let mut fed = h.federation();
+    let region = AgencyId::new("sodertorn-jour").unwrap();
+    let town = AgencyId::new("botkyrka-socialtjanst").unwrap();
+    let contact = Principal::new(fed.trust_domain(), region.clone(), Role::Oncall, "jour").unwrap();
+    fed.add_agency(&region, AgencyKind::Municipal, "Södertörns socialjour", None).unwrap();
+    let escalation = EscalationContact {
+        principal: contact.clone(),
+        display_name: "Södertörns socialjour".into(),
+        phone: "+46 8 0".into(),
+    };
+    fed.add_agency(&town, AgencyKind::Municipal, "Botkyrka kommun, socialtjänsten", Some(escalation)).unwrap();
+    let mut key_files = Vec::new();
+    for agency in [&region, &town] {
+        let path = h.dir().join(format!("{agency}.key"));
+        let (_, files) =
+            certs::keygen::generate(agency, &path, now.plus_millis(-60_000), now.plus_millis(86_400_000), false)
+                .unwrap();
+        fed.add_agency_key(&certs::keygen::read_public(&files.public).unwrap()).unwrap();
+        key_files.push(path);
+    }
+    fed.publish_directory(now).unwrap();
+    h.reload();
+    let profile = h.dir().join("profiles").join("sodertorn-jour");
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_under-test"));
+    let (code, _, err) = run_tool(
+        exe,
+        "certs",
+        &[
+            "issue",
+            "--dir",
+            h.dev.federation_dir().to_str().unwrap(),
+            "--principal",
+            &contact.uri(),
+            "--out",
+            profile.to_str().unwrap(),
+            "--broker",
+            &format!("https://{}", h.addr),
+            "--agency-keys",
+            key_files[0].to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let jour = agency_client::Client::connect_dir(&profile).await.unwrap();
+    let mut jour_alerts = jour.subscribe().await.unwrap();
+    // The recipient's own subscriber and the police's on-call are not the contact.
+    let police_oncall = h.client(POLICE_ONCALL).await;
+    let mut police_alerts = police_oncall.subscribe().await.unwrap();
+
+    let police = h.client(POLICE_SYSTEM).await;
+    police.refresh_directory().await.unwrap();
+    let mut n = example_notice();
+    n.urgency = Urgency::Urgent;
+    let sent = police.send(&town, &n).await.unwrap();
+    let mut receipts = police.watch_receipts(0).await.unwrap();
+    wait_status(&mut receipts, sent.message_id, ReceiptStatus::Accepted).await;
+    h.advance(4 * HOUR + Duration::from_secs(60));
+    let escalated = wait_status(&mut receipts, sent.message_id, ReceiptStatus::Escalated).await;
+    assert_eq!(escalated.statement.detail, contact.uri());
+    loop {
+        match jour_alerts.next().await.unwrap().unwrap() {
+            AlertEvent::Escalation { message_id, .. } => {
+                assert_eq!(message_id, sent.message_id);
+                break;
+            }
+            AlertEvent::CaughtUp { .. } | AlertEvent::Heartbeat { .. } => {}
+            other => panic!("the contact is sent the escalation only, got {other:?}"),
+        }
+    }
+    // The police on-call got no escalation of a referral the police sent
+    // (the sender learns of it through its ESCALATED receipt).
+    police_oncall.refresh_directory().await.unwrap();
+    match tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            match police_alerts.next().await.unwrap().unwrap() {
+                AlertEvent::CaughtUp { .. } | AlertEvent::Heartbeat { .. } => {}
+                other => return other,
+            }
+        }
+    })
+    .await
+    {
+        Err(_) => {}
+        Ok(other) => panic!("the police on-call was sent {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn each_urgency_has_its_own_deadline() {
     let h = Harness::start_with(manual()).await;
