@@ -143,7 +143,10 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let audit_state = tmp.path().join("audit-state.json");
     let mut restarts = Vec::new();
-    for cycle in 0..cycles {
+    // `cycles` SIGKILLs, then one SIGTERM under the same load: in-flight
+    // work must finish and be kept, and the exit must be clean.
+    for cycle in 0..=cycles {
+        let graceful = cycle == cycles;
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (profile, to) in [(POLICE_SYSTEM, SOCIAL), (POLICE_SYSTEM, SOCIAL), (SOCIAL_SYSTEM, POLICE)] {
@@ -152,7 +155,12 @@ async fn sigkill_at_random_moments_loses_nothing() {
         }
         tasks.push(tokio::spawn(acker(b.dev.profile(SOCIAL_ONCALL), ledger.clone())));
         tokio::time::sleep(Duration::from_millis(rng.between(50, 400))).await;
-        b.kill().await;
+        if graceful {
+            let status = b.terminate().await;
+            assert!(status.success(), "SIGTERM under load exits cleanly ({status}); log:\n{}", b.log());
+        } else {
+            b.kill().await;
+        }
         let started = Instant::now();
         b.spawn().await;
         restarts.push(started.elapsed());
@@ -175,7 +183,8 @@ async fn sigkill_at_random_moments_loses_nothing() {
         let t1 = Instant::now();
         check_invariants(&b, &snapshot, &audit_state).await;
         eprintln!(
-            "cycle {cycle}: {} receipted, {} acked so far (join {:?}, restart {:?}, check {:?})",
+            "cycle {cycle}{}: {} receipted, {} acked so far (join {:?}, restart {:?}, check {:?})",
+            if graceful { " (SIGTERM)" } else { "" },
             snapshot.receipted.len(),
             snapshot.acked.len(),
             joined,
@@ -186,7 +195,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     let l = ledger.lock().unwrap();
     let slowest = restarts.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "crash test done: {cycles} SIGKILL cycles, {} submits receipted and all found exactly once, {} acks receipted and all kept, 0 lost; {} submits cut off by a kill; slowest restart to serving {:.0} ms",
+        "crash test done: {cycles} SIGKILL cycles and 1 SIGTERM cycle, {} submits receipted and all found exactly once, {} acks receipted and all kept, 0 lost; {} submits cut off by a kill; slowest restart to serving {:.0} ms",
         l.receipted.len(),
         l.acked.len(),
         l.submit_errors,
