@@ -402,9 +402,14 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
     out
 }
 
-/// Runs the CLI to completion and turns the outcome into an exit code:
-/// 0 done, 1 an error (printed), 2 an audit that found failures.
-pub fn main_with(cli: Cli) -> std::process::ExitCode {
+/// Runs a command-line program's work to completion, the same way for every
+/// binary in the workspace: installs the one TLS crypto provider (ring, never
+/// aws-lc-rs), runs `work` on a fresh runtime, prints an error with its
+/// causes, and turns the outcome into an exit code (`exit` for success).
+pub fn run_program<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+    exit: impl FnOnce(T) -> std::process::ExitCode,
+) -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -413,14 +418,19 @@ pub fn main_with(cli: Cli) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(2),
+    match runtime.block_on(work) {
+        Ok(t) => exit(t),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the CLI to completion and turns the outcome into an exit code:
+/// 0 done, 1 an error (printed), 2 an audit that found failures.
+pub fn main_with(cli: Cli) -> std::process::ExitCode {
+    run_program(run(cli), |ok| if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(2) })
 }
 
 #[cfg(test)]

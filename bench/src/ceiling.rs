@@ -155,19 +155,5 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
 /// `loadgen serve-ceiling --config FILE`, with the broker's runtime and
 /// crypto provider.
 pub fn main(config_path: &Path) -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(config_path)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    agency_client::cli::run_program(serve(config_path), |()| ExitCode::SUCCESS)
 }

@@ -68,21 +68,7 @@ async fn streams_command(args: StreamsArgs) -> anyhow::Result<()> {
 
 /// Runs a measuring command on a fresh runtime with the ring TLS provider.
 fn measure(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    agency_client::cli::run_program(command, |()| ExitCode::SUCCESS)
 }
 
 /// Parses the process's arguments and carries them out.

@@ -295,20 +295,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Runs the CLI to completion and turns the outcome into an exit code.
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
-    // One crypto provider for the whole process: ring, never aws-lc-rs.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    agency_client::cli::run_program(run(cli), |()| std::process::ExitCode::SUCCESS)
 }

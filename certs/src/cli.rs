@@ -21,6 +21,23 @@ pub struct Cli {
     command: Command,
 }
 
+/// Where and for what names the broker's server certificate is made.
+#[derive(Debug, clap::Args)]
+pub struct ServerCertArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// DNS names for the server certificate.
+    #[arg(long = "dns", required = true)]
+    dns: Vec<String>,
+    /// IP addresses for the server certificate.
+    #[arg(long = "ip")]
+    ips: Vec<IpAddr>,
+    #[arg(long, default_value_t = 365)]
+    days: i64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Make a complete development federation (two agencies, five principals, broker credentials).
@@ -97,33 +114,15 @@ pub enum Command {
     },
     /// Create the broker's server certificate, key and log key in OUT.
     Broker {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        /// DNS names for the server certificate.
-        #[arg(long = "dns", required = true)]
-        dns: Vec<String>,
-        /// IP addresses for the server certificate.
-        #[arg(long = "ip")]
-        ips: Vec<IpAddr>,
-        #[arg(long, default_value_t = 365)]
-        days: i64,
+        #[command(flatten)]
+        server: ServerCertArgs,
         #[arg(long)]
         force: bool,
     },
     /// Renew the broker's server certificate and key in OUT (the log key stays).
     RenewServerCert {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long = "dns", required = true)]
-        dns: Vec<String>,
-        #[arg(long = "ip")]
-        ips: Vec<IpAddr>,
-        #[arg(long, default_value_t = 365)]
-        days: i64,
+        #[command(flatten)]
+        server: ServerCertArgs,
     },
     /// Issue a client certificate and write a profile folder for it.
     Issue {
@@ -227,12 +226,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let id = fed.add_agency_key(&keygen::read_public(&public)?)?;
             println!("key {id} registered; publish with 'certs directory --dir {}'", dir.display());
         }
-        Command::Broker { dir, out, dns, ips, days, force } => {
+        Command::Broker { server: ServerCertArgs { dir, out, dns, ips, days }, force } => {
             let mut fed = Federation::open(&dir)?;
             broker_creds::create(&mut fed, &out, dns, ips, now, days, force)?;
             println!("broker credentials written to {}; publish the log key with 'certs directory'", out.display());
         }
-        Command::RenewServerCert { dir, out, dns, ips, days } => {
+        Command::RenewServerCert { server: ServerCertArgs { dir, out, dns, ips, days } } => {
             let mut fed = Federation::open(&dir)?;
             broker_creds::renew_server_cert(&mut fed, &out, dns, ips, now, days)?;
             println!("server certificate renewed in {}; the broker picks it up on reload (SIGHUP)", out.display());

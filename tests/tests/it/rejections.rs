@@ -97,12 +97,8 @@ async fn revoked_certificate_is_refused_on_new_and_open_connections() {
     // The open connection: refused on its next RPC.
     assert_status(client.broker().get_directory(pb::GetDirectoryRequest {}).await, Code::Unauthenticated, "revoked");
     // A new connection: refused at the handshake; others are unaffected.
-    let p = support_profile(&h, POLICE_SYSTEM);
+    let p = profile(&h, POLICE_SYSTEM);
     crate::support::refused_at_handshake(&h, Some((&p.cert_pem, &p.key_pem)), "CertificateRevoked").await;
-}
-
-fn support_profile(h: &Harness, name: &str) -> certs::profile::Profile {
-    profile(h, name)
 }
 
 #[tokio::test]
