@@ -123,10 +123,20 @@ fn absolute(p: PathBuf) -> PathBuf {
     if p.is_absolute() { p } else { std::env::current_dir().map(|c| c.join(&p)).unwrap_or(p) }
 }
 
+/// The log filter: `BROKER_LOG` if set, else `RUST_LOG` (the ecosystem's
+/// convention), else the configured level. An empty variable counts as unset.
+pub fn log_filter(broker_log: Option<String>, rust_log: Option<String>, level: &str) -> String {
+    let set = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    set(broker_log).or(set(rust_log)).unwrap_or_else(|| level.to_owned())
+}
+
 /// Installs the log subscriber. Logs carry ids and reasons, never payloads.
 pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BROKER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let wanted = log_filter(std::env::var("BROKER_LOG").ok(), std::env::var("RUST_LOG").ok(), level);
+    let filter = tracing_subscriber::EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
+        eprintln!("broker: ignoring the log filter {wanted:?} ({e}); using {level:?}");
+        tracing_subscriber::EnvFilter::new(level)
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -296,4 +306,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Runs the CLI to completion and turns the outcome into an exit code.
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
     agency_client::cli::run_program(run(cli), |()| std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn broker_log_wins_over_rust_log_which_wins_over_the_configured_level() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(log_filter(some("debug"), some("trace"), "info"), "debug");
+        assert_eq!(log_filter(None, some("broker=trace"), "info"), "broker=trace");
+        assert_eq!(log_filter(some(""), some("warn"), "info"), "warn");
+        assert_eq!(log_filter(None, None, "info"), "info");
+        assert_eq!(log_filter(some(" "), some(""), "error"), "error");
+    }
 }
