@@ -197,12 +197,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                     .collect();
                 println!(
                     "{}",
-                    json!({"trust_domain": dir.trust_domain.to_string(), "version": dir.version, "issued_at": dir.issued_at.to_string(), "agencies": agencies})
+                    json!({"trust_domain": dir.trust_domain.to_string(), "version": dir.version, "issued_at": dir.issued_at.to_string(), "valid_until": dir.valid_until.to_string(), "agencies": agencies})
                 );
             } else {
                 println!(
-                    "directory of {} version {} (issued {}), signature verified",
-                    dir.trust_domain, dir.version, dir.issued_at
+                    "directory of {} version {} (issued {}, valid until {}), signature verified",
+                    dir.trust_domain, dir.version, dir.issued_at, dir.valid_until
                 );
                 for a in dir.agencies.values() {
                     println!("  {:<24} {:<9} {}", a.id, a.kind.as_str(), a.display_name);

@@ -185,7 +185,7 @@ impl Client {
     }
 
     fn seen_version_path(&self) -> std::path::PathBuf {
-        self.profile.state_dir().join("directory-version")
+        self.profile.state_dir().join(certs::profile::DIRECTORY_VERSION_FILE)
     }
 
     fn seen_version(&self) -> Result<Option<u64>, ClientError> {
@@ -215,7 +215,7 @@ impl Client {
     pub fn accept_directory(&self, signed: pb::SignedDirectory) -> Result<Arc<Directory>, ClientError> {
         let signed = SignedDirectory::from_pb(signed)?;
         let seen = self.seen_version()?;
-        let dir = signed.verify(&self.profile.federation_key, seen)?;
+        let dir = signed.verify(&self.profile.federation_key, seen, now())?;
         if seen.is_none_or(|s| dir.version > s) {
             self.remember_version(dir.version)?;
         }

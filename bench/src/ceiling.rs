@@ -116,7 +116,7 @@ fn fixed_answer(config: &Config, directory: &DirectoryState) -> anyhow::Result<p
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path, &[])?;
     let federation_key = read_federation_key(&config.federation_key)?;
-    let directory = DirectoryState::open(&config.directory, federation_key)?;
+    let directory = DirectoryState::open(&config.directory, federation_key, certs::now())?;
     let answer = fixed_answer(&config, &directory)?;
     let trust_domain = directory.current().directory.trust_domain.clone();
     let tls = Arc::new(TlsState::open(&config.tls)?);

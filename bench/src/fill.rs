@@ -49,7 +49,7 @@ pub struct FillReport {
 /// directory of `config` (which no broker may be using).
 pub async fn fill(config: &Config, count: u64, sealer: Arc<Sealer>) -> anyhow::Result<FillReport> {
     let federation_key = read_federation_key(&config.federation_key)?;
-    let directory = Arc::new(DirectoryState::open(&config.directory, federation_key)?);
+    let directory = Arc::new(DirectoryState::open(&config.directory, federation_key, certs::now())?);
     let log_key_path = config.log_key.display().to_string();
     let log_key_text =
         certs::secret_file::read(&config.log_key).with_context(|| format!("cannot read {log_key_path}"))?;

@@ -126,7 +126,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     }
     let machine = Machine::describe(setup.work.path());
     let key = read_federation_key(&setup.config.federation_key)?;
-    let directory = DirectoryState::open(&setup.config.directory, key)?;
+    let directory = DirectoryState::open(&setup.config.directory, key, certs::now())?;
     let recipient = AgencyId::new(SOCIAL).context("the social services agency id")?;
     let sealer =
         Arc::new(Sealer::new(&setup.profile(&sender_profile()), &directory.current().directory, &recipient, notice)?);

@@ -235,7 +235,7 @@ mod federation_tests {
         let tmp = tempfile::tempdir().unwrap();
         let setup = crate::setup::Setup::create(Some(&tmp.path().join("w")), false, "info").unwrap();
         let key = read_federation_key(&setup.config.federation_key).unwrap();
-        let dir = DirectoryState::open(&setup.config.directory, key).unwrap();
+        let dir = DirectoryState::open(&setup.config.directory, key, certs::now()).unwrap();
         let directory = &dir.current().directory;
         let social = AgencyId::new(certs::dev::SOCIAL).unwrap();
         let sealer = Sealer::new(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use referral_proto::directory::{Directory, SignedDirectory};
 use referral_proto::keys::VerifyingKey;
+use referral_proto::time::Timestamp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryLoadError {
@@ -42,18 +43,20 @@ pub fn read_federation_key(path: &Path) -> Result<VerifyingKey, DirectoryLoadErr
         .map_err(|e| DirectoryLoadError::Read { path: path.to_owned(), message: e.to_string() })
 }
 
-fn load(path: &Path, key: &VerifyingKey, seen: Option<u64>) -> Result<Loaded, DirectoryLoadError> {
+fn load(path: &Path, key: &VerifyingKey, seen: Option<u64>, now: Timestamp) -> Result<Loaded, DirectoryLoadError> {
     let bytes =
         std::fs::read(path).map_err(|e| DirectoryLoadError::Read { path: path.to_owned(), message: e.to_string() })?;
     let invalid = |source| DirectoryLoadError::Invalid { path: path.to_owned(), source };
     let signed = SignedDirectory::decode(&bytes).map_err(invalid)?;
-    let directory = signed.verify(key, seen).map_err(invalid)?;
+    let directory = signed.verify(key, seen, now).map_err(invalid)?;
     Ok(Loaded { directory, signed })
 }
 
 impl DirectoryState {
-    pub fn open(path: &Path, federation_key: VerifyingKey) -> Result<Self, DirectoryLoadError> {
-        let loaded = load(path, &federation_key, None)?;
+    /// Loads and verifies the directory file; a stale one (past its
+    /// `valid_until` at `now`) is refused like an invalid one.
+    pub fn open(path: &Path, federation_key: VerifyingKey, now: Timestamp) -> Result<Self, DirectoryLoadError> {
+        let loaded = load(path, &federation_key, None, now)?;
         Ok(Self { path: path.to_owned(), federation_key, current: ArcSwap::from_pointee(loaded) })
     }
 
@@ -62,10 +65,10 @@ impl DirectoryState {
     }
 
     /// Re-reads the file; keeps the current directory if the new one is
-    /// invalid or older. Returns the version now in use.
-    pub fn reload(&self) -> Result<u64, DirectoryLoadError> {
+    /// invalid, older or stale. Returns the version now in use.
+    pub fn reload(&self, now: Timestamp) -> Result<u64, DirectoryLoadError> {
         let seen = self.current.load().directory.version;
-        let loaded = load(&self.path, &self.federation_key, Some(seen))?;
+        let loaded = load(&self.path, &self.federation_key, Some(seen), now)?;
         let v = loaded.directory.version;
         if v != seen {
             tracing::info!(version = v, "directory reloaded");

@@ -85,6 +85,10 @@ pub enum BrokerError {
     StorageCorrupt,
     #[error("broker is shutting down; retry against the restarted broker")]
     ShuttingDown,
+    #[error(
+        "the broker's directory (version {version}) went stale at {valid_until}; nothing can be verified until the federation publishes a fresh one, retry later"
+    )]
+    DirectoryStale { version: u64, valid_until: referral_proto::time::Timestamp },
 }
 
 impl From<StoreError> for BrokerError {
@@ -129,7 +133,7 @@ impl BrokerError {
             | E::SubscriberStalled(_)
             | E::StorageFull => Code::ResourceExhausted,
             E::SubscriberLagged => Code::Aborted,
-            E::StorageFailed | E::ShuttingDown => Code::Unavailable,
+            E::StorageFailed | E::ShuttingDown | E::DirectoryStale { .. } => Code::Unavailable,
             E::StorageCorrupt => Code::Internal,
         }
     }
@@ -169,6 +173,7 @@ impl BrokerError {
             E::StorageFailed => "storage_failed",
             E::StorageCorrupt => "storage_corrupt",
             E::ShuttingDown => "shutting_down",
+            E::DirectoryStale { .. } => "directory_stale",
         }
     }
 }

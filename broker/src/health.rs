@@ -73,6 +73,12 @@ pub async fn check(state: &BrokerState) -> (Vec<String>, Vec<String>) {
         "the federation must renew its CA",
     );
     credential("the CRL", "crl_next_update", tls.crl_next_update, "write a fresh one (certs crl) and reload");
+    credential(
+        "the federation directory",
+        "directory_valid_until",
+        Some(state.directory.current().directory.valid_until),
+        "the federation must publish a fresh one (certs directory) for the broker to reload",
+    );
     (problems, warnings)
 }
 

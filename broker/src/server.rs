@@ -77,7 +77,7 @@ pub fn check_files(config: &Config) -> Result<(u64, usize), Vec<String>> {
         problems.push(StartError::from(e).to_string());
     }
     let directory = read_federation_key(&config.federation_key)
-        .and_then(|key| DirectoryState::open(&config.directory, key))
+        .and_then(|key| DirectoryState::open(&config.directory, key, certs::now()))
         .map_err(|e| problems.push(StartError::from(e).to_string()))
         .ok();
     let log_key = read_log_key(&config.log_key).map_err(|e| problems.push(e.to_string())).ok();
@@ -123,7 +123,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
     let federation_key = read_federation_key(&config.federation_key)?;
-    let directory = Arc::new(DirectoryState::open(&config.directory, federation_key)?);
+    let directory = Arc::new(DirectoryState::open(&config.directory, federation_key, opts.clock.now())?);
     let log_key = Arc::new(read_log_key(&config.log_key)?);
     check_log_key(&config.log_key, &log_key, &directory)?;
     let tls = Arc::new(TlsState::open(&config.tls)?);

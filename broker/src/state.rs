@@ -56,7 +56,18 @@ impl BrokerState {
     pub fn authorize<T>(&self, req: &tonic::Request<T>, rpc: Rpc) -> Result<Identity, BrokerError> {
         let counted = |e: &BrokerError| crate::metrics::rejected(e.reason());
         let identity = self.identify(req).inspect_err(counted)?;
-        authz::check(&identity.principal, rpc, &self.directory.current().directory).inspect_err(counted)?;
+        let current = self.directory.current();
+        authz::check(&identity.principal, rpc, &current.directory).inspect_err(counted)?;
+        // A stale directory may list keys the federation has since withdrawn:
+        // nothing is verified against it (PROTOCOL.md 9.4).
+        if matches!(rpc, Rpc::Submit | Rpc::Ack)
+            && let Err(referral_proto::directory::DirectoryError::Expired { version, valid_until, .. }) =
+                current.directory.check_fresh(self.clock.now())
+        {
+            let e = BrokerError::DirectoryStale { version, valid_until };
+            counted(&e);
+            return Err(e);
+        }
         Ok(identity)
     }
 }

@@ -74,7 +74,7 @@ pub fn reload(state: &BrokerState) -> Result<(), String> {
         Ok(()) => tracing::info!("TLS certificates, key and CRL reloaded"),
         Err(e) => problems.push(format!("TLS reload failed, keeping the previous material: {e}")),
     }
-    match state.directory.reload() {
+    match state.directory.reload(state.clock.now()) {
         Ok(version) => {
             // Remembered so that a restart with an older file is refused too.
             state.committer.meta_nowait(crate::store::keys::meta::DIRECTORY_VERSION, version.to_be_bytes().to_vec());

@@ -160,10 +160,14 @@ pub enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Sign and write the next directory version (directory.bin).
+    /// Sign and write the next directory version (directory.bin). Every
+    /// party refuses it once its validity has passed: re-sign before then.
     Directory {
         #[arg(long)]
         dir: PathBuf,
+        /// Days the new version stays valid (1 to 366).
+        #[arg(long, default_value_t = crate::federation::DIRECTORY_VALIDITY_DAYS)]
+        valid_days: i64,
     },
     /// Show the registry: agencies, keys and certificates.
     Show {
@@ -254,6 +258,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     ca_pem: &ca_pem,
                     federation_key: &fed.federation_key(),
                     bundle_files: &agency_keys,
+                    min_directory_version: fed.state().directory_version,
                 },
                 force,
             )?;
@@ -270,13 +275,14 @@ pub fn run(cli: Cli) -> Result<()> {
             Federation::open(&dir)?.write_crl(now)?;
             println!("CRL written to {}", dir.join("crl.pem").display());
         }
-        Command::Directory { dir } => {
+        Command::Directory { dir, valid_days } => {
             let mut fed = Federation::open(&dir)?;
-            fed.publish_directory(now)?;
+            fed.publish_directory_valid_for(now, valid_days)?;
             println!(
-                "directory version {} written to {}",
+                "directory version {} written to {}, valid until {}; re-sign before then",
                 fed.state().directory_version,
-                dir.join("directory.bin").display()
+                dir.join("directory.bin").display(),
+                now.plus_millis(valid_days * DAY_MS),
             );
         }
         Command::Show { dir } => {

@@ -13,6 +13,9 @@ use crate::federation::{Federation, FederationError};
 use crate::profile::{self, NewProfile, ProfileError};
 use crate::{DAY_MS, broker_creds, keygen};
 
+/// How long the development federation's directory is valid.
+pub const DEV_DIRECTORY_VALIDITY_DAYS: i64 = 90;
+
 pub const TRUST_DOMAIN: &str = "igor.example.se";
 pub const POLICE: &str = "polisen-huddinge";
 pub const SOCIAL: &str = "huddinge-socialtjanst";
@@ -146,7 +149,9 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
     }
     let ips = vec!["127.0.0.1".parse().expect("constant"), "::1".parse().expect("constant")];
     broker_creds::create(&mut fed, &dev.broker_dir(), dns, ips, now, 365, false)?;
-    fed.publish_directory(now)?;
+    // Longer than the default, so that tests may move a broker's clock past
+    // the 30-day retention periods without the directory going stale.
+    fed.publish_directory_valid_for(now, DEV_DIRECTORY_VALIDITY_DAYS)?;
 
     let broker_url = format!("https://{}", opts.broker_addr);
     let fed_key = fed.federation_key();
@@ -173,6 +178,7 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
                 ca_pem: &ca_pem,
                 federation_key: &fed_key,
                 bundle_files: &bundles,
+                min_directory_version: fed.state().directory_version,
             },
             false,
         )?;

@@ -35,6 +35,15 @@ pub const DIRECTORY: &str = "directory.bin";
 /// How long a CRL is valid before the broker must get a fresh one.
 pub const CRL_VALIDITY_DAYS: i64 = 30;
 
+/// How long a published directory is valid by default before every party
+/// refuses it as stale (PROTOCOL.md 9.4). It bounds how long a broker can keep
+/// clients on an old directory, for example one that still lists a
+/// compromised key: re-sign well before (OPERATIONS.md).
+pub const DIRECTORY_VALIDITY_DAYS: i64 = 30;
+
+/// The longest validity `certs directory --valid-days` accepts.
+pub const MAX_DIRECTORY_VALIDITY_DAYS: i64 = 366;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
     #[error("{0}: a federation already exists here")]
@@ -401,8 +410,14 @@ impl Federation {
         self.save()
     }
 
-    /// The directory as registered now, at the next version.
-    pub fn directory(&self, now: Timestamp) -> Result<Directory, FederationError> {
+    /// The directory as registered now, at the next version, valid for
+    /// `valid_days` days from `now`.
+    pub fn directory(&self, now: Timestamp, valid_days: i64) -> Result<Directory, FederationError> {
+        if !(1..=MAX_DIRECTORY_VALIDITY_DAYS).contains(&valid_days) {
+            return Err(FederationError::Invalid(format!(
+                "a directory's validity must be 1 to {MAX_DIRECTORY_VALIDITY_DAYS} days, not {valid_days}"
+            )));
+        }
         let broker_log_key = self
             .state
             .broker_log_key
@@ -436,14 +451,26 @@ impl Federation {
             trust_domain: self.trust_domain(),
             version: self.state.directory_version + 1,
             issued_at: now,
+            valid_until: now.plus_millis(valid_days * DAY_MS),
             agencies,
             broker_log_key,
         })
     }
 
-    /// Signs and writes the next directory version to `directory.bin`.
+    /// Signs and writes the next directory version to `directory.bin`, valid
+    /// for the default [`DIRECTORY_VALIDITY_DAYS`].
     pub fn publish_directory(&mut self, now: Timestamp) -> Result<SignedDirectory, FederationError> {
-        let directory = self.directory(now)?;
+        self.publish_directory_valid_for(now, DIRECTORY_VALIDITY_DAYS)
+    }
+
+    /// Signs and writes the next directory version to `directory.bin`, valid
+    /// for `valid_days` days.
+    pub fn publish_directory_valid_for(
+        &mut self,
+        now: Timestamp,
+        valid_days: i64,
+    ) -> Result<SignedDirectory, FederationError> {
+        let directory = self.directory(now, valid_days)?;
         let signed = directory.sign(&self.directory_key);
         let path = self.dir.join(DIRECTORY);
         let tmp = path.with_extension("bin.tmp");

@@ -29,6 +29,8 @@ pub const CA: &str = "ca.pem";
 pub const FEDERATION_PUB: &str = "federation.pub";
 pub const AGENCY_KEYS: &str = "agency-keys";
 pub const STATE: &str = "state";
+/// In `state/`: the newest directory version the client accepted (9.4).
+pub const DIRECTORY_VERSION_FILE: &str = "directory-version";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +101,10 @@ pub struct NewProfile<'a> {
     pub federation_key: &'a VerifyingKey,
     /// Key bundle files to copy in (system and on-call roles).
     pub bundle_files: &'a [PathBuf],
+    /// The federation's newest published directory version: a new profile
+    /// starts out refusing anything older, so a broker cannot hand a fresh
+    /// client an old (yet unexpired) directory. 0 for none.
+    pub min_directory_version: u64,
 }
 
 fn need_bundles(role: Role) -> bool {
@@ -127,6 +133,15 @@ pub fn write(dir: &Path, p: &NewProfile<'_>, overwrite: bool) -> Result<(), Prof
     secret_file::write(&dir.join(KEY), p.issued.key_pem.as_bytes(), overwrite)?;
     write_text_atomic(&dir.join(CA), p.ca_pem)?;
     write_text_atomic(&dir.join(FEDERATION_PUB), &format!("{}\n", p.federation_key.to_hex()))?;
+    if p.min_directory_version > 0 {
+        let state = dir.join(STATE);
+        std::fs::create_dir_all(&state).map_err(|source| ProfileError::Io { path: state.clone(), source })?;
+        let path = state.join(DIRECTORY_VERSION_FILE);
+        let seen = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        if seen.is_none_or(|s| s < p.min_directory_version) {
+            write_text_atomic(&path, &format!("{}\n", p.min_directory_version))?;
+        }
+    }
     for src in p.bundle_files {
         let bundle = keygen::read_bundle(src)?;
         if bundle.agency() != &p.principal.agency {

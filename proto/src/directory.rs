@@ -80,6 +80,8 @@ pub struct Directory {
     pub trust_domain: TrustDomain,
     pub version: u64,
     pub issued_at: Timestamp,
+    /// The directory is stale from this instant on (PROTOCOL.md 9.4).
+    pub valid_until: Timestamp,
     pub agencies: BTreeMap<AgencyId, Agency>,
     /// The broker's log key: receipts and tree heads are signed with it.
     pub broker_log_key: VerifyingKey,
@@ -88,6 +90,14 @@ pub struct Directory {
 impl Directory {
     pub fn agency(&self, id: &AgencyId) -> Option<&Agency> {
         self.agencies.get(id)
+    }
+
+    /// Refuses a directory that is stale at `now` (`now >= valid_until`).
+    pub fn check_fresh(&self, now: Timestamp) -> Result<(), DirectoryError> {
+        if now >= self.valid_until {
+            return Err(DirectoryError::Expired { version: self.version, valid_until: self.valid_until, now });
+        }
+        Ok(())
     }
 
     /// Encodes and signs with the federation directory key.
@@ -103,6 +113,7 @@ impl Directory {
             trust_domain: self.trust_domain.to_string(),
             version: self.version,
             issued_at_ms: self.issued_at.0,
+            valid_until_ms: self.valid_until.0,
             agencies: self
                 .agencies
                 .values()
@@ -166,17 +177,24 @@ pub enum DirectoryError {
     Invalid(String),
     #[error("directory version {got} is older than version {seen} already seen: refusing a rollback")]
     Rollback { seen: u64, got: u64 },
+    #[error(
+        "directory version {version} is stale: it was valid until {valid_until} and it is now {now}; the federation must publish a fresh one"
+    )]
+    Expired { version: u64, valid_until: Timestamp, now: Timestamp },
     #[error("signed directory lacks {0}")]
     Missing(&'static str),
 }
 
 impl SignedDirectory {
     /// Verifies the signature with the pinned federation key, then decodes and
-    /// validates. `seen_version` is the newest version this party accepted before.
+    /// validates. `seen_version` is the newest version this party accepted
+    /// before; `now` is the verifier's clock, against which a stale directory
+    /// (past its `valid_until`) is refused.
     pub fn verify(
         &self,
         federation_key: &VerifyingKey,
         seen_version: Option<u64>,
+        now: Timestamp,
     ) -> Result<Directory, DirectoryError> {
         let expected = federation_key.key_id();
         if self.signer_key_id != expected {
@@ -192,6 +210,7 @@ impl SignedDirectory {
         {
             return Err(DirectoryError::Rollback { seen, got: directory.version });
         }
+        directory.check_fresh(now)?;
         Ok(directory)
     }
 
@@ -237,6 +256,9 @@ impl TryFrom<pb::Directory> for Directory {
         let trust_domain = TrustDomain::new(d.trust_domain).map_err(|e| id_err("trust domain", e))?;
         let broker_log_key =
             VerifyingKey::from_slice(&d.broker_log_key).ok_or_else(|| invalid("broker log key is not 32 bytes"))?;
+        if d.valid_until_ms <= d.issued_at_ms {
+            return Err(invalid("valid_until is not after issued_at (a directory must say until when it is valid)"));
+        }
         let mut agencies = BTreeMap::new();
         let mut key_ids = BTreeSet::new();
         for a in d.agencies {
@@ -295,6 +317,7 @@ impl TryFrom<pb::Directory> for Directory {
             trust_domain,
             version: d.version,
             issued_at: Timestamp(d.issued_at_ms),
+            valid_until: Timestamp(d.valid_until_ms),
             agencies,
             broker_log_key,
         })
@@ -321,6 +344,7 @@ mod tests {
             trust_domain: TrustDomain::new("igor.example.se").unwrap(),
             version,
             issued_at: Timestamp(5),
+            valid_until: Timestamp(1_000),
             agencies,
             broker_log_key: SigningKey::from_seed([2; 32]).verifying_key(),
         };
@@ -332,25 +356,47 @@ mod tests {
         let (d, fed) = sample(3);
         let signed = d.sign(&fed);
         let back = SignedDirectory::decode(&signed.encode()).unwrap();
-        assert_eq!(back.verify(&fed.verifying_key(), Some(3)).unwrap(), d);
+        assert_eq!(back.verify(&fed.verifying_key(), Some(3), Timestamp(999)).unwrap(), d);
+    }
+
+    #[test]
+    fn a_stale_directory_is_refused() {
+        let (d, fed) = sample(3);
+        let signed = d.sign(&fed);
+        assert_eq!(
+            signed.verify(&fed.verifying_key(), None, Timestamp(1_000)),
+            Err(DirectoryError::Expired { version: 3, valid_until: Timestamp(1_000), now: Timestamp(1_000) })
+        );
+        let mut open_ended = d.clone();
+        open_ended.valid_until = open_ended.issued_at;
+        assert!(matches!(
+            open_ended.sign(&fed).verify(&fed.verifying_key(), None, Timestamp(6)),
+            Err(DirectoryError::Invalid(m)) if m.contains("valid_until is not after issued_at")
+        ));
     }
 
     #[test]
     fn rejections() {
         let (d, fed) = sample(3);
         let signed = d.sign(&fed);
-        assert_eq!(signed.verify(&fed.verifying_key(), Some(4)), Err(DirectoryError::Rollback { seen: 4, got: 3 }));
+        assert_eq!(
+            signed.verify(&fed.verifying_key(), Some(4), Timestamp(6)),
+            Err(DirectoryError::Rollback { seen: 4, got: 3 })
+        );
         let other = SigningKey::from_seed([9; 32]);
-        assert!(matches!(signed.verify(&other.verifying_key(), None), Err(DirectoryError::WrongSigner { .. })));
+        assert!(matches!(
+            signed.verify(&other.verifying_key(), None, Timestamp(6)),
+            Err(DirectoryError::WrongSigner { .. })
+        ));
         let mut flipped = signed.clone();
         flipped.bytes[10] ^= 1;
-        assert_eq!(flipped.verify(&fed.verifying_key(), None), Err(DirectoryError::BadSignature));
+        assert_eq!(flipped.verify(&fed.verifying_key(), None, Timestamp(6)), Err(DirectoryError::BadSignature));
         // A key whose id does not match its keys is refused even when signed.
         let mut bad = d.clone();
         let a = bad.agencies.values_mut().next().unwrap();
         a.keys[0].key_id = KeyId([0; 16]);
         assert!(
-            matches!(bad.sign(&fed).verify(&fed.verifying_key(), None), Err(DirectoryError::Invalid(m)) if m.contains("does not match"))
+            matches!(bad.sign(&fed).verify(&fed.verifying_key(), None, Timestamp(6)), Err(DirectoryError::Invalid(m)) if m.contains("does not match"))
         );
     }
 

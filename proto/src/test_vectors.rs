@@ -101,6 +101,7 @@ pub fn build() -> Vectors {
         trust_domain: td,
         version: 1,
         issued_at: Timestamp(1_795_939_200_000),
+        valid_until: Timestamp(1_827_475_200_000),
         agencies,
         broker_log_key: broker_log.verifying_key(),
     };

@@ -57,7 +57,10 @@ fn the_checked_in_envelope_verifies_and_opens() {
     assert_eq!(open(&envelope, &v.directory, &[v.recipient]).unwrap(), example_notice());
     v.ack.verify(&v.directory).unwrap();
     v.receipt.verify(&v.directory.broker_log_key).unwrap();
-    assert_eq!(v.signed_directory.verify(&v.federation.verifying_key(), None).unwrap(), v.directory);
+    assert_eq!(
+        v.signed_directory.verify(&v.federation.verifying_key(), None, v.directory.issued_at).unwrap(),
+        v.directory
+    );
 }
 
 /// RFC 9180 appendix A.2.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,

@@ -117,6 +117,7 @@ async fn errors_name_the_problem() {
             ca_pem: &ca,
             federation_key: &fed.federation_key(),
             bundle_files: &[h.dev.agency_keys_dir().join(format!("{POLICE}.key"))],
+            min_directory_version: 0,
         },
         false,
     )

@@ -13,6 +13,8 @@ mod deadlines;
 mod delivery;
 /// The demo.
 mod demo;
+/// A stale or rolled-back directory is refused by the broker and clients.
+mod directory_freshness;
 /// Referrals both ways, receipts, idempotent resubmission.
 mod exchange;
 /// Full disks and damaged data directories.
