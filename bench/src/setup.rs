@@ -84,7 +84,7 @@ impl Setup {
         let data_dir = work.path().join("data");
         let config_path = dev.dir.join("broker.toml");
         let token_path = dev.dir.join("admin.token");
-        broker::admin::AdminToken::generate(&token_path).context("cannot write the admin token")?;
+        broker::admin::AdminToken::generate(&token_path, false).context("cannot write the admin token")?;
         let admin_token =
             broker::admin::AdminToken::read(&token_path).context("cannot read the admin token")?.as_str().to_owned();
         std::fs::write(&config_path, config_text(addr, admin, &data_dir, log_level))

@@ -105,13 +105,14 @@ impl AdminToken {
         Ok(Self(Zeroizing::new(token.to_owned())))
     }
 
-    /// Makes a new random token (256 bits, hex) in a new 0600 file.
-    pub fn generate(path: &Path) -> Result<(), TokenError> {
+    /// Makes a new random token (256 bits, hex) in a 0600 file; an existing
+    /// file is replaced only with `overwrite`.
+    pub fn generate(path: &Path, overwrite: bool) -> Result<(), TokenError> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut *bytes)
             .expect("the operating system's random generator works");
         let text = Zeroizing::new(format!("{}\n", hex::encode(*bytes)));
-        certs::secret_file::write(path, text.as_bytes(), false)?;
+        certs::secret_file::write(path, text.as_bytes(), overwrite)?;
         Ok(())
     }
 
@@ -201,7 +202,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.token");
-        AdminToken::generate(&path).unwrap();
+        AdminToken::generate(&path, false).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let token = AdminToken::read(&path).unwrap();
         assert_eq!(token.as_str().len(), 64);

@@ -68,6 +68,9 @@ pub enum Command {
     AdminToken {
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing token file (the running broker keeps the old token until restarted).
+        #[arg(long)]
+        force: bool,
     },
     /// Restore a verified backup into the (empty) data directory of a stopped broker.
     Restore {
@@ -226,8 +229,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::AdminToken { out } => {
-            crate::admin::AdminToken::generate(&out)?;
+        Command::AdminToken { out, force } => {
+            crate::admin::AdminToken::generate(&out, force)?;
             println!("admin token written to {} (mode 0600); name it in [admin] token_file", out.display());
             Ok(())
         }

@@ -46,7 +46,7 @@ pub fn prepare(dir: &Path, listen: SocketAddr, data_dir: &Path, admin: SocketAdd
     // token of its own made once beside the configuration.
     let token = dir.join("admin.token");
     if !token.exists() {
-        crate::admin::AdminToken::generate(&token).map_err(|e| DevError::Token(e.to_string()))?;
+        crate::admin::AdminToken::generate(&token, false).map_err(|e| DevError::Token(e.to_string()))?;
     }
     let text = format!(
         "{}\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n",

@@ -91,7 +91,7 @@ impl Harness {
         config.deadline_tick = Duration::from_millis(20);
         config.reload_interval = Duration::from_secs(3600);
         let token_file = tmp.path().join("admin.token");
-        broker::admin::AdminToken::generate(&token_file).expect("admin token");
+        broker::admin::AdminToken::generate(&token_file, false).expect("admin token");
         config.admin = Some(broker::config::AdminConfig { listen: ([127, 0, 0, 1], 0).into(), token_file });
         config.health_interval = Duration::from_millis(50);
         (opts.tweak)(&mut config);
@@ -293,7 +293,7 @@ impl ChildBroker {
         let data_dir = dir.join("data");
         let config_path = dev.dir.join("broker.toml");
         let admin = free_port();
-        broker::admin::AdminToken::generate(&dev.dir.join("admin.token")).expect("admin token");
+        broker::admin::AdminToken::generate(&dev.dir.join("admin.token"), false).expect("admin token");
         let text = format!(
             "{}\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n{extra}\n",
             broker::config::dev_config_text(addr, &data_dir)

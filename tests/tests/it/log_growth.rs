@@ -53,7 +53,7 @@ async fn a_thousand_garbage_acks_add_one_summary_entry_per_reason() {
         summaries,
         [(me.clone(), "malformed_ack".to_owned(), 500), (me.clone(), "missing_field".to_owned(), 500)]
     );
-    let bytes: usize = added.iter().map(|e| prost::Message::encoded_len(e)).sum();
+    let bytes: usize = added.iter().map(prost::Message::encoded_len).sum();
     println!("1000 garbage acks: {} log entries, {bytes} bytes", added.len());
 
     // An ack whose signature verifies but that is refused afterwards is

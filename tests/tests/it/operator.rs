@@ -168,7 +168,7 @@ async fn a_tls_key_others_can_read_stops_the_broker_and_check_config() {
     let opts = StartOptions { clock: Arc::new(SystemClock), sighup: false };
     let err = broker::server::start(listener, config.clone(), opts, CancellationToken::new()).await.unwrap_err();
     assert_eq!(err.to_string(), expected);
-    assert_eq!(broker::server::check_files(&config).unwrap_err(), [expected.clone()]);
+    assert_eq!(broker::server::check_files(&config).unwrap_err(), std::slice::from_ref(&expected));
     // The command line says the same, with the path and the fix.
     // Beside the federation, so that its relative paths resolve.
     let config_path = tmp.path().join("federation").join("broker.toml");
