@@ -333,6 +333,10 @@ pub fn entry_json(e: &pb::AuditEntry) -> serde_json::Value {
         Some(pb::audit_entry::Event::Purged(p)) => {
             json!({"event": "purged", "message_id": id_text(&p.message_id), "envelope_digest": hex::encode(&p.envelope_digest)})
         }
+        Some(pb::audit_entry::Event::RejectionSummary(r)) => {
+            json!({"event": "rejection_summary", "principal": r.principal, "reason": r.reason, "count": r.count,
+                   "from": Timestamp(r.from_ms).to_string(), "to": Timestamp(r.to_ms).to_string()})
+        }
         None => json!({"event": null}),
     };
     let mut v = json!({"index": e.index, "logged_at": at});
@@ -355,6 +359,7 @@ fn entry_line(e: &pb::AuditEntry) -> String {
             s("submitted_by")
         ),
         "rejected" => format!("{} from {}", s("reason"), s("principal")),
+        "rejection_summary" => format!("{} x {} from {} since {}", j["count"], s("reason"), s("principal"), s("from")),
         "delivered" => format!("{} to {}", s("message_id"), s("principal")),
         "acknowledged" => format!("{} by {} ({})", s("message_id"), s("acknowledged_by"), s("principal")),
         "escalated" => format!("{} deadline {} contact {}", s("message_id"), s("deadline"), s("contact")),

@@ -10,7 +10,7 @@ pub enum ClientError {
     Profile(#[from] certs::profile::ProfileError),
     #[error("cannot reach the broker at {broker}: {message}")]
     Connect { broker: String, message: String },
-    #[error("the broker refused: {}: {}", code_name(.0.code()), .0.message())]
+    #[error("the broker refused: {}", refusal(.0))]
     Rpc(tonic::Status),
     #[error("the broker's directory is not acceptable: {0}")]
     Directory(#[from] referral_proto::directory::DirectoryError),
@@ -38,6 +38,14 @@ pub enum ClientError {
     State { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// `CODE (reason): message`, the reason when the broker sent one.
+fn refusal(s: &tonic::Status) -> String {
+    match reason(s) {
+        Some(r) => format!("{} ({r}): {}", code_name(s.code()), s.message()),
+        None => format!("{}: {}", code_name(s.code()), s.message()),
+    }
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -77,4 +85,18 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The broker's stable reason code for a refusal (see [`reason`]).
+    pub fn reason(&self) -> Option<String> {
+        self.status().and_then(reason)
+    }
+}
+
+/// The stable reason code of a broker refusal (PROTOCOL.md's error table,
+/// e.g. `rate_limited`), read from the `google.rpc.ErrorInfo` in the
+/// status details; None when the status carries none of the broker's
+/// domain (a status made by the gRPC layer or a proxy, not the broker).
+pub fn reason(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt as _;
+    status.get_details_error_info().filter(|i| i.domain == referral_proto::ERROR_DOMAIN).map(|i| i.reason)
 }

@@ -69,11 +69,14 @@ pub fn parse(text: &str) -> CommitTotals {
     }
 }
 
-/// Fetches the commit totals from the admin endpoint at `addr`.
-pub async fn scrape(addr: SocketAddr) -> Option<CommitTotals> {
+/// Fetches the commit totals from the admin endpoint at `addr`, which
+/// needs its bearer `token`.
+pub async fn scrape(addr: SocketAddr, token: &str) -> Option<CommitTotals> {
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(request.as_bytes()).await.ok()?;
         let mut body = Vec::new();
         s.read_to_end(&mut body).await.ok()?;

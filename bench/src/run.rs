@@ -222,7 +222,8 @@ async fn measure(
     } else {
         None
     };
-    let commits_before = if kind == Kind::Broker { crate::metrics::scrape(setup.admin).await } else { None };
+    let commits_before =
+        if kind == Kind::Broker { crate::metrics::scrape(setup.admin, &setup.admin_token).await } else { None };
     let cpu_before = server.cpu_seconds()?;
     let written_before = server.written()?;
     let own_before = procfs::cpu_seconds(std::process::id())?;
@@ -252,7 +253,9 @@ async fn measure(
     let own = procfs::cpu_seconds(std::process::id())? - own_before;
     let end_memory = server.memory()?;
     let commits = match commits_before {
-        Some(before) => crate::metrics::scrape(setup.admin).await.and_then(|after| before.until(&after, window)),
+        Some(before) => {
+            crate::metrics::scrape(setup.admin, &setup.admin_token).await.and_then(|after| before.until(&after, window))
+        }
         None => None,
     };
     let ready_after = server.ready_after;

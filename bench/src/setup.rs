@@ -44,6 +44,8 @@ pub struct Setup {
     pub addr: SocketAddr,
     /// The broker's admin endpoint (metrics, health, status).
     pub admin: SocketAddr,
+    /// Its bearer token (the content of `admin.token` beside the configuration).
+    pub admin_token: String,
     pub config_path: PathBuf,
     pub config: Config,
 }
@@ -81,11 +83,15 @@ impl Setup {
         .context("cannot make the development federation")?;
         let data_dir = work.path().join("data");
         let config_path = dev.dir.join("broker.toml");
+        let token_path = dev.dir.join("admin.token");
+        broker::admin::AdminToken::generate(&token_path, false).context("cannot write the admin token")?;
+        let admin_token =
+            broker::admin::AdminToken::read(&token_path).context("cannot read the admin token")?.as_str().to_owned();
         std::fs::write(&config_path, config_text(addr, admin, &data_dir, log_level))
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         let config =
             Config::load(&config_path, &[]).with_context(|| format!("the generated {}", config_path.display()))?;
-        Ok(Self { work, dev, addr, admin, config_path, config })
+        Ok(Self { work, dev, addr, admin, admin_token, config_path, config })
     }
 
     pub fn profile(&self, name: &str) -> PathBuf {
@@ -107,7 +113,8 @@ pub fn free_port() -> std::io::Result<SocketAddr> {
 /// (`broker::config::dev_config_text`; paths relative to the development
 /// federation folder, where the file is written) with limits that never
 /// refuse the generator, the admin endpoint on a port of its own (so that
-/// runs never collide on the default one), and the log level given. Both
+/// runs never collide on the default one) with the token file
+/// `admin.token` beside it, and the log level given. Both
 /// servers under test read it.
 pub fn config_text(listen: SocketAddr, admin: SocketAddr, data_dir: &Path, log_level: &str) -> String {
     format!(
@@ -124,6 +131,7 @@ level = "{log_level}"
 
 [admin]
 listen = "{admin}"
+token_file = "admin.token"
 "#,
         broker::config::dev_config_text(listen, data_dir)
     )

@@ -3,6 +3,11 @@
 //! verified: its audit log is replayed, its Merkle root recomputed from the
 //! entries and compared with the root the broker had at the moment of the
 //! copy and with the copy's own stored tree.
+//!
+//! A backup holds ciphertext and the whole audit log, so it goes into a
+//! folder the broker makes itself: the target must not exist (a folder
+//! someone prepared, with their modes or a link, is refused), it is created
+//! 0700 and every file in it is set to 0600, whatever the umask.
 
 use std::path::Path;
 
@@ -30,6 +35,62 @@ pub enum BackupError {
     Broker(#[from] crate::error::BrokerError),
     #[error("the copy does not verify: {0}")]
     Verify(String),
+    #[error(
+        "{0}: already exists; a backup goes into a new folder that the broker creates itself (0700), so choose a path that does not exist"
+    )]
+    TargetExists(String),
+    #[error("{path}: {message}")]
+    Target { path: String, message: String },
+}
+
+/// Creates the backup folder `to`, which must not exist, with mode 0700
+/// (missing parents too). Atomic: the final `mkdir` fails if anything
+/// appeared there meanwhile, a symbolic link included.
+pub fn create_target(to: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let err = |message: String| BackupError::Target { path: to.display().to_string(), message };
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(BackupError::TargetExists(to.display().to_string()));
+    }
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| err(format!("cannot create the parent folder: {e}")))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(BackupError::TargetExists(to.display().to_string()));
+        }
+        Err(e) => return Err(err(format!("cannot create the backup folder: {e}"))),
+    }
+    // The mode given to mkdir is masked by the umask; set it outright.
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(format!("cannot set mode 0700: {e}")))
+}
+
+/// Sets every folder under `dir` (and `dir`) to 0700 and every file to
+/// 0600: the store engine creates its files with the process umask.
+pub fn restrict(dir: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let err = |path: &Path, e: std::io::Error| BackupError::Target {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| err(dir, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| err(dir, e))? {
+        let entry = entry.map_err(|e| err(dir, e))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| err(&path, e))?;
+        if kind.is_dir() {
+            restrict(&path)?;
+        } else if kind.is_file() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Replays a store's audit log: the root recomputed from its entries must
@@ -64,9 +125,12 @@ fn report(records: u64, size: u64, root: Digest) -> BackupReport {
 
 /// A backup of a running broker, through its committer.
 pub async fn online(state: &crate::state::BrokerState, to: &Path) -> Result<BackupReport, BackupError> {
+    create_target(to)?;
     let copy = state.committer.backup(to.to_owned()).await?;
     let target = SledStore::open(to)?;
     let (size, root) = verify_store(&target)?;
+    drop(target);
+    restrict(to)?;
     if (size, root) != (copy.tree_size, copy.root) {
         return Err(BackupError::Verify(format!(
             "the copy's log ({size} entries, root {root}) is not the broker's at the time ({} entries, root {})",
@@ -80,11 +144,13 @@ pub async fn online(state: &crate::state::BrokerState, to: &Path) -> Result<Back
 pub fn offline(data_dir: &Path, to: &Path) -> Result<BackupReport, BackupError> {
     let source = SledStore::open_existing(data_dir)?;
     let expected = verify_store(&source)?;
+    create_target(to)?;
     let records = source.backup_to(to)?;
     let copy = verify_store(&SledStore::open(to)?)?;
     if copy != expected {
         return Err(BackupError::Verify("the copy's log differs from the source's".into()));
     }
+    restrict(to)?;
     Ok(report(records, copy.0, copy.1))
 }
 
@@ -97,5 +163,6 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<BackupReport, BackupError
     if restored != expected {
         return Err(BackupError::Verify("the restored log differs from the backup's".into()));
     }
+    restrict(data_dir)?;
     Ok(report(records, restored.0, restored.1))
 }

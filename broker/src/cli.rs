@@ -55,14 +55,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a consistent, verified copy of the store to an empty folder
+    /// Write a consistent, verified copy of the store to a new folder
     /// (through the admin endpoint while the broker serves, directly when it is stopped).
     Backup {
         #[arg(long, short)]
         config: PathBuf,
-        /// Empty or new folder for the copy.
+        /// New folder for the copy: it must not exist; it is created 0700, its files 0600.
         #[arg(long)]
         to: PathBuf,
+    },
+    /// Make a new random admin endpoint token in a new 0600 file (for `[admin] token_file`).
+    AdminToken {
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing token file (the running broker keeps the old token until restarted).
+        #[arg(long)]
+        force: bool,
     },
     /// Restore a verified backup into the (empty) data directory of a stopped broker.
     Restore {
@@ -112,6 +120,20 @@ impl Tool {
         };
         cmd.name(self.name())
     }
+}
+
+/// A request to the running broker's admin endpoint with the configured
+/// token; None when the endpoint is off or does not answer (the broker is
+/// stopped).
+async fn admin_request(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<Option<(u16, String)>> {
+    let Some(admin) = &config.admin else { return Ok(None) };
+    let token = crate::admin::AdminToken::read(&admin.token_file)?;
+    Ok(crate::admin::request(admin.listen, Some(token.as_str()), method, path, body).await.ok())
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
@@ -217,16 +239,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::AdminToken { out, force } => {
+            crate::admin::AdminToken::generate(&out, force)?;
+            println!("admin token written to {} (mode 0600); name it in [admin] token_file", out.display());
+            Ok(())
+        }
         Command::Status { config, json } => {
             let config = load_config(&config)?;
-            let live = match config.admin_listen {
-                Some(addr) => {
-                    crate::admin::request(addr, "GET", "/status", None).await.ok().filter(|(code, _)| *code == 200)
-                }
+            let live = match admin_request(&config, "GET", "/status", None).await? {
+                Some((200, body)) => Some(body),
+                Some((code, body)) => anyhow::bail!("the admin endpoint refused ({code}): {}", body.trim()),
                 None => None,
             };
             let status: crate::status::Status = match live {
-                Some((_, body)) => serde_json::from_str(&body)?,
+                Some(body) => serde_json::from_str(&body)?,
                 None => {
                     let store = crate::store::sled_store::SledStore::open_existing(&config.data_dir).map_err(|e| {
                         anyhow::anyhow!(
@@ -246,14 +272,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { config, to } => {
             let config = load_config(&config)?;
             let to = absolute(to);
-            let live = match config.admin_listen {
-                Some(addr) => {
-                    crate::admin::request(addr, "POST", "/backup", Some(&serde_json::json!({"to": to}).to_string()))
-                        .await
-                        .ok()
-                }
-                None => None,
-            };
+            let live =
+                admin_request(&config, "POST", "/backup", Some(&serde_json::json!({"to": to}).to_string())).await?;
             let report: crate::backup::BackupReport = match live {
                 Some((200, body)) => serde_json::from_str(&body)?,
                 Some((code, body)) => anyhow::bail!("the broker refused the backup ({code}): {}", body.trim()),
@@ -270,8 +290,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore { config, from } => {
             let config = load_config(&config)?;
-            if let Some(addr) = config.admin_listen
-                && crate::admin::request(addr, "GET", "/health", None).await.is_ok()
+            if let Some(addr) = config.admin.as_ref().map(|a| a.listen)
+                && crate::admin::request(addr, None, "GET", "/health", None).await.is_ok()
             {
                 anyhow::bail!("the broker is running (its admin endpoint answers on {addr}); stop it before restoring");
             }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use referral_proto::Digest;
 use referral_proto::ack::SignedAck;
 use referral_proto::envelope::{Envelope, Urgency};
-use referral_proto::ids::{AgencyId, MessageId, Principal};
+use referral_proto::ids::{AgencyId, KeyId, MessageId, Principal};
 use referral_proto::keys::SigningKey;
 use referral_proto::merkle::{Frontier, leaf_hash};
 use referral_proto::pb;
@@ -93,6 +93,10 @@ enum Job {
         key: Vec<u8>,
         reply: Reply<()>,
     },
+    Summarise {
+        summaries: Vec<pb::RejectionSummary>,
+        reply: Reply<()>,
+    },
     Meta {
         key: Vec<u8>,
         value: Vec<u8>,
@@ -123,6 +127,7 @@ impl std::fmt::Debug for Job {
             Job::Delivered { .. } => "Delivered",
             Job::Reject { .. } => "Reject",
             Job::Deadline { .. } => "Deadline",
+            Job::Summarise { .. } => "Summarise",
             Job::Meta { .. } => "Meta",
             Job::Probe { .. } => "Probe",
             Job::Backup { .. } => "Backup",
@@ -152,7 +157,8 @@ impl Committer {
 
     /// An envelope that failed the checks (`refused`): answered with the
     /// original receipt if it repeats an accepted envelope byte for byte (a
-    /// late retry), else refused with `refused`, which is logged.
+    /// late retry), else refused with `refused`, which the caller records
+    /// (see [`crate::refusals`]).
     pub async fn submit_if_duplicate(
         &self,
         envelope: Envelope,
@@ -189,6 +195,11 @@ impl Committer {
         digest: Option<Digest>,
     ) {
         let _ = self.tx.send(Job::Reject { principal, reason, message_id, digest }).await;
+    }
+
+    /// Logs the rejection summaries of a closed interval; answers once durable.
+    pub async fn summarise(&self, summaries: Vec<pb::RejectionSummary>) -> Result<(), BrokerError> {
+        ask(&self.tx, |reply| Job::Summarise { summaries, reply }).await
     }
 
     /// Carries out the deadline stored under `key`.
@@ -359,6 +370,12 @@ impl Core {
                 }
                 Job::Reject { principal, reason, message_id, digest } => {
                     tx.reject(&principal, reason, message_id, digest)
+                }
+                Job::Summarise { summaries, reply } => {
+                    for s in summaries {
+                        tx.log(Event::RejectionSummary(s));
+                    }
+                    pending.push(Pending::Unit(reply, Ok(()), true));
                 }
                 Job::Deadline { key, reply } => {
                     let mark = tx.batch.len();
@@ -635,6 +652,17 @@ impl<'a> Tx<'a> {
         }));
     }
 
+    /// The signing key `key_id` of `agency` must be valid at this batch's
+    /// time, the time its audit entry records. The service checked it (and
+    /// the signature) at receive time a moment earlier; this closes the gap
+    /// in which the key could have expired, so that the auditor's rule
+    /// (key valid at the logged time) holds exactly.
+    fn key_valid_now(&self, what: &'static str, agency: &AgencyId, key_id: &KeyId) -> Result<(), BrokerError> {
+        let dir = self.core.deps.directory.current();
+        let valid = dir.directory.agency(agency).and_then(|a| a.key(key_id)).is_some_and(|k| k.valid_at(self.now));
+        if valid { Ok(()) } else { Err(BrokerError::KeyNotValid { what, key_id: *key_id, at: self.now }) }
+    }
+
     fn keep<T>(&mut self, r: Result<T, StoreError>) -> Result<T, BrokerError> {
         r.map_err(|e| {
             let b = BrokerError::from(e.clone());
@@ -662,7 +690,6 @@ impl<'a> Tx<'a> {
             return Ok(SubmitOutcome { receipt, duplicate: true });
         }
         if let Some(e) = refused {
-            self.reject(principal, e.reason(), Some(id), Some(digest));
             return Err(e);
         }
         if existing.is_some() {
@@ -670,6 +697,10 @@ impl<'a> Tx<'a> {
             return Err(BrokerError::DuplicateConflict(id));
         }
         let h = &envelope.header;
+        if let Err(e) = self.key_valid_now("sender", &h.sender, &h.sender_key_id) {
+            self.reject(principal, e.reason(), Some(id), Some(digest));
+            return Err(e);
+        }
         let seq = self.next_seq(&h.recipient);
         let seq = self.keep(seq)?;
         let payload_digest = envelope.payload_digest();
@@ -750,6 +781,22 @@ impl<'a> Tx<'a> {
                 Ok(AckOutcome { receipt, already_acknowledged: true })
             }
             MessageState::Pending => {
+                // The ack is signed after the message was accepted, and with
+                // a key valid now (the broker's receive time, judged again
+                // here at the entry's logged time, which the auditor checks).
+                if s.acknowledged_at.0 < rec.accepted_at_ms {
+                    let e = BrokerError::AckBeforeSubmission {
+                        message_id: id,
+                        acknowledged_at: s.acknowledged_at,
+                        accepted_at: Timestamp(rec.accepted_at_ms),
+                    };
+                    self.reject(&uri, e.reason(), Some(id), Some(s.envelope_digest));
+                    return Err(e);
+                }
+                if let Err(e) = self.key_valid_now("ack", &s.acker_agency, &s.signer_key_id) {
+                    self.reject(&uri, e.reason(), Some(id), Some(s.envelope_digest));
+                    return Err(e);
+                }
                 let recipient = principal.agency.clone();
                 let log_index = self.log(Event::Acknowledged(pb::Acknowledged {
                     ack: Some(pb::SignedAck::from(&ack)),

@@ -82,10 +82,20 @@ pub struct Config {
     pub allow_same_kind: Vec<(AgencyId, AgencyId)>,
     pub log_format: LogFormat,
     pub log_level: String,
-    /// The admin endpoint (metrics, health, status, backup); None when off.
-    pub admin_listen: Option<SocketAddr>,
+    /// The admin endpoint (metrics, health, status, backup); None (off)
+    /// unless the configuration has an `[admin]` section.
+    pub admin: Option<AdminConfig>,
     pub health_interval: Duration,
     pub cert_expiry_warning: Duration,
+}
+
+/// Where the admin endpoint listens and the token that opens it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// A file (mode 0600) holding the bearer token every admin request but
+    /// `GET /health` must present; read at start.
+    pub token_file: PathBuf,
 }
 
 /// Every problem found in a configuration.
@@ -189,10 +199,11 @@ struct RawLog {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token_file: Option<PathBuf>,
     health_interval: Option<String>,
 }
 
-/// Where the admin endpoint listens unless configured otherwise.
+/// Where the admin endpoint listens when `[admin]` names no address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
 /// Parses `500ms`, `30s`, `15m`, `4h`, `3d`.
@@ -407,20 +418,32 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             c.problems.push(format!("log.level = {log_level:?} is not a tracing filter such as info or broker=debug"));
         }
-        let admin = raw.admin.unwrap_or_default();
-        let admin_listen = match admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
-            "off" => None,
-            a => match a.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    c.problems
-                        .push(format!("admin.listen = {a:?} is not an address such as 127.0.0.1:9464 (or \"off\")"));
-                    None
+        // The admin endpoint is off unless the file asks for it, and then it
+        // needs a token of its own (its requests carry no certificate).
+        let health_interval = c.duration(
+            raw.admin.as_ref().and_then(|a| a.health_interval.as_ref()),
+            "admin.health_interval",
+            Some(Duration::from_secs(5)),
+        );
+        let admin = match raw.admin {
+            None => None,
+            Some(admin) => match admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
+                "off" => None,
+                a => {
+                    let listen = a.parse::<SocketAddr>().ok();
+                    if listen.is_none() {
+                        c.problems.push(format!(
+                            "admin.listen = {a:?} is not an address such as 127.0.0.1:9464 (or \"off\")"
+                        ));
+                    }
+                    let token_file = c.required(admin.token_file, "admin.token_file");
+                    match (listen, token_file) {
+                        (Some(listen), Some(t)) => Some(AdminConfig { listen, token_file: abs(t) }),
+                        _ => None,
+                    }
                 }
             },
         };
-        let health_interval =
-            c.duration(admin.health_interval.as_ref(), "admin.health_interval", Some(Duration::from_secs(5)));
 
         if !c.problems.is_empty() {
             return Err(ConfigError(c.problems));
@@ -462,7 +485,7 @@ impl Config {
             allow_same_kind,
             log_format,
             log_level,
-            admin_listen,
+            admin,
             health_interval,
             cert_expiry_warning,
         })
@@ -542,6 +565,20 @@ acked_retention = "7d"
         assert_eq!(c.ack_deadlines.urgent_ms, 4 * 3_600_000);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.admin, None, "no [admin] section, no admin endpoint");
+    }
+
+    #[test]
+    fn an_admin_section_needs_a_token_file() {
+        let err = Config::parse(&format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9464\"\n"), Path::new("/"), &[])
+            .unwrap_err();
+        assert_eq!(err.0, ["admin.token_file is required"]);
+        let c = Config::parse(&format!("{MINIMAL}\n[admin]\ntoken_file = \"admin.token\"\n"), Path::new("/b"), &[])
+            .unwrap();
+        let admin = c.admin.unwrap();
+        assert_eq!((admin.listen, admin.token_file), ("127.0.0.1:9464".parse().unwrap(), "/b/admin.token".into()));
+        let off = Config::parse(&format!("{MINIMAL}\n[admin]\nlisten = \"off\"\n"), Path::new("/"), &[]).unwrap();
+        assert_eq!(off.admin, None);
     }
 
     #[test]
@@ -603,12 +640,14 @@ mod example_tests {
         let text = include_str!("../../packaging/broker.toml");
         let c = Config::parse(text, Path::new("/etc/referral-broker"), &[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:7443".parse().unwrap());
-        assert_eq!(c.admin_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let admin = c.admin.expect("the example turns the admin endpoint on");
+        assert_eq!(admin.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(admin.token_file, Path::new("/etc/referral-broker/admin.token"));
         let table: toml::Table = text.parse().unwrap();
         let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
-        // 34 = the fields of the Raw* structs above; unknown keys are refused by parsing.
+        // 35 = the fields of the Raw* structs above; unknown keys are refused by parsing.
         assert_eq!(
-            keys, 34,
+            keys, 35,
             "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
         );
     }

@@ -21,6 +21,8 @@ pub enum DevError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Token(String),
 }
 
 /// Ensures a development federation in `dir` for a broker on `listen`, and
@@ -40,7 +42,16 @@ pub fn prepare(dir: &Path, listen: SocketAddr, data_dir: &Path, admin: SocketAdd
     } else {
         std::env::current_dir().map(|c| c.join(data_dir)).unwrap_or_else(|_| data_dir.to_owned())
     };
-    let text = format!("{}\n[admin]\nlisten = \"{admin}\"\n", dev_config_text(listen, &data_dir));
+    // The development broker turns its admin endpoint on explicitly, with a
+    // token of its own made once beside the configuration.
+    let token = dir.join("admin.token");
+    if !token.exists() {
+        crate::admin::AdminToken::generate(&token, false).map_err(|e| DevError::Token(e.to_string()))?;
+    }
+    let text = format!(
+        "{}\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n",
+        dev_config_text(listen, &data_dir)
+    );
     let path = dir.join("broker.toml");
     std::fs::write(&path, &text).map_err(|source| DevError::Io { path: path.clone(), source })?;
     Ok(Config::load(&path, &[])?)

@@ -3,10 +3,14 @@
 //! Every variant says who is at fault and what was wrong; messages never
 //! contain payloads or personal data (only ids, agency names, sizes and
 //! reasons). `reason()` is the stable machine-readable code written to the
-//! audit log for rejections and used as the metrics label.
+//! audit log for rejections, used as the metrics label, and sent to the
+//! client as a `google.rpc.ErrorInfo` in the status details (domain
+//! [`referral_proto::ERROR_DOMAIN`]), so that clients never parse English.
 
-use referral_proto::ids::{AgencyId, MessageId};
+use referral_proto::ids::{AgencyId, KeyId, MessageId};
+use referral_proto::time::Timestamp;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::store::StoreError;
 
@@ -48,9 +52,11 @@ pub enum BrokerError {
     #[error("envelope rejected: {0}")]
     EnvelopeSignature(String),
     #[error(
-        "envelope created_at is {skew_s} s away from the broker's clock (allowed: {max_future_s} s ahead, {max_past_s} s behind)"
+        "{what} is {skew_s} s away from the broker's clock (allowed: {max_future_s} s ahead, {max_past_s} s behind)"
     )]
-    ClockSkew { skew_s: i64, max_future_s: i64, max_past_s: i64 },
+    ClockSkew { what: &'static str, skew_s: i64, max_future_s: i64, max_past_s: i64 },
+    #[error("the {what} key {key_id} is not valid at the broker's receive time {at}")]
+    KeyNotValid { what: &'static str, key_id: KeyId, at: Timestamp },
     #[error("message id {0} was already accepted with a different envelope digest")]
     DuplicateConflict(MessageId),
     #[error("malformed ack: {0}")]
@@ -59,6 +65,10 @@ pub enum BrokerError {
     AckSignature(String),
     #[error("ack is for envelope digest {acked}, but message {message_id} has digest {stored}")]
     AckDigestMismatch { message_id: MessageId, acked: String, stored: String },
+    #[error(
+        "ack of message {message_id} is signed at {acknowledged_at}, before the broker accepted the message at {accepted_at}"
+    )]
+    AckBeforeSubmission { message_id: MessageId, acknowledged_at: Timestamp, accepted_at: Timestamp },
     #[error("message {0} is not known to the broker")]
     UnknownMessage(MessageId),
     #[error("message {0} expired unacknowledged and can no longer be acknowledged")]
@@ -120,6 +130,8 @@ impl BrokerError {
             | E::MalformedEnvelope(_)
             | E::EnvelopeSignature(_)
             | E::ClockSkew { .. }
+            | E::KeyNotValid { .. }
+            | E::AckBeforeSubmission { .. }
             | E::MalformedAck(_)
             | E::AckSignature(_)
             | E::AckDigestMismatch { .. }
@@ -158,6 +170,8 @@ impl BrokerError {
             E::UnknownRecipient(_) => "unknown_recipient",
             E::EnvelopeSignature(_) => "bad_signature",
             E::ClockSkew { .. } => "clock_skew",
+            E::KeyNotValid { .. } => "key_not_valid",
+            E::AckBeforeSubmission { .. } => "ack_before_submission",
             E::DuplicateConflict(_) => "duplicate_conflict",
             E::MalformedAck(_) => "malformed_ack",
             E::AckSignature(_) => "ack_bad_signature",
@@ -180,7 +194,8 @@ impl BrokerError {
 
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let details = ErrorDetails::with_error_info(e.reason(), referral_proto::ERROR_DOMAIN, []);
+        Status::with_error_details(e.code(), e.to_string(), details)
     }
 }
 
@@ -196,5 +211,14 @@ mod tests {
         assert_eq!(s.message(), "envelope is 70000 bytes; the limit is 65536");
         assert_eq!(Status::from(BrokerError::StorageFull).code(), Code::ResourceExhausted);
         assert_eq!(Status::from(BrokerError::Revoked).code(), Code::Unauthenticated);
+    }
+
+    #[test]
+    fn every_status_carries_its_reason_as_error_info() {
+        let s = Status::from(BrokerError::RateLimited { per_second: 1, burst: 5 });
+        let info = s.get_details_error_info().expect("ErrorInfo in the details");
+        assert_eq!(info.reason, "rate_limited");
+        assert_eq!(info.domain, referral_proto::ERROR_DOMAIN);
+        assert!(info.metadata.is_empty());
     }
 }

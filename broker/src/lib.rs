@@ -14,6 +14,8 @@
 //! - [`hub`]: wakes subscribers after commits; no payloads, no queues.
 //! - [`tasks`]: deadline scheduler, tree head signer, reloader.
 //! - [`audit`]: audit entries, the store-backed Merkle node source, tree heads.
+//! - [`refusals`]: how a refusal is answered, counted and logged (one by one when signed,
+//!   else summarised per interval).
 //! - [`error`]: every broker error and its single mapping to a gRPC status.
 //! - [`health`], [`admin`], [`metrics`], [`status`], [`backup`]: what operators use: the gRPC
 //!   health service, the admin HTTP endpoint (metrics, health, status, backup), restore.
@@ -44,6 +46,7 @@ pub mod hub;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod refusals;
 pub mod server;
 pub mod service;
 pub mod state;

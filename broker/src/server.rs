@@ -49,6 +49,8 @@ pub enum StartError {
     DirectoryRollback { found: u64, served: u64 },
     #[error("gRPC server: {0}")]
     Serve(String),
+    #[error(transparent)]
+    AdminToken(#[from] crate::admin::TokenError),
 }
 
 /// Reads the broker's log key (a 0600 key file for the broker-log purpose).
@@ -81,6 +83,11 @@ pub fn check_files(config: &Config) -> Result<(u64, usize), Vec<String>> {
         .map_err(|e| problems.push(StartError::from(e).to_string()))
         .ok();
     let log_key = read_log_key(&config.log_key).map_err(|e| problems.push(e.to_string())).ok();
+    if let Some(admin) = &config.admin
+        && let Err(e) = crate::admin::AdminToken::read(&admin.token_file)
+    {
+        problems.push(e.to_string());
+    }
     if let (Some(directory), Some(key)) = (&directory, &log_key)
         && let Err(e) = check_log_key(&config.log_key, key, directory)
     {
@@ -127,6 +134,7 @@ pub async fn start(
     let log_key = Arc::new(read_log_key(&config.log_key)?);
     check_log_key(&config.log_key, &log_key, &directory)?;
     let tls = Arc::new(TlsState::open(&config.tls)?);
+    let admin_token = config.admin.as_ref().map(|a| crate::admin::AdminToken::read(&a.token_file)).transpose()?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
     let directory_version = directory.current().directory.version;
     let served = crate::hub::read_u64(&*store, crate::store::keys::meta::DIRECTORY_VERSION)?;
@@ -167,6 +175,7 @@ pub async fn start(
         trust_domain: trust_domain.clone(),
         accept_stats: accept_stats.clone(),
         health: Default::default(),
+        rejections: Default::default(),
         shutdown: shutdown.clone(),
         config,
     });
@@ -175,6 +184,7 @@ pub async fn start(
     tokio::spawn(tasks::deadlines(state.clone()));
     tokio::spawn(tasks::tree_heads(state.clone()));
     tokio::spawn(tasks::reloader(state.clone(), opts.sighup));
+    tokio::spawn(crate::refusals::summariser(state.clone()));
 
     let incoming = accept_loop(
         listener,
@@ -205,16 +215,17 @@ pub async fn start(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Serve(e.to_string()))?;
-    let admin_addr = match state.config.admin_listen {
-        None => None,
-        Some(addr) => {
+    let admin_addr = match (&state.config.admin, admin_token) {
+        (Some(admin), Some(token)) => {
+            let addr = admin.listen;
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|e| StartError::Serve(format!("cannot listen on {addr} for the admin endpoint: {e}")))?;
             let bound = l.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
-            tokio::spawn(crate::admin::serve(l, state.clone()));
+            tokio::spawn(crate::admin::serve(l, state.clone(), token));
             Some(bound)
         }
+        _ => None,
     };
     let hb = state.config.heartbeat_interval;
     let router = tonic::transport::Server::builder()
@@ -242,6 +253,8 @@ impl Running {
     /// lets the committer finish every queued job and flush.
     pub async fn wait(self) -> Result<(), StartError> {
         let served = self.server.await.map_err(|e| StartError::Serve(e.to_string()))?;
+        // No request is taken any more: the last refusal counts are complete.
+        crate::refusals::close_interval(&self.state).await;
         self.state.committer.barrier().await;
         // Background tasks and streams hold the state; they all end on the
         // shutdown signal. Wait for them, so that the store is closed (and

@@ -38,6 +38,8 @@ pub struct BrokerState {
     pub trust_domain: TrustDomain,
     pub accept_stats: Arc<AcceptStats>,
     pub health: crate::health::Health,
+    /// Unsigned refusals counted for the next rejection summaries.
+    pub rejections: crate::refusals::RejectionCounter,
     pub shutdown: CancellationToken,
 }
 

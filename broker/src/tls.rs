@@ -39,6 +39,8 @@ pub enum TlsError {
     File { path: String, message: String },
     #[error("TLS configuration: {0}")]
     Config(String),
+    #[error("private key {0}")]
+    Secret(certs::secret_file::SecretFileError),
 }
 
 fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsError {
@@ -69,7 +71,10 @@ pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
         .map_err(|e| file_err(&files.certificate, e))?;
     let leaf = chain.first().ok_or_else(|| file_err(&files.certificate, "holds no certificate"))?;
     let server_cert_not_after = certs::pki::cert_info_der(leaf).map_err(|e| file_err(&files.certificate, e))?.not_after;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
+    // The TLS key is a secret like every other key the broker reads: refused
+    // unless only its owner may read it (the error names the path and the fix).
+    let key_text = certs::secret_file::read(&files.key).map_err(TlsError::Secret)?;
+    let key = PrivateKeyDer::from_pem_slice(key_text.as_bytes()).map_err(|e| file_err(&files.key, e))?;
     let ca = CertificateDer::from_pem_file(&files.client_ca).map_err(|e| file_err(&files.client_ca, e))?;
     let client_ca_not_after = certs::pki::cert_info_der(&ca).map_err(|e| file_err(&files.client_ca, e))?.not_after;
     let crl = CertificateRevocationListDer::from_pem_file(&files.crl).map_err(|e| file_err(&files.crl, e))?;

@@ -6,7 +6,7 @@ use crate::Digest;
 use crate::canonical::{Canonical, label};
 use crate::directory::Directory;
 use crate::ids::{AgencyId, IdError, KeyId, MessageId};
-use crate::keys::AgencyKeyBundle;
+use crate::keys::{AgencyKeyBundle, AgencyPublicKey};
 use crate::pb;
 use crate::time::Timestamp;
 
@@ -50,7 +50,7 @@ pub enum AckError {
     UnknownAgency(AgencyId),
     #[error("ack key {key_id} is not a key of agency {agency} in the directory")]
     UnknownKey { agency: AgencyId, key_id: KeyId },
-    #[error("ack key {key_id} was not valid at the ack time {at}")]
+    #[error("ack key {key_id} is not valid at {at}")]
     KeyNotValid { key_id: KeyId, at: Timestamp },
     #[error("ack signature does not verify with key {0}")]
     BadSignature(KeyId),
@@ -99,18 +99,33 @@ pub fn sign_ack(
 }
 
 impl SignedAck {
-    /// Checks the signature with the acker's key from the directory.
+    /// Checks the signature with the acker's key from the directory, the key
+    /// judged at the signed `acknowledged_at`: all a party can check that does
+    /// not know when the broker received the ack. The broker (and the
+    /// auditor, from the log) judge it at the broker's receive time with
+    /// [`SignedAck::verify_at`], since the signer chooses `acknowledged_at`.
     pub fn verify(&self, directory: &Directory) -> Result<(), AckError> {
+        self.verify_at(directory, self.statement.acknowledged_at).map(drop)
+    }
+
+    /// Checks the signature with the acker's key from the directory; the key
+    /// must be valid at `key_valid_at`. Returns the key that signed.
+    pub fn verify_at<'d>(
+        &self,
+        directory: &'d Directory,
+        key_valid_at: Timestamp,
+    ) -> Result<&'d AgencyPublicKey, AckError> {
         let s = &self.statement;
         let agency =
             directory.agency(&s.acker_agency).ok_or_else(|| AckError::UnknownAgency(s.acker_agency.clone()))?;
         let key = agency
             .key(&s.signer_key_id)
             .ok_or_else(|| AckError::UnknownKey { agency: s.acker_agency.clone(), key_id: s.signer_key_id })?;
-        if !key.valid_at(s.acknowledged_at) {
-            return Err(AckError::KeyNotValid { key_id: key.key_id, at: s.acknowledged_at });
+        if !key.valid_at(key_valid_at) {
+            return Err(AckError::KeyNotValid { key_id: key.key_id, at: key_valid_at });
         }
-        key.signing.verify(&s.signing_input(), &self.signature).map_err(|_| AckError::BadSignature(key.key_id))
+        key.signing.verify(&s.signing_input(), &self.signature).map_err(|_| AckError::BadSignature(key.key_id))?;
+        Ok(key)
     }
 }
 

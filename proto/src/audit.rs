@@ -17,6 +17,7 @@ use crate::ids::{AgencyId, MessageId};
 use crate::merkle::{Frontier, leaf_hash};
 use crate::pb;
 use crate::pb::audit_entry::Event;
+use crate::time::Timestamp;
 
 /// What an entry records, for counting and display.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize)]
@@ -29,10 +30,11 @@ pub enum EventKind {
     Escalated,
     Expired,
     Purged,
+    RejectionSummary,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Submitted,
         EventKind::Rejected,
         EventKind::Delivered,
@@ -40,6 +42,7 @@ impl EventKind {
         EventKind::Escalated,
         EventKind::Expired,
         EventKind::Purged,
+        EventKind::RejectionSummary,
     ];
 
     pub fn of(event: &Event) -> Self {
@@ -51,6 +54,7 @@ impl EventKind {
             Event::Escalated(_) => EventKind::Escalated,
             Event::Expired(_) => EventKind::Expired,
             Event::Purged(_) => EventKind::Purged,
+            Event::RejectionSummary(_) => EventKind::RejectionSummary,
         }
     }
 
@@ -63,6 +67,7 @@ impl EventKind {
             EventKind::Escalated => "escalated",
             EventKind::Expired => "expired",
             EventKind::Purged => "purged",
+            EventKind::RejectionSummary => "rejection_summary",
         }
     }
 }
@@ -130,6 +135,8 @@ impl std::fmt::Display for Failure {
 struct MessageInfo {
     digest: Digest,
     recipient: AgencyId,
+    /// Broker time of the submission entry: no ack may be signed before it.
+    accepted_at: Timestamp,
     acked: bool,
     ended: bool,
 }
@@ -219,8 +226,7 @@ impl<'d> LogChecker<'d> {
     /// Checks the entry at `index` (which must be the next one).
     pub fn push(&mut self, index: u64, bytes: &[u8]) {
         let decoded = decode_entry(bytes, index);
-        let signatures =
-            decoded.as_ref().ok().and_then(|e| e.event.as_ref()).map(|e| verify_signatures(self.directory, e));
+        let signatures = decoded.as_ref().ok().map(|e| verify_entry_signatures(self.directory, e));
         self.push_checked(index, leaf_hash(bytes), decoded, signatures);
     }
 
@@ -231,8 +237,7 @@ impl<'d> LogChecker<'d> {
         let directory = self.directory;
         let work = |(index, bytes): &(u64, Vec<u8>)| {
             let decoded = decode_entry(bytes, *index);
-            let signatures =
-                decoded.as_ref().ok().and_then(|e| e.event.as_ref()).map(|e| verify_signatures(directory, e));
+            let signatures = decoded.as_ref().ok().map(|e| verify_entry_signatures(directory, e));
             (leaf_hash(bytes), decoded, signatures)
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(entries.len().max(1));
@@ -276,7 +281,7 @@ impl<'d> LogChecker<'d> {
                 *self.counts.entry(EventKind::of(&event)).or_default() += 1;
                 let checked = match signatures {
                     Some(Err(m)) => Err(m),
-                    _ => self.check_event(event),
+                    _ => self.check_event(event, Timestamp(entry.logged_at_ms)),
                 };
                 if let Err(m) = checked {
                     self.fail(Some(index), m);
@@ -293,7 +298,7 @@ impl<'d> LogChecker<'d> {
         Ok((id, info))
     }
 
-    fn check_event(&mut self, event: Event) -> Result<(), String> {
+    fn check_event(&mut self, event: Event, logged_at: Timestamp) -> Result<(), String> {
         match event {
             Event::Submitted(s) => {
                 let header = EnvelopeHeader::try_from(s.header.ok_or("submission without a header")?)
@@ -320,12 +325,30 @@ impl<'d> LogChecker<'d> {
                     ));
                 }
                 *self.pairs.entry((header.sender.clone(), header.recipient.clone())).or_default() += 1;
-                self.messages
-                    .insert(id, MessageInfo { digest, recipient: header.recipient, acked: false, ended: false });
+                self.messages.insert(
+                    id,
+                    MessageInfo {
+                        digest,
+                        recipient: header.recipient,
+                        accepted_at: logged_at,
+                        acked: false,
+                        ended: false,
+                    },
+                );
                 Ok(())
             }
             Event::Rejected(r) => {
                 *self.rejections.entry(r.reason).or_default() += 1;
+                Ok(())
+            }
+            Event::RejectionSummary(r) => {
+                if r.count == 0 || r.from_ms > r.to_ms || r.to_ms > logged_at.0 {
+                    return Err(format!(
+                        "rejection summary of {} {} refusals over [{}, {}) logged at {}",
+                        r.count, r.reason, r.from_ms, r.to_ms, logged_at.0
+                    ));
+                }
+                *self.rejections.entry(r.reason).or_default() += r.count;
                 Ok(())
             }
             Event::Delivered(d) => {
@@ -358,6 +381,12 @@ impl<'d> LogChecker<'d> {
                 }
                 if info.acked || info.ended {
                     return Err(format!("message {id} is settled twice"));
+                }
+                if ack.statement.acknowledged_at < info.accepted_at {
+                    return Err(format!(
+                        "message {id} was acknowledged at {}, before the broker accepted it at {}",
+                        ack.statement.acknowledged_at, info.accepted_at
+                    ));
                 }
                 info.acked = true;
                 Ok(())
@@ -406,11 +435,21 @@ impl<'d> LogChecker<'d> {
     }
 }
 
-/// The signature checks of one event, which need only the directory: the
-/// sender's signature of a submission (with its key valid at the creation
-/// time) and the acker's signature of an acknowledgement. Pure and
+/// [`verify_signatures`] of an entry's event at the entry's logged time.
+pub fn verify_entry_signatures(directory: &Directory, entry: &pb::AuditEntry) -> Result<(), String> {
+    match &entry.event {
+        Some(event) => verify_signatures(directory, event, Timestamp(entry.logged_at_ms)),
+        None => Ok(()),
+    }
+}
+
+/// The signature checks of one event, which need only the directory and
+/// the entry's logged (broker) time: the sender's signature of a submission
+/// and the acker's signature of an acknowledgement, each signing key valid
+/// at `logged_at`, the time the broker took it (the signer chooses the
+/// signed time, so it proves nothing about when the key was used). Pure and
 /// independent, so a checker runs them in parallel.
-pub fn verify_signatures(directory: &Directory, event: &Event) -> Result<(), String> {
+pub fn verify_signatures(directory: &Directory, event: &Event, logged_at: Timestamp) -> Result<(), String> {
     match event {
         Event::Submitted(s) => {
             let header = EnvelopeHeader::try_from(s.header.clone().ok_or("submission without a header")?)
@@ -423,8 +462,11 @@ pub fn verify_signatures(directory: &Directory, event: &Event) -> Result<(), Str
             let key = sender
                 .key(&header.sender_key_id)
                 .ok_or_else(|| format!("message {id}: sender key {} is not in the directory", header.sender_key_id))?;
-            if !key.valid_at(header.created_at) {
-                return Err(format!("message {id}: sender key {} was not valid at {}", key.key_id, header.created_at));
+            if !key.valid_at(logged_at) {
+                return Err(format!(
+                    "message {id}: sender key {} was not valid when the broker accepted it at {logged_at}",
+                    key.key_id
+                ));
             }
             key.signing
                 .verify(&signing_input(&header, &payload), &s.signature)
@@ -434,7 +476,7 @@ pub fn verify_signatures(directory: &Directory, event: &Event) -> Result<(), Str
             let ack = SignedAck::try_from(a.ack.clone().ok_or("acknowledgement without its signed ack")?)
                 .map_err(|e| format!("acknowledgement: {e}"))?;
             let id = ack.statement.message_id;
-            ack.verify(directory).map_err(|e| format!("acknowledgement of message {id}: {e}"))
+            ack.verify_at(directory, logged_at).map(drop).map_err(|e| format!("acknowledgement of message {id}: {e}"))
         }
         _ => Ok(()),
     }
@@ -447,4 +489,63 @@ pub fn first_differing_block(verified: &[Digest], now: &[Digest]) -> Option<(u64
         .zip(now)
         .position(|(a, b)| a != b)
         .map(|i| (i as u64 * BLOCK_ENTRIES, (i as u64 + 1) * BLOCK_ENTRIES - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_vectors::{ACKED_AT, CREATED_AT, build};
+
+    const NOT_AFTER: i64 = 1_830_297_600_000;
+
+    fn entry(index: u64, logged_at: i64, event: Event) -> Vec<u8> {
+        encode_entry(&pb::AuditEntry {
+            format_version: AUDIT_ENTRY_FORMAT_VERSION,
+            index,
+            logged_at_ms: logged_at,
+            event: Some(event),
+        })
+    }
+
+    /// A submission logged at `submitted_at` and its ack logged at `acked_at`.
+    fn failures(submitted_at: i64, acked_at: i64) -> Vec<String> {
+        let v = build();
+        let e = &v.envelope;
+        let submitted = Event::Submitted(pb::Submitted {
+            header: Some(pb::EnvelopeHeader::from(&e.header)),
+            payload_digest: e.payload_digest().0.to_vec(),
+            signature: e.signature.to_vec(),
+            envelope_digest: e.digest().0.to_vec(),
+            recipient_sequence: 1,
+            payload_length: e.payload_len() as u32,
+            submitted_by: "spiffe://igor.example.se/agency/polisen-huddinge/system/s".into(),
+        });
+        let acked = Event::Acknowledged(pb::Acknowledged {
+            ack: Some(pb::SignedAck::from(&v.ack)),
+            recipient_sequence: 1,
+            recipient: e.header.recipient.to_string(),
+            principal: "spiffe://igor.example.se/agency/huddinge-socialtjanst/oncall/j".into(),
+        });
+        let mut c = LogChecker::new(&v.directory, None);
+        c.push(0, &entry(0, submitted_at, submitted));
+        c.push(1, &entry(1, acked_at, acked));
+        c.finish().failures.into_iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn keys_are_judged_at_the_logged_time_and_acks_follow_their_submission() {
+        assert_eq!(failures(CREATED_AT.0 + 42, ACKED_AT.0 + 5), Vec::<String>::new());
+        // The sender's key had expired when the broker logged the submission
+        // (though it was valid at the signed created_at).
+        let f = failures(NOT_AFTER, NOT_AFTER + 5);
+        assert!(f[0].starts_with("entry 0: ") && f[0].contains("was not valid when the broker accepted it"), "{f:?}");
+        // The acker's key had expired when the broker logged the ack.
+        let f = failures(CREATED_AT.0 + 42, NOT_AFTER + 1);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].starts_with("entry 1: ") && f[0].contains("is not valid at"), "{f:?}");
+        // The ack claims a time before the broker accepted the message.
+        let f = failures(ACKED_AT.0 + 1000, ACKED_AT.0 + 2000);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].starts_with("entry 1: ") && f[0].contains("before the broker accepted it"), "{f:?}");
+    }
 }

@@ -48,6 +48,11 @@ pub mod pb {
 /// Envelope protocol version described by PROTOCOL.md.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The `domain` of the `google.rpc.ErrorInfo` the broker puts in every
+/// refusal's status details; its `reason` is the stable code of PROTOCOL.md's
+/// error table.
+pub const ERROR_DOMAIN: &str = "referral.v1";
+
 /// Content type of a sealed `referral.v1.ReferralNotice`.
 pub const NOTICE_CONTENT_TYPE: &str = "application/vnd.referral.notice+protobuf";
 

@@ -90,7 +90,7 @@ pub enum VerifyError {
     UnknownSender(AgencyId),
     #[error("sender key {key_id} is not a key of agency {agency} in the directory")]
     UnknownSenderKey { agency: AgencyId, key_id: KeyId },
-    #[error("sender key {key_id} was not valid at the envelope's creation time {at}")]
+    #[error("sender key {key_id} is not valid at {at}")]
     SenderKeyNotValid { key_id: KeyId, at: Timestamp },
     #[error("recipient agency {0} is not in the directory")]
     UnknownRecipient(AgencyId),
@@ -195,17 +195,30 @@ pub fn seal_header(
     Ok(envelope)
 }
 
-/// Checks the envelope's addressing and signature against the directory:
-/// what the broker does before accepting, and what a recipient does before
-/// decrypting. Returns the sender key that signed.
+/// Checks the envelope's addressing and signature against the directory,
+/// the sender's key judged at the signed `created_at`: what a recipient does
+/// before decrypting (it does not know when the broker received it). The
+/// broker judges the key at its receive time instead, with
+/// [`verify_envelope_at`], since the sender chooses `created_at`. Returns
+/// the sender key that signed.
 pub fn verify_envelope<'d>(envelope: &Envelope, directory: &'d Directory) -> Result<&'d AgencyPublicKey, VerifyError> {
+    verify_envelope_at(envelope, directory, envelope.header.created_at)
+}
+
+/// [`verify_envelope`] with the sender's key required to be valid at
+/// `key_valid_at`.
+pub fn verify_envelope_at<'d>(
+    envelope: &Envelope,
+    directory: &'d Directory,
+    key_valid_at: Timestamp,
+) -> Result<&'d AgencyPublicKey, VerifyError> {
     let h = &envelope.header;
     let sender = directory.agency(&h.sender).ok_or_else(|| VerifyError::UnknownSender(h.sender.clone()))?;
     let key = sender
         .key(&h.sender_key_id)
         .ok_or_else(|| VerifyError::UnknownSenderKey { agency: h.sender.clone(), key_id: h.sender_key_id })?;
-    if !key.valid_at(h.created_at) {
-        return Err(VerifyError::SenderKeyNotValid { key_id: key.key_id, at: h.created_at });
+    if !key.valid_at(key_valid_at) {
+        return Err(VerifyError::SenderKeyNotValid { key_id: key.key_id, at: key_valid_at });
     }
     let recipient = directory.agency(&h.recipient).ok_or_else(|| VerifyError::UnknownRecipient(h.recipient.clone()))?;
     if recipient.key(&h.recipient_key_id).is_none() {

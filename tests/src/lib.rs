@@ -90,7 +90,9 @@ impl Harness {
         // Fast ticks so deadline tests need no real waiting.
         config.deadline_tick = Duration::from_millis(20);
         config.reload_interval = Duration::from_secs(3600);
-        config.admin_listen = Some(([127, 0, 0, 1], 0).into());
+        let token_file = tmp.path().join("admin.token");
+        broker::admin::AdminToken::generate(&token_file, false).expect("admin token");
+        config.admin = Some(broker::config::AdminConfig { listen: ([127, 0, 0, 1], 0).into(), token_file });
         config.health_interval = Duration::from_millis(50);
         (opts.tweak)(&mut config);
         let manual_clock = opts.manual_clock.then(|| Arc::new(ManualClock::new(certs::now())));
@@ -119,6 +121,24 @@ impl Harness {
     /// Where the running broker's admin endpoint listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.running.as_ref().expect("broker running").0.admin_addr.expect("admin endpoint on")
+    }
+
+    /// Where the admin endpoint listens; None when it is off.
+    pub fn admin_endpoint(&self) -> Option<SocketAddr> {
+        self.running.as_ref().expect("broker running").0.admin_addr
+    }
+
+    /// The admin token of the harness's configuration.
+    pub fn admin_token(&self) -> String {
+        let path = &self.config.admin.as_ref().expect("admin endpoint configured").token_file;
+        broker::admin::AdminToken::read(path).expect("admin token").as_str().to_owned()
+    }
+
+    /// A request to the admin endpoint with the admin token: (HTTP code, body).
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        broker::admin::request(self.admin_addr(), Some(&self.admin_token()), method, path, body)
+            .await
+            .expect("the admin endpoint answers")
     }
 
     /// The running broker's shared state.
@@ -180,6 +200,24 @@ pub async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
     panic!("cannot bind {addr} again");
 }
 
+/// The broker's stable reason code in a refusal's status details (the
+/// `google.rpc.ErrorInfo` of PROTOCOL.md's errors section).
+pub fn reason(status: &tonic::Status) -> Option<String> {
+    agency_client::error::reason(status)
+}
+
+/// Asserts that `r` was refused with `code` and the stable reason `reason`.
+pub fn assert_refused<T: std::fmt::Debug>(
+    r: Result<T, tonic::Status>,
+    code: tonic::Code,
+    reason_code: &str,
+) -> tonic::Status {
+    let s = r.expect_err("must be refused");
+    assert_eq!(s.code(), code, "status {s:?}");
+    assert_eq!(reason(&s).as_deref(), Some(reason_code), "status {s:?}");
+    s
+}
+
 /// A raw gRPC channel with arbitrary client credentials (or none), for
 /// tests that must present certificates the client library would refuse.
 pub async fn raw_channel(
@@ -227,6 +265,10 @@ pub struct ChildBroker {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub data_dir: PathBuf,
+    /// Where its admin endpoint listens (token in `dev.dir/admin.token`).
+    pub admin: SocketAddr,
+    /// Run (re)spawned processes under this umask (through `sh`).
+    pub umask: Option<u32>,
     exe: PathBuf,
 }
 
@@ -251,8 +293,11 @@ impl ChildBroker {
         let data_dir = dir.join("data");
         let config_path = dev.dir.join("broker.toml");
         let admin = free_port();
-        let text =
-            format!("{}\n[admin]\nlisten = \"{admin}\"\n{extra}\n", broker::config::dev_config_text(addr, &data_dir));
+        broker::admin::AdminToken::generate(&dev.dir.join("admin.token"), false).expect("admin token");
+        let text = format!(
+            "{}\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n{extra}\n",
+            broker::config::dev_config_text(addr, &data_dir)
+        );
         std::fs::write(&config_path, text).expect("write config");
         let mut me = Self {
             child: spawn_placeholder(),
@@ -261,6 +306,8 @@ impl ChildBroker {
             config_path,
             log_path: dir.join("broker.log"),
             data_dir,
+            admin,
+            umask: None,
             exe: exe.to_owned(),
         };
         me.spawn().await;
@@ -270,7 +317,15 @@ impl ChildBroker {
     /// (Re)starts the process on the same configuration; its log is appended.
     pub async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
-        self.child = tokio::process::Command::new(&self.exe)
+        let mut command = match self.umask {
+            None => tokio::process::Command::new(&self.exe),
+            Some(umask) => {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(format!("umask {umask:03o}; exec \"$0\" \"$@\"")).arg(&self.exe);
+                c
+            }
+        };
+        self.child = command
             .args(["broker", "serve", "--config"])
             .arg(&self.config_path)
             .env_remove("BROKER_LOG")

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use referral_proto::ack::SignedAck;
+use referral_proto::MAX_ENVELOPE_BYTES;
+use referral_proto::ack::{AckError, SignedAck};
 use referral_proto::envelope::Envelope;
 use referral_proto::ids::{MessageId, Principal};
 use referral_proto::pb;
 use referral_proto::pb::referral_broker_server::ReferralBroker;
-use referral_proto::seal::{VerifyError, verify_envelope};
-use referral_proto::{Digest, MAX_ENVELOPE_BYTES};
+use referral_proto::seal::{VerifyError, verify_envelope_at};
+use referral_proto::time::Timestamp;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -17,6 +18,7 @@ use super::streams::{BoundedStream, Producer, bounded};
 use crate::authz::{self, Rpc};
 use crate::error::BrokerError;
 use crate::hub::HubEvent;
+use crate::refusals::{self, Evidence};
 use crate::state::BrokerState;
 use crate::store::records::{self, FeedEntry, MessageRecord, MessageState};
 use crate::store::{Table, keys};
@@ -35,38 +37,42 @@ impl ReferralService {
         Self { state }
     }
 
-    /// Logs a rejection of an authenticated caller's request, then returns it.
-    async fn rejected(
-        &self,
-        principal: &Principal,
-        e: BrokerError,
-        id: Option<MessageId>,
-        digest: Option<Digest>,
-    ) -> Status {
-        tracing::info!(principal = %principal, reason = e.reason(), "request rejected");
-        crate::metrics::rejected(e.reason());
-        self.state.committer.reject(principal.uri(), e.reason(), id, digest).await;
-        e.into()
+    /// Answers a refusal of an authenticated caller's request; recorded by
+    /// what it proves (see [`crate::refusals`]).
+    async fn rejected(&self, principal: &Principal, e: BrokerError, evidence: Evidence) -> Status {
+        refusals::refuse(&self.state, principal, e, evidence).await
+    }
+
+    /// A signed time must lie within the skew window around the broker's clock.
+    fn within_skew(&self, what: &'static str, signed_at: Timestamp, now: Timestamp) -> Result<(), BrokerError> {
+        let c = &self.state.config;
+        let skew = signed_at.0 - now.0;
+        if skew > c.max_future_skew_ms || -skew > c.max_past_skew_ms {
+            return Err(BrokerError::ClockSkew {
+                what,
+                skew_s: skew / 1000,
+                max_future_s: c.max_future_skew_ms / 1000,
+                max_past_s: c.max_past_skew_ms / 1000,
+            });
+        }
+        Ok(())
     }
 
     async fn submit_inner(&self, principal: &Principal, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, Status> {
         let state = &self.state;
         let Some(pb_env) = req.envelope else {
-            return Err(self.rejected(principal, BrokerError::Missing("envelope"), None, None).await);
+            return Err(self.rejected(principal, BrokerError::Missing("envelope"), Evidence::Unsigned).await);
         };
         let size = pb_env.encoded_len();
         if size > MAX_ENVELOPE_BYTES {
-            return Err(self
-                .rejected(principal, BrokerError::Oversize { size, max: MAX_ENVELOPE_BYTES }, None, None)
-                .await);
+            let e = BrokerError::Oversize { size, max: MAX_ENVELOPE_BYTES };
+            return Err(self.rejected(principal, e, Evidence::Unsigned).await);
         }
-        let id_hint = pb_env.header.as_ref().and_then(|h| MessageId::from_bytes(&h.message_id).ok());
         let envelope = match Envelope::try_from(pb_env) {
             Ok(e) => e,
             Err(e) => {
-                return Err(self
-                    .rejected(principal, BrokerError::MalformedEnvelope(e.to_string()), id_hint, None)
-                    .await);
+                let e = BrokerError::MalformedEnvelope(e.to_string());
+                return Err(self.rejected(principal, e, Evidence::Unsigned).await);
             }
         };
         let id = envelope.header.message_id;
@@ -74,21 +80,22 @@ impl ReferralService {
         let digest = envelope.digest();
         let dir = state.directory.current();
         if let Err(e) = authz::check_route(principal, &envelope.header, &dir.directory, &state.config.allow_same_kind) {
-            return Err(self.rejected(principal, e, Some(id), Some(digest)).await);
+            return Err(self.rejected(principal, e, Evidence::Unsigned).await);
         }
+        // The sender's key must be valid when the broker receives the
+        // envelope: the sender chooses created_at, so a key judged at that
+        // time would let a retired (perhaps stolen) key sign today. Only a
+        // verified signature makes a refusal worth logging one by one.
         let now = state.clock.now();
-        let skew = envelope.header.created_at.0 - now.0;
-        let checked = if skew > state.config.max_future_skew_ms || -skew > state.config.max_past_skew_ms {
-            Err(BrokerError::ClockSkew {
-                skew_s: skew / 1000,
-                max_future_s: state.config.max_future_skew_ms / 1000,
-                max_past_s: state.config.max_past_skew_ms / 1000,
-            })
-        } else {
-            verify_envelope(&envelope, &dir.directory).map(|_| ()).map_err(|e| match e {
-                VerifyError::UnknownRecipient(r) => BrokerError::UnknownRecipient(r),
-                other => BrokerError::EnvelopeSignature(other.to_string()),
-            })
+        let checked = match verify_envelope_at(&envelope, &dir.directory, now) {
+            Err(VerifyError::UnknownRecipient(r)) => Err((BrokerError::UnknownRecipient(r), Evidence::Unsigned)),
+            Err(VerifyError::SenderKeyNotValid { key_id, at }) => {
+                Err((BrokerError::KeyNotValid { what: "sender", key_id, at }, Evidence::Unsigned))
+            }
+            Err(other) => Err((BrokerError::EnvelopeSignature(other.to_string()), Evidence::Unsigned)),
+            Ok(_) => self
+                .within_skew("envelope created_at", envelope.header.created_at, now)
+                .map_err(|e| (e, Evidence::Signed { message_id: id, digest })),
         };
         let outcome = match checked {
             Ok(()) => {
@@ -99,17 +106,10 @@ impl ReferralService {
             // receipt once the clock or the directory would refuse it afresh
             // (equal digests mean equal bytes, verified the first time). The
             // committer decides, so that it sees only durable state.
-            Err(e) => {
-                let reason = e.reason();
-                match state.committer.submit_if_duplicate(envelope, principal.uri(), e).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::info!(principal = %principal, reason, "request rejected");
-                        crate::metrics::rejected(reason);
-                        return Err(e.into());
-                    }
-                }
-            }
+            Err((e, evidence)) => match state.committer.submit_if_duplicate(envelope, principal.uri(), e).await {
+                Ok(o) => o,
+                Err(e) => return Err(self.rejected(principal, e, evidence).await),
+            },
         };
         tracing::debug!(duplicate = outcome.duplicate, "accepted");
         let outcome_label = if outcome.duplicate { "duplicate" } else { "accepted" };
@@ -120,35 +120,38 @@ impl ReferralService {
     async fn ack_inner(&self, principal: &Principal, req: pb::AckRequest) -> Result<pb::AckResponse, Status> {
         let state = &self.state;
         let Some(pb_ack) = req.ack else {
-            return Err(self.rejected(principal, BrokerError::Missing("ack"), None, None).await);
+            return Err(self.rejected(principal, BrokerError::Missing("ack"), Evidence::Unsigned).await);
         };
         let ack = match SignedAck::try_from(pb_ack) {
             Ok(a) => a,
             Err(e) => {
-                return Err(self.rejected(principal, BrokerError::MalformedAck(e.to_string()), None, None).await);
+                let e = BrokerError::MalformedAck(e.to_string());
+                return Err(self.rejected(principal, e, Evidence::Unsigned).await);
             }
         };
         let s = &ack.statement;
         tracing::Span::current().record("message_id", tracing::field::display(s.message_id));
-        let (id, digest) = (Some(s.message_id), Some(s.envelope_digest));
         if s.acker_agency != principal.agency {
             let e = BrokerError::AckerMismatch {
                 acker: s.acker_agency.clone(),
                 principal_agency: principal.agency.clone(),
             };
-            return Err(self.rejected(principal, e, id, digest).await);
+            return Err(self.rejected(principal, e, Evidence::Unsigned).await);
         }
-        if let Err(e) = ack.verify(&state.directory.current().directory) {
-            return Err(self.rejected(principal, BrokerError::AckSignature(e.to_string()), id, digest).await);
-        }
-        let skew = s.acknowledged_at.0 - state.clock.now().0;
-        if skew > state.config.max_future_skew_ms {
-            let e = BrokerError::ClockSkew {
-                skew_s: skew / 1000,
-                max_future_s: state.config.max_future_skew_ms / 1000,
-                max_past_s: state.config.max_past_skew_ms / 1000,
+        // As for envelopes: the key must be valid at the broker's receive
+        // time, and the signed time within the skew window on both sides (the
+        // committer also refuses an ack signed before the message's submission).
+        let now = state.clock.now();
+        if let Err(e) = ack.verify_at(&state.directory.current().directory, now) {
+            let e = match e {
+                AckError::KeyNotValid { key_id, at } => BrokerError::KeyNotValid { what: "ack", key_id, at },
+                other => BrokerError::AckSignature(other.to_string()),
             };
-            return Err(self.rejected(principal, e, id, digest).await);
+            return Err(self.rejected(principal, e, Evidence::Unsigned).await);
+        }
+        let evidence = Evidence::Signed { message_id: s.message_id, digest: s.envelope_digest };
+        if let Err(e) = self.within_skew("ack acknowledged_at", s.acknowledged_at, now) {
+            return Err(self.rejected(principal, e, evidence).await);
         }
         let outcome = state.committer.ack(ack, principal.clone()).await?;
         tracing::info!(already = outcome.already_acknowledged, "acknowledged");

@@ -8,6 +8,7 @@ use agency_client::Client;
 use broker::store::sled_store::SledStore;
 use broker::store::{Batch, Store, Table, keys};
 use integration_tests::*;
+use referral_proto::ack::sign_ack;
 use referral_proto::audit::{EventKind, decode_entry, encode_entry};
 use referral_proto::ids::AgencyId;
 use referral_proto::merkle::{Frontier, leaf_hash};
@@ -38,6 +39,8 @@ async fn traffic(h: &Harness, n: usize) {
     let mut bad = crate::support::example_envelope(h, POLICE_SYSTEM, SOCIAL).await;
     bad.signature[0] ^= 1;
     crate::support::submit_raw(&police, bad).await.unwrap_err();
+    // Unsigned, so counted: logged as a summary when the interval closes.
+    broker::refusals::close_interval(h.state()).await;
     h.state().committer.barrier().await;
 }
 
@@ -93,7 +96,8 @@ async fn a_real_log_verifies_grows_consistently_and_proves_entries() {
     let v = verify(&h, &state).await;
     assert!(v.ok, "{}", failures(&v));
     let c = |k| v.report.counts.get(&k).copied().unwrap_or(0);
-    assert_eq!((c(EventKind::Submitted), c(EventKind::Acknowledged), c(EventKind::Rejected)), (4, 2, 1));
+    assert_eq!((c(EventKind::Submitted), c(EventKind::Acknowledged), c(EventKind::Rejected)), (4, 2, 0));
+    assert_eq!(c(EventKind::RejectionSummary), 1);
     assert_eq!(v.report.pairs, [(POLICE.to_owned(), SOCIAL.to_owned(), 4)]);
     assert_eq!(v.report.rejections.get("bad_signature"), Some(&1));
     let first_size = v.report.tree_size;
@@ -346,4 +350,69 @@ async fn entries_changed_without_fixing_the_tree_fail_the_root() {
     .await;
     assert!(!v.ok);
     assert!(failures(&v).contains("is not the root"), "{}", failures(&v));
+}
+
+/// The attack, as an operator could write it into the log: an ack
+/// signed by a key retired long ago, dated inside its validity, and an ack
+/// with the current key dated before the message existed. The auditor
+/// judges keys at each entry's logged time and acks against their
+/// submission, so both are caught and located.
+#[tokio::test]
+async fn the_auditor_flags_acks_by_retired_keys_and_acks_before_their_submission() {
+    const DAY: i64 = 86_400_000;
+    let mut h = Harness::start().await;
+    let social = AgencyId::new(SOCIAL).unwrap();
+    let police = h.client(POLICE_SYSTEM).await;
+    let first = police.send(&social, &example_notice()).await.unwrap();
+    let second = police.send(&social, &example_notice()).await.unwrap();
+    let now = certs::now();
+    let path = h.dir().join("retired.key");
+    let (retired, files) =
+        certs::keygen::generate(&social, &path, now.plus_millis(-400 * DAY), now.plus_millis(-300 * DAY), false)
+            .unwrap();
+    let mut fed = h.federation();
+    fed.add_agency_key(&certs::keygen::read_public(&files.public).unwrap()).unwrap();
+    fed.publish_directory(now).unwrap();
+    h.reload();
+    let current = &crate::support::profile(&h, SOCIAL_ONCALL).bundles[0];
+    let by_retired = sign_ack(first.message_id, first.envelope_digest, now.plus_millis(-350 * DAY), "x", &retired);
+    let too_early = sign_ack(
+        second.message_id,
+        second.envelope_digest,
+        second.receipt.statement.at.plus_millis(-1000),
+        "jour-1",
+        current,
+    );
+    h.stop().await;
+    let mut appended = Vec::new();
+    rewrite_log(
+        &h.config.data_dir,
+        |entries| {
+            for (ack, sent) in [(by_retired.unwrap(), &first), (too_early.unwrap(), &second)] {
+                appended.push(entries.len() as u64);
+                entries.push(pb::AuditEntry {
+                    format_version: referral_proto::audit::AUDIT_ENTRY_FORMAT_VERSION,
+                    index: 0,
+                    logged_at_ms: certs::now().0,
+                    event: Some(Event::Acknowledged(pb::Acknowledged {
+                        ack: Some(pb::SignedAck::from(&ack)),
+                        recipient_sequence: sent.receipt.statement.recipient_sequence,
+                        recipient: SOCIAL.into(),
+                        principal: "spiffe://igor.example.se/agency/huddinge-socialtjanst/oncall/socialjour".into(),
+                    })),
+                });
+            }
+        },
+        true,
+    );
+    h.restart().await;
+    let v = verify(&h, &h.dir().join("audit-state.json")).await;
+    assert!(!v.ok);
+    let found: Vec<(Option<u64>, String)> = v.report.failures.iter().map(|f| (f.index, f.message.clone())).collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, Some(appended[0]));
+    assert!(found[0].1.contains(&format!("acknowledgement of message {}", first.message_id)), "{found:?}");
+    assert!(found[0].1.contains("is not valid at"), "{found:?}");
+    assert_eq!(found[1].0, Some(appended[1]));
+    assert!(found[1].1.contains("before the broker accepted it"), "{found:?}");
 }

@@ -224,7 +224,7 @@ async fn broker_dev_makes_a_federation_and_serves_it() {
         .unwrap();
     let mut ready = false;
     for _ in 0..500 {
-        if let Ok((200, _)) = broker::admin::request(admin, "GET", "/health", None).await {
+        if let Ok((200, _)) = broker::admin::request(admin, None, "GET", "/health", None).await {
             ready = true;
             break;
         }

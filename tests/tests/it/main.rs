@@ -21,8 +21,14 @@ mod exchange;
 mod faults;
 /// Hostile clients and an outside TLS check.
 mod hostile;
+/// Keys judged at the broker's receive time; signed times within the window.
+mod key_validity;
+/// Refusals cannot grow the audit log without bound.
+mod log_growth;
 /// Health, reflection, metrics, status, backup, rotation.
 mod operations;
+/// The admin endpoint's token, private backups, key file modes.
+mod operator;
 /// No personal data in logs or on disk.
 mod privacy;
 /// Everything the broker refuses, with the exact status.

@@ -31,7 +31,7 @@ async fn health_is_serving_and_turns_not_serving_when_the_certificate_expires() 
             break;
         }
     }
-    let (code, body) = broker::admin::request(h.admin_addr(), "GET", "/health", None).await.unwrap();
+    let (code, body) = h.admin("GET", "/health", None).await;
     assert_eq!((code, body.trim()), (200, "SERVING"));
     // A year and more later, the broker's own certificate has expired.
     h.advance(Duration::from_secs(400 * 86_400));
@@ -41,7 +41,7 @@ async fn health_is_serving_and_turns_not_serving_when_the_certificate_expires() 
             break;
         }
     }
-    let (code, body) = broker::admin::request(h.admin_addr(), "GET", "/health", None).await.unwrap();
+    let (code, body) = h.admin("GET", "/health", None).await;
     assert_eq!(code, 503);
     assert!(body.contains("server certificate expired at"), "{body}");
 }
@@ -106,7 +106,7 @@ async fn metrics_describe_traffic_without_personal_data() {
     bad.signature[1] ^= 1;
     crate::support::submit_raw(&police, bad).await.unwrap_err();
     broker::health::update_gauges(h.state());
-    let (code, text) = broker::admin::request(h.admin_addr(), "GET", "/metrics", None).await.unwrap();
+    let (code, text) = h.admin("GET", "/metrics", None).await;
     assert_eq!(code, 200);
     for expected in [
         "broker_submits_total{outcome=\"accepted\"}",

@@ -66,6 +66,20 @@ pub async fn rejection_reasons(h: &Harness) -> Vec<String> {
         .collect()
 }
 
+/// Closes the broker's rejection-counting interval (as its timer and its
+/// shutdown do), then sums the counts of every RejectionSummary entry by
+/// reason: the refusals that carried no verified signature.
+pub async fn summarised(h: &Harness) -> std::collections::BTreeMap<String, u64> {
+    broker::refusals::close_interval(h.state()).await;
+    let mut out = std::collections::BTreeMap::new();
+    for e in audit_entries(h).await {
+        if let Some(pb::audit_entry::Event::RejectionSummary(r)) = e.event {
+            *out.entry(r.reason).or_default() += r.count;
+        }
+    }
+    out
+}
+
 /// The ids of every referral waiting for `client`'s agency, in queue order.
 pub async fn waiting(client: &Client) -> Vec<MessageId> {
     let mut alerts = client.subscribe().await.unwrap();

@@ -160,7 +160,7 @@ async fn every_command_in_operations_md_works() {
                     broker = Some(Broker { child, log });
                     let mut ready = false;
                     for _ in 0..500 {
-                        if let Ok((200, _)) = broker::admin::request(admin, "GET", "/health", None).await {
+                        if let Ok((200, _)) = broker::admin::request(admin, None, "GET", "/health", None).await {
                             ready = true;
                             break;
                         }
