@@ -6,8 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::{Harness, Options, POLICE_SYSTEM, SOCIAL, bind_again};
+use integration_tests::{Harness, Options, POLICE_SYSTEM, SOCIAL, SOCIAL_ONCALL, assert_refused, bind_again};
 use referral_proto::directory::DirectoryError;
+use tonic::Code;
 
 use crate::support::{example_envelope, submit_raw};
 
@@ -18,18 +19,28 @@ fn exe() -> &'static Path {
 }
 
 #[tokio::test]
-async fn a_broker_whose_directory_went_stale_refuses_submits_until_a_fresh_one_is_loaded() {
+async fn a_broker_whose_directory_went_stale_refuses_submits_and_acks_until_a_fresh_one_is_loaded() {
     let h = Harness::start_with(Options { manual_clock: true, ..Options::default() }).await;
     let client = h.client(POLICE_SYSTEM).await;
     let envelope = example_envelope(&h, POLICE_SYSTEM, SOCIAL).await;
+    let earlier = submit_raw(&client, example_envelope(&h, POLICE_SYSTEM, SOCIAL).await).await.unwrap();
+    let earlier = referral_proto::receipt::Receipt::try_from(earlier.receipt.unwrap()).unwrap().statement;
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    oncall.directory().await.unwrap();
     let (problems, _) = broker::health::check(h.state()).await;
     assert!(problems.is_empty(), "{problems:?}");
 
     // The development directory is valid for 90 days.
     h.advance(Duration::from_secs(91 * 86_400));
-    let status = submit_raw(&client, envelope.clone()).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let status = assert_refused(submit_raw(&client, envelope.clone()).await, Code::Unavailable, "directory_stale");
     assert!(status.message().starts_with("the broker's directory (version 1) went stale at "), "{status:?}");
+    // Nor is an acknowledgement verified against it.
+    let acked = oncall.ack_digest(earlier.message_id, earlier.envelope_digest, "jour-1").await;
+    let status = acked.expect_err("refused").status().cloned().expect("a broker status");
+    assert_eq!(
+        (status.code(), integration_tests::reason(&status).as_deref()),
+        (Code::Unavailable, Some("directory_stale"))
+    );
     let (problems, _) = broker::health::check(h.state()).await;
     assert!(
         problems.iter().any(|p| p.starts_with("the federation directory expired at") && p.contains("certs directory")),
