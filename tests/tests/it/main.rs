@@ -17,6 +17,8 @@ mod demo;
 mod exchange;
 /// Full disks and damaged data directories.
 mod faults;
+/// A broker that forges receipts and proofs: the client believes none of it.
+mod forging_server;
 /// Hostile clients and an outside TLS check.
 mod hostile;
 /// Health, reflection, metrics, status, backup, rotation.
