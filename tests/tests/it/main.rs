@@ -27,9 +27,15 @@ mod operations;
 mod privacy;
 /// Everything the broker refuses, with the exact status.
 mod rejections;
+/// A resend is the same envelope and gets the original receipt.
+mod resend;
 /// Restarts lose nothing.
 mod restart;
+/// Ack labels that would put personal identity numbers in the log.
+mod staff_labels;
 /// Shared helpers.
 mod support;
+/// Escapes and overrides never reach a terminal; a closed pipe ends quietly.
+mod terminal;
 /// OPERATIONS.md, executed.
 mod walkthrough;
