@@ -124,9 +124,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 bail!("{}: {e}", referral.display());
             }
             let to = AgencyId::new(to)?;
-            let sent = match message_id {
-                Some(id) => client.send_with_id(&to, &notice, id.parse()?).await?,
-                None => client.send(&to, &notice).await?,
+            let id = match message_id {
+                Some(id) => id.parse()?,
+                None => MessageId::generate(certs::now().0),
+            };
+            let sent = match client.send_with_id(&to, &notice, id).await {
+                Ok(sent) => sent,
+                // Without an answer the sealed envelope stays in the outbox:
+                // say how to resend exactly it.
+                Err(e) if client.outbox().path(id).exists() => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "referral {id} got no answer; it is kept sealed, resend it with --message-id {id}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
             };
             if json {
                 out!(

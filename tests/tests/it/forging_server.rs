@@ -40,6 +40,7 @@ struct Answers {
     directory: pb::SignedDirectory,
     receipts: Vec<pb::MessageReceipts>,
     events: Vec<pb::ReceiptEvent>,
+    alerts: Vec<pb::Alert>,
     proof: Option<pb::InclusionProofResponse>,
 }
 
@@ -61,7 +62,8 @@ impl ReferralBroker for Forger {
     type SubscribeStream = BoxStream<pb::Alert>;
 
     async fn subscribe(&self, _: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(not_here("Subscribe"))
+        let alerts: Vec<Result<pb::Alert, Status>> = self.0.alerts.iter().cloned().map(Ok).collect();
+        Ok(Response::new(Box::pin(futures_util::stream::iter(alerts))))
     }
 
     async fn ack(&self, _: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
@@ -495,5 +497,39 @@ async fn inclusion_proof_of_another_entry_is_refused() {
     assert_eq!(
         err.to_string(),
         format!("the broker proved entry #0 (the submission of {sent}), not the submission of {asked}")
+    );
+}
+
+/// The on-call side: a "settled" alert (a colleague took the referral) is
+/// believed only with an ack by this agency, for the message it names.
+#[tokio::test]
+async fn forged_settled_alert_with_another_agencys_ack_is_refused() {
+    let mut scene = Scene::new().await;
+    let id = scene.id();
+    // Social services' on-call is told police acknowledged its referral.
+    let ack = scene.ack(id, scene.sent.digest(), &scene.police);
+    let settled = |ack: &SignedAck| pb::Alert {
+        event: Some(pb::alert::Event::Settled(pb::Settled {
+            message_id: id.as_bytes().to_vec(),
+            sequence: 1,
+            ack: Some(pb::SignedAck::from(ack)),
+        })),
+    };
+    let genuine = scene.ack(id, scene.sent.digest(), &scene.social);
+    scene.serve(Answers { alerts: vec![settled(&genuine), settled(&ack)], ..Answers::default() }).await;
+    let oncall = Client::connect_dir(&scene.profile(SOCIAL_ONCALL)).await.unwrap();
+    let mut alerts = oncall.subscribe().await.unwrap();
+    match alerts.next().await.unwrap().unwrap() {
+        agency_client::alerts::AlertEvent::Settled { message_id, acknowledged_by, .. } => {
+            assert_eq!((message_id, acknowledged_by.as_str()), (id, "jour-1"));
+        }
+        other => panic!("expected the genuine settled alert, got {other:?}"),
+    }
+    let err = alerts.next().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the broker's settled alert for {id} carries an acknowledgement by {POLICE} of {id}, not one by this agency ({SOCIAL})"
+        )
     );
 }
