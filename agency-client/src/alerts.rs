@@ -100,6 +100,18 @@ impl Alerts<'_> {
             pb::alert::Event::Settled(s) => {
                 let ack = SignedAck::try_from(s.ack.ok_or(ClientError::Incomplete("ack"))?)?;
                 ack.verify(&self.dir)?;
+                // Settled means a colleague at this agency took it: the ack must
+                // be this agency's, for the message the alert names.
+                let ours = &self.client.principal().agency;
+                if &ack.statement.acker_agency != ours || s.message_id != ack.statement.message_id.as_bytes().as_slice()
+                {
+                    return Err(ClientError::Invalid(format!(
+                        "the broker's settled alert for {} carries an acknowledgement by {} of {}, not one by this agency ({ours})",
+                        MessageId::from_bytes(&s.message_id).map_or_else(|_| "?".to_owned(), |m| m.to_string()),
+                        ack.statement.acker_agency,
+                        ack.statement.message_id
+                    )));
+                }
                 AlertEvent::Settled {
                     message_id: ack.statement.message_id,
                     sequence: s.sequence,

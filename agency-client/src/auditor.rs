@@ -25,6 +25,7 @@ use referral_proto::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cli::out;
 use crate::{Client, ClientError};
 
 #[derive(Debug, Subcommand)]
@@ -273,6 +274,20 @@ impl Client {
         verify_inclusion(&leaf_hash(&entry.entry), entry.index, head.head.tree_size, &path, &head.head.root_hash)
             .map_err(|e| ClientError::Invalid(format!("the inclusion proof does not verify: {e}")))?;
         let decoded = decode_entry(&entry.entry, entry.index).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        // A valid proof of some other entry proves nothing about this message.
+        let proven = match &decoded.event {
+            Some(pb::audit_entry::Event::Submitted(s)) => {
+                s.header.as_ref().and_then(|h| MessageId::from_bytes(&h.message_id).ok())
+            }
+            _ => None,
+        };
+        if proven != Some(message_id) {
+            let what = match proven {
+                Some(other) => format!("the submission of {other}"),
+                None => format!("{} entry", decoded.event.as_ref().map_or("an empty", |e| EventKind::of(e).as_str())),
+            };
+            return Err(ClientError::ProofForAnotherEntry { message_id, index: entry.index, entry: what });
+        }
         let milliseconds = asked.elapsed().as_secs_f64() * 1000.0;
         Ok(Proven { index: entry.index, entry_bytes: entry.entry, entry: decoded, path, head, milliseconds })
     }
@@ -369,13 +384,13 @@ fn entry_line(e: &pb::AuditEntry) -> String {
     format!("#{:<8} {} {:<12} {detail}", e.index, s("logged_at"), s("event"))
 }
 
-fn print_report(v: &Verification, json: bool) {
+fn print_report(v: &Verification, json: bool) -> anyhow::Result<()> {
     let r = &v.report;
     if json {
-        println!("{}", serde_json::to_string(v).unwrap_or_default());
-        return;
+        out!("{}", serde_json::to_string(v).unwrap_or_default());
+        return Ok(());
     }
-    println!(
+    out!(
         "audit log of {} entries, root {} ({:.1} s, {:.0} entries/s)",
         r.tree_size,
         r.root,
@@ -383,30 +398,33 @@ fn print_report(v: &Verification, json: bool) {
         r.tree_size as f64 / v.seconds.max(1e-9)
     );
     for kind in EventKind::ALL {
-        println!("  {:<13} {}", kind.as_str(), r.counts.get(&kind).copied().unwrap_or(0));
+        out!("  {:<13} {}", kind.as_str(), r.counts.get(&kind).copied().unwrap_or(0));
     }
     for (s, t, n) in &r.pairs {
-        println!("  {s} -> {t}: {n} referrals");
+        out!("  {s} -> {t}: {n} referrals");
     }
     for (reason, n) in &r.rejections {
-        println!("  rejected for {reason}: {n}");
+        out!("  rejected for {reason}: {n}");
     }
     if let (Some(p), Some(c)) = (v.previous_size, v.consistency_proof) {
-        println!(
+        out!(
             "  consistency proof from the {p} entries verified before: {} hashes ({} bytes), {:.1} ms",
-            c.hashes, c.bytes, c.milliseconds
+            c.hashes,
+            c.bytes,
+            c.milliseconds
         );
     }
     if v.ok {
-        println!(
+        out!(
             "OK: every signature, sequence and reference checks out, and the root matches the broker's signed tree head"
         );
     } else {
-        println!("FAILED: {} problem(s)", r.failure_count);
+        out!("FAILED: {} problem(s)", r.failure_count);
         for f in &r.failures {
-            println!("  - {f}");
+            out!("  - {}", crate::display::safe(&f.to_string()));
         }
     }
+    Ok(())
 }
 
 /// Runs an audit command; returns false when verification found failures.
@@ -433,7 +451,7 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            print_report(&v, json);
+            print_report(&v, json)?;
             Ok(v.ok)
         }
         AuditCommand::Replay { from, to } => {
@@ -442,9 +460,9 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
             let mut stream = client.auditor_rpc().replay(pb::ReplayRequest { from, to }).await?.into_inner();
             while let Some(e) = stream.message().await? {
                 match decode_entry(&e.entry, e.index) {
-                    Ok(entry) if json => println!("{}", entry_json(&entry)),
-                    Ok(entry) => println!("{}", entry_line(&entry)),
-                    Err(err) => println!("#{} unreadable: {err}", e.index),
+                    Ok(entry) if json => out!("{}", crate::display::json_line(&entry_json(&entry))),
+                    Ok(entry) => out!("{}", crate::display::safe(&entry_line(&entry))),
+                    Err(err) => out!("#{} unreadable: {err}", e.index),
                 }
             }
             Ok(true)
@@ -463,20 +481,23 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
                 "audit_path": p.path.iter().map(Digest::to_hex).collect::<Vec<_>>(),
             });
             if json {
-                println!("{out}");
+                out!("{out}");
             } else {
-                println!("{}", entry_line(&p.entry));
-                println!(
+                out!("{}", crate::display::safe(&entry_line(&p.entry)));
+                out!(
                     "included at index {} of {} entries; root {} signed by the broker at {}",
-                    p.index, p.head.head.tree_size, p.head.head.root_hash, p.head.head.timestamp
+                    p.index,
+                    p.head.head.tree_size,
+                    p.head.head.root_hash,
+                    p.head.head.timestamp
                 );
-                println!(
+                out!(
                     "proof of {} hashes ({} bytes) fetched and verified (RFC 9162) in {:.1} ms; to check it offline, keep this:",
                     p.path.len(),
                     p.path.len() * 32,
                     p.milliseconds
                 );
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                out!("{}", serde_json::to_string_pretty(&out)?);
             }
             Ok(true)
         }

@@ -14,6 +14,34 @@ use serde_json::json;
 
 use crate::Client;
 use crate::alerts::{AlertEvent, IncomingReferral};
+use crate::display::{json_line, safe, safe_block};
+
+/// Standard output was closed by its reader (`agency-client … | head -1`).
+/// Not a failure: the command stops quietly with exit code 0.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+pub struct StdoutClosed;
+
+/// Writes one line to standard output. A closed pipe becomes
+/// [`StdoutClosed`], which [`run_program`] turns into a quiet exit, where
+/// `println!` would panic.
+pub fn write_line(line: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to standard output")),
+    }
+}
+
+/// `println!` for the CLI: see [`write_line`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))?
+    };
+}
+pub(crate) use out;
 
 /// Send, receive and acknowledge referrals; verify the broker's audit log.
 #[derive(Debug, Parser)]
@@ -96,18 +124,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 bail!("{}: {e}", referral.display());
             }
             let to = AgencyId::new(to)?;
-            let sent = match message_id {
-                Some(id) => client.send_with_id(&to, &notice, id.parse()?).await?,
-                None => client.send(&to, &notice).await?,
+            let id = match message_id {
+                Some(id) => id.parse()?,
+                None => MessageId::generate(certs::now().0),
+            };
+            let sent = match client.send_with_id(&to, &notice, id).await {
+                Ok(sent) => sent,
+                // Without an answer the sealed envelope stays in the outbox:
+                // say how to resend exactly it.
+                Err(e) if client.outbox().path(id).exists() => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "referral {id} got no answer; it is kept sealed, resend it with --message-id {id}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
             };
             if json {
-                println!(
+                out!(
                     "{}",
-                    json!({"message_id": sent.message_id.to_string(), "duplicate": sent.duplicate, "receipt": receipt_json(&sent.receipt)})
+                    json_line(
+                        &json!({"message_id": sent.message_id.to_string(), "duplicate": sent.duplicate, "receipt": receipt_json(&sent.receipt)})
+                    )
                 );
             } else {
-                println!("sent {} referral {} to {to}", notice.urgency, sent.message_id);
-                println!(
+                out!("sent {} referral {} to {to}", notice.urgency, sent.message_id);
+                out!(
                     "  {}{}",
                     receipt_line(&sent.receipt),
                     if sent.duplicate { " (already accepted earlier)" } else { "" }
@@ -119,9 +160,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             let me = client.principal().uri();
             while let Some(ev) = alerts.next().await? {
                 if json {
-                    println!("{}", event_json(&ev));
+                    out!("{}", json_line(&event_json(&ev)));
                 } else if let Some(text) = event_text(&ev, &profile, &me) {
-                    println!("{text}");
+                    out!("{text}");
                 }
                 if once && matches!(ev, AlertEvent::CaughtUp { .. }) {
                     break;
@@ -133,30 +174,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             let by = by.unwrap_or_else(|| client.principal().name.clone());
             let acked = client.ack(id, &by).await?;
             if json {
-                println!(
+                out!(
                     "{}",
-                    json!({"message_id": id.to_string(), "already_acknowledged": acked.already_acknowledged, "receipt": receipt_json(&acked.receipt)})
+                    json_line(
+                        &json!({"message_id": id.to_string(), "already_acknowledged": acked.already_acknowledged, "receipt": receipt_json(&acked.receipt)})
+                    )
                 );
             } else if acked.already_acknowledged {
                 let by = acked.receipt.ack.as_ref().map(|a| a.statement.acknowledged_by.clone()).unwrap_or_default();
-                println!("{id} was already acknowledged by {by}; nothing more to do");
+                out!("{id} was already acknowledged by {}; nothing more to do", safe(&by));
             } else {
-                println!("acknowledged {id} as {by}");
-                println!("  {}", receipt_line(&acked.receipt));
+                out!("acknowledged {id} as {}", safe(&by));
+                out!("  {}", receipt_line(&acked.receipt));
             }
         }
         Command::Status { ids } => {
             let ids = ids.iter().map(|s| s.parse()).collect::<Result<Vec<MessageId>, _>>()?;
             for (id, receipts) in client.receipts(&ids).await? {
                 if json {
-                    println!(
+                    out!(
                         "{}",
-                        json!({"message_id": id.to_string(), "receipts": receipts.iter().map(receipt_json).collect::<Vec<_>>()})
+                        json_line(
+                            &json!({"message_id": id.to_string(), "receipts": receipts.iter().map(receipt_json).collect::<Vec<_>>()})
+                        )
                     );
                 } else {
-                    println!("{id}");
+                    out!("{id}");
                     for r in &receipts {
-                        println!("  {}", receipt_line(r));
+                        out!("  {}", receipt_line(r));
                     }
                 }
             }
@@ -175,9 +220,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 };
                 let Some((cursor, r)) = next else { break };
                 if json {
-                    println!("{}", json!({"cursor": cursor, "receipt": receipt_json(&r)}));
+                    out!("{}", json_line(&json!({"cursor": cursor, "receipt": receipt_json(&r)})));
                 } else {
-                    println!("#{cursor} {} {}", r.statement.message_id, receipt_line(&r));
+                    out!("#{cursor} {} {}", r.statement.message_id, receipt_line(&r));
                 }
             }
         }
@@ -195,22 +240,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                         })
                     })
                     .collect();
-                println!(
+                out!(
                     "{}",
-                    json!({"trust_domain": dir.trust_domain.to_string(), "version": dir.version, "issued_at": dir.issued_at.to_string(), "valid_until": dir.valid_until.to_string(), "agencies": agencies})
+                    json_line(
+                        &json!({"trust_domain": dir.trust_domain.to_string(), "version": dir.version, "issued_at": dir.issued_at.to_string(), "valid_until": dir.valid_until.to_string(), "agencies": agencies})
+                    )
                 );
             } else {
-                println!(
+                out!(
                     "directory of {} version {} (issued {}, valid until {}), signature verified",
-                    dir.trust_domain, dir.version, dir.issued_at, dir.valid_until
+                    dir.trust_domain,
+                    dir.version,
+                    dir.issued_at,
+                    dir.valid_until
                 );
                 for a in dir.agencies.values() {
-                    println!("  {:<24} {:<9} {}", a.id, a.kind.as_str(), a.display_name);
+                    out!("  {:<24} {:<9} {}", a.id, a.kind.as_str(), safe(&a.display_name));
                     for k in &a.keys {
-                        println!("    key {} valid {} .. {}", k.key_id, k.not_before, k.not_after);
+                        out!("    key {} valid {} .. {}", k.key_id, k.not_before, k.not_after);
                     }
                     if let Some(e) = &a.escalation {
-                        println!("    escalation: {} ({}, {})", e.display_name, e.principal, e.phone);
+                        out!("    escalation: {} ({}, {})", safe(&e.display_name), e.principal, safe(&e.phone));
                     }
                 }
             }
@@ -229,10 +279,12 @@ fn receipt_line(r: &Receipt) -> String {
     if let Some(ack) = &r.ack {
         line.push_str(&format!(
             "; acknowledged by {} of {} at {} (signature verified)",
-            ack.statement.acknowledged_by, ack.statement.acker_agency, ack.statement.acknowledged_at
+            safe(&ack.statement.acknowledged_by),
+            ack.statement.acker_agency,
+            ack.statement.acknowledged_at
         ));
     } else if !s.detail.is_empty() {
-        line.push_str(&format!("; {}", s.detail));
+        line.push_str(&format!("; {}", safe(&s.detail)));
     }
     line
 }
@@ -281,15 +333,17 @@ fn event_text(ev: &AlertEvent, profile: &std::path::Path, me: &str) -> Option<St
     match ev {
         AlertEvent::Referral(r) => Some(referral_text(r, profile)),
         AlertEvent::Unreadable { message_id, sequence, error } => Some(format!(
-            "!! message {} (queue position {sequence}) failed verification and is not shown: {error}",
-            message_id.map_or("?".into(), |m| m.to_string())
+            "!! message {} (queue position {sequence}) failed verification and is not shown: {}",
+            message_id.map_or("?".into(), |m| m.to_string()),
+            safe(error)
         )),
         AlertEvent::Settled { message_id, acknowledged_by, at, .. } => {
-            Some(format!("-- {message_id} was acknowledged by {acknowledged_by} at {at}"))
+            Some(format!("-- {message_id} was acknowledged by {} at {at}", safe(acknowledged_by)))
         }
         AlertEvent::Escalation { message_id, sender, deadline, urgency, .. } => Some(format!(
-            "!! ESCALATION: {} referral {message_id} from {sender} was not acknowledged by {deadline}{}",
+            "!! ESCALATION: {} referral {message_id} from {} was not acknowledged by {deadline}{}",
             urgency.map_or("", |u| u.as_str()),
+            safe(sender),
             if me.is_empty() { "" } else { "; please take it now" }
         )),
         AlertEvent::CaughtUp { .. } => Some("-- all waiting referrals shown; listening for new ones".into()),
@@ -318,13 +372,19 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
     let mut out = format!(
         "== {urgency} referral {} from {} (queue position {}){}{}\n   acknowledge by {}\n",
         r.message_id,
-        if r.sender_name.is_empty() { r.sender.as_str() } else { &r.sender_name },
+        safe(if r.sender_name.is_empty() { r.sender.as_str() } else { &r.sender_name }),
         r.sequence,
         if r.redelivery { ", shown before" } else { "" },
         if r.escalated { ", ESCALATED" } else { "" },
         r.ack_deadline
     );
-    let mut field = |name: &str, value: String| out.push_str(&format!("   {name:<16}{value}\n"));
+    // Every value passes through `safe_block`: the notice was validated on
+    // open, but what reaches a terminal is neutralised here all the same,
+    // and a free-text line is indented under its label so it can never
+    // pass for a field line of its own.
+    let mut field = |name: &str, value: String| {
+        out.push_str(&format!("   {name:<16}{}\n", safe_block(&value, &" ".repeat(19))));
+    };
     field(
         "Subject:",
         format!(
@@ -420,8 +480,11 @@ pub fn run_program<T>(
     };
     match runtime.block_on(work) {
         Ok(t) => exit(t),
+        // The reader of our output went away: nothing is wrong with the work.
+        Err(e) if e.is::<StdoutClosed>() => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors can quote text from elsewhere (the broker's messages).
+            eprintln!("error: {}", safe_block(&format!("{e:#}"), "  "));
             std::process::ExitCode::FAILURE
         }
     }

@@ -22,6 +22,9 @@ pub enum ClientError {
     Seal(#[from] referral_proto::seal::SealError),
     #[error("the broker's receipt does not check out: {0}")]
     Receipt(#[from] referral_proto::receipt::ReceiptError),
+    /// A receipt or answer that does not prove what it claims.
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::ReceiptMismatch),
     #[error("the broker answered without a {0}")]
     Incomplete(&'static str),
     #[error("message {0} is not waiting for this agency (unknown, already settled, or addressed elsewhere)")]
@@ -34,6 +37,8 @@ pub enum ClientError {
     },
     #[error(transparent)]
     Ack(#[from] referral_proto::ack::AckError),
+    #[error("the broker proved entry #{index} ({entry}), not the submission of {message_id}")]
+    ProofForAnotherEntry { message_id: MessageId, index: u64, entry: String },
     #[error("{path}: {message}")]
     State { path: PathBuf, message: String },
     #[error("{0}")]

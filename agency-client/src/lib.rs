@@ -15,12 +15,20 @@
 //! - [`Client`] (this file): connection, directory, send, ack, receipts.
 //! - [`alerts`]: the subscription stream, opened and verified.
 //! - [`auditor`]: the auditor's replay, verification and proofs.
+//! - [`trust`]: what a receipt proves, and nothing more (an ACKNOWLEDGED
+//!   needs the recipient's signed ack); answers must match what was asked.
+//! - [`outbox`]: sealed envelopes kept until answered, so a resend is
+//!   byte-identical.
+//! - [`display`]: remote text made safe for a terminal.
 //! - [`cli`]: the command-line interface over all of it.
 
 pub mod alerts;
 pub mod auditor;
 pub mod cli;
+pub mod display;
 pub mod error;
+pub mod outbox;
+pub mod trust;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,12 +44,14 @@ use referral_proto::notice::ReferralNotice;
 use referral_proto::pb;
 use referral_proto::pb::auditor_client::AuditorClient;
 use referral_proto::pb::referral_broker_client::ReferralBrokerClient;
-use referral_proto::receipt::Receipt;
+use referral_proto::receipt::{Receipt, ReceiptStatus};
 use referral_proto::seal::seal;
 use referral_proto::time::Timestamp;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use error::ClientError;
+use outbox::Outbox;
+use trust::{Expect, check_receipt};
 
 /// How often and how patiently a submit is retried on transport failures.
 #[derive(Debug, Clone, Copy)]
@@ -202,12 +212,12 @@ impl Client {
     }
 
     fn remember_version(&self, v: u64) -> Result<(), ClientError> {
-        let path = self.seen_version_path();
-        let io = |e: std::io::Error| ClientError::State { path: path.clone(), message: e.to_string() };
-        std::fs::create_dir_all(self.profile.state_dir()).map_err(io)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{v}\n")).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        outbox::write_durably(&self.seen_version_path(), format!("{v}\n").as_bytes())
+    }
+
+    /// The sealed envelopes this profile keeps until the broker answers.
+    pub fn outbox(&self) -> Outbox {
+        Outbox::new(&self.profile.state_dir())
     }
 
     /// Checks a signed directory against the pinned federation key and the
@@ -244,31 +254,75 @@ impl Client {
         self.refresh_directory().await
     }
 
-    fn check_receipt(&self, dir: &Directory, r: Option<pb::Receipt>) -> Result<Receipt, ClientError> {
-        let r = Receipt::try_from(r.ok_or(ClientError::Incomplete("receipt"))?)?;
-        r.verify(&dir.broker_log_key)?;
-        if let Some(ack) = &r.ack {
-            ack.verify(dir)?;
-        }
-        Ok(r)
-    }
-
     /// Seals `notice` to agency `to` and submits it with a fresh message id.
     pub async fn send(&self, to: &AgencyId, notice: &ReferralNotice) -> Result<Sent, ClientError> {
         self.send_with_id(to, notice, MessageId::generate(now().0)).await
     }
 
-    /// Like [`Client::send`] with a chosen message id (to resend the same referral).
+    /// Like [`Client::send`] with a chosen message id (to resend the same
+    /// referral). When this profile's outbox still holds the envelope sealed
+    /// for `message_id` (an earlier attempt got no answer), those bytes are
+    /// submitted again rather than a fresh seal, so the broker recognises
+    /// the retry and answers with the original receipt; `notice` is then not
+    /// sealed again (a changed referral needs a new message id).
     pub async fn send_with_id(
         &self,
         to: &AgencyId,
         notice: &ReferralNotice,
         message_id: MessageId,
     ) -> Result<Sent, ClientError> {
+        let outbox = self.outbox();
+        let envelope = match outbox.load(message_id)? {
+            Some(stored) => {
+                let header = referral_proto::envelope::Envelope::try_from(stored.clone())
+                    .map_err(|e| ClientError::Invalid(e.to_string()))?
+                    .header;
+                if &header.recipient != to {
+                    return Err(ClientError::Invalid(format!(
+                        "message {message_id} was sealed to {} and is waiting in {} for an answer; it cannot be sent to {to} (use another message id)",
+                        header.recipient,
+                        outbox.path(message_id).display()
+                    )));
+                }
+                stored
+            }
+            None => self.seal_to_outbox(to, notice, message_id).await?,
+        };
+        self.submit_stored(envelope).await
+    }
+
+    /// Seals `notice` to `to` under `message_id` and keeps the envelope in the
+    /// outbox (durably, before anything is submitted). The first half of
+    /// [`Client::send_with_id`].
+    pub async fn seal_to_outbox(
+        &self,
+        to: &AgencyId,
+        notice: &ReferralNotice,
+        message_id: MessageId,
+    ) -> Result<pb::Envelope, ClientError> {
         let dir = self.directory().await?;
         let recipient = dir.agency(to).ok_or_else(|| ClientError::UnknownAgency(to.clone()))?;
-        let envelope = self.with_bundle(|b| seal(notice, b, recipient, message_id, now()))??;
-        self.submit_envelope(pb::Envelope::from(&envelope)).await
+        let envelope = pb::Envelope::from(&self.with_bundle(|b| seal(notice, b, recipient, message_id, now()))??);
+        self.outbox().store(message_id, &envelope)?;
+        Ok(envelope)
+    }
+
+    /// Submits an envelope kept in the outbox and forgets it once the broker
+    /// has answered with a receipt, or has refused it for good (then nothing
+    /// is stored under its id). A transport failure keeps it for a resend.
+    async fn submit_stored(&self, envelope: pb::Envelope) -> Result<Sent, ClientError> {
+        let id = MessageId::from_bytes(&envelope.header.as_ref().map(|h| h.message_id.clone()).unwrap_or_default())
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let result = self.submit_envelope(envelope).await;
+        let answered = match &result {
+            Ok(_) => true,
+            Err(ClientError::Rpc(s)) => !is_retryable(s) && s.code() != tonic::Code::ResourceExhausted,
+            Err(_) => false,
+        };
+        if answered {
+            self.outbox().remove(id)?;
+        }
+        result
     }
 
     /// Submits an already sealed envelope, retrying transport failures with
@@ -291,12 +345,15 @@ impl Client {
                 Err(s) => return Err(s.into()),
             }
         };
-        let receipt = self.check_receipt(&dir, response.receipt)?;
-        if receipt.statement.message_id != domain.header.message_id
-            || receipt.statement.envelope_digest != domain.digest()
-        {
-            return Err(ClientError::Invalid("the broker's receipt is for another message".into()));
-        }
+        let h = &domain.header;
+        let expect = Expect {
+            message_id: Some(h.message_id),
+            envelope_digest: Some(domain.digest()),
+            sender: Some(h.sender.clone()),
+            recipient: Some(h.recipient.clone()),
+            status: Some(ReceiptStatus::Accepted),
+        };
+        let receipt = check_receipt(&dir, response.receipt, &expect)?;
         Ok(Sent {
             message_id: domain.header.message_id,
             envelope_digest: domain.digest(),
@@ -315,7 +372,16 @@ impl Client {
         let dir = self.directory().await?;
         let ack = self.with_bundle(|b| sign_ack(message_id, envelope_digest, now(), by, b))??;
         let r = self.broker().ack(pb::AckRequest { ack: Some(pb::SignedAck::from(&ack)) }).await?.into_inner();
-        let receipt = self.check_receipt(&dir, r.receipt)?;
+        // The answer must be the ACKNOWLEDGED receipt of the message acked, to
+        // this agency (its ack may be another person's, when one came first).
+        let expect = Expect {
+            message_id: Some(message_id),
+            envelope_digest: Some(envelope_digest),
+            sender: None,
+            recipient: Some(self.profile.principal.agency.clone()),
+            status: Some(ReceiptStatus::Acknowledged),
+        };
+        let receipt = check_receipt(&dir, r.receipt, &expect)?;
         Ok(Acked { receipt, already_acknowledged: r.already_acknowledged })
     }
 
@@ -327,27 +393,35 @@ impl Client {
         self.ack_digest(message_id, digest, by).await
     }
 
-    /// Every receipt of each message (this agency's own messages only).
+    /// Every receipt of each message (this agency's own messages only), once
+    /// per distinct id, in the order asked. Each receipt is checked
+    /// ([`trust`]), and so is the answer: exactly the ids asked for.
     pub async fn receipts(&self, ids: &[MessageId]) -> Result<Vec<(MessageId, Vec<Receipt>)>, ClientError> {
         let dir = self.directory().await?;
-        let req = pb::GetReceiptsRequest { message_ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect() };
+        let mut unique = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !unique.contains(id) {
+                unique.push(*id);
+            }
+        }
+        let req = pb::GetReceiptsRequest { message_ids: unique.iter().map(|i| i.as_bytes().to_vec()).collect() };
         let r = self.broker().get_receipts(req).await?.into_inner();
-        r.messages
-            .into_iter()
-            .map(|m| {
-                let id = MessageId::from_bytes(&m.message_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
-                let receipts =
-                    m.receipts.into_iter().map(|r| self.check_receipt(&dir, Some(r))).collect::<Result<Vec<_>, _>>()?;
-                Ok((id, receipts))
-            })
-            .collect()
+        let out = trust::check_receipts_answer(&dir, &unique, &self.profile.principal.agency, r.messages)?;
+        // A message with a receipt needs no resend: its envelope leaves the outbox.
+        let outbox = self.outbox();
+        for (id, receipts) in &out {
+            if !receipts.is_empty() {
+                outbox.remove(*id)?;
+            }
+        }
+        Ok(out)
     }
 
-    /// Receipts as they happen, after `cursor`; each checked.
+    /// Receipts as they happen, after `cursor`; each checked ([`trust`]).
     pub async fn watch_receipts(&self, after_cursor: u64) -> Result<ReceiptStream, ClientError> {
         let dir = self.directory().await?;
         let inner = self.broker().watch_receipts(pb::WatchReceiptsRequest { after_cursor }).await?.into_inner();
-        Ok(ReceiptStream { inner, dir })
+        Ok(ReceiptStream { inner, dir, agency: self.profile.principal.agency.clone(), outbox: self.outbox() })
     }
 }
 
@@ -356,6 +430,9 @@ impl Client {
 pub struct ReceiptStream {
     inner: tonic::Streaming<pb::ReceiptEvent>,
     dir: Arc<Directory>,
+    /// The stream carries receipts of this agency's own messages only.
+    agency: AgencyId,
+    outbox: Outbox,
 }
 
 impl ReceiptStream {
@@ -364,11 +441,10 @@ impl ReceiptStream {
         let Some(ev) = self.inner.message().await? else {
             return Ok(None);
         };
-        let r = Receipt::try_from(ev.receipt.ok_or(ClientError::Incomplete("receipt"))?)?;
-        r.verify(&self.dir.broker_log_key)?;
-        if let Some(ack) = &r.ack {
-            ack.verify(&self.dir)?;
-        }
+        let expect = Expect { sender: Some(self.agency.clone()), ..Expect::default() };
+        let r = check_receipt(&self.dir, ev.receipt, &expect)?;
+        // A message with a receipt needs no resend: its envelope leaves the outbox.
+        self.outbox.remove(r.statement.message_id)?;
         Ok(Some((ev.cursor, r)))
     }
 }

@@ -7,6 +7,7 @@ use crate::canonical::{Canonical, label};
 use crate::directory::Directory;
 use crate::ids::{AgencyId, IdError, KeyId, MessageId};
 use crate::keys::{AgencyKeyBundle, AgencyPublicKey};
+use crate::notice::contains_personal_identity_number;
 use crate::pb;
 use crate::time::Timestamp;
 
@@ -44,8 +45,14 @@ pub enum AckError {
     DigestLength,
     #[error("ack signature must be 64 bytes")]
     SignatureLength,
-    #[error("ack acknowledged_by must be 1 to 64 printable characters")]
+    #[error(
+        "ack acknowledged_by must be 1 to 64 characters, not only whitespace, without control or bidirectional formatting characters"
+    )]
     AcknowledgedBy,
+    /// The label would sit in the permanent audit log forever, so a
+    /// personal identity number (anyone's) is refused outright.
+    #[error("ack acknowledged_by must not contain a personal identity number")]
+    AcknowledgedByPersonalNumber,
     #[error("acking agency {0} is not in the directory")]
     UnknownAgency(AgencyId),
     #[error("ack key {key_id} is not a key of agency {agency} in the directory")]
@@ -56,8 +63,16 @@ pub enum AckError {
     BadSignature(KeyId),
 }
 
-fn acknowledged_by_ok(s: &str) -> bool {
-    (1..=64).contains(&s.chars().count()) && !s.chars().any(char::is_control) && !s.trim().is_empty()
+/// PROTOCOL.md 7.1, rule 5: checked when an ack is signed and when one is
+/// read from the wire, so the sender's client and the broker refuse alike.
+fn check_acknowledged_by(s: &str) -> Result<(), AckError> {
+    if !(1..=64).contains(&s.chars().count()) || !crate::text::line_ok(s) || s.trim().is_empty() {
+        return Err(AckError::AcknowledgedBy);
+    }
+    if contains_personal_identity_number(s) {
+        return Err(AckError::AcknowledgedByPersonalNumber);
+    }
+    Ok(())
 }
 
 impl AckStatement {
@@ -83,9 +98,7 @@ pub fn sign_ack(
     acknowledged_by: &str,
     bundle: &AgencyKeyBundle,
 ) -> Result<SignedAck, AckError> {
-    if !acknowledged_by_ok(acknowledged_by) {
-        return Err(AckError::AcknowledgedBy);
-    }
+    check_acknowledged_by(acknowledged_by)?;
     let statement = AckStatement {
         message_id,
         envelope_digest,
@@ -135,9 +148,7 @@ impl TryFrom<pb::SignedAck> for SignedAck {
     fn try_from(p: pb::SignedAck) -> Result<Self, AckError> {
         let s = p.statement.ok_or(AckError::Missing("statement"))?;
         let id = |field| move |source| AckError::Id { field, source };
-        if !acknowledged_by_ok(&s.acknowledged_by) {
-            return Err(AckError::AcknowledgedBy);
-        }
+        check_acknowledged_by(&s.acknowledged_by)?;
         Ok(SignedAck {
             statement: AckStatement {
                 message_id: MessageId::from_bytes(&s.message_id).map_err(id("message_id"))?,
@@ -166,5 +177,31 @@ impl From<&SignedAck> for pb::SignedAck {
             }),
             signature: a.signature.to_vec(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_vectors::{CREATED_AT, build};
+
+    #[test]
+    fn acknowledged_by_refuses_personal_numbers_and_terminal_text() {
+        let v = build();
+        let sign = |by: &str| sign_ack(v.envelope.header.message_id, v.envelope.digest(), CREATED_AT, by, &v.recipient);
+        for pin in ["198503122387", "19850312-2387", "8503122383", "850312-2383", "jour 850312+2383"] {
+            assert_eq!(sign(pin).unwrap_err(), AckError::AcknowledgedByPersonalNumber, "{pin}");
+        }
+        for bad in ["", "   ", "jour\u{1b}[2K", "jour\n1", "\u{202E}1-ruoj", &"x".repeat(65)] {
+            assert_eq!(sign(bad).unwrap_err(), AckError::AcknowledgedBy, "{bad:?}");
+        }
+        let ok = sign("jour-1").unwrap();
+        // The same rule when reading from the wire (what the broker does).
+        let mut p = pb::SignedAck::from(&ok);
+        p.statement.as_mut().unwrap().acknowledged_by = "19850312-2387".into();
+        assert_eq!(SignedAck::try_from(p.clone()).unwrap_err(), AckError::AcknowledgedByPersonalNumber);
+        p.statement.as_mut().unwrap().acknowledged_by = "a\u{9b}b".into();
+        assert_eq!(SignedAck::try_from(p).unwrap_err(), AckError::AcknowledgedBy);
+        assert_eq!(SignedAck::try_from(pb::SignedAck::from(&ok)).unwrap(), ok);
     }
 }

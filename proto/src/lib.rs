@@ -20,6 +20,7 @@
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proof verification.
 //! - [`audit`]: audit log entries: decoding and what an auditor checks about each.
 //! - [`test_vectors`]: the fixed inputs and outputs PROTOCOL.md publishes.
+//! - [`text`]: what every text field may hold: no controls, no bidirectional overrides.
 //! - [`time`]: Unix-millisecond timestamps and their RFC 3339 form.
 
 pub mod ack;
@@ -34,6 +35,7 @@ pub mod notice;
 pub mod receipt;
 pub mod seal;
 pub mod test_vectors;
+pub mod text;
 pub mod time;
 
 /// Generated protobuf messages and gRPC stubs for package `referral.v1`.

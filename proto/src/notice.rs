@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Urgency;
 use crate::pb;
+use crate::text;
 use crate::time::{Timestamp, is_valid_date};
 
 /// Limits on free text, so a notice fits the largest padding bucket.
@@ -338,6 +339,30 @@ impl ReferralNotice {
         e.check(chars(&p.title) <= MAX_SHORT_TEXT_CHARS, "sender_contact.title", "is longer than 200 characters");
 
         e.check(chars(&self.free_text) <= MAX_FREE_TEXT_CHARS, "free_text", "is longer than 4000 characters");
+        // Text rules (6.3, rule 32): every text field, so that nothing a
+        // sender writes can drive the recipient's terminal.
+        for (field, v) in [
+            ("subject.name", &s.name),
+            ("subject.personal_identity_number", &s.personal_identity_number),
+            ("subject.street_address", &s.street_address),
+            ("subject.postal_code", &s.postal_code),
+            ("subject.city", &s.city),
+            ("safe_contact.address", &c.address),
+            ("safe_contact.best_time", &c.best_time),
+            ("safe_contact.language", &c.language),
+            ("legal_basis.citation", &l.citation),
+            ("consent.obtained_by", &k.obtained_by),
+            ("sender_case_reference", r),
+            ("sender_contact.name", &p.name),
+            ("sender_contact.title", &p.title),
+            ("sender_contact.phone", &p.phone),
+            ("sender_contact.email", &p.email),
+        ] {
+            e.check(text::line_ok(v), field, text::LINE_RULE);
+        }
+        for (field, v) in [("legal_basis.reason", &l.reason), ("free_text", &self.free_text)] {
+            e.check(text::free_text_ok(v), field, text::FREE_TEXT_RULE);
+        }
         // On the wire a time of 0 means "not set", so a set time must be later.
         for (field, t) in [
             ("consent.obtained_at", self.consent.obtained_at),
@@ -845,6 +870,40 @@ mod tests {
     }
 
     #[test]
+    fn terminal_escapes_and_bidi_overrides_are_refused_in_every_text_field() {
+        let mut n = example_notice();
+        // Erase the line and print another address; write the clipboard (OSC 52).
+        n.subject.street_address = "Storgatan 1\u{1b}[2K\rHamngatan 9".into();
+        n.subject.city = "Huddinge\u{1b}]52;c;aGVqCg==\u{7}".into();
+        n.sender_contact.name = "Anna \u{202E}nossral".into();
+        n.safe_contact.best_time = "f\u{9b}2Jm".into();
+        n.free_text = "fine\nsecond line\u{1b}[1A".into();
+        n.legal_basis.reason = "isolated \u{2067}x\u{2069}".into();
+        assert_eq!(
+            errors(&n),
+            [
+                "subject.street_address",
+                "subject.city",
+                "safe_contact.best_time",
+                "sender_contact.name",
+                "legal_basis.reason",
+                "free_text"
+            ]
+        );
+        let msg = n.validate().unwrap_err().to_string();
+        assert!(msg.contains(&format!("subject.city: {}", text::LINE_RULE)), "{msg}");
+        assert!(msg.contains(&format!("free_text: {}", text::FREE_TEXT_RULE)), "{msg}");
+
+        // Newline is allowed in free text only.
+        let mut n = example_notice();
+        n.free_text = "line one\nline two".into();
+        n.legal_basis.reason = "first\nsecond".into();
+        n.validate().unwrap();
+        n.subject.name = "Anna\nAddress: elsewhere".into();
+        assert_eq!(errors(&n), ["subject.name"]);
+    }
+
+    #[test]
     fn set_times_must_be_after_the_epoch() {
         let mut n = example_notice();
         n.consent.obtained_at = Some(Timestamp(0));
@@ -906,7 +965,7 @@ mod tests {
     }
 
     prop_compose! {
-        fn arb_notice()(name in arb_text(), reason in arb_text(), free in ".{0,200}",
+        fn arb_notice()(name in arb_text(), reason in arb_text(), free in "[\\PC\n]{0,200}",
                         ages in proptest::collection::vec(0u32..18, 0..5),
                         urgency in prop_oneof![Just(Urgency::Immediate), Just(Urgency::Urgent), Just(Urgency::Routine)],
                         protected in any::<bool>()) -> ReferralNotice {

@@ -125,25 +125,18 @@ pub enum ReceiptError {
     BadSignature,
     #[error("receipt's ack: {0}")]
     Ack(#[from] AckError),
-    #[error("receipt's ack is for another message or envelope")]
-    AckMismatch,
 }
 
 impl Receipt {
-    /// Checks the broker's signature, and that an attached ack is about the
-    /// same message and envelope (its own signature is checked by the caller
-    /// against the directory).
+    /// Checks the broker's signature. That proves what the broker says, no
+    /// more: whether an attached ack proves an ACKNOWLEDGED (its agency, its
+    /// message and envelope, its own signature) is PROTOCOL.md 8.4's second
+    /// half, checked by the receiver (`agency_client::trust`), which knows
+    /// what it asked for.
     pub fn verify(&self, log_key: &VerifyingKey) -> Result<(), ReceiptError> {
         log_key
             .verify(&self.statement.signing_input(), &self.signature)
-            .map_err(|BadSignature| ReceiptError::BadSignature)?;
-        if let Some(ack) = &self.ack
-            && (ack.statement.message_id != self.statement.message_id
-                || ack.statement.envelope_digest != self.statement.envelope_digest)
-        {
-            return Err(ReceiptError::AckMismatch);
-        }
-        Ok(())
+            .map_err(|BadSignature| ReceiptError::BadSignature)
     }
 }
 

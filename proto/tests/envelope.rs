@@ -213,6 +213,33 @@ fn oversize() {
     assert!(matches!(err, SealError::TooLarge { size: 60_000, max: 49_148 }), "{err}");
 }
 
+/// Text that would drive the recipient's terminal (PROTOCOL.md 6.3, rule
+/// 32): refused by `seal`, and by `open` when a sender seals it raw.
+#[test]
+fn terminal_escapes_are_refused_at_seal_and_at_open() {
+    let v = build();
+    let to = v.directory.agency(v.recipient.agency()).unwrap();
+    let mut n = example_notice();
+    n.subject.street_address = "Storgatan 1\u{1b}[2K\rHamngatan 9".into();
+    n.free_text = "\u{1b}]52;c;cm0gLXJmIH4K\u{7}".into();
+    n.sender_contact.name = "Anna \u{202E}nossral".into();
+    let expected = ["subject.street_address", "sender_contact.name", "free_text"];
+    match seal(&n, &v.sender, to, MessageId::generate(CREATED_AT.0), CREATED_AT) {
+        Err(SealError::Invalid(e)) => assert_eq!(e.0.iter().map(|e| e.field).collect::<Vec<_>>(), expected),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    let key = to.current_key(CREATED_AT).unwrap();
+    let e = seal_header(&n.encode(), v.envelope.header.clone(), &v.sender, key, &mut FixedIkm::new([5; 32])).unwrap();
+    match open_err(&v, &e) {
+        OpenError::Notice(NoticeError::Invalid(errs)) => {
+            assert_eq!(errs.0.iter().map(|e| e.field).collect::<Vec<_>>(), expected);
+            let msg = errs.to_string();
+            assert!(!msg.contains('\u{1b}') && !msg.contains("Hamngatan"), "names fields, never values: {msg}");
+        }
+        other => panic!("expected an invalid notice, got {other:?}"),
+    }
+}
+
 #[test]
 fn invalid_notices_are_refused_at_both_ends() {
     let v = build();
@@ -258,7 +285,7 @@ proptest! {
     fn seal_open_round_trip(free in proptest::collection::vec(any::<char>(), 0..4000), urgency in 0usize..3, children in 0usize..6) {
         let v = build();
         let mut n = example_notice();
-        n.free_text = free.into_iter().filter(|c| !c.is_control()).collect();
+        n.free_text = free.into_iter().filter(|&c| !referral_proto::text::forbidden_in_free_text(c)).collect();
         n.urgency = Urgency::ALL[urgency];
         n.children = (0..children).map(|i| referral_proto::notice::Child { age: i as u32, present: true, witnessed: i % 2 == 0 }).collect();
         let e = sealed(&v, &n);

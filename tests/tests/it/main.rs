@@ -19,6 +19,8 @@ mod directory_freshness;
 mod exchange;
 /// Full disks and damaged data directories.
 mod faults;
+/// A broker that forges receipts and proofs: the client believes none of it.
+mod forging_server;
 /// Hostile clients and an outside TLS check.
 mod hostile;
 /// Keys judged at the broker's receive time; signed times within the window.
@@ -33,9 +35,15 @@ mod operator;
 mod privacy;
 /// Everything the broker refuses, with the exact status.
 mod rejections;
+/// A resend is the same envelope and gets the original receipt.
+mod resend;
 /// Restarts lose nothing.
 mod restart;
+/// Ack labels that would put personal identity numbers in the log.
+mod staff_labels;
 /// Shared helpers.
 mod support;
+/// Escapes and overrides never reach a terminal; a closed pipe ends quietly.
+mod terminal;
 /// OPERATIONS.md, executed.
 mod walkthrough;

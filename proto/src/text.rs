@@ -1,0 +1,92 @@
+//! The protocol's rules for text fields: what counts as whitespace, and which
+//! characters no text field may hold (PROTOCOL.md 6.3, "Text rules").
+//!
+//! Text in a notice or an acknowledgement ends up on someone's screen. A
+//! terminal obeys control characters (ESC starts sequences that move the
+//! cursor, rewrite lines or, with OSC 52, write the clipboard) and renders
+//! bidirectional overrides by reordering what follows, so a sender could make
+//! the on-call person read an address that is not the one it sent. The rule
+//! is therefore a property of the protocol, checked by the sender before
+//! sealing and by the recipient after opening, not a concern of one display.
+
+/// Whitespace in the protocol's sense: the Unicode `White_Space` property
+/// (what Rust's `char::is_whitespace` and `str::trim` implement). Of these
+/// only the space, the newline (in free-text fields) and the Unicode spaces
+/// such as U+00A0 can appear in valid text, since the others are controls.
+pub fn is_whitespace(c: char) -> bool {
+    c.is_whitespace()
+}
+
+/// Whether `c` is a bidirectional formatting character: the embeddings and
+/// overrides U+202A..=U+202E, the isolates U+2066..=U+2069, and the marks
+/// U+200E, U+200F and U+061C.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// Whether `c` is a C0 or C1 control character (U+0000..=U+001F,
+/// U+007F..=U+009F), newline included.
+pub fn is_control(c: char) -> bool {
+    c.is_control()
+}
+
+/// Whether `c` may never appear in a one-line text field: a control
+/// character (newline included) or a bidirectional formatting character.
+pub fn forbidden_in_line(c: char) -> bool {
+    is_control(c) || is_bidi_control(c)
+}
+
+/// Whether `c` may never appear in a free-text field: like
+/// [`forbidden_in_line`], except that a newline (U+000A) is allowed. A
+/// carriage return is not: it moves the cursor back over what was printed.
+pub fn forbidden_in_free_text(c: char) -> bool {
+    c != '\n' && forbidden_in_line(c)
+}
+
+/// Whether `s` is acceptable as a one-line text field.
+pub fn line_ok(s: &str) -> bool {
+    !s.chars().any(forbidden_in_line)
+}
+
+/// Whether `s` is acceptable as a free-text field.
+pub fn free_text_ok(s: &str) -> bool {
+    !s.chars().any(forbidden_in_free_text)
+}
+
+/// The rule a one-line field breaks, as validation errors word it.
+pub const LINE_RULE: &str = "contains a control character or a bidirectional formatting character";
+/// The rule a free-text field breaks, as validation errors word it.
+pub const FREE_TEXT_RULE: &str =
+    "contains a control character other than newline, or a bidirectional formatting character";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_overrides_are_refused_everywhere() {
+        for bad in [
+            "a\u{1b}[2Kb",
+            "\u{1b}]52;c;aGk=\u{7}",
+            "x\u{9b}31m",
+            "r\u{202E}evil",
+            "i\u{2066}x",
+            "m\u{200F}",
+            "\u{61C}",
+        ] {
+            assert!(!line_ok(bad), "{bad:?}");
+            assert!(!free_text_ok(bad), "{bad:?}");
+        }
+        for bad in ["a\rb", "tab\there", "nul\0"] {
+            assert!(!free_text_ok(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn newline_only_in_free_text() {
+        assert!(free_text_ok("line one\nline two"));
+        assert!(!line_ok("line one\nline two"));
+        assert!(line_ok("Storgatan 1, 141 00 Huddinge — ÅÄÖ عربى"));
+        assert!(is_whitespace('\u{A0}') && is_whitespace(' ') && !is_whitespace('x'));
+    }
+}
