@@ -291,8 +291,18 @@ impl Federation {
         if display_name.trim().is_empty() {
             return Err(FederationError::Invalid("an agency needs a display name".into()));
         }
+        let line = |what: &str, v: &str| {
+            if referral_proto::text::line_ok(v) {
+                Ok(())
+            } else {
+                Err(FederationError::Invalid(format!("{what} {}", referral_proto::text::LINE_RULE)))
+            }
+        };
+        line("the display name", display_name)?;
         if let Some(e) = &escalation {
             self.check_trust_domain(&e.principal)?;
+            line("the escalation contact's display name", &e.display_name)?;
+            line("the escalation contact's phone", &e.phone)?;
         }
         self.state.agencies.push(AgencyRecord {
             id: id.to_string(),

@@ -271,6 +271,10 @@ impl TryFrom<pb::Directory> for Directory {
             if a.display_name.trim().is_empty() {
                 return Err(invalid(format!("agency {id} has no display name")));
             }
+            // Names reach people's terminals and pages (PROTOCOL.md 6.3, rule 32).
+            if !crate::text::line_ok(&a.display_name) {
+                return Err(invalid(format!("agency {id}: display_name {}", crate::text::LINE_RULE)));
+            }
             let mut keys = Vec::with_capacity(a.keys.len());
             for k in a.keys {
                 let key_id = KeyId::from_slice(&k.key_id).map_err(|e| id_err("key id", e))?;
@@ -304,6 +308,14 @@ impl TryFrom<pb::Directory> for Directory {
                     let principal = Principal::parse_uri(&e.principal).map_err(|e| id_err("escalation contact", e))?;
                     if principal.trust_domain != trust_domain {
                         return Err(invalid(format!("agency {id}: escalation contact is outside the trust domain")));
+                    }
+                    for (field, value) in [("display_name", &e.display_name), ("phone", &e.phone)] {
+                        if !crate::text::line_ok(value) {
+                            return Err(invalid(format!(
+                                "agency {id}: escalation contact {field} {}",
+                                crate::text::LINE_RULE
+                            )));
+                        }
                     }
                     Some(EscalationContact { principal, display_name: e.display_name, phone: e.phone })
                 }

@@ -171,11 +171,12 @@ impl Scene {
         let log_key = parse_signing_key_file(&text, KeyPurpose::BrokerLog).unwrap();
         let police = bundle(&dev.profile(POLICE_SYSTEM));
         let social = bundle(&dev.profile(SOCIAL_ONCALL));
-        let directory = DirectoryState::open(&config.directory, read_federation_key(&config.federation_key).unwrap())
-            .unwrap()
-            .current()
-            .directory
-            .clone();
+        let directory =
+            DirectoryState::open(&config.directory, read_federation_key(&config.federation_key).unwrap(), certs::now())
+                .unwrap()
+                .current()
+                .directory
+                .clone();
         let now = certs::now();
         let sent = seal(
             &example_notice(),
@@ -234,7 +235,7 @@ impl Scene {
     /// GetReceipts, as one message's, and WatchReceipts).
     async fn serve(&mut self, mut answers: Answers) {
         let federation_key = read_federation_key(&self.config.federation_key).unwrap();
-        let directory = DirectoryState::open(&self.config.directory, federation_key).unwrap();
+        let directory = DirectoryState::open(&self.config.directory, federation_key, certs::now()).unwrap();
         answers.directory = directory.current().signed.to_pb();
         let trust_domain = directory.current().directory.trust_domain.clone();
         let tls = Arc::new(TlsState::open(&self.config.tls).unwrap());
@@ -439,7 +440,7 @@ async fn receipts_answers_must_match_the_ids_asked_one_for_one() {
     let other = MessageId::generate(certs::now().0);
     let dir = {
         let fk = read_federation_key(&scene.config.federation_key).unwrap();
-        DirectoryState::open(&scene.config.directory, fk).unwrap().current().directory.clone()
+        DirectoryState::open(&scene.config.directory, fk, certs::now()).unwrap().current().directory.clone()
     };
     let police = AgencyId::new(POLICE).unwrap();
     let check =
