@@ -20,6 +20,7 @@ use crate::identity::{Identity, PeerInfo};
 use crate::limits::Limiter;
 use crate::store::Store;
 use crate::tls::{AcceptStats, TlsState};
+use crate::trust::Connection;
 
 #[derive(Debug)]
 pub struct BrokerState {
@@ -38,6 +39,8 @@ pub struct BrokerState {
     pub trust_domain: TrustDomain,
     pub accept_stats: Arc<AcceptStats>,
     pub health: crate::health::Health,
+    /// Every live connection, judged again after each reload.
+    pub connections: Arc<crate::trust::Registry>,
     pub shutdown: CancellationToken,
 }
 
@@ -46,10 +49,30 @@ impl BrokerState {
     pub fn identify<T>(&self, req: &tonic::Request<T>) -> Result<Identity, BrokerError> {
         let info = req.extensions().get::<PeerInfo>().ok_or(BrokerError::NoClientCertificate)?;
         let identity = info.identity.clone()?;
+        if let Some(c) = &info.connection {
+            c.check()?;
+        }
         if self.tls.is_revoked(&identity.serial) {
             return Err(BrokerError::Revoked);
         }
         Ok(identity)
+    }
+
+    /// The standing of the connection `req` came on.
+    pub fn connection<T>(&self, req: &tonic::Request<T>) -> Result<Arc<Connection>, BrokerError> {
+        let info = req.extensions().get::<PeerInfo>().ok_or(BrokerError::NoClientCertificate)?;
+        info.connection.clone().ok_or(BrokerError::NoClientCertificate)
+    }
+
+    /// Whether `identity` is still trusted by the current CRL and directory
+    /// at the current (wall-clock) time. Cheap enough to call per delivery.
+    pub fn judge(&self, identity: &Identity) -> Result<(), BrokerError> {
+        crate::trust::judge(identity, |s| self.tls.is_revoked(s), &self.directory.current().directory, certs::now())
+    }
+
+    /// Ends every connection no longer trusted (after a reload).
+    pub fn review_connections(&self) -> usize {
+        self.connections.review(|i| self.judge(i))
     }
 
     /// The caller's identity, if it may call `rpc`.

@@ -84,6 +84,13 @@ pub fn reload(state: &BrokerState) -> Result<(), String> {
             state.directory.current().directory.version
         )),
     }
+    // Whatever was reloaded, judge every open connection by it: a revoked
+    // certificate or a removed agency loses its connections now, not at
+    // its next call.
+    let ended = state.review_connections();
+    if ended > 0 {
+        tracing::info!(connections = ended, "connections ended after the reload");
+    }
     for p in &problems {
         tracing::error!("{p}");
     }

@@ -13,6 +13,8 @@ mod deadlines;
 mod delivery;
 /// The demo.
 mod demo;
+/// Reads that answer a client see only durable state.
+mod durable_reads;
 /// Referrals both ways, receipts, idempotent resubmission.
 mod exchange;
 /// Full disks and damaged data directories.
@@ -29,5 +31,7 @@ mod rejections;
 mod restart;
 /// Shared helpers.
 mod support;
+/// Trust judged continuously: revocation, expiry, directory removal.
+mod trust_live;
 /// OPERATIONS.md, executed.
 mod walkthrough;
