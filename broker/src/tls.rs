@@ -277,6 +277,36 @@ impl PrincipalSlots {
     }
 }
 
+/// HTTP/2 `ENHANCE_YOUR_CALM`: the peer opened too much.
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Closes a connection over the per-principal limit in a way the client
+/// can read: the HTTP/2 server preface (an empty SETTINGS frame), then
+/// GOAWAY with `ENHANCE_YOUR_CALM` and the reason, then TLS close_notify.
+/// What the client already sent is read and dropped (briefly), so that the
+/// close is not turned into a reset that could discard the GOAWAY.
+async fn refuse_connection(stream: &mut TlsStream<TcpStream>, limit: usize) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let reason = format!("too many connections for this principal (limit {limit})");
+    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = 8 + reason.len();
+    frames.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 0x7, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&0u32.to_be_bytes());
+    frames.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    frames.extend_from_slice(reason.as_bytes());
+    let _ = stream.write_all(&frames).await;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Accepts TCP connections, runs each TLS handshake in its own task under a
 /// timeout, and yields the established streams. Ends on `shutdown`.
 pub fn accept_loop(
@@ -336,7 +366,7 @@ pub fn accept_loop(
                                 metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "per_principal_limit")
                                     .increment(1);
                                 tracing::warn!(principal = %id.principal, "per-principal connection limit reached; closing a connection");
-                                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                                refuse_connection(&mut stream, opts.max_connections_per_principal).await;
                                 return;
                             };
                             principal_permit = Some(p);

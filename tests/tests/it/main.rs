@@ -21,6 +21,8 @@ mod exchange;
 mod faults;
 /// Hostile clients and an outside TLS check.
 mod hostile;
+/// HTTP/2 limits against a raw HTTP/2 client.
+mod http2_limits;
 /// Health, reflection, metrics, status, backup, rotation.
 mod operations;
 /// No personal data in logs or on disk.
