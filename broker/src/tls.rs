@@ -224,9 +224,12 @@ impl AsyncWrite for PeerStream {
     }
 }
 
+/// Whether an identity is still trusted (see [`crate::trust::judge`]).
+pub type JudgeFn = dyn Fn(&Identity) -> Result<(), BrokerError> + Send + Sync;
+
 /// Judges an identity against the current CRL and directory.
 #[derive(Clone)]
-pub struct Judge(pub Arc<dyn Fn(&Identity) -> Result<(), BrokerError> + Send + Sync>);
+pub struct Judge(pub Arc<JudgeFn>);
 
 impl std::fmt::Debug for Judge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
