@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use integration_tests::{Harness, POLICE_SYSTEM, SOCIAL, SOCIAL_ONCALL, SOCIAL_SYSTEM};
-use referral_proto::ids::{AgencyId, MessageId, Principal, Role, TrustDomain};
+use referral_proto::ids::{AgencyId, Principal, Role, TrustDomain};
 use referral_proto::notice::example_notice;
 use referral_proto::pb;
 use referral_proto::receipt::ReceiptStatus;
@@ -104,7 +104,6 @@ async fn never_delivered_to(h: &Harness, excluded: &Principal) {
             assert_ne!(r.statement.detail, excluded, "a DELIVERED receipt names an untrusted principal");
         }
     }
-    let _: MessageId = sent.message_id;
 }
 
 #[tokio::test]
@@ -205,6 +204,41 @@ async fn revoked_certificate_ends_open_receipt_watch() {
     })
     .await
     .expect("the watch ends in time");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "client certificate has been revoked");
+}
+
+#[tokio::test]
+async fn revoked_certificate_ends_open_health_watch() {
+    let h = Harness::start().await;
+    let p = crate::support::profile(&h, POLICE_SYSTEM);
+    let channel = integration_tests::raw_channel(h.addr, &ca_pem(&h), Some((&p.cert_pem, &p.key_pem))).await.unwrap();
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let uri = Principal::new(
+        TrustDomain::new(certs::dev::TRUST_DOMAIN).unwrap(),
+        AgencyId::new(integration_tests::POLICE).unwrap(),
+        Role::System,
+        "arendesystem",
+    )
+    .unwrap()
+    .uri();
+    h.federation().revoke(&uri, certs::now()).unwrap();
+    h.reload();
+    let status = tokio::time::timeout(LIMIT, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("ended without a status"),
+                Err(s) => return s,
+            }
+        }
+    })
+    .await
+    .expect("the health watch ends in time");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(status.message(), "client certificate has been revoked");
 }
