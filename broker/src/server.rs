@@ -216,8 +216,10 @@ pub async fn start_wrapped(
             judge: {
                 // Weak: the accept loop must not keep the state alive after shutdown.
                 let weak = Arc::downgrade(&state);
+                // The certificate only: a principal whose agency is not (yet)
+                // listed may still connect to call GetDirectory.
                 Judge(Arc::new(move |identity| match weak.upgrade() {
-                    Some(state) => state.judge(identity),
+                    Some(state) => state.judge_certificate(identity),
                     None => Err(BrokerError::ShuttingDown),
                 }))
             },

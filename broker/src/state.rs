@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use referral_proto::directory::Directory;
 use referral_proto::ids::TrustDomain;
 use referral_proto::keys::SigningKey;
 use referral_proto::receipt::SignedTreeHead;
@@ -70,9 +71,25 @@ impl BrokerState {
         crate::trust::judge(identity, |s| self.tls.is_revoked(s), &self.directory.current().directory, certs::now())
     }
 
-    /// Ends every connection no longer trusted (after a reload).
-    pub fn review_connections(&self) -> usize {
-        self.connections.review(|i| self.judge(i))
+    /// Whether `identity`'s certificate is still good (revocation, expiry).
+    pub fn judge_certificate(&self, identity: &Identity) -> Result<(), BrokerError> {
+        crate::trust::judge_certificate(identity, |s| self.tls.is_revoked(s), certs::now())
+    }
+
+    /// After a reload: ends every connection whose certificate the current
+    /// CRL revokes or that has expired, and every connection whose agency
+    /// was in `before` (the directory until the reload) but is no longer.
+    /// A principal whose agency was never listed keeps its connection: it
+    /// may still call `GetDirectory`, and every other call refuses it.
+    pub fn review_connections(&self, before: &Directory) -> usize {
+        let now = self.directory.current();
+        self.connections.review(|i| {
+            self.judge_certificate(i)?;
+            match crate::trust::judge_directory(i, &now.directory) {
+                Err(e) if crate::trust::judge_directory(i, before).is_ok() => Err(e),
+                _ => Ok(()),
+            }
+        })
     }
 
     /// The caller's identity, if it may call `rpc`.

@@ -246,8 +246,8 @@ pub struct AcceptOptions {
     pub trust_domain: TrustDomain,
     /// Every connection with a valid identity is registered here.
     pub registry: Arc<Registry>,
-    /// Judges a new connection's certificate, in case a reload raced its
-    /// handshake.
+    /// Judges a new connection's certificate (revocation, expiry), in case
+    /// a reload raced its handshake.
     pub judge: Judge,
 }
 

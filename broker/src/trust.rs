@@ -81,14 +81,12 @@ impl Connection {
     }
 }
 
-/// Whether `identity` is still trusted: its certificate is not revoked
-/// (`revoked` tells by serial) nor expired at `now` (wall-clock time, as
-/// the TLS handshake judged it), and its agency is in the directory
-/// (auditors belong to no agency's directory entry).
-pub fn judge(
+/// Whether `identity`'s certificate is still good: not revoked (`revoked`
+/// tells by serial) nor expired at `now` (wall-clock time, as the TLS
+/// handshake judged it).
+pub fn judge_certificate(
     identity: &Identity,
     revoked: impl Fn(&[u8]) -> bool,
-    directory: &Directory,
     now: Timestamp,
 ) -> Result<(), BrokerError> {
     if revoked(&identity.serial) {
@@ -97,11 +95,28 @@ pub fn judge(
     if now.0 > identity.not_after.0 {
         return Err(BrokerError::CertificateExpired);
     }
+    Ok(())
+}
+
+/// Whether `identity`'s agency is in `directory` (auditors belong to no
+/// agency's directory entry).
+pub fn judge_directory(identity: &Identity, directory: &Directory) -> Result<(), BrokerError> {
     let p = &identity.principal;
     if p.role != Role::Auditor && directory.agency(&p.agency).is_none() {
         return Err(BrokerError::AgencyNotInDirectory { agency: p.agency.clone(), action: "use the broker" });
     }
     Ok(())
+}
+
+/// Both judgements.
+pub fn judge(
+    identity: &Identity,
+    revoked: impl Fn(&[u8]) -> bool,
+    directory: &Directory,
+    now: Timestamp,
+) -> Result<(), BrokerError> {
+    judge_certificate(identity, revoked, now)?;
+    judge_directory(identity, directory)
 }
 
 /// Every live connection with a valid identity.
