@@ -131,7 +131,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         AcceptOptions {
             handshake_timeout: config.handshake_timeout,
             max_connections: config.limits.max_connections,
+            max_connections_per_principal: config.limits.max_connections_per_principal,
             trust_domain,
+            registry: Default::default(),
+            // The ceiling server has no CRL reloads or directory to judge by.
+            judge: broker::tls::Judge(Arc::new(|_| Ok(()))),
         },
         Arc::new(AcceptStats::default()),
         shutdown.clone(),

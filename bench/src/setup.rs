@@ -125,6 +125,7 @@ submit_rate_per_second = 1000000
 submit_burst = 1000000
 max_in_flight_per_principal = 100000
 max_streams_per_principal = 100000
+max_connections_per_principal = 100000
 
 [log]
 level = "{log_level}"

@@ -26,6 +26,7 @@ use referral_proto::pb::audit_entry::Event;
 use referral_proto::receipt::{ReceiptStatement, ReceiptStatus};
 use referral_proto::time::Timestamp;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::{StoreNodes, entry_bytes};
 use crate::clock::Clock;
@@ -82,6 +83,9 @@ enum Job {
     Delivered {
         message_id: MessageId,
         principal: String,
+        /// The receiving connection's trust; nothing is recorded once it ended.
+        trusted: CancellationToken,
+        reply: Reply<bool>,
     },
     Reject {
         principal: String,
@@ -181,9 +185,20 @@ impl Committer {
         ask(&self.tx, |reply| Job::Ack { ack: Box::new(ack), principal, reply }).await
     }
 
-    /// Records that `principal` was sent `message_id`.
-    pub async fn delivered(&self, message_id: MessageId, principal: String) {
-        let _ = self.tx.send(Job::Delivered { message_id, principal }).await;
+    /// Records, durably, that `message_id` is being sent to `principal`;
+    /// answers once the record (and the sender's DELIVERED receipt, for the
+    /// first delivery) is durable. The caller sends the delivery only then,
+    /// and only on `Ok(true)`: `false` means the connection's trust ended
+    /// (`trusted` is cancelled) before the record was made, and nothing was
+    /// recorded. Checked here, on the single writer, so that no DELIVERED
+    /// receipt can name a principal after the reload that ended its trust.
+    pub async fn delivered(
+        &self,
+        message_id: MessageId,
+        principal: String,
+        trusted: CancellationToken,
+    ) -> Result<bool, BrokerError> {
+        ask(&self.tx, |reply| Job::Delivered { message_id, principal, trusted, reply }).await
     }
 
     /// Logs a rejected request.
@@ -297,6 +312,7 @@ enum Pending {
     Submit(Reply<SubmitOutcome>, Result<SubmitOutcome, BrokerError>, bool),
     Ack(Reply<AckOutcome>, Result<AckOutcome, BrokerError>, bool),
     Unit(Reply<()>, Result<(), BrokerError>, bool),
+    Delivered(Reply<bool>, Result<bool, BrokerError>, bool),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -363,10 +379,18 @@ impl Core {
                     let wrote = tx.batch.len() > mark;
                     pending.push(Pending::Ack(reply, r, wrote));
                 }
-                Job::Delivered { message_id, principal } => {
-                    if let Err(e) = tx.delivered(message_id, &principal) {
+                Job::Delivered { message_id, principal, trusted, reply } => {
+                    let mark = tx.batch.len();
+                    let r = if trusted.is_cancelled() {
+                        Ok(false)
+                    } else {
+                        tx.delivered(message_id, &principal).map(|()| true)
+                    };
+                    if let Err(e) = &r {
                         tracing::warn!(error = %e, "recording a delivery failed");
                     }
+                    let wrote = tx.batch.len() > mark;
+                    pending.push(Pending::Delivered(reply, r, wrote));
                 }
                 Job::Reject { principal, reason, message_id, digest } => {
                     tx.reject(&principal, reason, message_id, digest)
@@ -445,6 +469,9 @@ impl Core {
                     let _ = reply.send(settle(r, wrote, &failed));
                 }
                 Pending::Unit(reply, r, wrote) => {
+                    let _ = reply.send(settle(r, wrote, &failed));
+                }
+                Pending::Delivered(reply, r, wrote) => {
                     let _ = reply.send(settle(r, wrote, &failed));
                 }
                 Pending::Barrier(reply) => {

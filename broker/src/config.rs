@@ -54,6 +54,12 @@ pub struct Limits {
     pub max_in_flight_per_principal: usize,
     pub max_streams_per_principal: usize,
     pub max_connections: usize,
+    /// Connections one principal (certificate URI) may hold at once.
+    pub max_connections_per_principal: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised on each connection.
+    pub max_concurrent_streams_per_connection: u32,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the largest header block accepted.
+    pub max_header_list_bytes: u32,
 }
 
 /// A validated configuration.
@@ -174,6 +180,9 @@ struct RawLimits {
     submit_burst: Option<u32>,
     max_in_flight_per_principal: Option<usize>,
     max_streams_per_principal: Option<usize>,
+    max_connections_per_principal: Option<usize>,
+    max_concurrent_streams_per_connection: Option<u32>,
+    max_header_list_bytes: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -378,13 +387,21 @@ impl Config {
             max_in_flight_per_principal: l.max_in_flight_per_principal.unwrap_or(256),
             max_streams_per_principal: l.max_streams_per_principal.unwrap_or(16),
             max_connections: listen.max_connections.unwrap_or(20_000),
+            max_connections_per_principal: l.max_connections_per_principal.unwrap_or(32),
+            max_concurrent_streams_per_connection: l.max_concurrent_streams_per_connection.unwrap_or(100),
+            max_header_list_bytes: l.max_header_list_bytes.unwrap_or(16 * 1024),
         };
+        if limits.max_header_list_bytes < 1024 {
+            c.problems.push("limits.max_header_list_bytes must be at least 1024".into());
+        }
         if limits.submit_rate_per_second == 0 || limits.submit_burst == 0 {
             c.problems.push("limits.submit_rate_per_second and limits.submit_burst must be positive".into());
         }
         if limits.max_in_flight_per_principal == 0
             || limits.max_streams_per_principal == 0
             || limits.max_connections == 0
+            || limits.max_connections_per_principal == 0
+            || limits.max_concurrent_streams_per_connection == 0
         {
             c.problems.push("limits and listen.max_connections must be positive".into());
         }
@@ -645,9 +662,9 @@ mod example_tests {
         assert_eq!(admin.token_file, Path::new("/etc/referral-broker/admin.token"));
         let table: toml::Table = text.parse().unwrap();
         let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
-        // 35 = the fields of the Raw* structs above; unknown keys are refused by parsing.
+        // 38 = the fields of the Raw* structs above; unknown keys are refused by parsing.
         assert_eq!(
-            keys, 35,
+            keys, 38,
             "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
         );
     }

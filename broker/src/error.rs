@@ -25,6 +25,8 @@ pub enum BrokerError {
     ForeignTrustDomain { found: String, expected: String },
     #[error("client certificate has been revoked")]
     Revoked,
+    #[error("client certificate has expired")]
+    CertificateExpired,
 
     // --- what the caller may do ---
     #[error("role {role} may not call {rpc}")]
@@ -117,9 +119,11 @@ impl BrokerError {
     pub fn code(&self) -> Code {
         use BrokerError as E;
         match self {
-            E::NoClientCertificate | E::BadIdentity(_) | E::ForeignTrustDomain { .. } | E::Revoked => {
-                Code::Unauthenticated
-            }
+            E::NoClientCertificate
+            | E::BadIdentity(_)
+            | E::ForeignTrustDomain { .. }
+            | E::Revoked
+            | E::CertificateExpired => Code::Unauthenticated,
             E::RoleNotAllowed { .. }
             | E::SenderMismatch { .. }
             | E::AgencyNotInDirectory { .. }
@@ -158,6 +162,7 @@ impl BrokerError {
             E::BadIdentity(_) => "bad_identity",
             E::ForeignTrustDomain { .. } => "foreign_trust_domain",
             E::Revoked => "revoked",
+            E::CertificateExpired => "certificate_expired",
             E::RoleNotAllowed { .. } => "role_not_allowed",
             E::SenderMismatch { .. } => "sender_mismatch",
             E::AgencyNotInDirectory { .. } => "agency_not_in_directory",

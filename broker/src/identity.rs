@@ -8,7 +8,10 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use referral_proto::ids::{Principal, TrustDomain};
+use referral_proto::time::Timestamp;
 use rustls_pki_types::CertificateDer;
 
 use crate::error::BrokerError;
@@ -18,6 +21,8 @@ use crate::error::BrokerError;
 pub struct Identity {
     pub principal: Principal,
     pub serial: Vec<u8>,
+    /// The certificate's end of validity: the connection ends then.
+    pub not_after: Timestamp,
 }
 
 /// Attached to each connection; every request on it carries a copy.
@@ -25,6 +30,8 @@ pub struct Identity {
 pub struct PeerInfo {
     pub identity: Result<Identity, BrokerError>,
     pub remote: Option<SocketAddr>,
+    /// The connection's standing, for a connection with a valid identity.
+    pub connection: Option<Arc<crate::trust::Connection>>,
 }
 
 /// Maps the verified leaf certificate to a principal: it must carry exactly
@@ -52,14 +59,13 @@ pub fn principal_from_cert(leaf: &CertificateDer<'_>, trust_domain: &TrustDomain
             expected: trust_domain.to_string(),
         });
     }
-    Ok(Identity { principal, serial: info.serial })
+    Ok(Identity { principal, serial: info.serial, not_after: info.not_after })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use certs::pki::{Ca, LeafSpec};
-    use referral_proto::time::Timestamp;
     use rustls_pki_types::pem::PemObject as _;
 
     fn leaf(ca: &Ca, uris: &[&str]) -> CertificateDer<'static> {

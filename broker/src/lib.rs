@@ -54,3 +54,4 @@ pub mod status;
 pub mod store;
 pub mod tasks;
 pub mod tls;
+pub mod trust;

@@ -98,6 +98,9 @@ mod tests {
             max_in_flight_per_principal: 2,
             max_streams_per_principal: 1,
             max_connections: 10,
+            max_connections_per_principal: 4,
+            max_concurrent_streams_per_connection: 100,
+            max_header_list_bytes: 16 * 1024,
         }
     }
 

@@ -19,6 +19,8 @@ pub const COMMIT_SECONDS: &str = "broker_commit_seconds";
 pub const COMMIT_JOBS: &str = "broker_commit_batch_jobs";
 pub const COMMIT_FAILURES: &str = "broker_commit_failures_total";
 pub const CONNECTIONS: &str = "broker_connections_open";
+/// Connections closed after the handshake, by reason (`per_principal_limit`).
+pub const CONNECTIONS_REFUSED: &str = "broker_connections_refused_total";
 pub const HANDSHAKE_FAILURES: &str = "broker_tls_handshake_failures_total";
 pub const STREAMS: &str = "broker_streams_open";
 pub const QUEUE_DEPTH: &str = "broker_queue_depth";

@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::commit::{self, CommitterDeps, Timing};
 use crate::config::Config;
 use crate::directory::{DirectoryState, read_federation_key};
+use crate::error::BrokerError;
 use crate::hub::Hub;
 use crate::limits::Limiter;
 use crate::service::auditor::AuditorService;
@@ -25,11 +26,18 @@ use crate::state::BrokerState;
 use crate::store::Store;
 use crate::store::sled_store::SledStore;
 use crate::tasks;
-use crate::tls::{AcceptOptions, AcceptStats, TlsState, accept_loop};
+use crate::tls::{AcceptOptions, AcceptStats, Judge, TlsState, accept_loop};
 
 /// Largest gRPC message tonic decodes: above the envelope limit, so that
 /// an oversize envelope gets the broker's own clear error, yet bounded.
 pub const MAX_DECODING_BYTES: usize = 256 * 1024;
+
+/// Streams the server may reset for a client's errors before it sends
+/// GOAWAY (hyper's default; tonic would lift it).
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Streams the client reset before the server accepted them, kept at once
+/// (h2's default).
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -121,11 +129,26 @@ pub struct StartOptions {
     pub sighup: bool,
 }
 
+/// Wraps the opened store (tests put a fault or a delay between the
+/// broker and sled with it).
+pub type StoreWrapper = Box<dyn FnOnce(SledStore) -> Arc<dyn Store> + Send>;
+
 /// Starts a broker on `listener`; it runs until `shutdown` is cancelled.
 pub async fn start(
     listener: TcpListener,
     config: Config,
     opts: StartOptions,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    start_wrapped(listener, config, opts, None, shutdown).await
+}
+
+/// [`start`], with the store wrapped by `wrap`.
+pub async fn start_wrapped(
+    listener: TcpListener,
+    config: Config,
+    opts: StartOptions,
+    wrap: Option<StoreWrapper>,
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
@@ -135,7 +158,11 @@ pub async fn start(
     check_log_key(&config.log_key, &log_key, &directory)?;
     let tls = Arc::new(TlsState::open(&config.tls)?);
     let admin_token = config.admin.as_ref().map(|a| crate::admin::AdminToken::read(&a.token_file)).transpose()?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+    let sled = SledStore::open(&config.data_dir)?;
+    let store: Arc<dyn Store> = match wrap {
+        Some(wrap) => wrap(sled),
+        None => Arc::new(sled),
+    };
     let directory_version = directory.current().directory.version;
     let served = crate::hub::read_u64(&*store, crate::store::keys::meta::DIRECTORY_VERSION)?;
     if directory_version < served {
@@ -176,6 +203,7 @@ pub async fn start(
         accept_stats: accept_stats.clone(),
         health: Default::default(),
         rejections: Default::default(),
+        connections: Default::default(),
         shutdown: shutdown.clone(),
         config,
     });
@@ -192,7 +220,19 @@ pub async fn start(
         AcceptOptions {
             handshake_timeout: state.config.handshake_timeout,
             max_connections: state.config.limits.max_connections,
+            max_connections_per_principal: state.config.limits.max_connections_per_principal,
             trust_domain,
+            registry: state.connections.clone(),
+            judge: {
+                // Weak: the accept loop must not keep the state alive after shutdown.
+                let weak = Arc::downgrade(&state);
+                // The certificate only: a principal whose agency is not (yet)
+                // listed may still connect to call GetDirectory.
+                Judge(Arc::new(move |identity| match weak.upgrade() {
+                    Some(state) => state.judge_certificate(identity),
+                    None => Err(BrokerError::ShuttingDown),
+                }))
+            },
         },
         accept_stats,
         shutdown.clone(),
@@ -228,9 +268,20 @@ pub async fn start(
         _ => None,
     };
     let hb = state.config.heartbeat_interval;
+    let limits = state.config.limits;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(hb))
         .http2_keepalive_timeout(Some(hb))
+        // Advertised in SETTINGS, so clients queue rather than open more.
+        .max_concurrent_streams(Some(limits.max_concurrent_streams_per_connection))
+        .http2_max_header_list_size(Some(limits.max_header_list_bytes))
+        // tonic lifts h2's cap on streams reset because of the client's
+        // errors (None means no cap); keep hyper's default, which sends
+        // GOAWAY to a client that makes the server reset streams without
+        // end (the "MadeYouReset" attack, CVE-2025-8671).
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+        .layer(crate::service::gate::GateLayer::new(state.clone()))
         .add_service(referral)
         .add_service(auditor)
         .add_service(health_service)

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use referral_proto::directory::Directory;
 use referral_proto::ids::TrustDomain;
 use referral_proto::keys::SigningKey;
 use referral_proto::receipt::SignedTreeHead;
@@ -20,6 +21,7 @@ use crate::identity::{Identity, PeerInfo};
 use crate::limits::Limiter;
 use crate::store::Store;
 use crate::tls::{AcceptStats, TlsState};
+use crate::trust::Connection;
 
 #[derive(Debug)]
 pub struct BrokerState {
@@ -40,6 +42,8 @@ pub struct BrokerState {
     pub health: crate::health::Health,
     /// Unsigned refusals counted for the next rejection summaries.
     pub rejections: crate::refusals::RejectionCounter,
+    /// Every live connection, judged again after each reload.
+    pub connections: Arc<crate::trust::Registry>,
     pub shutdown: CancellationToken,
 }
 
@@ -48,10 +52,46 @@ impl BrokerState {
     pub fn identify<T>(&self, req: &tonic::Request<T>) -> Result<Identity, BrokerError> {
         let info = req.extensions().get::<PeerInfo>().ok_or(BrokerError::NoClientCertificate)?;
         let identity = info.identity.clone()?;
+        if let Some(c) = &info.connection {
+            c.check()?;
+        }
         if self.tls.is_revoked(&identity.serial) {
             return Err(BrokerError::Revoked);
         }
         Ok(identity)
+    }
+
+    /// The standing of the connection `req` came on.
+    pub fn connection<T>(&self, req: &tonic::Request<T>) -> Result<Arc<Connection>, BrokerError> {
+        let info = req.extensions().get::<PeerInfo>().ok_or(BrokerError::NoClientCertificate)?;
+        info.connection.clone().ok_or(BrokerError::NoClientCertificate)
+    }
+
+    /// Whether `identity` is still trusted by the current CRL and directory
+    /// at the current (wall-clock) time. Cheap enough to call per delivery.
+    pub fn judge(&self, identity: &Identity) -> Result<(), BrokerError> {
+        crate::trust::judge(identity, |s| self.tls.is_revoked(s), &self.directory.current().directory, certs::now())
+    }
+
+    /// Whether `identity`'s certificate is still good (revocation, expiry).
+    pub fn judge_certificate(&self, identity: &Identity) -> Result<(), BrokerError> {
+        crate::trust::judge_certificate(identity, |s| self.tls.is_revoked(s), certs::now())
+    }
+
+    /// After a reload: ends every connection whose certificate the current
+    /// CRL revokes or that has expired, and every connection whose agency
+    /// was in `before` (the directory until the reload) but is no longer.
+    /// A principal whose agency was never listed keeps its connection: it
+    /// may still call `GetDirectory`, and every other call refuses it.
+    pub fn review_connections(&self, before: &Directory) -> usize {
+        let now = self.directory.current();
+        self.connections.review(|i| {
+            self.judge_certificate(i)?;
+            match crate::trust::judge_directory(i, &now.directory) {
+                Err(e) if crate::trust::judge_directory(i, before).is_ok() => Err(e),
+                _ => Ok(()),
+            }
+        })
     }
 
     /// The caller's identity, if it may call `rpc`.

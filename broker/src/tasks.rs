@@ -70,6 +70,7 @@ pub async fn tree_heads(state: Arc<BrokerState>) {
 /// ones on failure.
 pub fn reload(state: &BrokerState) -> Result<(), String> {
     let mut problems = Vec::new();
+    let before = state.directory.current();
     match state.tls.reload() {
         Ok(()) => tracing::info!("TLS certificates, key and CRL reloaded"),
         Err(e) => problems.push(format!("TLS reload failed, keeping the previous material: {e}")),
@@ -83,6 +84,13 @@ pub fn reload(state: &BrokerState) -> Result<(), String> {
             "directory reload failed, keeping version {}: {e}",
             state.directory.current().directory.version
         )),
+    }
+    // Whatever was reloaded, judge every open connection by it: a revoked
+    // certificate or a removed agency loses its connections now, not at
+    // its next call.
+    let ended = state.review_connections(&before.directory);
+    if ended > 0 {
+        tracing::info!(connections = ended, "connections ended after the reload");
     }
     for p in &problems {
         tracing::error!("{p}");

@@ -5,10 +5,15 @@
 //! hands the streams to tonic.
 //!
 //! Certificates, key and CRL reload without a restart: new connections use
-//! the new configuration, open ones keep theirs, and a certificate revoked
-//! by the new CRL is refused on its next RPC even over an open connection.
+//! the new configuration, and every open connection is judged again (see
+//! [`crate::trust`]): one whose certificate the new CRL revokes ends within
+//! the grace period, as it does when its certificate expires.
+//!
+//! Each principal may hold at most `max_connections_per_principal`
+//! connections at once, so that one certificate cannot take every slot.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -31,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsFiles;
 use crate::error::BrokerError;
-use crate::identity::{PeerInfo, principal_from_cert};
+use crate::identity::{Identity, PeerInfo, principal_from_cert};
+use crate::trust::{CLOSE_GRACE, Connection, Registration, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -141,12 +147,41 @@ impl TlsState {
 }
 
 /// A TLS connection with the identity its client certificate proved.
-#[derive(Debug)]
+///
+/// Once the connection's trust has ended and the grace period is over, it
+/// reads as closed and refuses writes, so hyper ends the connection.
 pub struct PeerStream {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
-    _permit: OwnedSemaphorePermit,
+    /// Resolves when the connection must close (trust ended, grace over).
+    closing: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    closed: bool,
+    _registration: Option<Registration>,
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
     _open: crate::metrics::Open,
+}
+
+impl std::fmt::Debug for PeerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerStream").field("info", &self.info).field("closed", &self.closed).finish_non_exhaustive()
+    }
+}
+
+impl PeerStream {
+    /// True once the connection must close; registers the waker otherwise.
+    fn must_close(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.closed
+            && let Some(closing) = self.closing.as_mut()
+            && closing.as_mut().poll(cx).is_ready()
+        {
+            self.closed = true;
+        }
+        self.closed
+    }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the connection's principal is no longer trusted")
 }
 
 impl tonic::transport::server::Connected for PeerStream {
@@ -158,12 +193,19 @@ impl tonic::transport::server::Connected for PeerStream {
 
 impl AsyncRead for PeerStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.must_close(cx) {
+            // End of stream: hyper closes the connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.must_close(cx) {
+            return Poll::Ready(Err(closed_error()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -177,10 +219,26 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.must_close(cx) {
+            return Poll::Ready(Err(closed_error()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Whether an identity is still trusted (see [`crate::trust::judge`]).
+pub type JudgeFn = dyn Fn(&Identity) -> Result<(), BrokerError> + Send + Sync;
+
+/// Judges an identity against the current CRL and directory.
+#[derive(Clone)]
+pub struct Judge(pub Arc<JudgeFn>);
+
+impl std::fmt::Debug for Judge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Judge")
     }
 }
 
@@ -189,7 +247,13 @@ impl AsyncWrite for PeerStream {
 pub struct AcceptOptions {
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_principal: usize,
     pub trust_domain: TrustDomain,
+    /// Every connection with a valid identity is registered here.
+    pub registry: Arc<Registry>,
+    /// Judges a new connection's certificate (revocation, expiry), in case
+    /// a reload raced its handshake.
+    pub judge: Judge,
 }
 
 /// Counters the accept loop keeps, for metrics and tests.
@@ -199,6 +263,56 @@ pub struct AcceptStats {
     pub handshakes_failed: std::sync::atomic::AtomicU64,
     pub handshakes_timed_out: std::sync::atomic::AtomicU64,
     pub refused_over_limit: std::sync::atomic::AtomicU64,
+    /// Connections closed after the handshake because their principal
+    /// already held its maximum.
+    pub refused_per_principal: std::sync::atomic::AtomicU64,
+}
+
+/// Connection slots per principal URI.
+#[derive(Debug, Default)]
+struct PrincipalSlots(std::sync::Mutex<HashMap<String, Arc<Semaphore>>>);
+
+impl PrincipalSlots {
+    fn take(&self, principal: &str, limit: usize) -> Option<OwnedSemaphorePermit> {
+        let sem = self
+            .0
+            .lock()
+            .expect("connection slots lock")
+            .entry(principal.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone();
+        sem.try_acquire_owned().ok()
+    }
+}
+
+/// HTTP/2 `ENHANCE_YOUR_CALM`: the peer opened too much.
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Closes a connection over the per-principal limit in a way the client
+/// can read: the HTTP/2 server preface (an empty SETTINGS frame), then
+/// GOAWAY with `ENHANCE_YOUR_CALM` and the reason, then TLS close_notify.
+/// What the client already sent is read and dropped (briefly), so that the
+/// close is not turned into a reset that could discard the GOAWAY.
+async fn refuse_connection(stream: &mut TlsStream<TcpStream>, limit: usize) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let reason = format!("too many connections for this principal (limit {limit})");
+    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = 8 + reason.len();
+    frames.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, 0x7, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&0u32.to_be_bytes());
+    frames.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    frames.extend_from_slice(reason.as_bytes());
+    let _ = stream.write_all(&frames).await;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Accepts TCP connections, runs each TLS handshake in its own task under a
@@ -213,6 +327,7 @@ pub fn accept_loop(
     use std::sync::atomic::Ordering::Relaxed;
     let (tx, rx) = mpsc::channel(128);
     let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let per_principal = Arc::new(PrincipalSlots::default());
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -240,16 +355,55 @@ pub fn accept_loop(
             let tx = tx.clone();
             let opts = opts.clone();
             let stats = stats.clone();
+            let per_principal = per_principal.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
+                    Ok(Ok(mut stream)) => {
                         let identity = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                             Some(leaf) => principal_from_cert(leaf, &opts.trust_domain),
                             None => Err(BrokerError::NoClientCertificate),
                         };
-                        let info = PeerInfo { identity, remote: Some(remote) };
+                        let mut principal_permit = None;
+                        let mut connection = None;
+                        let mut registration = None;
+                        let mut closing = None;
+                        if let Ok(id) = &identity {
+                            let uri = id.principal.uri();
+                            let Some(p) = per_principal.take(&uri, opts.max_connections_per_principal) else {
+                                stats.refused_per_principal.fetch_add(1, Relaxed);
+                                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "per_principal_limit")
+                                    .increment(1);
+                                tracing::warn!(principal = %id.principal, "per-principal connection limit reached; closing a connection");
+                                refuse_connection(&mut stream, opts.max_connections_per_principal).await;
+                                return;
+                            };
+                            principal_permit = Some(p);
+                            let conn = Connection::new(id.clone());
+                            registration = Some(opts.registry.register(conn.clone()));
+                            // A reload may have raced this handshake.
+                            if let Err(why) = (opts.judge.0)(id) {
+                                conn.end(why);
+                            }
+                            let ended = conn.ended_token();
+                            closing = Some(Box::pin(async move {
+                                ended.cancelled().await;
+                                tokio::time::sleep(CLOSE_GRACE).await;
+                            }) as Pin<Box<dyn Future<Output = ()> + Send>>);
+                            connection = Some(conn);
+                        }
+                        let info = PeerInfo { identity, remote: Some(remote), connection };
                         let open = crate::metrics::Open::new(crate::metrics::CONNECTIONS, "tls");
-                        let _ = tx.send(Ok(PeerStream { inner: stream, info, _permit: permit, _open: open })).await;
+                        let _ = tx
+                            .send(Ok(PeerStream {
+                                inner: stream,
+                                info,
+                                closing,
+                                closed: false,
+                                _registration: registration,
+                                _permits: (permit, principal_permit),
+                                _open: open,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => {
                         stats.handshakes_failed.fetch_add(1, Relaxed);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use agency_client::Client;
 use broker::clock::{Clock, ManualClock, SystemClock};
 use broker::config::Config;
-use broker::server::{Running, StartOptions, start};
+use broker::server::{Running, StartOptions, start_wrapped};
 use broker::state::BrokerState;
 use certs::dev::{DevFederation, DevOptions};
 use referral_proto::pb::referral_broker_client::ReferralBrokerClient;
@@ -34,11 +34,13 @@ pub struct Options {
     pub manual_clock: bool,
     /// Changes to the development configuration.
     pub tweak: Box<dyn Fn(&mut Config) + Send + Sync>,
+    /// Wraps the broker's store (first start only).
+    pub wrap_store: Option<broker::server::StoreWrapper>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { manual_clock: false, tweak: Box::new(|_| {}) }
+        Self { manual_clock: false, tweak: Box::new(|_| {}), wrap_store: None }
     }
 }
 
@@ -101,16 +103,17 @@ impl Harness {
             None => Arc::new(SystemClock),
         };
         let mut h = Self { tmp, dev, addr, config, manual_clock, clock, running: None };
-        h.launch(listener).await;
+        h.launch(listener, opts.wrap_store).await;
         h
     }
 
-    async fn launch(&mut self, listener: tokio::net::TcpListener) {
+    async fn launch(&mut self, listener: tokio::net::TcpListener, wrap_store: Option<broker::server::StoreWrapper>) {
         let shutdown = CancellationToken::new();
-        let running = start(
+        let running = start_wrapped(
             listener,
             self.config.clone(),
             StartOptions { clock: self.clock.clone(), sighup: false },
+            wrap_store,
             shutdown.clone(),
         )
         .await
@@ -167,7 +170,7 @@ impl Harness {
     pub async fn restart(&mut self) {
         self.stop().await;
         let listener = bind_again(self.addr).await;
-        self.launch(listener).await;
+        self.launch(listener, None).await;
     }
 
     /// Reloads TLS files and the directory, as SIGHUP does.

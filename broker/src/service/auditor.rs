@@ -64,6 +64,7 @@ impl Auditor for AuditorService {
 
     async fn replay(&self, req: Request<pb::ReplayRequest>) -> Result<Response<Self::ReplayStream>, Status> {
         let identity = self.state.authorize(&req, Rpc::AuditReplay)?;
+        let conn = self.state.connection(&req)?;
         let r = req.into_inner();
         let size = self.size();
         let to = if r.to == 0 { size } else { r.to };
@@ -80,6 +81,11 @@ impl Auditor for AuditorService {
             let _permit = permit;
             let mut next = r.from;
             while next < to {
+                // A long replay ends once the auditor's trust does.
+                if let Err(why) = conn.check() {
+                    out.end(why.into());
+                    return;
+                }
                 let page = match read_entries(&*state.store, next, to, REPLAY_PAGE) {
                     Ok(p) => p,
                     Err(e) => {

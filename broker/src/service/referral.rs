@@ -22,6 +22,7 @@ use crate::refusals::{self, Evidence};
 use crate::state::BrokerState;
 use crate::store::records::{self, FeedEntry, MessageRecord, MessageState};
 use crate::store::{Table, keys};
+use crate::trust::Connection;
 
 /// Most message ids in one GetReceipts call.
 pub const MAX_RECEIPT_QUERY: usize = 1000;
@@ -169,6 +170,46 @@ fn message_record(state: &BrokerState, id: &MessageId) -> Result<Option<MessageR
     }
 }
 
+/// The durable prefix of a message's receipts (stored, unsigned): those
+/// whose audit entry (`log_index`) lies below `durable_size`, the size of
+/// the log the hub announced after its last durable commit. Receipts of a
+/// message are issued in log order, so the first one that is not durable
+/// ends the prefix.
+pub fn durable_prefix(receipts: impl IntoIterator<Item = pb::Receipt>, durable_size: u64) -> Vec<pb::Receipt> {
+    receipts.into_iter().take_while(|r| r.statement.as_ref().is_some_and(|s| s.log_index < durable_size)).collect()
+}
+
+/// A message's record and its durable receipts; None when the message is
+/// unknown or not yet durable.
+///
+/// The store shows a batch's writes before its flush and fsync, and a
+/// failed commit takes them back; an answer built from them could promise
+/// what the broker then loses (a signed ACKNOWLEDGED for an ack never
+/// stored). Every receipt cites its audit entry, and the hub announces the
+/// log's size only after a commit is durable, so this reads that size
+/// first and keeps only receipts below it: a receipt written after the
+/// size was read, or by a batch that later failed, can never pass.
+pub fn durable_receipts(
+    state: &BrokerState,
+    id: &MessageId,
+) -> Result<Option<(MessageRecord, Vec<pb::Receipt>)>, BrokerError> {
+    let durable_size = state.hub.tree.borrow().0;
+    let Some(rec) = message_record(state, id)? else {
+        return Ok(None);
+    };
+    let mut stored = Vec::with_capacity(usize::from(rec.receipt_count));
+    for n in 0..rec.receipt_count {
+        let bytes = state.store.get(Table::Receipts, &keys::receipt(id, n))?.ok_or(BrokerError::StorageCorrupt)?;
+        stored.push(pb::Receipt::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)?);
+    }
+    let durable = durable_prefix(stored, durable_size);
+    // No durable ACCEPTED receipt: the message itself is not durable yet.
+    if durable.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((rec, durable)))
+}
+
 /// A stored receipt, signed for sending.
 fn receipt(state: &BrokerState, id: &MessageId, n: u8) -> Result<pb::Receipt, BrokerError> {
     let bytes = state.store.get(Table::Receipts, &keys::receipt(id, n))?.ok_or(BrokerError::StorageCorrupt)?;
@@ -214,12 +255,24 @@ fn alert(event: pb::alert::Event) -> pb::Alert {
     pb::Alert { event: Some(event) }
 }
 
+/// Ok while the connection is trusted by the current CRL, directory and
+/// clock; otherwise ends its trust (every stream of it) and says why.
+fn still_trusted(state: &BrokerState, conn: &Connection) -> Result<(), BrokerError> {
+    conn.check().and_then(|()| state.judge(&conn.identity)).inspect_err(|why| conn.end(why.clone()))
+}
+
 /// The subscriber loop: backlog, then live alerts, heartbeats when idle.
+///
+/// Each delivery is checked against the connection's trust right before it
+/// is recorded, recorded durably (the committer refuses once trust has
+/// ended), and only then sent: no Delivery and no DELIVERED receipt
+/// reaches or names a principal after the reload that ended its trust.
 async fn run_subscriber(
     state: Arc<BrokerState>,
-    principal: Principal,
+    conn: Arc<Connection>,
     out: Producer<pb::Alert>,
 ) -> Result<(), BrokerError> {
+    let principal = conn.identity.principal.clone();
     let agency = principal.agency.clone();
     let me = principal.uri();
     let hub = state.hub.agency(&agency)?;
@@ -251,9 +304,18 @@ async fn run_subscriber(
                 let Ok(permit) = out.reserve().await else {
                     return Ok(());
                 };
+                if let Err(why) = still_trusted(&state, &conn) {
+                    out.end(why.into());
+                    return Ok(());
+                }
                 if let Some(d) = delivery(&state, &id, seq, &me)? {
+                    // Durable first: the Delivered entry (and the sender's
+                    // DELIVERED receipt) before the delivery itself.
+                    if !state.committer.delivered(id, me.clone(), conn.ended_token()).await? {
+                        out.end(conn.check().err().unwrap_or(BrokerError::Revoked).into());
+                        return Ok(());
+                    }
                     permit.send(alert(pb::alert::Event::Delivery(d)));
-                    state.committer.delivered(id, me.clone()).await;
                     heartbeat.reset();
                 }
                 cursor = seq;
@@ -300,6 +362,10 @@ async fn run_subscriber(
                 }
             }
             _ = out.closed() => return Ok(()),
+            why = conn.ended() => {
+                out.end(why.into());
+                return Ok(());
+            }
             _ = state.shutdown.cancelled() => {
                 out.end(BrokerError::ShuttingDown.into());
                 return Ok(());
@@ -311,11 +377,11 @@ async fn run_subscriber(
 /// The receipt watcher loop: everything after the cursor, then live.
 async fn run_receipts(
     state: Arc<BrokerState>,
-    principal: Principal,
+    conn: Arc<Connection>,
     mut cursor: u64,
     out: Producer<pb::ReceiptEvent>,
 ) -> Result<(), BrokerError> {
-    let sender = principal.agency.clone();
+    let sender = conn.identity.principal.agency.clone();
     let hub = state.hub.agency(&sender)?;
     let mut cursor_rx = hub.receipt_cursor.subscribe();
     loop {
@@ -331,6 +397,10 @@ async fn run_receipts(
                 cursor = newest;
                 break;
             }
+            if let Err(why) = still_trusted(&state, &conn) {
+                out.end(why.into());
+                return Ok(());
+            }
             for (k, v) in page {
                 let c = keys::queue_seq(&k).ok_or(BrokerError::StorageCorrupt)?;
                 let entry: FeedEntry = records::decode("feed", &v)?;
@@ -345,6 +415,10 @@ async fn run_receipts(
         tokio::select! {
             changed = cursor_rx.changed() => if changed.is_err() { return Ok(()) },
             _ = out.closed() => return Ok(()),
+            why = conn.ended() => {
+                out.end(why.into());
+                return Ok(());
+            }
             _ = state.shutdown.cancelled() => {
                 out.end(BrokerError::ShuttingDown.into());
                 return Ok(());
@@ -402,15 +476,15 @@ impl ReferralBroker for ReferralService {
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let identity = self.state.authorize(&req, Rpc::Subscribe)?;
+        let conn = self.state.connection(&req)?;
         let p = identity.principal;
         let permit = self.state.limiter.stream(&p.uri())?;
         let (out, stream) = bounded(self.state.config.subscriber_buffer, self.state.config.stall_timeout);
         tracing::info!(principal = %p, "subscribed");
         let state = self.state.clone();
-        let principal = p.clone();
         spawn_stream("Subscribe", &p, out, move |out| async move {
             let _permit = permit;
-            run_subscriber(state, principal, out).await
+            run_subscriber(state, conn, out).await
         });
         Ok(Response::new(stream))
     }
@@ -444,12 +518,13 @@ impl ReferralBroker for ReferralService {
         let mut messages = Vec::with_capacity(ids.len());
         for raw in ids {
             let id = MessageId::from_bytes(&raw).map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
-            // Another agency's message is reported exactly like an unknown one.
-            let rec = message_record(&self.state, &id)?
-                .filter(|r| r.sender == agency.as_str())
+            // Another agency's message, and one not yet durable, are
+            // reported exactly like an unknown one.
+            let receipts = durable_receipts(&self.state, &id)?
+                .filter(|(rec, _)| rec.sender == agency.as_str())
+                .map(|(_, receipts)| receipts)
                 .ok_or(BrokerError::UnknownMessage(id))?;
-            let receipts =
-                (0..rec.receipt_count).map(|n| receipt(&self.state, &id, n)).collect::<Result<Vec<_>, _>>()?;
+            let receipts = receipts.into_iter().map(|r| signed(&self.state, r)).collect::<Result<Vec<_>, _>>()?;
             messages.push(pb::MessageReceipts { message_id: raw, receipts });
         }
         Ok(Response::new(pb::GetReceiptsResponse { messages }))
@@ -462,15 +537,15 @@ impl ReferralBroker for ReferralService {
         req: Request<pb::WatchReceiptsRequest>,
     ) -> Result<Response<Self::WatchReceiptsStream>, Status> {
         let identity = self.state.authorize(&req, Rpc::WatchReceipts)?;
+        let conn = self.state.connection(&req)?;
         let p = identity.principal;
         let permit = self.state.limiter.stream(&p.uri())?;
         let after = req.into_inner().after_cursor;
         let (out, stream) = bounded(self.state.config.subscriber_buffer, self.state.config.stall_timeout);
         let state = self.state.clone();
-        let principal = p.clone();
         spawn_stream("WatchReceipts", &p, out, move |out| async move {
             let _permit = permit;
-            run_receipts(state, principal, after, out).await
+            run_receipts(state, conn, after, out).await
         });
         Ok(Response::new(stream))
     }
@@ -481,5 +556,28 @@ impl ReferralBroker for ReferralService {
     ) -> Result<Response<pb::SignedDirectory>, Status> {
         self.state.authorize(&req, Rpc::GetDirectory)?;
         Ok(Response::new(self.state.directory.current().signed.to_pb()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(log_index: u64) -> pb::Receipt {
+        pb::Receipt { statement: Some(pb::ReceiptStatement { log_index, ..Default::default() }), ..Default::default() }
+    }
+
+    #[test]
+    fn only_receipts_below_the_durable_log_size_are_shown() {
+        let stored = || vec![receipt(3), receipt(7), receipt(9)];
+        let indexes =
+            |v: Vec<pb::Receipt>| v.iter().map(|r| r.statement.as_ref().unwrap().log_index).collect::<Vec<_>>();
+        assert_eq!(indexes(durable_prefix(stored(), 3)), Vec::<u64>::new());
+        assert_eq!(indexes(durable_prefix(stored(), 4)), vec![3]);
+        assert_eq!(indexes(durable_prefix(stored(), 9)), vec![3, 7]);
+        assert_eq!(indexes(durable_prefix(stored(), 10)), vec![3, 7, 9]);
+        // A receipt without a statement is never shown, nor anything after it.
+        let broken = vec![receipt(1), pb::Receipt::default(), receipt(2)];
+        assert_eq!(indexes(durable_prefix(broken, 100)), vec![1]);
     }
 }

@@ -242,7 +242,15 @@ impl Scene {
         let incoming = accept_loop(
             self.listener.take().expect("served once"),
             tls,
-            AcceptOptions { handshake_timeout: Duration::from_secs(5), max_connections: 16, trust_domain },
+            AcceptOptions {
+                handshake_timeout: Duration::from_secs(5),
+                max_connections: 16,
+                max_connections_per_principal: 16,
+                trust_domain,
+                registry: Default::default(),
+                // The forging server judges nobody: it is the attacker.
+                judge: broker::tls::Judge(std::sync::Arc::new(|_| Ok(()))),
+            },
             Arc::new(AcceptStats::default()),
             self.shutdown.clone(),
         );

@@ -15,6 +15,8 @@ mod delivery;
 mod demo;
 /// A stale or rolled-back directory is refused by the broker and clients.
 mod directory_freshness;
+/// Reads that answer a client see only durable state.
+mod durable_reads;
 /// Referrals both ways, receipts, idempotent resubmission.
 mod exchange;
 /// Full disks and damaged data directories.
@@ -23,6 +25,8 @@ mod faults;
 mod forging_server;
 /// Hostile clients and an outside TLS check.
 mod hostile;
+/// HTTP/2 limits against a raw HTTP/2 client.
+mod http2_limits;
 /// Keys judged at the broker's receive time; signed times within the window.
 mod key_validity;
 /// Refusals cannot grow the audit log without bound.
@@ -45,5 +49,7 @@ mod staff_labels;
 mod support;
 /// Escapes and overrides never reach a terminal; a closed pipe ends quietly.
 mod terminal;
+/// Trust judged continuously: revocation, expiry, directory removal.
+mod trust_live;
 /// OPERATIONS.md, executed.
 mod walkthrough;
