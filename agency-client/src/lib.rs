@@ -204,10 +204,8 @@ impl Client {
     fn remember_version(&self, v: u64) -> Result<(), ClientError> {
         let path = self.seen_version_path();
         let io = |e: std::io::Error| ClientError::State { path: path.clone(), message: e.to_string() };
-        std::fs::create_dir_all(self.profile.state_dir()).map_err(io)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{v}\n")).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        certs::durable_file::create_dir_all(self.profile.state_dir()).map_err(io)?;
+        certs::durable_file::write(&path, format!("{v}\n")).map_err(io)
     }
 
     /// Checks a signed directory against the pinned federation key and the
