@@ -21,6 +21,8 @@ mod faults;
 mod hostile;
 /// Health, reflection, metrics, status, backup, rotation.
 mod operations;
+/// A power loss at random moments loses nothing; the broker starts by itself.
+mod power_loss;
 /// No personal data in logs or on disk.
 mod privacy;
 /// Everything the broker refuses, with the exact status.
