@@ -155,7 +155,7 @@ impl Writer {
 
     fn write_now(&mut self, cp: Checkpoint) -> std::io::Result<()> {
         self.last_write = Instant::now();
-        certs::durable_file::write(&path(&self.data_dir), cp.encode())
+        certs::durable_file::write(path(&self.data_dir), cp.encode())
     }
 }
 

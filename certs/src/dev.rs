@@ -112,7 +112,7 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
         move |source| DevError::Io { path, source }
     };
     crate::durable_file::create_dir_all(dir).map_err(io(dir))?;
-    crate::durable_file::write(&dir.join(MARKER), "made by 'certs dev'; safe to delete with the folder\n")
+    crate::durable_file::write(dir.join(MARKER), "made by 'certs dev'; safe to delete with the folder\n")
         .map_err(io(dir))?;
     let td = TrustDomain::new(TRUST_DOMAIN).expect("constant");
     let mut fed = Federation::init(&dev.federation_dir(), &td, now, 3650)?;

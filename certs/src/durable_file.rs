@@ -50,7 +50,7 @@ pub fn write_mode(path: impl AsRef<Path>, contents: impl AsRef<[u8]>, mode: u32)
         let _ = std::fs::remove_file(&tmp);
     }
     result?;
-    sync_dir(&dir)
+    sync_dir(dir)
 }
 
 /// `fsync`s a folder, making the creation, renaming and removal of its
@@ -81,7 +81,7 @@ pub fn create_dir_all_mode(dir: impl AsRef<Path>, mode: u32) -> std::io::Result<
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(e) => return Err(e),
     }
-    sync_dir(&folder_of(dir))
+    sync_dir(folder_of(dir))
 }
 
 /// The folder holding `path` (`.` for a bare file name).
@@ -156,6 +156,6 @@ mod tests {
         assert!(deep.is_dir());
         assert_eq!(std::fs::metadata(&deep).unwrap().permissions().mode() & 0o777, 0o700);
         create_dir_all(&deep).unwrap();
-        write(&deep.join("f"), "x").unwrap();
+        write(deep.join("f"), "x").unwrap();
     }
 }
