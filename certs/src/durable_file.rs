@@ -5,7 +5,7 @@
 //! writing all of it, `fsync`ing it, renaming it over the target and then
 //! `fsync`ing the folder. After a crash or a power loss at any moment the
 //! target is therefore either wholly old or wholly new, never empty or
-//! torn; and once [`write`] has returned, the new content survives a power
+//! torn; and once [`write()`] has returned, the new content survives a power
 //! loss. (A rename alone is atomic but not durable: the folder's entry and
 //! the file's data may reach the disk in either order, which is how a
 //! power loss leaves zero-length files behind.)
@@ -31,7 +31,7 @@ pub fn write(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> std::io::Res
     write_mode(path, contents, PUBLIC_MODE)
 }
 
-/// As [`write`], with the file created with `mode` (e.g. `0o600` for a
+/// As [`write()`], with the file created with `mode` (e.g. `0o600` for a
 /// secret): the mode is set when the temporary file is created, so the
 /// content is never readable by others, not even for a moment.
 pub fn write_mode(path: impl AsRef<Path>, contents: impl AsRef<[u8]>, mode: u32) -> std::io::Result<()> {
