@@ -93,12 +93,10 @@ fn read_state(path: &Path) -> anyhow::Result<Option<AuditState>> {
 
 fn write_state(path: &Path, state: &AuditState) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        certs::durable_file::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(state)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    certs::durable_file::write(path, serde_json::to_string_pretty(state)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// How big a proof was and how long asking for it took.

@@ -15,10 +15,9 @@
 //! of the folder) with mode 0600 in a 0700 folder: an envelope is ciphertext,
 //! but its header is routing metadata of a referral.
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+
+use certs::durable_file;
 
 use prost::Message as _;
 use referral_proto::ids::MessageId;
@@ -36,34 +35,22 @@ fn state_err(path: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
     move |e| ClientError::State { path: path.to_owned(), message: e.to_string() }
 }
 
-/// Creates `dir` (and its parents) with mode 0700 when missing.
+/// Creates `dir` (and its parents) with mode 0700 when missing, durably.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), ClientError> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(state_err(dir))
+    durable_file::create_dir_all_mode(dir, 0o700).map_err(state_err(dir))
 }
 
-/// Writes `bytes` to `path` so that after a crash the file holds either its
-/// old contents or all of `bytes`: a temporary file (mode 0600) is written
-/// and synced, renamed over `path`, and the folder synced so the rename
-/// itself is durable.
+/// Writes `bytes` to `path` (mode 0600, in a 0700 folder) with the
+/// project's one crash-safe discipline, [`certs::durable_file`]: after a
+/// crash the file holds either its old contents or all of `bytes`.
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
-    let err = state_err(path);
     let dir = path.parent().ok_or_else(|| ClientError::State { path: path.to_owned(), message: "no folder".into() })?;
     create_private_dir(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    // A temporary file left by a crash is garbage; start afresh.
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(&err)?;
-    f.write_all(bytes).map_err(&err)?;
-    f.sync_all().map_err(&err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(&err)?;
-    sync_dir(dir)
+    durable_file::write_mode(path, bytes, 0o600).map_err(state_err(path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ClientError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(state_err(dir))
+    durable_file::sync_dir(dir).map_err(state_err(dir))
 }
 
 impl Outbox {

@@ -65,7 +65,10 @@ pub async fn fill(config: &Config, count: u64, sealer: Arc<Sealer>) -> anyhow::R
         clock: Arc::new(SystemClock),
         log_key,
         directory,
-        checkpoint: Some(broker::checkpoint::Writer::open(&config.data_dir)?),
+        checkpoint: Some(broker::checkpoint::Writer::open(
+            &config.data_dir,
+            broker::checkpoint::Checkpoint { tree_size: frontier.size(), root: frontier.root() },
+        )?),
         timing: Timing {
             ack_deadlines: config.ack_deadlines,
             unacked_retention_ms: config.unacked_retention_ms,

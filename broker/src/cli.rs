@@ -310,12 +310,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Manpages { out } => {
-            std::fs::create_dir_all(&out)?;
+            certs::durable_file::create_dir_all(&out)?;
             for tool in Tool::ALL {
                 let path = out.join(format!("{}.1", tool.name()));
                 let mut buf = Vec::new();
                 clap_mangen::Man::new(tool.command()).render(&mut buf)?;
-                std::fs::write(&path, buf)?;
+                certs::durable_file::write(&path, buf)?;
                 println!("{}", path.display());
             }
             Ok(())

@@ -273,7 +273,7 @@ pub struct CommitterDeps {
     pub log_key: Arc<SigningKey>,
     pub directory: Arc<DirectoryState>,
     pub timing: Timing,
-    /// Records the log after each commit (see [`crate::checkpoint`]).
+    /// Records the log after durable commits (see [`crate::checkpoint`]).
     pub checkpoint: Option<crate::checkpoint::Writer>,
 }
 
@@ -334,6 +334,10 @@ impl Core {
                 }
             }
             self.process(jobs);
+        }
+        // Stopping: the last durable state, so a clean restart checks all of it.
+        if let Some(w) = &mut self.deps.checkpoint {
+            w.flush();
         }
     }
 
@@ -440,8 +444,8 @@ impl Core {
                             }
                         }
                         self.deps.hub.tree.send_replace((self.frontier.size(), self.frontier.root()));
-                        if let Some(w) = &self.deps.checkpoint {
-                            w.write(crate::checkpoint::Checkpoint {
+                        if let Some(w) = &mut self.deps.checkpoint {
+                            w.record(crate::checkpoint::Checkpoint {
                                 tree_size: self.frontier.size(),
                                 root: self.frontier.root(),
                             });

@@ -185,6 +185,6 @@ fn t_say(t: &Transcript) -> impl Fn(&str, String) + '_ {
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let base = std::env::temp_dir().join(format!("referral-demo-{}-{}", std::process::id(), certs::now().0));
-    std::fs::create_dir_all(&base)?;
+    certs::durable_file::create_dir_all(&base)?;
     Ok(base)
 }

@@ -53,6 +53,6 @@ pub fn prepare(dir: &Path, listen: SocketAddr, data_dir: &Path, admin: SocketAdd
         dev_config_text(listen, &data_dir)
     );
     let path = dir.join("broker.toml");
-    std::fs::write(&path, &text).map_err(|source| DevError::Io { path: path.clone(), source })?;
+    certs::durable_file::write(&path, &text).map_err(|source| DevError::Io { path: path.clone(), source })?;
     Ok(Config::load(&path, &[])?)
 }

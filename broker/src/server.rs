@@ -169,6 +169,7 @@ pub async fn start_wrapped(
         return Err(StartError::DirectoryRollback { found: directory_version, served });
     }
     let frontier = commit::restore_frontier(&*store)?;
+    // A missing or unusable checkpoint is only warned about; the writer below rebuilds it.
     crate::checkpoint::verify(&*store, &config.data_dir, frontier.size()).map_err(|message| {
         StartError::Store(crate::store::StoreError::Refused { path: config.data_dir.display().to_string(), message })
     })?;
@@ -179,7 +180,10 @@ pub async fn start_wrapped(
         clock: opts.clock.clone(),
         log_key: log_key.clone(),
         directory: directory.clone(),
-        checkpoint: Some(crate::checkpoint::Writer::open(&config.data_dir)?),
+        checkpoint: Some(crate::checkpoint::Writer::open(
+            &config.data_dir,
+            crate::checkpoint::Checkpoint { tree_size: frontier.size(), root: frontier.root() },
+        )?),
         timing: Timing {
             ack_deadlines: config.ack_deadlines,
             unacked_retention_ms: config.unacked_retention_ms,

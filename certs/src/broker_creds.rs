@@ -26,7 +26,7 @@ pub fn create(
     days: i64,
     overwrite: bool,
 ) -> Result<(), FederationError> {
-    std::fs::create_dir_all(out).map_err(|source| FederationError::Io { path: out.to_owned(), source })?;
+    crate::durable_file::create_dir_all(out).map_err(|source| FederationError::Io { path: out.to_owned(), source })?;
     let issued = fed.issue_server(dns_names, ips, now.plus_millis(-60_000), now.plus_millis(days * DAY_MS))?;
     write_text_atomic(&out.join(SERVER_CERT), &issued.cert_pem)?;
     secret_file::write(&out.join(SERVER_KEY), issued.key_pem.as_bytes(), overwrite)?;

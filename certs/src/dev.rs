@@ -114,8 +114,9 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
         let path = path.to_owned();
         move |source| DevError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    std::fs::write(dir.join(MARKER), "made by 'certs dev'; safe to delete with the folder\n").map_err(io(dir))?;
+    crate::durable_file::create_dir_all(dir).map_err(io(dir))?;
+    crate::durable_file::write(dir.join(MARKER), "made by 'certs dev'; safe to delete with the folder\n")
+        .map_err(io(dir))?;
     let td = TrustDomain::new(TRUST_DOMAIN).expect("constant");
     let mut fed = Federation::init(&dev.federation_dir(), &td, now, 3650)?;
 
@@ -124,7 +125,7 @@ pub fn create(dir: &Path, opts: &DevOptions, now: Timestamp) -> Result<DevFedera
         (SOCIAL, AgencyKind::Municipal, "Huddinge kommun, socialtjänsten", "socialjour", "Socialjouren"),
     ];
     let keys_dir = dev.agency_keys_dir();
-    std::fs::create_dir_all(&keys_dir).map_err(io(&keys_dir))?;
+    crate::durable_file::create_dir_all(&keys_dir).map_err(io(&keys_dir))?;
     for (id, kind, name, oncall, oncall_title) in agencies {
         let agency = AgencyId::new(id).expect("constant");
         let escalation = EscalationContact {

@@ -194,7 +194,7 @@ impl Federation {
         if dir.join(STATE_FILE).exists() {
             return Err(FederationError::Exists(dir.to_owned()));
         }
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::durable_file::create_dir_all(dir).map_err(io(dir))?;
         let ca = Ca::generate(trust_domain.as_str(), now.plus_millis(-DAY_MS), now.plus_millis(ca_days * DAY_MS))?;
         let directory_key = SigningKey::generate();
         write_text_atomic(&dir.join(CA_CERT), ca.cert_pem())?;
@@ -483,9 +483,7 @@ impl Federation {
         let directory = self.directory(now, valid_days)?;
         let signed = directory.sign(&self.directory_key);
         let path = self.dir.join(DIRECTORY);
-        let tmp = path.with_extension("bin.tmp");
-        std::fs::write(&tmp, signed.encode()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        crate::durable_file::write(&path, signed.encode()).map_err(io(&path))?;
         self.state.directory_version = directory.version;
         self.save()?;
         Ok(signed)

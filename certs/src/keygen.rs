@@ -35,7 +35,8 @@ pub fn generate(
 ) -> Result<(AgencyKeyBundle, KeyFiles), FederationError> {
     let bundle = AgencyKeyBundle::generate(agency.clone(), not_before, not_after);
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| FederationError::Io { path: parent.to_owned(), source })?;
+        crate::durable_file::create_dir_all(parent)
+            .map_err(|source| FederationError::Io { path: parent.to_owned(), source })?;
     }
     secret_file::write(out, bundle.to_key_file().as_bytes(), overwrite)?;
     let public = public_path(out);

@@ -11,6 +11,8 @@
 //! - [`profile`]: the client profile folder, written here and read by `agency-client`.
 //! - [`dev`]: a complete development federation in one step.
 //! - [`secret_file`]: 0600 files for secrets.
+//! - [`durable_file`]: crash-safe file writing, used for every file written here,
+//!   by the broker and by `agency-client`.
 //!
 //! Architecture invariant: generated material is written only where the caller
 //! says; nothing here is ever checked in (the repository's `.gitignore`
@@ -19,6 +21,7 @@
 pub mod broker_creds;
 pub mod cli;
 pub mod dev;
+pub mod durable_file;
 pub mod federation;
 pub mod keygen;
 pub mod pki;
@@ -36,13 +39,9 @@ pub(crate) fn read_text(path: &Path) -> Result<String, FederationError> {
     std::fs::read_to_string(path).map_err(|source| FederationError::Io { path: path.to_owned(), source })
 }
 
-/// Writes a public text file atomically (temporary file, then rename).
+/// Writes a public text file crash-safely (see [`durable_file`]).
 pub(crate) fn write_text_atomic(path: &Path, text: &str) -> Result<(), FederationError> {
-    let io = |source| FederationError::Io { path: path.to_owned(), source };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    durable_file::write(path, text).map_err(|source| FederationError::Io { path: path.to_owned(), source })
 }
 
 /// The current wall-clock time.

@@ -120,7 +120,8 @@ pub fn write(dir: &Path, p: &NewProfile<'_>, overwrite: bool) -> Result<(), Prof
         return Err(ProfileError::NoAgencyKeys { dir: dir.to_owned(), role: p.principal.role });
     }
     let keys_dir = dir.join(AGENCY_KEYS);
-    std::fs::create_dir_all(&keys_dir).map_err(|source| ProfileError::Io { path: keys_dir.clone(), source })?;
+    crate::durable_file::create_dir_all(&keys_dir)
+        .map_err(|source| ProfileError::Io { path: keys_dir.clone(), source })?;
     let file = ProfileFile {
         principal: p.principal.uri(),
         broker: p.broker.to_owned(),
@@ -189,7 +190,8 @@ pub fn load_bundles(dir: &Path, principal: &Principal) -> Result<Vec<AgencyKeyBu
 pub fn add_bundle(dir: &Path, bundle_file: &Path) -> Result<(), ProfileError> {
     let bundle = keygen::read_bundle(bundle_file)?;
     let keys_dir = dir.join(AGENCY_KEYS);
-    std::fs::create_dir_all(&keys_dir).map_err(|source| ProfileError::Io { path: keys_dir.clone(), source })?;
+    crate::durable_file::create_dir_all(&keys_dir)
+        .map_err(|source| ProfileError::Io { path: keys_dir.clone(), source })?;
     secret_file::write(&keys_dir.join(format!("{}.key", bundle.key_id())), bundle.to_key_file().as_bytes(), false)?;
     Ok(())
 }

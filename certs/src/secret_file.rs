@@ -1,9 +1,7 @@
 //! Files that hold secrets: created with mode 0600 and refused when anyone
 //! but the owner can read them.
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -28,18 +26,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretFileError + '_ {
     move |source| SecretFileError::Io { path: path.to_owned(), source }
 }
 
-/// Writes `contents` to a new file with mode 0600 and syncs it. With
-/// `overwrite`, an existing file is replaced (still 0600).
+/// Writes `contents` to a file with mode 0600, crash-safely (see
+/// [`crate::durable_file`]). With `overwrite`, an existing file is replaced
+/// in one rename, so the old key stays readable until the new one is whole.
 pub fn write(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), SecretFileError> {
     if !overwrite && path.exists() {
         return Err(SecretFileError::Exists { path: path.to_owned() });
     }
-    if overwrite && path.exists() {
-        std::fs::remove_file(path).map_err(io(path))?;
-    }
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
-    f.write_all(contents).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    crate::durable_file::write_mode(path, contents, 0o600).map_err(io(path))
 }
 
 /// Reads a secret file, refusing one that group or others may access.

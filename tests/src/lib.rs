@@ -4,6 +4,9 @@
 //! can move its clock, reload its credentials or restart it.
 //!
 //! Scenarios live in `tests/it/`, one module per concern.
+//! [`powerloss_fs`] is the filesystem the power-loss test runs the broker on.
+
+pub mod powerloss_fs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -285,6 +288,11 @@ impl ChildBroker {
     /// Makes a development federation in `dir` and starts `exe broker serve`
     /// on it, with `extra` appended to the configuration file.
     pub async fn start(exe: &Path, dir: &Path, extra: &str) -> Self {
+        Self::start_with_data_dir(exe, dir, &dir.join("data"), extra).await
+    }
+
+    /// As [`ChildBroker::start`], with the broker's data in `data_dir`.
+    pub async fn start_with_data_dir(exe: &Path, dir: &Path, data_dir: &Path, extra: &str) -> Self {
         init_crypto();
         let addr = free_port();
         let dev = certs::dev::create(
@@ -293,7 +301,7 @@ impl ChildBroker {
             certs::now(),
         )
         .expect("development federation");
-        let data_dir = dir.join("data");
+        let data_dir = data_dir.to_owned();
         let config_path = dev.dir.join("broker.toml");
         let admin = free_port();
         broker::admin::AdminToken::generate(&dev.dir.join("admin.token"), false).expect("admin token");

@@ -130,7 +130,23 @@ fn open_inner(dir: &Path) -> Result<Inner, StoreError> {
     let tree: sled::Tree = (*db).clone();
     let data_file =
         File::open(dir.join("db")).map_err(|e| refuse(dir, format!("cannot open the database file: {e}")))?;
+    make_files_durable(dir, &data_file)?;
     Ok(Inner { db, tree, data_file })
+}
+
+/// sled 0.34 creates `db` and writes `conf` (when it is missing, or has
+/// fewer than 9 bytes, which it only warns about) without syncing either
+/// file or the folder, so a power loss soon after can leave the folder
+/// without them or `conf` empty. Syncing both files and the folder after
+/// every open makes what sled just wrote durable before any commit is
+/// acknowledged.
+fn make_files_durable(dir: &Path, data_file: &File) -> Result<(), StoreError> {
+    let sync = || -> std::io::Result<()> {
+        File::open(dir.join("conf"))?.sync_all()?;
+        data_file.sync_all()?;
+        certs::durable_file::sync_dir(dir)
+    };
+    sync().map_err(|e| refuse(dir, format!("cannot sync the new store's files: {e}")))
 }
 
 fn apply(inner: &Inner, batch: &Batch) -> Result<(), StoreError> {
@@ -160,20 +176,24 @@ impl SledStore {
                 // Only the broker's user may enter a directory the broker
                 // makes, whatever the process umask: it holds ciphertext
                 // and the audit log.
-                std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-                    .create(dir)
+                // Durably: a power loss must not take the folder back.
+                certs::durable_file::create_dir_all_mode(dir, 0o700)
                     .map_err(|e| refuse(dir, format!("cannot create the data directory: {e}")))?;
                 true
             }
             Err(e) => return Err(refuse(dir, format!("cannot read the data directory: {e}"))),
         };
-        let looks_like_sled = dir.join("db").is_file() && dir.join("conf").is_file();
+        // sled rewrites a missing or empty `conf` (a power loss can leave it
+        // so), so only `db` marks a store.
+        let looks_like_sled = dir.join("db").is_file();
         if !fresh && !looks_like_sled {
             return Err(refuse(
                 dir,
-                "is not empty and is not a broker data directory (no sled 'db' and 'conf' files); refusing to use it"
-                    .into(),
+                "is not empty and is not a broker data directory (no sled 'db' file); refusing to use it".into(),
             ));
+        }
+        if !fresh && std::fs::metadata(dir.join("conf")).map(|m| m.len() <= 8).unwrap_or(true) {
+            tracing::warn!(path = %dir.display(), "sled's 'conf' file is missing or empty (a power loss?); sled writes it again");
         }
         let inner = open_inner(dir)?;
         let empty = inner.tree.is_empty();
@@ -365,6 +385,27 @@ mod tests {
         let err = SledStore::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("not a broker data directory"), "{err}");
         assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine", "never reset");
+    }
+
+    #[test]
+    fn opens_after_a_power_loss_emptied_or_removed_sleds_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |s: &SledStore, v: u8| {
+            let mut b = Batch::default();
+            b.put(Table::Audit, vec![v], vec![v]);
+            s.commit(&b).unwrap();
+        };
+        put(&SledStore::open(dir.path()).unwrap(), 1);
+        let conf = dir.path().join("conf");
+        std::fs::write(&conf, "").unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(Table::Audit, &[1]).unwrap(), Some(vec![1]));
+        put(&s, 2);
+        drop(s);
+        assert!(std::fs::metadata(&conf).unwrap().len() > 8, "sled wrote it again");
+        std::fs::remove_file(&conf).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(Table::Audit, &[2]).unwrap(), Some(vec![2]));
     }
 
     #[test]

@@ -131,22 +131,37 @@ async fn check_invariants(b: &ChildBroker, ledger: &Ledger, audit_state: &Path) 
     assert!(submitted.values().all(|&n| n == 1), "a message submitted twice");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_nothing() {
-    let cycles: u64 = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seed =
-        std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| certs::now().0 as u64 | 1);
-    eprintln!("crash test: {cycles} cycles, CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
-    let tmp = tempfile::tempdir().unwrap();
-    let mut b = ChildBroker::start(Path::new(env!("CARGO_BIN_EXE_under-test")), tmp.path(), "").await;
+/// What a run of kill cycles did.
+pub(crate) struct Figures {
+    pub receipted: usize,
+    pub acked: usize,
+    pub submit_errors: u64,
+    pub slowest_restart: Duration,
+}
+
+/// How one cycle ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Sigkill,
+    Sigterm,
+}
+
+/// Runs `endings.len()` cycles on `b`: load from three senders and an acker,
+/// the broker stopped as the cycle says at a random moment, `after_stop`
+/// (with the process reaped), a restart that must succeed by itself, and
+/// every invariant checked. `label` prefixes the progress lines.
+pub(crate) async fn kill_cycles(
+    b: &mut ChildBroker,
+    endings: &[Ending],
+    rng_seed: u64,
+    label: &str,
+    audit_state: &Path,
+    mut after_stop: impl FnMut(),
+) -> Figures {
+    let mut rng = Rng(rng_seed);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let audit_state = tmp.path().join("audit-state.json");
     let mut restarts = Vec::new();
-    // `cycles` SIGKILLs, then one SIGTERM under the same load: in-flight
-    // work must finish and be kept, and the exit must be clean.
-    for cycle in 0..=cycles {
-        let graceful = cycle == cycles;
+    for (cycle, &ending) in endings.iter().enumerate() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for (profile, to) in [(POLICE_SYSTEM, SOCIAL), (POLICE_SYSTEM, SOCIAL), (SOCIAL_SYSTEM, POLICE)] {
@@ -155,12 +170,14 @@ async fn sigkill_at_random_moments_loses_nothing() {
         }
         tasks.push(tokio::spawn(acker(b.dev.profile(SOCIAL_ONCALL), ledger.clone())));
         tokio::time::sleep(Duration::from_millis(rng.between(50, 400))).await;
-        if graceful {
-            let status = b.terminate().await;
-            assert!(status.success(), "SIGTERM under load exits cleanly ({status}); log:\n{}", b.log());
-        } else {
-            b.kill().await;
+        match ending {
+            Ending::Sigterm => {
+                let status = b.terminate().await;
+                assert!(status.success(), "SIGTERM under load exits cleanly ({status}); log:\n{}", b.log());
+            }
+            Ending::Sigkill => b.kill().await,
         }
+        after_stop();
         let started = Instant::now();
         b.spawn().await;
         restarts.push(started.elapsed());
@@ -181,10 +198,10 @@ async fn sigkill_at_random_moments_loses_nothing() {
             Ledger { receipted: l.receipted.clone(), acked: l.acked.clone(), submit_errors: l.submit_errors }
         };
         let t1 = Instant::now();
-        check_invariants(&b, &snapshot, &audit_state).await;
+        check_invariants(b, &snapshot, audit_state).await;
         eprintln!(
-            "cycle {cycle}{}: {} receipted, {} acked so far (join {:?}, restart {:?}, check {:?})",
-            if graceful { " (SIGTERM)" } else { "" },
+            "{label} cycle {cycle}{}: {} receipted, {} acked so far (join {:?}, restart {:?}, check {:?})",
+            if ending == Ending::Sigterm { " (SIGTERM)" } else { "" },
             snapshot.receipted.len(),
             snapshot.acked.len(),
             joined,
@@ -193,13 +210,37 @@ async fn sigkill_at_random_moments_loses_nothing() {
         );
     }
     let l = ledger.lock().unwrap();
-    let slowest = restarts.iter().max().copied().unwrap_or_default();
+    Figures {
+        receipted: l.receipted.len(),
+        acked: l.acked.len(),
+        submit_errors: l.submit_errors,
+        slowest_restart: restarts.iter().max().copied().unwrap_or_default(),
+    }
+}
+
+/// The seed for a run: `CRASH_SEED`, or the clock (printed, so a run can be repeated).
+pub(crate) fn seed() -> u64 {
+    std::env::var("CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| certs::now().0 as u64 | 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing() {
+    let cycles: u64 = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let seed = seed();
+    eprintln!("crash test: {cycles} cycles, CRASH_SEED={seed}");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = ChildBroker::start(Path::new(env!("CARGO_BIN_EXE_under-test")), tmp.path(), "").await;
+    // `cycles` SIGKILLs, then one SIGTERM under the same load: in-flight
+    // work must finish and be kept, and the exit must be clean.
+    let mut endings = vec![Ending::Sigkill; cycles as usize];
+    endings.push(Ending::Sigterm);
+    let f = kill_cycles(&mut b, &endings, seed, "crash", &tmp.path().join("audit-state.json"), || {}).await;
     eprintln!(
         "crash test done: {cycles} SIGKILL cycles and 1 SIGTERM cycle, {} submits receipted and all found exactly once, {} acks receipted and all kept, 0 lost; {} submits cut off by a kill; slowest restart to serving {:.0} ms",
-        l.receipted.len(),
-        l.acked.len(),
-        l.submit_errors,
-        slowest.as_secs_f64() * 1000.0
+        f.receipted,
+        f.acked,
+        f.submit_errors,
+        f.slowest_restart.as_secs_f64() * 1000.0
     );
-    assert!(l.receipted.len() as u64 >= cycles, "the workload ran");
+    assert!(f.receipted as u64 >= cycles, "the workload ran");
 }

@@ -35,6 +35,8 @@ mod log_growth;
 mod operations;
 /// The admin endpoint's token, private backups, key file modes.
 mod operator;
+/// A power loss at random moments loses nothing; the broker starts by itself.
+mod power_loss;
 /// No personal data in logs or on disk.
 mod privacy;
 /// Everything the broker refuses, with the exact status.
