@@ -45,6 +45,8 @@ mod rejections;
 mod resend;
 /// Restarts lose nothing.
 mod restart;
+/// SECURITY.md names only tests that exist.
+mod security_doc;
 /// Ack labels that would put personal identity numbers in the log.
 mod staff_labels;
 /// Shared helpers.

@@ -71,3 +71,41 @@ async fn names_and_personal_identity_numbers_never_reach_logs_or_disk() {
         }
     }
 }
+
+/// What an auditor replays holds the envelope's digest and metadata, never
+/// its ciphertext (nor its encapsulated key): auditing needs no content.
+#[tokio::test]
+async fn the_audit_log_an_auditor_replays_holds_no_ciphertext() {
+    let h = Harness::start().await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let envelope = crate::support::sealed(&h, POLICE_SYSTEM, SOCIAL, &example_notice()).await;
+    crate::support::submit_raw(&police, referral_proto::pb::Envelope::from(&envelope)).await.unwrap();
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    oncall.ack_digest(envelope.header.message_id, envelope.digest(), "jour-1").await.unwrap();
+    h.state().committer.barrier().await;
+
+    let auditor = h.client(AUDITOR).await;
+    let size = h.state().hub.tree.borrow().0;
+    let mut stream = auditor
+        .auditor_rpc()
+        .replay(referral_proto::pb::ReplayRequest { from: 0, to: size })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut log = Vec::new();
+    let mut entries = 0;
+    while let Some(e) = stream.message().await.unwrap() {
+        log.extend_from_slice(&e.entry);
+        entries += 1;
+    }
+    assert!(entries >= 2, "a submitted and an acknowledged entry: {entries}");
+    // The control: the log does carry the envelope's digest.
+    assert!(contains(&log, envelope.digest().as_bytes()), "the digest is in the log");
+    for (what, secret) in
+        [("ciphertext", &envelope.ciphertext[..]), ("encapsulated key", &envelope.encapsulated_key[..])]
+    {
+        for window in secret.chunks(16).filter(|c| c.len() == 16) {
+            assert!(!contains(&log, window), "16 bytes of the {what} are in the audit log");
+        }
+    }
+}
