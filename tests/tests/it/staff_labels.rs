@@ -57,8 +57,12 @@ async fn an_ack_label_holding_a_personal_identity_number_is_refused_by_client_an
         }),
         signature,
     };
-    let s = oncall.broker().ack(pb::AckRequest { ack: Some(ack) }).await.unwrap_err();
-    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let s = assert_refused(
+        oncall.broker().ack(pb::AckRequest { ack: Some(ack) }).await,
+        tonic::Code::InvalidArgument,
+        "malformed_ack",
+    );
+    // The message names the rule, never the value.
     assert_eq!(s.message(), "malformed ack: ack acknowledged_by must not contain a personal identity number");
     assert_eq!(waiting(&oncall).await, [sent.message_id], "still waiting for a proper acknowledgement");
 }
