@@ -3,18 +3,8 @@
 
 use std::path::Path;
 
+use crate::support::{client, exe};
 use integration_tests::*;
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_under-test"))
-}
-
-async fn client(h: &Harness, profile: &str, args: &[&str]) -> (i32, String, String) {
-    let p = h.profile(profile).display().to_string();
-    let mut all = vec!["--profile", p.as_str()];
-    all.extend_from_slice(args);
-    run_tool(exe(), "agency-client", &all).await
-}
 
 fn write_referral(dir: &Path, notice: &referral_proto::notice::ReferralNotice) -> String {
     let path = dir.join("referral.json");

@@ -3,20 +3,16 @@
 //! when a broker serves it; a new profile refuses versions older than the
 //! federation had published.
 
-use std::path::Path;
 use std::time::Duration;
 
 use integration_tests::{Harness, Options, POLICE_SYSTEM, SOCIAL, SOCIAL_ONCALL, assert_refused, bind_again};
 use referral_proto::directory::DirectoryError;
 use tonic::Code;
 
+use crate::support::exe;
 use crate::support::{example_envelope, submit_raw};
 
 const DAY_MS: i64 = 86_400_000;
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_under-test"))
-}
 
 #[tokio::test]
 async fn a_broker_whose_directory_went_stale_refuses_submits_and_acks_until_a_fresh_one_is_loaded() {

@@ -2,9 +2,9 @@
 //! metrics after traffic, status, backup and restore, and key and
 //! certificate rotation with traffic flowing.
 
-use std::path::Path;
 use std::time::Duration;
 
+use crate::support::exe;
 use agency_client::alerts::AlertEvent;
 use futures_util::StreamExt as _;
 use integration_tests::*;
@@ -13,10 +13,6 @@ use referral_proto::notice::example_notice;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_under-test"))
-}
 
 #[tokio::test]
 async fn health_is_serving_and_turns_not_serving_when_the_certificate_expires() {

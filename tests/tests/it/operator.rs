@@ -6,16 +6,13 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::support::exe;
 use broker::clock::SystemClock;
 use broker::config::Config;
 use broker::server::StartOptions;
 use certs::dev::DevOptions;
 use integration_tests::*;
 use tokio_util::sync::CancellationToken;
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_under-test"))
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777

@@ -107,3 +107,16 @@ pub async fn refused_at_handshake(h: &Harness, identity: Option<(&str, &str)>, a
     assert!(all.contains(&format!("received fatal alert: {alert}\"")), "expected the {alert} alert: {all}");
     h.client(integration_tests::SOCIAL_SYSTEM).await.refresh_directory().await.expect("others are still served");
 }
+
+/// The test binary that runs all three command lines (`under-test broker|certs|agency-client ...`).
+pub fn exe() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_under-test"))
+}
+
+/// Runs `agency-client --profile <profile> <args>`: exit code, stdout, stderr.
+pub async fn client(h: &Harness, profile: &str, args: &[&str]) -> (i32, String, String) {
+    let p = h.profile(profile).display().to_string();
+    let mut all = vec!["--profile", p.as_str()];
+    all.extend_from_slice(args);
+    integration_tests::run_tool(exe(), "agency-client", &all).await
+}

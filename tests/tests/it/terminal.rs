@@ -3,7 +3,6 @@
 //! refused on open, and whatever text from elsewhere the CLI prints is
 //! neutralised; the CLI also ends quietly when its reader goes away.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,18 +14,8 @@ use referral_proto::pb;
 use referral_proto::seal::{FixedIkm, seal_header};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
+use crate::support::{client, exe};
 use crate::support::{profile, sealed, submit_raw};
-
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_under-test"))
-}
-
-async fn client(h: &Harness, profile: &str, args: &[&str]) -> (i32, String, String) {
-    let p = h.profile(profile).display().to_string();
-    let mut all = vec!["--profile", p.as_str()];
-    all.extend_from_slice(args);
-    run_tool(exe(), "agency-client", &all).await
-}
 
 /// Neither a raw ESC, nor a C1 control, nor a bidirectional override.
 fn assert_inert(what: &str, out: &str) {

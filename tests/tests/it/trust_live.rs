@@ -177,12 +177,8 @@ async fn agency_removed_from_the_directory_ends_open_subscribe_stream() {
     never_delivered_to(&h, &principal).await;
 }
 
-#[tokio::test]
-async fn revoked_certificate_ends_open_receipt_watch() {
-    let h = Harness::start().await;
-    let police = h.client(POLICE_SYSTEM).await;
-    let mut broker = police.broker();
-    let mut watch = broker.watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 }).await.unwrap().into_inner();
+/// Revokes the police system's certificate and reloads, as SIGHUP does.
+fn revoke_police_system(h: &Harness) {
     let uri = Principal::new(
         TrustDomain::new(certs::dev::TRUST_DOMAIN).unwrap(),
         AgencyId::new(integration_tests::POLICE).unwrap(),
@@ -193,19 +189,35 @@ async fn revoked_certificate_ends_open_receipt_watch() {
     .uri();
     h.federation().revoke(&uri, certs::now()).unwrap();
     h.reload();
+}
+
+/// Reads any stream until it ends (bounded); it must end with the status
+/// of a revoked certificate.
+async fn ends_revoked<T: std::fmt::Debug>(stream: &mut Streaming<T>, what: &str) {
     let status = tokio::time::timeout(LIMIT, async {
         loop {
-            match watch.message().await {
+            match stream.message().await {
                 Ok(Some(_)) => continue,
-                Ok(None) => panic!("ended without a status"),
+                Ok(None) => panic!("the {what} ended without a status"),
                 Err(s) => return s,
             }
         }
     })
     .await
-    .expect("the watch ends in time");
+    .unwrap_or_else(|_| panic!("the {what} ends in time"));
     assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(integration_tests::reason(&status).as_deref(), Some("revoked"), "{status:?}");
     assert_eq!(status.message(), "client certificate has been revoked");
+}
+
+#[tokio::test]
+async fn revoked_certificate_ends_open_receipt_watch() {
+    let h = Harness::start().await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let mut broker = police.broker();
+    let mut watch = broker.watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 }).await.unwrap().into_inner();
+    revoke_police_system(&h);
+    ends_revoked(&mut watch, "receipt watch").await;
 }
 
 #[tokio::test]
@@ -218,27 +230,6 @@ async fn revoked_certificate_ends_open_health_watch() {
         .await
         .unwrap()
         .into_inner();
-    let uri = Principal::new(
-        TrustDomain::new(certs::dev::TRUST_DOMAIN).unwrap(),
-        AgencyId::new(integration_tests::POLICE).unwrap(),
-        Role::System,
-        "arendesystem",
-    )
-    .unwrap()
-    .uri();
-    h.federation().revoke(&uri, certs::now()).unwrap();
-    h.reload();
-    let status = tokio::time::timeout(LIMIT, async {
-        loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("ended without a status"),
-                Err(s) => return s,
-            }
-        }
-    })
-    .await
-    .expect("the health watch ends in time");
-    assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(status.message(), "client certificate has been revoked");
+    revoke_police_system(&h);
+    ends_revoked(&mut watch, "health watch").await;
 }
