@@ -65,6 +65,25 @@ pub struct AckOutcome {
 
 type Reply<T> = oneshot::Sender<Result<T, BrokerError>>;
 
+/// Puts a delivery into its subscriber's stream. The committer calls it
+/// once the `Delivered` entry is durable and before it publishes anything
+/// of that batch, and only if the message is still waiting in the writer's
+/// own view: so whether a message is sent is decided against the same
+/// state that settles it, and a delivery is in its stream before any
+/// settlement after it is announced (issue: an alert after its ack).
+pub type Handoff = Box<dyn FnOnce() + Send>;
+
+/// What became of a delivery handed to the committer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Recorded durably and put into the stream.
+    Sent,
+    /// The message was settled (acknowledged or expired) first: not sent.
+    NotWaiting,
+    /// The receiving connection's trust ended: nothing recorded or sent.
+    Untrusted,
+}
+
 enum Job {
     Submit {
         envelope: Box<Envelope>,
@@ -85,7 +104,8 @@ enum Job {
         principal: String,
         /// The receiving connection's trust; nothing is recorded once it ended.
         trusted: CancellationToken,
-        reply: Reply<bool>,
+        handoff: Handoff,
+        reply: Reply<DeliveryOutcome>,
     },
     Reject {
         principal: String,
@@ -197,8 +217,9 @@ impl Committer {
         message_id: MessageId,
         principal: String,
         trusted: CancellationToken,
-    ) -> Result<bool, BrokerError> {
-        ask(&self.tx, |reply| Job::Delivered { message_id, principal, trusted, reply }).await
+        handoff: Handoff,
+    ) -> Result<DeliveryOutcome, BrokerError> {
+        ask(&self.tx, |reply| Job::Delivered { message_id, principal, trusted, handoff, reply }).await
     }
 
     /// Logs a rejected request.
@@ -312,7 +333,7 @@ enum Pending {
     Submit(Reply<SubmitOutcome>, Result<SubmitOutcome, BrokerError>, bool),
     Ack(Reply<AckOutcome>, Result<AckOutcome, BrokerError>, bool),
     Unit(Reply<()>, Result<(), BrokerError>, bool),
-    Delivered(Reply<bool>, Result<bool, BrokerError>, bool),
+    Delivered(Reply<DeliveryOutcome>, Result<DeliveryOutcome, BrokerError>, bool, Option<Handoff>),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -383,18 +404,18 @@ impl Core {
                     let wrote = tx.batch.len() > mark;
                     pending.push(Pending::Ack(reply, r, wrote));
                 }
-                Job::Delivered { message_id, principal, trusted, reply } => {
+                Job::Delivered { message_id, principal, trusted, handoff, reply } => {
                     let mark = tx.batch.len();
                     let r = if trusted.is_cancelled() {
-                        Ok(false)
+                        Ok(DeliveryOutcome::Untrusted)
                     } else {
-                        tx.delivered(message_id, &principal).map(|()| true)
+                        tx.delivered(message_id, &principal)
                     };
                     if let Err(e) = &r {
                         tracing::warn!(error = %e, "recording a delivery failed");
                     }
                     let wrote = tx.batch.len() > mark;
-                    pending.push(Pending::Delivered(reply, r, wrote));
+                    pending.push(Pending::Delivered(reply, r, wrote, Some(handoff)));
                 }
                 Job::Reject { principal, reason, message_id, digest } => {
                     tx.reject(&principal, reason, message_id, digest)
@@ -436,6 +457,14 @@ impl Core {
                     Ok(()) => {
                         self.frontier = state.frontier;
                         self.counters.extend(state.counters);
+                        // Deliveries first, then what the batch announces.
+                        for p in &mut pending {
+                            if let Pending::Delivered(_, Ok(DeliveryOutcome::Sent), _, handoff) = p
+                                && let Some(send) = handoff.take()
+                            {
+                                send();
+                            }
+                        }
                         for effect in state.effects {
                             match effect {
                                 Effect::Message(a, s) => self.deps.hub.message_durable(&a, s),
@@ -475,8 +504,14 @@ impl Core {
                 Pending::Unit(reply, r, wrote) => {
                     let _ = reply.send(settle(r, wrote, &failed));
                 }
-                Pending::Delivered(reply, r, wrote) => {
-                    let _ = reply.send(settle(r, wrote, &failed));
+                Pending::Delivered(reply, r, wrote, _handoff) => {
+                    // A failed batch drops the handoff unsent (the delivery
+                    // happens again on the next subscription).
+                    let r = match (failed.is_some(), r) {
+                        (true, Ok(DeliveryOutcome::Sent)) => Err(failed.clone().unwrap_or(BrokerError::StorageFailed)),
+                        (_, r) => settle(r, wrote, &failed),
+                    };
+                    let _ = reply.send(r);
                 }
                 Pending::Barrier(reply) => {
                     let _ = reply.send(());
@@ -862,18 +897,24 @@ impl<'a> Tx<'a> {
         }
     }
 
-    fn delivered(&mut self, id: MessageId, principal: &str) -> Result<(), BrokerError> {
+    /// Records that `principal` is sent message `id`, if the message is
+    /// still waiting in this writer's view (which includes the batch being
+    /// built); a redelivery to the same principal records nothing new.
+    fn delivered(&mut self, id: MessageId, principal: &str) -> Result<DeliveryOutcome, BrokerError> {
         let existing = self.message(&id);
         let Some(mut rec) = self.keep(existing)? else {
-            return Ok(());
+            return Ok(DeliveryOutcome::NotWaiting);
         };
+        if rec.state != MessageState::Pending {
+            return Ok(DeliveryOutcome::NotWaiting);
+        }
         let key = keys::delivery(&id, principal);
         if self.deliveries.contains(&key) {
-            return Ok(());
+            return Ok(DeliveryOutcome::Sent);
         }
         let seen = self.store().get(Table::Deliveries, &key);
         if self.keep(seen)?.is_some() {
-            return Ok(());
+            return Ok(DeliveryOutcome::Sent);
         }
         self.deliveries.insert(key.clone());
         metrics::counter!(crate::metrics::DELIVERIES).increment(1);
@@ -890,7 +931,7 @@ impl<'a> Tx<'a> {
             self.keep(r)?;
         }
         self.messages.insert(id, rec);
-        Ok(())
+        Ok(DeliveryOutcome::Sent)
     }
 
     fn deadline(&mut self, key: &[u8]) -> Result<(), BrokerError> {

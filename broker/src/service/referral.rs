@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use super::streams::{BoundedStream, Producer, bounded};
 use crate::authz::{self, Rpc};
+use crate::commit::DeliveryOutcome;
 use crate::error::BrokerError;
 use crate::hub::HubEvent;
 use crate::refusals::{self, Evidence};
@@ -301,7 +302,7 @@ async fn run_subscriber(
                 let id = MessageId::from_bytes(&v).map_err(|_| BrokerError::StorageCorrupt)?;
                 // Room first, then the state: a message settled while this
                 // stream waited for room is never sent afterwards.
-                let Ok(permit) = out.reserve().await else {
+                let Ok(permit) = out.reserve_owned().await else {
                     return Ok(());
                 };
                 if let Err(why) = still_trusted(&state, &conn) {
@@ -309,14 +310,23 @@ async fn run_subscriber(
                     return Ok(());
                 }
                 if let Some(d) = delivery(&state, &id, seq, &me)? {
-                    // Durable first: the Delivered entry (and the sender's
-                    // DELIVERED receipt) before the delivery itself.
-                    if !state.committer.delivered(id, me.clone(), conn.ended_token()).await? {
-                        out.end(conn.check().err().unwrap_or(BrokerError::Revoked).into());
-                        return Ok(());
+                    // The single writer decides, against the state that
+                    // settles messages: it records the Delivered entry (and
+                    // the sender's DELIVERED receipt) durably and then puts
+                    // the delivery into this stream, before it announces
+                    // anything later, or it answers that the message was
+                    // settled first and nothing is sent.
+                    let send: crate::commit::Handoff = Box::new(move || {
+                        let _ = permit.send(alert(pb::alert::Event::Delivery(d)));
+                    });
+                    match state.committer.delivered(id, me.clone(), conn.ended_token(), send).await? {
+                        DeliveryOutcome::Sent => heartbeat.reset(),
+                        DeliveryOutcome::NotWaiting => {}
+                        DeliveryOutcome::Untrusted => {
+                            out.end(conn.check().err().unwrap_or(BrokerError::Revoked).into());
+                            return Ok(());
+                        }
                     }
-                    permit.send(alert(pb::alert::Event::Delivery(d)));
-                    heartbeat.reset();
                 }
                 cursor = seq;
             }

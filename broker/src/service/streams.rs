@@ -74,6 +74,19 @@ impl<T> Producer<T> {
         }
     }
 
+    /// [`Producer::reserve`], with a permit that owns its place in the
+    /// stream, so that another thread (the committer) can fill it.
+    pub async fn reserve_owned(&self) -> Result<mpsc::OwnedPermit<T>, Stop> {
+        match tokio::time::timeout(self.stall, self.tx.clone().reserve_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Stop::Closed),
+            Err(_) => {
+                self.end(BrokerError::SubscriberStalled(self.stall.as_secs()).into());
+                Err(Stop::Stalled)
+            }
+        }
+    }
+
     /// Ends the stream with `status` once buffered items are read.
     pub fn end(&self, status: Status) {
         *self.ending.lock().expect("stream lock") = Some(status);

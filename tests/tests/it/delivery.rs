@@ -253,3 +253,152 @@ async fn idle_streams_get_heartbeats() {
         }
     }
 }
+
+/// What one observing stream saw, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Delivery(MessageId),
+    Settled(MessageId),
+}
+
+/// Reads a raw Subscribe stream until it has seen `n` settlements.
+async fn observe(mut stream: tonic::Streaming<pb::Alert>, n: usize) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut settled = 0;
+    while settled < n {
+        let alert = stream.message().await.expect("stream open").expect("stream not ended");
+        match alert.event {
+            Some(pb::alert::Event::Delivery(d)) => {
+                let header = d.envelope.unwrap().header.unwrap();
+                seen.push(Seen::Delivery(MessageId::from_bytes(&header.message_id).unwrap()));
+            }
+            Some(pb::alert::Event::Settled(s)) => {
+                seen.push(Seen::Settled(MessageId::from_bytes(&s.message_id).unwrap()));
+                settled += 1;
+            }
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Acks race deliveries: while referrals arrive, an on-call device acks
+/// each one the moment it is accepted, and three streams of the agency
+/// (two on-call devices and the case system, each on its own connection)
+/// are being sent the same referrals. On no stream may a referral arrive
+/// after its settlement: the single writer decides each delivery against
+/// the state that settles it, and puts it into the stream before it
+/// announces anything later.
+#[tokio::test]
+async fn acks_racing_deliveries_never_leave_an_alert_after_its_settlement() {
+    const N: usize = 60;
+    let h = Harness::start_with(Options {
+        tweak: Box::new(|c| {
+            c.limits.submit_rate_per_second = 10_000;
+            c.limits.submit_burst = 10_000;
+            c.limits.max_in_flight_per_principal = 256;
+        }),
+        ..Options::default()
+    })
+    .await;
+    let social = AgencyId::new(SOCIAL).unwrap();
+    let mut observers = Vec::new();
+    for name in [SOCIAL_ONCALL, SOCIAL_ONCALL, SOCIAL_SYSTEM] {
+        let client = h.client(name).await;
+        let mut stream = client.broker().subscribe(pb::SubscribeRequest {}).await.unwrap().into_inner();
+        // Up to the (empty) backlog's end, so the stream is live.
+        loop {
+            let a = stream.message().await.unwrap().unwrap();
+            if matches!(a.event, Some(pb::alert::Event::CaughtUp(_))) {
+                break;
+            }
+        }
+        observers.push(tokio::spawn(async move {
+            let _keep = client;
+            observe(stream, N).await
+        }));
+    }
+
+    // The acker acks each referral the moment the sender holds its
+    // receipt, racing the broker's deliveries of it to the observers.
+    let acker = std::sync::Arc::new(h.client(SOCIAL_ONCALL).await);
+    let (to_ack, mut acks_due) = tokio::sync::mpsc::unbounded_channel::<(MessageId, referral_proto::Digest)>();
+    let acking = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        while let Some((id, digest)) = acks_due.recv().await {
+            let acker = acker.clone();
+            acks.push(tokio::spawn(async move { acker.ack_digest(id, digest, "jour-1").await.unwrap() }));
+        }
+        assert_eq!(acks.len(), N);
+        for a in acks {
+            a.await.unwrap();
+        }
+    });
+
+    // Referrals from four police connections at once.
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let police = h.client(POLICE_SYSTEM).await;
+        let social = social.clone();
+        let to_ack = to_ack.clone();
+        senders.push(tokio::spawn(async move {
+            for _ in 0..N / 4 {
+                let sent = police.send(&social, &example_notice()).await.unwrap();
+                to_ack.send((sent.message_id, sent.envelope_digest)).unwrap();
+            }
+        }));
+    }
+    drop(to_ack);
+    let everything = async {
+        for s in senders {
+            s.await.unwrap();
+        }
+        acking.await.unwrap();
+        let mut seen = Vec::new();
+        for o in observers {
+            seen.push(o.await.unwrap());
+        }
+        seen
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(60), everything).await.expect("the race ends in time");
+    let mut deliveries = 0;
+    for (i, stream) in seen.iter().enumerate() {
+        let mut settled = std::collections::HashSet::new();
+        for event in stream {
+            match *event {
+                Seen::Settled(id) => assert!(settled.insert(id), "stream {i}: {id} settled twice"),
+                Seen::Delivery(id) => {
+                    deliveries += 1;
+                    assert!(!settled.contains(&id), "stream {i}: {id} was delivered after its settlement: {stream:?}");
+                }
+            }
+        }
+        assert_eq!(settled.len(), N, "stream {i} saw every settlement");
+    }
+    // The race was real: the observers were sent some referrals (not
+    // every one: those acknowledged first are rightly never sent).
+    assert!(deliveries > 0, "no referral reached an observer");
+
+    // And the writer's own record agrees: no Delivered entry follows the
+    // Acknowledged entry of its message (a delivery decided on a stale
+    // view would be recorded, and sent, after the settlement).
+    let mut acked_at = std::collections::HashMap::new();
+    let mut late = Vec::new();
+    for (index, entry) in crate::support::audit_entries(&h).await.into_iter().enumerate() {
+        match entry.event {
+            Some(pb::audit_entry::Event::Acknowledged(a)) => {
+                let statement = a.ack.unwrap().statement.unwrap();
+                acked_at.insert(MessageId::from_bytes(&statement.message_id).unwrap(), index);
+            }
+            Some(pb::audit_entry::Event::Delivered(d)) => {
+                let id = MessageId::from_bytes(&d.message_id).unwrap();
+                if acked_at.contains_key(&id) {
+                    late.push((id, d.principal));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(acked_at.len(), N);
+    assert!(late.is_empty(), "delivered after their acknowledgement: {late:?}");
+}
