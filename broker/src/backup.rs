@@ -52,11 +52,10 @@ pub fn create_target(to: &Path) -> Result<(), BackupError> {
     if std::fs::symlink_metadata(to).is_ok() {
         return Err(BackupError::TargetExists(to.display().to_string()));
     }
-    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
+    let parent = to.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        // Missing parents the project's one durable way (each synced in its own parent).
+        certs::durable_file::create_dir_all_mode(parent, 0o700)
             .map_err(|e| err(format!("cannot create the parent folder: {e}")))?;
     }
     match std::fs::DirBuilder::new().mode(0o700).create(to) {
@@ -68,7 +67,12 @@ pub fn create_target(to: &Path) -> Result<(), BackupError> {
     }
     // The mode given to mkdir is masked by the umask; set it outright.
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| err(format!("cannot set mode 0700: {e}")))
+        .map_err(|e| err(format!("cannot set mode 0700: {e}")))?;
+    match parent {
+        Some(parent) => certs::durable_file::sync_dir(parent),
+        None => Ok(()),
+    }
+    .map_err(|e| err(format!("cannot sync the parent folder: {e}")))
 }
 
 /// Sets every folder under `dir` (and `dir`) to 0700 and every file to
