@@ -74,6 +74,8 @@ pub async fn fill(config: &Config, count: u64, sealer: Arc<Sealer>) -> anyhow::R
             unacked_retention_ms: config.unacked_retention_ms,
             acked_retention_ms: config.acked_retention_ms,
         },
+        deadline_tick: config.deadline_tick,
+        rejections: Default::default(),
     })?;
     let base = sealer.seal_domain()?;
     let principal = sealer.principal_uri();

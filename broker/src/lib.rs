@@ -8,12 +8,15 @@
 //! - [`tls`]: the mTLS listener (rustls, CRLs, reload) and [`identity`]: certificate to principal.
 //! - [`authz`]: the role x RPC matrix and routing policy, in one place.
 //! - [`service`]: the gRPC handlers (`ReferralBroker`, `Auditor`) and bounded streams.
-//! - [`commit`]: the single writer: group commit of submits, acks, deliveries,
-//!   deadlines, with their audit entries and receipts.
-//! - [`store`]: the storage trait, key layout and records; [`store::sled_store`] is the only sled code.
+//! - [`ledger`]: the message lifecycle as pure transitions (reads in, writes, effects and answers out).
+//! - [`commit`]: the single writer: runs each batch of jobs and due deadlines through the ledger,
+//!   commits it durably once, then publishes its effects and answers.
+//! - [`store`]: the storage trait and [`store::tables`], the one place each record kind is encoded,
+//!   decoded and read (durable reads through a watermark); [`store::sled_store`] is the only sled code.
 //! - [`hub`]: wakes subscribers after commits; no payloads, no queues.
-//! - [`tasks`]: deadline scheduler, tree head signer, reloader.
-//! - [`audit`]: audit entries, the store-backed Merkle node source, tree heads.
+//! - [`tasks`]: tree head signer, reloader.
+//! - [`audit`]: the audit log type (append, restore, checkpoint), the store-backed Merkle node
+//!   source, tree heads.
 //! - [`refusals`]: how a refusal is answered, counted and logged (one by one when signed,
 //!   else summarised per interval).
 //! - [`error`]: every broker error and its single mapping to a gRPC status.
@@ -31,7 +34,7 @@ pub mod admin;
 pub mod audit;
 pub mod authz;
 pub mod backup;
-pub mod checkpoint;
+pub use audit::checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod commit;
@@ -44,6 +47,7 @@ pub mod error;
 pub mod health;
 pub mod hub;
 pub mod identity;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod refusals;

@@ -92,20 +92,74 @@ impl RejectionCounter {
     }
 }
 
-/// Answers a refusal of `principal`'s request: traced, counted in the
-/// metrics, and logged or summarised by its `evidence`. The one place a
-/// refusal after authorization is recorded.
-pub async fn refuse(state: &BrokerState, principal: &Principal, e: BrokerError, evidence: Evidence) -> Status {
-    let reason = e.reason();
-    tracing::info!(principal = %principal, reason, "request rejected");
-    crate::metrics::rejected(reason);
-    match evidence {
-        Evidence::Signed { message_id, digest } => {
-            state.committer.reject(principal.uri(), reason, Some(message_id), Some(digest)).await;
-        }
-        Evidence::Unsigned => state.rejections.count(&principal.uri(), reason, state.clock.now()),
+/// A refused request: the error (its reason code and gRPC status), who
+/// made it and what it proved. Every refusal after authorization, whether
+/// the service or the ledger decides it, is this value, and is recorded by
+/// [`Refusal::entry`] (its audit entry, written by the ledger when the
+/// evidence is signed) and [`RejectionCounter::record`] (traced, counted in
+/// the metrics and, unsigned, in the summaries), and answered by
+/// [`Refusal::status`].
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub principal: String,
+    pub error: BrokerError,
+    pub evidence: Evidence,
+}
+
+impl Refusal {
+    pub fn new(principal: impl Into<String>, error: BrokerError, evidence: Evidence) -> Self {
+        Self { principal: principal.into(), error, evidence }
     }
-    e.into()
+
+    pub fn reason(&self) -> &'static str {
+        self.error.reason()
+    }
+
+    /// The audit entry that records this refusal one by one: only for a
+    /// request whose agency signature verified (see the module's note).
+    pub fn entry(&self) -> Option<pb::Rejected> {
+        match self.evidence {
+            Evidence::Signed { message_id, digest } => Some(pb::Rejected {
+                principal: self.principal.clone(),
+                reason: self.reason().to_owned(),
+                message_id: message_id.as_bytes().to_vec(),
+                envelope_digest: digest.0.to_vec(),
+            }),
+            Evidence::Unsigned => None,
+        }
+    }
+
+    /// The answer the caller gets: the status with the reason code.
+    pub fn status(&self) -> Status {
+        self.error.clone().into()
+    }
+}
+
+impl RejectionCounter {
+    /// Records a refusal once it is final (a signed one once its audit
+    /// entry is durable): traced, counted in the metrics, and counted for
+    /// the summaries when it is not logged one by one.
+    pub fn record(&self, refusal: &Refusal, now: Timestamp) {
+        let reason = refusal.reason();
+        tracing::info!(principal = %refusal.principal, reason, "request rejected");
+        crate::metrics::rejected(reason);
+        if refusal.evidence == Evidence::Unsigned {
+            self.count(&refusal.principal, reason, now);
+        }
+    }
+}
+
+/// Answers a refusal the service decided: an unsigned one is recorded now;
+/// a signed one goes to the ledger, which logs its entry, and is recorded
+/// by the committer once that entry is durable.
+pub async fn refuse(state: &BrokerState, principal: &Principal, e: BrokerError, evidence: Evidence) -> Status {
+    let refusal = Refusal::new(principal.uri(), e, evidence);
+    let status = refusal.status();
+    match evidence {
+        Evidence::Signed { .. } => state.committer.reject(refusal).await,
+        Evidence::Unsigned => state.rejections.record(&refusal, state.clock.now()),
+    }
+    status
 }
 
 /// Logs the summaries of the interval now closing, durably, before it

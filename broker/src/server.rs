@@ -118,7 +118,7 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     pub state: Arc<BrokerState>,
     server: tokio::task::JoinHandle<Result<(), String>>,
-    committer: std::thread::JoinHandle<()>,
+    committer: commit::CommitterThread,
 }
 
 /// Options that differ between the binary and tests.
@@ -174,6 +174,7 @@ pub async fn start_wrapped(
         StartError::Store(crate::store::StoreError::Refused { path: config.data_dir.display().to_string(), message })
     })?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
+    let rejections = Arc::new(crate::refusals::RejectionCounter::default());
     let (committer, committer_thread) = commit::start(CommitterDeps {
         store: store.clone(),
         hub: hub.clone(),
@@ -189,6 +190,8 @@ pub async fn start_wrapped(
             unacked_retention_ms: config.unacked_retention_ms,
             acked_retention_ms: config.acked_retention_ms,
         },
+        deadline_tick: config.deadline_tick,
+        rejections: rejections.clone(),
     })?;
     let trust_domain = directory.current().directory.trust_domain.clone();
     let accept_stats = Arc::new(AcceptStats::default());
@@ -206,17 +209,17 @@ pub async fn start_wrapped(
         trust_domain: trust_domain.clone(),
         accept_stats: accept_stats.clone(),
         health: Default::default(),
-        rejections: Default::default(),
+        rejections,
         connections: Default::default(),
         shutdown: shutdown.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
         config,
     });
 
     state.committer.meta(crate::store::keys::meta::DIRECTORY_VERSION, directory_version.to_be_bytes().to_vec()).await;
-    tokio::spawn(tasks::deadlines(state.clone()));
-    tokio::spawn(tasks::tree_heads(state.clone()));
-    tokio::spawn(tasks::reloader(state.clone(), opts.sighup));
-    tokio::spawn(crate::refusals::summariser(state.clone()));
+    state.tasks.spawn(tasks::tree_heads(state.clone()));
+    state.tasks.spawn(tasks::reloader(state.clone(), opts.sighup));
+    state.tasks.spawn(crate::refusals::summariser(state.clone()));
 
     let incoming = accept_loop(
         listener,
@@ -248,7 +251,7 @@ pub async fn start_wrapped(
     for service in crate::health::SERVICES {
         health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
     }
-    tokio::spawn(crate::health::run(state.clone(), health_reporter, state.config.health_interval));
+    state.tasks.spawn(crate::health::run(state.clone(), health_reporter, state.config.health_interval));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(referral_proto::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -266,7 +269,7 @@ pub async fn start_wrapped(
                 .await
                 .map_err(|e| StartError::Serve(format!("cannot listen on {addr} for the admin endpoint: {e}")))?;
             let bound = l.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
-            tokio::spawn(crate::admin::serve(l, state.clone(), token));
+            state.tasks.spawn(crate::admin::serve(l, state.clone(), token));
             Some(bound)
         }
         _ => None,
@@ -303,6 +306,9 @@ pub async fn start_wrapped(
     Ok(Running { addr, admin_addr, state, server, committer: committer_thread })
 }
 
+/// How long shutdown waits for streams and background tasks to end.
+const TASKS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Running {
     /// Waits for the server to stop (after `shutdown` is cancelled), then
     /// lets the committer finish every queued job and flush.
@@ -312,22 +318,21 @@ impl Running {
         crate::refusals::close_interval(&self.state).await;
         self.state.committer.barrier().await;
         // Background tasks and streams hold the state; they all end on the
-        // shutdown signal. Wait for them, so that the store is closed (and
-        // its lock released) when this returns.
+        // shutdown signal and are tracked. Wait for them, then stop the
+        // committer, so that the store is closed (and its lock released)
+        // when this returns.
+        let tasks = self.state.tasks.clone();
+        tasks.close();
+        if tokio::time::timeout(TASKS_GRACE, tasks.wait()).await.is_err() {
+            tracing::warn!(left = tasks.len(), "some tasks did not end within {TASKS_GRACE:?} of the shutdown");
+        }
         let weak = Arc::downgrade(&self.state);
         drop(self.state);
-        for _ in 0..1000 {
-            if weak.strong_count() == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        if weak.strong_count() != 0 {
-            tracing::warn!("some tasks still hold the broker state after shutdown");
-        }
-        // The committer thread ends once the last handle is gone.
         let t = self.committer;
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        let _ = tokio::task::spawn_blocking(move || t.stop_and_join()).await;
+        if weak.strong_count() != 0 {
+            tracing::warn!("something still holds the broker state after shutdown");
+        }
         served.map_err(StartError::Serve)
     }
 }

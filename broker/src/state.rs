@@ -41,10 +41,12 @@ pub struct BrokerState {
     pub accept_stats: Arc<AcceptStats>,
     pub health: crate::health::Health,
     /// Unsigned refusals counted for the next rejection summaries.
-    pub rejections: crate::refusals::RejectionCounter,
+    pub rejections: Arc<crate::refusals::RejectionCounter>,
     /// Every live connection, judged again after each reload.
     pub connections: Arc<crate::trust::Registry>,
     pub shutdown: CancellationToken,
+    /// Every task that holds this state (background tasks, streams): shutdown waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl BrokerState {

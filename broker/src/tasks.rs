@@ -1,6 +1,6 @@
-//! Background tasks: the deadline scheduler (escalation, expiry, purge),
-//! the periodic tree head signer, and the reloader of TLS files and the
-//! directory (on SIGHUP and when the files change).
+//! Background tasks: the periodic tree head signer and the reloader of TLS
+//! files and the directory (on SIGHUP and when the files change). Deadlines
+//! are run by the committer ([`crate::commit`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,38 +8,6 @@ use std::time::{Duration, SystemTime};
 use referral_proto::receipt::SignedTreeHead;
 
 use crate::state::BrokerState;
-use crate::store::{Table, keys};
-
-/// Deadlines carried out per scan before looking again.
-const DEADLINE_PAGE: usize = 256;
-
-/// Carries out every stored deadline that has passed, then sleeps a tick.
-/// Deadlines are stored with the messages, so they survive a restart.
-pub async fn deadlines(state: Arc<BrokerState>) {
-    loop {
-        let now = state.clock.now();
-        let due = match state.store.range(Table::Deadlines, &[], &keys::deadline_upper(now.0), DEADLINE_PAGE) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "reading deadlines failed");
-                Vec::new()
-            }
-        };
-        for (key, _) in &due {
-            if let Err(e) = state.committer.deadline(key.clone()).await {
-                tracing::error!(error = %e, "carrying out a deadline failed");
-                break;
-            }
-        }
-        if due.len() == DEADLINE_PAGE {
-            continue;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(state.config.deadline_tick) => {}
-            _ = state.shutdown.cancelled() => return,
-        }
-    }
-}
 
 /// Signs a tree head whenever the log has grown, at most once an interval,
 /// and persists it.

@@ -77,7 +77,7 @@ impl Auditor for AuditorService {
         let permit = self.state.limiter.stream(&identity.principal.uri())?;
         let (out, stream) = bounded(REPLAY_PAGE, self.state.config.stall_timeout);
         let state = self.state.clone();
-        tokio::spawn(async move {
+        self.state.tasks.spawn(async move {
             let _permit = permit;
             let mut next = r.from;
             while next < to {

@@ -19,10 +19,10 @@ use crate::authz::{self, Rpc};
 use crate::commit::DeliveryOutcome;
 use crate::error::BrokerError;
 use crate::hub::HubEvent;
-use crate::refusals::{self, Evidence};
+use crate::refusals::{self, Evidence, Refusal};
 use crate::state::BrokerState;
-use crate::store::records::{self, FeedEntry, MessageRecord, MessageState};
-use crate::store::{Table, keys};
+use crate::store::records::{MessageRecord, MessageState};
+use crate::store::tables::{Durable, Tables};
 use crate::trust::Connection;
 
 /// Most message ids in one GetReceipts call.
@@ -108,10 +108,10 @@ impl ReferralService {
             // receipt once the clock or the directory would refuse it afresh
             // (equal digests mean equal bytes, verified the first time). The
             // committer decides, so that it sees only durable state.
-            Err((e, evidence)) => match state.committer.submit_if_duplicate(envelope, principal.uri(), e).await {
-                Ok(o) => o,
-                Err(e) => return Err(self.rejected(principal, e, evidence).await),
-            },
+            // A refusal is recorded by the ledger, which decides it.
+            Err((e, evidence)) => {
+                state.committer.submit_if_duplicate(envelope, Refusal::new(principal.uri(), e, evidence)).await?
+            }
         };
         tracing::debug!(duplicate = outcome.duplicate, "accepted");
         let outcome_label = if outcome.duplicate { "duplicate" } else { "accepted" };
@@ -164,57 +164,23 @@ impl ReferralService {
     }
 }
 
-fn message_record(state: &BrokerState, id: &MessageId) -> Result<Option<MessageRecord>, BrokerError> {
-    match state.store.get(Table::Messages, &keys::message(id))? {
-        None => Ok(None),
-        Some(b) => Ok(Some(records::decode("message", &b)?)),
-    }
-}
-
-/// The durable prefix of a message's receipts (stored, unsigned): those
-/// whose audit entry (`log_index`) lies below `durable_size`, the size of
-/// the log the hub announced after its last durable commit. Receipts of a
-/// message are issued in log order, so the first one that is not durable
-/// ends the prefix.
-pub fn durable_prefix(receipts: impl IntoIterator<Item = pb::Receipt>, durable_size: u64) -> Vec<pb::Receipt> {
-    receipts.into_iter().take_while(|r| r.statement.as_ref().is_some_and(|s| s.log_index < durable_size)).collect()
+/// The durable view of the store: only what a durable commit made visible.
+fn durable(state: &BrokerState) -> Durable<'_> {
+    Durable::new(&*state.store, state.hub.tree.borrow().0)
 }
 
 /// A message's record and its durable receipts; None when the message is
-/// unknown or not yet durable.
-///
-/// The store shows a batch's writes before its flush and fsync, and a
-/// failed commit takes them back; an answer built from them could promise
-/// what the broker then loses (a signed ACKNOWLEDGED for an ack never
-/// stored). Every receipt cites its audit entry, and the hub announces the
-/// log's size only after a commit is durable, so this reads that size
-/// first and keeps only receipts below it: a receipt written after the
-/// size was read, or by a batch that later failed, can never pass.
+/// unknown or not yet durable (see [`Durable::message`]).
 pub fn durable_receipts(
     state: &BrokerState,
     id: &MessageId,
 ) -> Result<Option<(MessageRecord, Vec<pb::Receipt>)>, BrokerError> {
-    let durable_size = state.hub.tree.borrow().0;
-    let Some(rec) = message_record(state, id)? else {
-        return Ok(None);
-    };
-    let mut stored = Vec::with_capacity(usize::from(rec.receipt_count));
-    for n in 0..rec.receipt_count {
-        let bytes = state.store.get(Table::Receipts, &keys::receipt(id, n))?.ok_or(BrokerError::StorageCorrupt)?;
-        stored.push(pb::Receipt::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)?);
-    }
-    let durable = durable_prefix(stored, durable_size);
-    // No durable ACCEPTED receipt: the message itself is not durable yet.
-    if durable.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some((rec, durable)))
+    Ok(durable(state).message(id)?)
 }
 
 /// A stored receipt, signed for sending.
 fn receipt(state: &BrokerState, id: &MessageId, n: u8) -> Result<pb::Receipt, BrokerError> {
-    let bytes = state.store.get(Table::Receipts, &keys::receipt(id, n))?.ok_or(BrokerError::StorageCorrupt)?;
-    signed(state, pb::Receipt::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)?)
+    signed(state, Tables(&*state.store).receipt(id, n)?.ok_or(BrokerError::StorageCorrupt)?)
 }
 
 /// Signs a receipt the committer stored unsigned.
@@ -231,23 +197,22 @@ fn delivery(
     seq: u64,
     principal: &str,
 ) -> Result<Option<pb::Delivery>, BrokerError> {
-    let Some(rec) = message_record(state, id)? else {
+    let tables = Tables(&*state.store);
+    let Some(rec) = tables.message(id)? else {
         return Ok(None);
     };
     if !matches!(rec.state, MessageState::Pending) {
         return Ok(None);
     }
-    let Some(bytes) = state.store.get(Table::Envelopes, &keys::message(id))? else {
+    let Some(envelope) = tables.envelope(id)? else {
         return Ok(None);
     };
-    let envelope = pb::Envelope::decode(bytes.as_slice()).map_err(|_| BrokerError::StorageCorrupt)?;
-    let redelivery = state.store.get(Table::Deliveries, &keys::delivery(id, principal))?.is_some();
     Ok(Some(pb::Delivery {
         envelope: Some(envelope),
         envelope_digest: rec.envelope_digest.to_vec(),
         sequence: seq,
         ack_deadline_ms: rec.ack_deadline_ms,
-        redelivery,
+        redelivery: tables.delivered_to(id, principal)?,
         escalated: rec.escalated,
     }))
 }
@@ -287,19 +252,12 @@ async fn run_subscriber(
     loop {
         let watermark = *seq_rx.borrow_and_update();
         while cursor < watermark {
-            let page = state.store.range(
-                Table::Queue,
-                &keys::queue(&agency, cursor + 1),
-                &keys::queue(&agency, watermark + 1),
-                PAGE,
-            )?;
+            let page = Tables(&*state.store).queue(&agency, cursor + 1, watermark + 1, PAGE)?;
             if page.is_empty() {
                 cursor = watermark;
                 break;
             }
-            for (k, v) in page {
-                let seq = keys::queue_seq(&k).ok_or(BrokerError::StorageCorrupt)?;
-                let id = MessageId::from_bytes(&v).map_err(|_| BrokerError::StorageCorrupt)?;
+            for (seq, id) in page {
                 // Room first, then the state: a message settled while this
                 // stream waited for room is never sent afterwards.
                 let Ok(permit) = out.reserve_owned().await else {
@@ -397,12 +355,7 @@ async fn run_receipts(
     loop {
         let newest = *cursor_rx.borrow_and_update();
         while cursor < newest {
-            let page = state.store.range(
-                Table::ReceiptFeed,
-                &keys::receipt_feed(&sender, cursor + 1),
-                &keys::receipt_feed(&sender, newest + 1),
-                PAGE,
-            )?;
+            let page = Tables(&*state.store).feed(&sender, cursor + 1, newest + 1, PAGE)?;
             if page.is_empty() {
                 cursor = newest;
                 break;
@@ -411,9 +364,7 @@ async fn run_receipts(
                 out.end(why.into());
                 return Ok(());
             }
-            for (k, v) in page {
-                let c = keys::queue_seq(&k).ok_or(BrokerError::StorageCorrupt)?;
-                let entry: FeedEntry = records::decode("feed", &v)?;
+            for (c, entry) in page {
                 let id = MessageId::from_bytes(&entry.message_id).map_err(|_| BrokerError::StorageCorrupt)?;
                 let r = receipt(&state, &id, entry.receipt)?;
                 if out.send(pb::ReceiptEvent { cursor: c, receipt: Some(r) }).await.is_err() {
@@ -437,15 +388,20 @@ async fn run_receipts(
     }
 }
 
-fn spawn_stream<T, F>(name: &'static str, principal: &Principal, out: Producer<T>, run: impl FnOnce(Producer<T>) -> F)
-where
+fn spawn_stream<T, F>(
+    tasks: &tokio_util::task::TaskTracker,
+    name: &'static str,
+    principal: &Principal,
+    out: Producer<T>,
+    run: impl FnOnce(Producer<T>) -> F,
+) where
     T: Send + 'static,
     F: std::future::Future<Output = Result<(), BrokerError>> + Send + 'static,
 {
     let span = tracing::info_span!("stream", rpc = name, principal = %principal);
     let ender = Producer::clone_ending(&out);
     let fut = run(out);
-    tokio::spawn(
+    tasks.spawn(
         async move {
             let _open = crate::metrics::Open::new(crate::metrics::STREAMS, name);
             if let Err(e) = fut.await {
@@ -492,7 +448,7 @@ impl ReferralBroker for ReferralService {
         let (out, stream) = bounded(self.state.config.subscriber_buffer, self.state.config.stall_timeout);
         tracing::info!(principal = %p, "subscribed");
         let state = self.state.clone();
-        spawn_stream("Subscribe", &p, out, move |out| async move {
+        spawn_stream(&self.state.tasks, "Subscribe", &p, out, move |out| async move {
             let _permit = permit;
             run_subscriber(state, conn, out).await
         });
@@ -553,7 +509,7 @@ impl ReferralBroker for ReferralService {
         let after = req.into_inner().after_cursor;
         let (out, stream) = bounded(self.state.config.subscriber_buffer, self.state.config.stall_timeout);
         let state = self.state.clone();
-        spawn_stream("WatchReceipts", &p, out, move |out| async move {
+        spawn_stream(&self.state.tasks, "WatchReceipts", &p, out, move |out| async move {
             let _permit = permit;
             run_receipts(state, conn, after, out).await
         });
@@ -566,28 +522,5 @@ impl ReferralBroker for ReferralService {
     ) -> Result<Response<pb::SignedDirectory>, Status> {
         self.state.authorize(&req, Rpc::GetDirectory)?;
         Ok(Response::new(self.state.directory.current().signed.to_pb()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn receipt(log_index: u64) -> pb::Receipt {
-        pb::Receipt { statement: Some(pb::ReceiptStatement { log_index, ..Default::default() }), ..Default::default() }
-    }
-
-    #[test]
-    fn only_receipts_below_the_durable_log_size_are_shown() {
-        let stored = || vec![receipt(3), receipt(7), receipt(9)];
-        let indexes =
-            |v: Vec<pb::Receipt>| v.iter().map(|r| r.statement.as_ref().unwrap().log_index).collect::<Vec<_>>();
-        assert_eq!(indexes(durable_prefix(stored(), 3)), Vec::<u64>::new());
-        assert_eq!(indexes(durable_prefix(stored(), 4)), vec![3]);
-        assert_eq!(indexes(durable_prefix(stored(), 9)), vec![3, 7]);
-        assert_eq!(indexes(durable_prefix(stored(), 10)), vec![3, 7, 9]);
-        // A receipt without a statement is never shown, nor anything after it.
-        let broken = vec![receipt(1), pb::Receipt::default(), receipt(2)];
-        assert_eq!(indexes(durable_prefix(broken, 100)), vec![1]);
     }
 }

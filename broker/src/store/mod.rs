@@ -1,8 +1,9 @@
 //! Durable state behind a trait: a handful of ordered key-value tables and
 //! one atomic, durable `commit` of a batch of writes.
 //!
-//! The delivery and audit code see only this trait, the key layout in
-//! [`keys`] and the versioned records in [`records`]. Only [`sled_store`]
+//! The delivery and audit code see only this trait and the typed access in
+//! [`tables`] (built on the key layout in [`keys`] and the versioned
+//! records in [`records`]). Only [`sled_store`]
 //! names sled; a replicated engine can implement [`Store`] later without
 //! touching anything above it.
 //!
@@ -11,8 +12,10 @@
 //! transactions or retries.
 
 pub mod keys;
+pub mod memory;
 pub mod records;
 pub mod sled_store;
+pub mod tables;
 
 use std::path::Path;
 

@@ -1,21 +1,87 @@
-//! Audit log entries as the committer writes them, the store-backed Merkle
-//! node source, and tree head signing.
+//! The audit log: one type, [`AuditLog`], that appends entries (with the
+//! Merkle nodes they complete), restores itself from the store, and reports
+//! its size and root for tree heads and the [`checkpoint`]; the
+//! store-backed Merkle node source for proofs; tree head signing.
 //!
 //! Entries carry metadata and digests only: never ciphertext, never
 //! plaintext. An entry is encoded once, here; the stored bytes are the
 //! Merkle leaf and are served verbatim.
+
+pub mod checkpoint;
 
 use std::sync::Arc;
 
 use referral_proto::Digest;
 use referral_proto::audit::{AUDIT_ENTRY_FORMAT_VERSION, encode_entry};
 use referral_proto::keys::SigningKey;
-use referral_proto::merkle::NodeSource;
+use referral_proto::merkle::{Frontier, NodeSource, leaf_hash};
 use referral_proto::pb;
 use referral_proto::receipt::{SignedTreeHead, TreeHead};
 use referral_proto::time::Timestamp;
 
-use crate::store::{Store, StoreError, Table, keys};
+use crate::store::keys::meta;
+use crate::store::tables::{Tables, Writes};
+use crate::store::{Store, StoreError};
+
+/// The audit log as its single writer sees it: the Merkle frontier of every
+/// entry so far. Appending encodes the entry and adds it, with the nodes
+/// it completes, to a batch of writes; the new state counts only once that
+/// batch is durable (the committer keeps a copy per batch and adopts it
+/// after the commit).
+#[derive(Debug, Clone, Default)]
+pub struct AuditLog {
+    frontier: Frontier,
+}
+
+impl AuditLog {
+    /// The log as the store holds it.
+    pub fn restore(store: &dyn Store) -> Result<Self, StoreError> {
+        let size = Tables(store).counter(meta::AUDIT_SIZE)?;
+        Ok(Self { frontier: Frontier::restore(&StoreNodes(store), size)? })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    pub fn root(&self) -> Digest {
+        self.frontier.root()
+    }
+
+    /// What the checkpoint file records of this log.
+    pub fn checkpoint(&self) -> checkpoint::Checkpoint {
+        checkpoint::Checkpoint { tree_size: self.size(), root: self.root() }
+    }
+
+    /// Appends the entry for `event` logged at `at`; returns its index.
+    pub fn append(&mut self, writes: &mut Writes, at: Timestamp, event: pb::audit_entry::Event) -> u64 {
+        let index = self.size();
+        self.append_bytes(writes, entry_bytes(index, at, event));
+        index
+    }
+
+    /// Appends an entry already encoded.
+    pub fn append_bytes(&mut self, writes: &mut Writes, bytes: Vec<u8>) {
+        let index = self.size();
+        for node in self.frontier.append(leaf_hash(&bytes)) {
+            if stores_level(node.level) {
+                writes.merkle_node(node.level, node.index, node.hash.0);
+            }
+        }
+        writes.audit_entry(index, bytes);
+    }
+
+    /// Records the log's size, once per batch that appended (start-up
+    /// restores the frontier from it).
+    pub fn record_size(&self, writes: &mut Writes) {
+        writes.audit_size(self.size());
+    }
+}
+
+/// The Merkle frontier of the log the store holds.
+pub fn restore_frontier(store: &dyn Store) -> Result<Frontier, StoreError> {
+    Ok(AuditLog::restore(store)?.frontier)
+}
 
 /// Encodes the entry at `index`.
 pub fn entry_bytes(index: u64, at: Timestamp, event: pb::audit_entry::Event) -> Vec<u8> {
@@ -57,9 +123,8 @@ impl NodeSource for StoreNodes<'_> {
             }
             return Ok(tree.root());
         }
-        let v = self
-            .0
-            .get(Table::MerkleNodes, &keys::merkle(level, index))?
+        let v = Tables(self.0)
+            .merkle_node(level, index)?
             .ok_or_else(|| StoreError::Corrupt(format!("Merkle node ({level}, {index}) is missing")))?;
         Digest::from_slice(&v)
             .ok_or_else(|| StoreError::Corrupt(format!("Merkle node ({level}, {index}) is not 32 bytes")))
@@ -84,12 +149,5 @@ impl TreeHeadSigner {
 
 /// Reads `count` entries from `from`.
 pub fn read_entries(store: &dyn Store, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let rows = store.range(Table::Audit, &keys::audit(from), &keys::audit(to), limit)?;
-    rows.into_iter()
-        .map(|(k, v)| {
-            let index =
-                u64::from_be_bytes(k.as_slice().try_into().map_err(|_| StoreError::Corrupt("audit key".into()))?);
-            Ok((index, v))
-        })
-        .collect()
+    Tables(store).audit_entries(from, to, limit)
 }
