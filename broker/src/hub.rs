@@ -48,14 +48,7 @@ pub struct Hub {
 }
 
 pub(crate) fn read_u64(store: &dyn Store, key: &[u8]) -> Result<u64, StoreError> {
-    match store.get(crate::store::Table::Meta, key)? {
-        None => Ok(0),
-        Some(v) => Ok(u64::from_be_bytes(
-            v.as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(format!("meta {:?} is not a u64", String::from_utf8_lossy(key))))?,
-        )),
-    }
+    crate::store::tables::Tables(store).counter(key)
 }
 
 impl Hub {

@@ -11,8 +11,8 @@ use referral_proto::receipt::SignedTreeHead;
 use referral_proto::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::store::records::{self, MessageRecord};
-use crate::store::{Store, StoreError, Table, keys};
+use crate::store::tables::Tables;
+use crate::store::{Store, StoreError, keys};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct QueueStatus {
@@ -41,22 +41,15 @@ pub struct TreeHeadStatus {
 }
 
 fn agencies_with(store: &dyn Store, prefix: &[u8]) -> Result<Vec<(AgencyId, u64)>, StoreError> {
-    let mut out = Vec::new();
-    for (k, v) in store.prefix(Table::Meta, prefix, usize::MAX)? {
-        let Ok(agency) = AgencyId::new(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) else { continue };
-        let n = u64::from_be_bytes(v.as_slice().try_into().map_err(|_| StoreError::Corrupt("meta counter".into()))?);
-        out.push((agency, n));
-    }
-    Ok(out)
+    Tables(store).counters_by_agency(prefix)
 }
 
 /// The oldest waiting message of `agency`: its accept time.
 pub fn oldest_pending(store: &dyn Store, agency: &AgencyId) -> Result<Option<Timestamp>, StoreError> {
-    let first = store.range(Table::Queue, &keys::queue(agency, 0), &keys::queue(agency, u64::MAX), 1)?;
+    let tables = Tables(store);
+    let first = tables.queue(agency, 0, u64::MAX, 1)?;
     let Some((_, id)) = first.first() else { return Ok(None) };
-    let Some(bytes) = store.get(Table::Messages, id)? else { return Ok(None) };
-    let rec: MessageRecord = records::decode("message", &bytes)?;
-    Ok(Some(Timestamp(rec.accepted_at_ms)))
+    Ok(tables.message(id)?.map(|rec| Timestamp(rec.accepted_at_ms)))
 }
 
 pub fn gather(store: &dyn Store, now: Timestamp) -> Result<Status, StoreError> {
@@ -73,7 +66,7 @@ pub fn gather(store: &dyn Store, now: Timestamp) -> Result<Status, StoreError> {
             },
         );
     }
-    let tree_head = match store.get(Table::Meta, keys::meta::TREE_HEAD)? {
+    let tree_head = match Tables(store).meta(keys::meta::TREE_HEAD)? {
         None => None,
         Some(b) => {
             let p: pb::SignedTreeHead =

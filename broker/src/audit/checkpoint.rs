@@ -176,24 +176,19 @@ fn remove_stale_temporaries(data_dir: &Path) {
 mod tests {
     use super::*;
     use crate::store::sled_store::SledStore;
-    use crate::store::{Batch, Table, keys};
+    use crate::store::tables::Writes;
 
     /// A store whose audit log has `n` entries, as the committer writes them.
     fn store_with_log(dir: &Path, n: u64) -> (SledStore, Checkpoint) {
         let store = SledStore::open(dir).unwrap();
-        let mut frontier = referral_proto::merkle::Frontier::default();
-        let mut batch = Batch::default();
+        let mut log = crate::audit::AuditLog::default();
+        let mut writes = Writes::default();
         for i in 0..n {
-            let bytes = format!("entry {i}").into_bytes();
-            for node in frontier.append(referral_proto::merkle::leaf_hash(&bytes)) {
-                batch.put(Table::MerkleNodes, keys::merkle(node.level, node.index), node.hash.0.to_vec());
-            }
-            batch.put(Table::Audit, keys::audit(i), bytes);
+            log.append_bytes(&mut writes, format!("entry {i}").into_bytes());
         }
-        batch.put(Table::Meta, keys::meta::AUDIT_SIZE.to_vec(), n.to_be_bytes().to_vec());
-        store.commit(&batch).unwrap();
-        let cp = Checkpoint { tree_size: frontier.size(), root: frontier.root() };
-        (store, cp)
+        log.record_size(&mut writes);
+        store.commit(&writes.into_batch()).unwrap();
+        (store, log.checkpoint())
     }
 
     /// What start-up does: verify, then open the writer (which rebuilds).

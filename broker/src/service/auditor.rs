@@ -15,8 +15,7 @@ use crate::audit::{StoreNodes, read_entries};
 use crate::authz::Rpc;
 use crate::error::BrokerError;
 use crate::state::BrokerState;
-use crate::store::records::{self, MessageRecord};
-use crate::store::{Table, keys};
+use crate::store::tables::Tables;
 
 const REPLAY_PAGE: usize = 512;
 
@@ -123,11 +122,7 @@ impl Auditor for AuditorService {
             Some(pb::inclusion_proof_request::Target::Index(i)) => i,
             Some(pb::inclusion_proof_request::Target::MessageId(raw)) => {
                 let id = MessageId::from_bytes(&raw).map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
-                let bytes = store
-                    .get(Table::Messages, &keys::message(&id))
-                    .map_err(BrokerError::from)?
-                    .ok_or(BrokerError::UnknownMessage(id))?;
-                let rec: MessageRecord = records::decode("message", &bytes).map_err(BrokerError::from)?;
+                let rec = Tables(store).message(&id).map_err(BrokerError::from)?.ok_or(BrokerError::UnknownMessage(id))?;
                 rec.submit_log_index
             }
             None => return Err(BrokerError::Missing("target (index or message_id)").into()),
@@ -145,8 +140,8 @@ impl Auditor for AuditorService {
                 self.size()
             )));
         }
-        let entry = store
-            .get(Table::Audit, &keys::audit(index))
+        let entry = Tables(store)
+            .audit_entry(index)
             .map_err(BrokerError::from)?
             .ok_or(BrokerError::StorageCorrupt)?;
         let path = inclusion_proof(&StoreNodes(store), index, size).map_err(BrokerError::from)?;
