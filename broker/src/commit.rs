@@ -311,7 +311,7 @@ enum Pending {
 impl Core {
     async fn run(&mut self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
         enum Wake {
-            Job(Job),
+            Job(Box<Job>),
             Tick,
             Stop,
         }
@@ -319,13 +319,13 @@ impl Core {
             let wait = self.until_next_deadline();
             let wake = tokio::select! {
                 biased;
-                job = rx.recv() => job.map_or(Wake::Stop, Wake::Job),
+                job = rx.recv() => job.map_or(Wake::Stop, |j| Wake::Job(Box::new(j))),
                 _ = stop.cancelled() => Wake::Stop,
                 _ = tokio::time::sleep(wait) => Wake::Tick,
             };
             let mut jobs = Vec::new();
             match wake {
-                Wake::Job(j) => jobs.push(j),
+                Wake::Job(j) => jobs.push(*j),
                 Wake::Tick => {}
                 Wake::Stop => break,
             }

@@ -121,7 +121,7 @@ pub struct Step<'a> {
 /// Why a command was not carried out.
 enum Failure {
     /// The request is refused (recorded as a refusal).
-    Refused(Refusal),
+    Refused(Box<Refusal>),
     /// Only this command fails (a record it needs is damaged).
     Broker(BrokerError),
     /// A read failed: the whole batch fails.
@@ -203,6 +203,7 @@ impl<'a> Step<'a> {
         match r {
             Ok(v) => Ok(v),
             Err(Failure::Refused(refusal)) => {
+                let refusal = *refusal;
                 if let Some(entry) = refusal.entry() {
                     self.log(Event::Rejected(entry));
                 }
@@ -262,7 +263,7 @@ impl<'a> Step<'a> {
 
     /// Logs a refusal the service decided on a signed request.
     pub fn refuse(&mut self, refusal: Refusal) {
-        let _ = self.answer::<()>(Err(Failure::Refused(refusal)));
+        let _ = self.answer::<()>(Err(Failure::Refused(Box::new(refusal))));
     }
 
     /// Logs the rejection summaries of a closed interval.
@@ -396,14 +397,18 @@ impl<'a> Step<'a> {
         }
         let signed = Evidence::Signed { message_id: id, digest };
         if let Some(r) = refused {
-            return Err(Failure::Refused(r));
+            return Err(Failure::Refused(Box::new(r)));
         }
         if existing.is_some() {
-            return Err(Failure::Refused(Refusal::new(principal, BrokerError::DuplicateConflict(id), signed)));
+            return Err(Failure::Refused(Box::new(Refusal::new(
+                principal,
+                BrokerError::DuplicateConflict(id),
+                signed,
+            ))));
         }
         let h = &envelope.header;
         if let Err(e) = self.key_valid_now("sender", &h.sender, &h.sender_key_id) {
-            return Err(Failure::Refused(Refusal::new(principal, e, signed)));
+            return Err(Failure::Refused(Box::new(Refusal::new(principal, e, signed))));
         }
         let seq = self.bump(meta::last_seq(&h.recipient), 1)?;
         let log_index = self.log(Event::Submitted(pb::Submitted {
@@ -453,11 +458,8 @@ impl<'a> Step<'a> {
         let id = s.message_id;
         let uri = principal.uri();
         let refuse = |e: BrokerError| {
-            Failure::Refused(Refusal::new(
-                uri.clone(),
-                e,
-                Evidence::Signed { message_id: id, digest: s.envelope_digest },
-            ))
+            let evidence = Evidence::Signed { message_id: id, digest: s.envelope_digest };
+            Failure::Refused(Box::new(Refusal::new(uri.clone(), e, evidence)))
         };
         let Some(mut rec) = self.message(&id)? else {
             return Err(refuse(BrokerError::UnknownMessage(id)));

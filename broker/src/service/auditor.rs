@@ -122,7 +122,8 @@ impl Auditor for AuditorService {
             Some(pb::inclusion_proof_request::Target::Index(i)) => i,
             Some(pb::inclusion_proof_request::Target::MessageId(raw)) => {
                 let id = MessageId::from_bytes(&raw).map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
-                let rec = Tables(store).message(&id).map_err(BrokerError::from)?.ok_or(BrokerError::UnknownMessage(id))?;
+                let rec =
+                    Tables(store).message(&id).map_err(BrokerError::from)?.ok_or(BrokerError::UnknownMessage(id))?;
                 rec.submit_log_index
             }
             None => return Err(BrokerError::Missing("target (index or message_id)").into()),
@@ -140,10 +141,7 @@ impl Auditor for AuditorService {
                 self.size()
             )));
         }
-        let entry = Tables(store)
-            .audit_entry(index)
-            .map_err(BrokerError::from)?
-            .ok_or(BrokerError::StorageCorrupt)?;
+        let entry = Tables(store).audit_entry(index).map_err(BrokerError::from)?.ok_or(BrokerError::StorageCorrupt)?;
         let path = inclusion_proof(&StoreNodes(store), index, size).map_err(BrokerError::from)?;
         Ok(Response::new(pb::InclusionProofResponse {
             entry: Some(pb::LogEntry { index, entry }),

@@ -8,9 +8,12 @@ use std::sync::Mutex;
 
 use super::{Batch, Entries, Op, Store, StoreError, Table};
 
+/// Every record, by table and key.
+type Records = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    tables: Mutex<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+    tables: Mutex<Records>,
 }
 
 impl MemoryStore {
