@@ -41,6 +41,7 @@ struct Answers {
     receipts: Vec<pb::MessageReceipts>,
     events: Vec<pb::ReceiptEvent>,
     alerts: Vec<pb::Alert>,
+    fetch: Option<pb::FetchResponse>,
     proof: Option<pb::InclusionProofResponse>,
 }
 
@@ -68,6 +69,10 @@ impl ReferralBroker for Forger {
 
     async fn ack(&self, _: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         Err(not_here("Ack"))
+    }
+
+    async fn fetch(&self, _: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        self.0.fetch.clone().map(Response::new).ok_or_else(|| not_here("Fetch"))
     }
 
     async fn get_receipts(
