@@ -167,9 +167,7 @@ impl ReferralService {
             already_acknowledged: outcome.already_acknowledged,
         })
     }
-}
 
-impl ReferralService {
     /// One message of the caller's agency, by id, in point reads only (its
     /// record, its few receipts, its envelope): the cost does not grow with
     /// the queue. A waiting message is recorded as delivered to the caller
