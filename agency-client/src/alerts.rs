@@ -1,7 +1,8 @@
 //! The subscription: alerts for this principal's agency, each envelope
 //! verified against the directory and opened with the agency's keys before
 //! anyone sees it. A referral that fails verification is reported as
-//! unreadable, never shown.
+//! unreadable, never shown. Also one message fetched by id
+//! ([`Client::fetch`]), opened the same way.
 
 use std::sync::Arc;
 
@@ -12,9 +13,11 @@ use referral_proto::envelope::{Envelope, Urgency};
 use referral_proto::ids::{AgencyId, MessageId};
 use referral_proto::notice::ReferralNotice;
 use referral_proto::pb;
+use referral_proto::receipt::{Receipt, ReceiptStatus};
 use referral_proto::seal::{OpenError, VerifyError, open};
 use referral_proto::time::Timestamp;
 
+use crate::trust::{Expect, check_receipt};
 use crate::{Client, ClientError};
 
 /// A referral for this agency, verified and decrypted.
@@ -133,6 +136,29 @@ impl Alerts<'_> {
     }
 
     async fn delivery(&mut self, d: pb::Delivery) -> Result<AlertEvent, ClientError> {
+        self.client.open_delivery(&mut self.dir, d).await
+    }
+}
+
+/// One message of this agency, fetched by id ([`Client::fetch`]).
+#[derive(Debug, Clone)]
+pub enum Fetched {
+    /// Waiting for an acknowledgement: verified and opened (or
+    /// [`AlertEvent::Unreadable`]), exactly as a subscription shows it.
+    Waiting(AlertEvent),
+    /// Acknowledged: the broker's ACKNOWLEDGED receipt, checked, carrying
+    /// the acknowledgement this agency signed (who, when).
+    Acknowledged(Receipt),
+    /// Expired unacknowledged: the broker's EXPIRED receipt, checked; its
+    /// statement's `at` is when.
+    Expired(Receipt),
+}
+
+impl Client {
+    /// Verifies and opens one delivery with this agency's keys; what fails
+    /// is [`AlertEvent::Unreadable`]. `dir` is refreshed when the envelope
+    /// names a key newer than it.
+    async fn open_delivery(&self, dir: &mut Arc<Directory>, d: pb::Delivery) -> Result<AlertEvent, ClientError> {
         let raw = d.envelope.ok_or(ClientError::Incomplete("envelope"))?;
         let id_hint = raw.header.as_ref().and_then(|h| MessageId::from_bytes(&h.message_id).ok());
         let unreadable = |error: String| AlertEvent::Unreadable { message_id: id_hint, sequence: d.sequence, error };
@@ -140,28 +166,28 @@ impl Alerts<'_> {
             Ok(e) => e,
             Err(e) => return Ok(unreadable(e.to_string())),
         };
-        let mut bundles = self.client.bundles();
-        let mut result = open(&envelope, &self.dir, &bundles);
+        let mut bundles = self.bundles();
+        let mut result = open(&envelope, dir, &bundles);
         if matches!(
             result,
             Err(OpenError::Verify(VerifyError::UnknownSenderKey { .. } | VerifyError::UnknownRecipientKey { .. }))
         ) {
             // The sender may use a key published after our copy of the directory.
-            self.dir = self.client.refresh_directory().await?;
-            result = open(&envelope, &self.dir, &bundles);
+            *dir = self.refresh_directory().await?;
+            result = open(&envelope, dir, &bundles);
         }
         if matches!(result, Err(OpenError::NoMatchingKey(_))) {
             // Sealed to a key of ours this client has not loaded yet (a rotation).
-            self.client.reload_keys()?;
-            bundles = self.client.bundles();
-            result = open(&envelope, &self.dir, &bundles);
+            self.reload_keys()?;
+            bundles = self.bundles();
+            result = open(&envelope, dir, &bundles);
         }
         let h = &envelope.header;
         match result {
             Ok(notice) => Ok(AlertEvent::Referral(Box::new(IncomingReferral {
                 message_id: h.message_id,
                 sender: h.sender.clone(),
-                sender_name: self.dir.agency(&h.sender).map(|a| a.display_name.clone()).unwrap_or_default(),
+                sender_name: dir.agency(&h.sender).map(|a| a.display_name.clone()).unwrap_or_default(),
                 sequence: d.sequence,
                 urgency: h.urgency,
                 created_at: h.created_at,
@@ -174,23 +200,44 @@ impl Alerts<'_> {
             Err(e) => Ok(unreadable(e.to_string())),
         }
     }
-}
 
-/// Finds `message_id` among the messages waiting for this agency and returns
-/// the digest of its verified envelope.
-pub(crate) async fn find_waiting(client: &Client, message_id: MessageId) -> Result<Digest, ClientError> {
-    let mut alerts = client.subscribe().await?;
-    while let Some(ev) = alerts.next().await? {
-        match ev {
-            AlertEvent::Referral(r) if r.message_id == message_id => return Ok(r.envelope_digest),
-            AlertEvent::Unreadable { message_id: Some(id), error, .. } if id == message_id => {
-                return Err(ClientError::Invalid(format!(
-                    "message {id} failed verification and must not be acknowledged: {error}"
-                )));
+    /// One message addressed to this agency, by id, whatever the length of
+    /// its queue (`Fetch`, PROTOCOL.md 10.7). A waiting message is verified
+    /// and opened like an alert (the broker records it as delivered to this
+    /// principal); a settled one is believed only from its checked receipt.
+    /// An unknown id, or one addressed elsewhere, is the broker's
+    /// `NOT_FOUND` / `unknown_message`.
+    pub async fn fetch(&self, message_id: MessageId) -> Result<Fetched, ClientError> {
+        use pb::fetch_response::Outcome;
+        let mut dir = self.directory().await?;
+        let req = pb::FetchRequest { message_id: message_id.as_bytes().to_vec() };
+        let answer = self.broker().fetch(req).await?.into_inner();
+        let ours = self.principal().agency.clone();
+        let settled = |status| Expect {
+            message_id: Some(message_id),
+            recipient: Some(ours.clone()),
+            status: Some(status),
+            ..Expect::default()
+        };
+        match answer.outcome.ok_or(ClientError::Incomplete("fetch outcome"))? {
+            Outcome::Waiting(d) => {
+                // The answer must be the message asked for.
+                let got = d.envelope.as_ref().and_then(|e| e.header.as_ref()).map(|h| h.message_id.as_slice());
+                if got != Some(message_id.as_bytes().as_slice()) {
+                    let got =
+                        got.and_then(|b| MessageId::from_bytes(b).ok()).map_or("none".to_owned(), |m| m.to_string());
+                    return Err(ClientError::Invalid(format!(
+                        "the broker answered the fetch of {message_id} with another message ({got})"
+                    )));
+                }
+                Ok(Fetched::Waiting(self.open_delivery(&mut dir, d).await?))
             }
-            AlertEvent::CaughtUp { .. } => break,
-            _ => {}
+            Outcome::Acknowledged(r) => {
+                Ok(Fetched::Acknowledged(check_receipt(&dir, Some(r), &settled(ReceiptStatus::Acknowledged))?))
+            }
+            Outcome::Expired(r) => {
+                Ok(Fetched::Expired(check_receipt(&dir, Some(r), &settled(ReceiptStatus::Expired))?))
+            }
         }
     }
-    Err(ClientError::NotWaiting(message_id))
 }

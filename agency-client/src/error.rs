@@ -27,8 +27,10 @@ pub enum ClientError {
     Untrusted(#[from] crate::trust::ReceiptMismatch),
     #[error("the broker answered without a {0}")]
     Incomplete(&'static str),
-    #[error("message {0} is not waiting for this agency (unknown, already settled, or addressed elsewhere)")]
+    #[error("message {0} is not waiting for this agency (unknown, or addressed elsewhere)")]
     NotWaiting(MessageId),
+    #[error("message {message_id} expired unacknowledged at {at} and can no longer be acknowledged")]
+    Expired { message_id: MessageId, at: referral_proto::time::Timestamp },
     #[error("message {message_id} cannot be opened: {source}")]
     Open {
         message_id: MessageId,

@@ -385,12 +385,31 @@ impl Client {
         Ok(Acked { receipt, already_acknowledged: r.already_acknowledged })
     }
 
-    /// Acknowledges `message_id` when only its id is known: finds it among
-    /// the messages waiting for this agency, verifies it, and acks the
-    /// digest computed here (never one taken on the broker's word).
+    /// Acknowledges `message_id` when only its id is known: fetches it by id
+    /// ([`Client::fetch`]: the same cost however many messages wait),
+    /// verifies and opens it, and acks the digest computed here (never one
+    /// taken on the broker's word). A message already acknowledged answers
+    /// with its checked receipt and `already_acknowledged`, as a second ack
+    /// would; an expired one is [`ClientError::Expired`]; an unknown one, or
+    /// one addressed elsewhere, [`ClientError::NotWaiting`].
     pub async fn ack(&self, message_id: MessageId, by: &str) -> Result<Acked, ClientError> {
-        let digest = alerts::find_waiting(self, message_id).await?;
-        self.ack_digest(message_id, digest, by).await
+        let fetched = match self.fetch(message_id).await {
+            Err(ClientError::Rpc(s)) if error::reason(&s).as_deref() == Some("unknown_message") => {
+                return Err(ClientError::NotWaiting(message_id));
+            }
+            other => other?,
+        };
+        match fetched {
+            alerts::Fetched::Waiting(alerts::AlertEvent::Referral(r)) => {
+                self.ack_digest(message_id, r.envelope_digest, by).await
+            }
+            alerts::Fetched::Waiting(alerts::AlertEvent::Unreadable { error, .. }) => Err(ClientError::Invalid(
+                format!("message {message_id} failed verification and must not be acknowledged: {error}"),
+            )),
+            alerts::Fetched::Waiting(_) => Err(ClientError::Incomplete("delivery")),
+            alerts::Fetched::Acknowledged(receipt) => Ok(Acked { receipt, already_acknowledged: true }),
+            alerts::Fetched::Expired(receipt) => Err(ClientError::Expired { message_id, at: receipt.statement.at }),
+        }
     }
 
     /// Every receipt of each message (this agency's own messages only), once

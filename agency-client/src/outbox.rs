@@ -1,6 +1,6 @@
 //! Sealed envelopes kept until the broker has answered, so that a resend
 //! under the same message id is byte for byte the same envelope (PROTOCOL.md
-//! 10.12) and the broker answers it with the original receipt.
+//! 10.13) and the broker answers it with the original receipt.
 //!
 //! Sealing is randomised (HPKE's ephemeral key) and time-stamped, so sealing
 //! the same notice again makes another envelope, which the broker must

@@ -61,6 +61,10 @@ impl ReferralBroker for Ceiling {
         Err(unimplemented("Ack"))
     }
 
+    async fn fetch(&self, _: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        Err(unimplemented("Fetch"))
+    }
+
     async fn get_receipts(
         &self,
         _: Request<pb::GetReceiptsRequest>,

@@ -1,4 +1,4 @@
-//! The `loadgen` command line: `run` and `streams` measure; the hidden
+//! The `loadgen` command line: `run`, `streams` and `acks` measure; the hidden
 //! `serve-broker` and `serve-ceiling` are the servers under test, which
 //! `run` and `streams` start as child processes of this same executable.
 
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::acks::{AcksArgs, acks};
 use crate::run::{RunArgs, run};
 use crate::streams::{StreamsArgs, streams};
 
@@ -25,6 +26,8 @@ pub enum Command {
     Run(RunArgs),
     /// Memory of many idle Subscribe streams on the broker.
     Streams(StreamsArgs),
+    /// The cost of acknowledging one referral by id at several queue lengths.
+    Acks(AcksArgs),
     /// The real broker (`broker serve --config FILE`); started by `run` and `streams`.
     #[command(hide = true)]
     ServeBroker {
@@ -66,6 +69,17 @@ async fn streams_command(args: StreamsArgs) -> anyhow::Result<()> {
     }
 }
 
+async fn acks_command(args: AcksArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let report = acks(args).await?;
+    if json {
+        print_json(&report)
+    } else {
+        print!("{}", report.to_table());
+        Ok(())
+    }
+}
+
 /// Runs a measuring command on a fresh runtime with the ring TLS provider.
 fn measure(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     agency_client::cli::run_program(command, |()| ExitCode::SUCCESS)
@@ -91,5 +105,6 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::ServeCeiling { config } => crate::ceiling::main(&config),
         Command::Run(args) => measure(run_command(args)),
         Command::Streams(args) => measure(streams_command(args)),
+        Command::Acks(args) => measure(acks_command(args)),
     }
 }

@@ -13,6 +13,8 @@
 //! `info` binds the message id, so **filled messages cannot be opened by
 //! the recipient**: they exist only to load the store. Do not combine a
 //! fill with subscribers (they would be sent the whole backlog, unreadable).
+//! [`fill_among`] puts a few properly sealed, readable envelopes among them,
+//! spread evenly through the queue, for measurements that open messages.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -48,6 +50,26 @@ pub struct FillReport {
 /// Writes `count` queued messages from `sealer`'s principal into the data
 /// directory of `config` (which no broker may be using).
 pub async fn fill(config: &Config, count: u64, sealer: Arc<Sealer>) -> anyhow::Result<FillReport> {
+    fill_among(config, count, sealer, Vec::new()).await
+}
+
+/// [`fill`], with `readable` (envelopes sealed by `sealer`'s principal)
+/// taking every `count / readable.len()`-th place of the `count`, so that
+/// they lie spread through the queue (in about that order: the committer
+/// orders what is in flight at once as it arrives).
+pub async fn fill_among(
+    config: &Config,
+    count: u64,
+    sealer: Arc<Sealer>,
+    readable: Vec<referral_proto::envelope::Envelope>,
+) -> anyhow::Result<FillReport> {
+    anyhow::ensure!(
+        readable.len() as u64 <= count,
+        "more readable envelopes ({}) than messages ({count})",
+        readable.len()
+    );
+    let stride = if readable.is_empty() { u64::MAX } else { count / readable.len() as u64 };
+    let readable = Arc::new(readable);
     let federation_key = read_federation_key(&config.federation_key)?;
     let directory = Arc::new(DirectoryState::open(&config.directory, federation_key, certs::now())?);
     let log_key_path = config.log_key.display().to_string();
@@ -86,11 +108,16 @@ pub async fn fill(config: &Config, count: u64, sealer: Arc<Sealer>) -> anyhow::R
     let mut tasks = Vec::new();
     for _ in 0..IN_FLIGHT {
         let (committer, sealer, base, principal) = (committer.clone(), sealer.clone(), base.clone(), principal.clone());
-        let (next, done, failed) = (next.clone(), done.clone(), failed.clone());
+        let (next, done, failed, readable) = (next.clone(), done.clone(), failed.clone(), readable.clone());
         tasks.push(tokio::spawn(async move {
             let mut first_error = None;
-            while next.fetch_add(1, Relaxed) < count {
-                let envelope = match sealer.resign(&base) {
+            loop {
+                let i = next.fetch_add(1, Relaxed);
+                if i >= count {
+                    break;
+                }
+                let place = (i % stride == 0).then(|| readable.get((i / stride) as usize)).flatten();
+                let envelope = match place.map_or_else(|| sealer.resign(&base), |e| Ok(e.clone())) {
                     Ok(e) => e,
                     Err(e) => {
                         failed.fetch_add(1, Relaxed);

@@ -26,8 +26,10 @@
 //! - [`fill`]: pre-populating a data directory with queued messages through the real committer.
 //! - [`run`]: the `run` command: one or both targets, end to end.
 //! - [`streams`]: the `streams` command: many idle subscriptions and what they cost.
+//! - [`acks`]: the `acks` command: acknowledging one referral by id at several queue lengths.
 //! - [`report`]: the figures, as a human-readable table or as JSON.
 
+pub mod acks;
 pub mod ceiling;
 pub mod cli;
 pub mod fill;

@@ -42,7 +42,8 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
 }
 
-fn micros(d: Duration) -> u64 {
+/// `d` in whole microseconds, within the histograms' bounds.
+pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).clamp(1, MAX_LATENCY_US)
 }
 

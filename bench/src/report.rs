@@ -170,7 +170,7 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
-fn latency_rows(rows: &mut Vec<(String, Vec<String>)>, name: &str, l: &[Option<Latency>]) {
+pub(crate) fn latency_rows(rows: &mut Vec<(String, Vec<String>)>, name: &str, l: &[Option<Latency>]) {
     if l.iter().all(Option::is_none) {
         return;
     }
@@ -182,7 +182,7 @@ fn latency_rows(rows: &mut Vec<(String, Vec<String>)>, name: &str, l: &[Option<L
     rows.push((format!("{name} max (ms)"), cell(|x| x.max_us)));
 }
 
-fn table(header: &[String], rows: &[(String, Vec<String>)]) -> String {
+pub(crate) fn table(header: &[String], rows: &[(String, Vec<String>)]) -> String {
     let first = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0).max(8);
     let cols = header.len();
     let widths: Vec<usize> = (0..cols)
@@ -206,7 +206,7 @@ fn table(header: &[String], rows: &[(String, Vec<String>)]) -> String {
     out
 }
 
-fn machine_line(m: &Machine) -> String {
+pub(crate) fn machine_line(m: &Machine) -> String {
     format!(
         "machine: {} CPUs ({}), {}, work folder on {}, load average {:.2} at start",
         m.cpus, m.cpu_model, m.kernel, m.work_filesystem, m.load_average_at_start

@@ -89,3 +89,16 @@ fn bad_options_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a positive number"));
 }
+
+#[test]
+fn acks_at_two_queue_lengths() {
+    let r = loadgen(&["acks", "--waiting", "5,200", "--acks", "10", "--warmup", "1", "--readable", "4", "--json"]);
+    let levels = r["levels"].as_array().expect("levels");
+    assert_eq!(levels.len(), 2, "{r}");
+    for (l, waiting) in levels.iter().zip([5, 200]) {
+        assert_eq!(l["waiting"], waiting, "{l}");
+        assert_eq!(l["readable"], 4, "{l}");
+        assert_eq!(l["ack_latency"]["count"], 10, "{l}");
+    }
+    assert!(r["p50_ratio"].as_f64().is_some(), "{r}");
+}

@@ -13,6 +13,7 @@ pub enum Rpc {
     Submit,
     Subscribe,
     Ack,
+    Fetch,
     GetReceipts,
     WatchReceipts,
     GetDirectory,
@@ -24,10 +25,11 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 11] = [
+    pub const ALL: [Rpc; 12] = [
         Rpc::Submit,
         Rpc::Subscribe,
         Rpc::Ack,
+        Rpc::Fetch,
         Rpc::GetReceipts,
         Rpc::WatchReceipts,
         Rpc::GetDirectory,
@@ -43,6 +45,7 @@ impl Rpc {
             Rpc::Submit => "Submit",
             Rpc::Subscribe => "Subscribe",
             Rpc::Ack => "Ack",
+            Rpc::Fetch => "Fetch",
             Rpc::GetReceipts => "GetReceipts",
             Rpc::WatchReceipts => "WatchReceipts",
             Rpc::GetDirectory => "GetDirectory",
@@ -68,13 +71,14 @@ impl Rpc {
 
 /// The role x RPC matrix.
 ///
-/// - `system`: submit as its own agency, subscribe and ack for it, read its receipts, read the directory;
-/// - `oncall`: subscribe and ack for its own agency, read the directory (to check signatures);
+/// - `system`: submit as its own agency, subscribe, fetch and ack for it, read its receipts, read the directory;
+/// - `oncall`: subscribe, fetch and ack for its own agency, read the directory (to check signatures);
 /// - `auditor`: the audit RPCs and nothing else.
 pub fn allowed(role: Role, rpc: Rpc) -> bool {
     match role {
         Role::System => !rpc.is_audit(),
-        Role::Oncall => matches!(rpc, Rpc::Subscribe | Rpc::Ack | Rpc::GetDirectory),
+        // Fetch is authorized exactly like Subscribe: it is a delivery of one message.
+        Role::Oncall => matches!(rpc, Rpc::Subscribe | Rpc::Fetch | Rpc::Ack | Rpc::GetDirectory),
         Role::Auditor => rpc.is_audit(),
     }
 }
@@ -137,8 +141,8 @@ mod tests {
         let expect = |role: Role, rpc: Rpc| -> bool {
             matches!(
                 (role, rpc),
-                (Role::System, Submit | Subscribe | Ack | GetReceipts | WatchReceipts | GetDirectory)
-                    | (Role::Oncall, Subscribe | Ack | GetDirectory)
+                (Role::System, Submit | Subscribe | Ack | Fetch | GetReceipts | WatchReceipts | GetDirectory)
+                    | (Role::Oncall, Subscribe | Ack | Fetch | GetDirectory)
                     | (
                         Role::Auditor,
                         AuditTreeHead | AuditReplay | AuditInclusionProof | AuditConsistencyProof | AuditDirectory
@@ -152,6 +156,10 @@ mod tests {
                 allowed_count += usize::from(allowed(role, rpc));
             }
         }
-        assert_eq!(allowed_count, 6 + 3 + 5);
+        assert_eq!(allowed_count, 7 + 4 + 5);
+        // Fetch hands out what Subscribe does, so exactly the same roles may call it.
+        for role in Role::ALL {
+            assert_eq!(allowed(role, Fetch), allowed(role, Subscribe), "{role}");
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! `referral.v1.ReferralBroker`: submit, subscribe, ack, receipts, directory.
+//! `referral.v1.ReferralBroker`: submit, subscribe, fetch, ack, receipts, directory.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use referral_proto::envelope::Envelope;
 use referral_proto::ids::{MessageId, Principal};
 use referral_proto::pb;
 use referral_proto::pb::referral_broker_server::ReferralBroker;
+use referral_proto::receipt::ReceiptStatus;
 use referral_proto::seal::{VerifyError, verify_envelope_at};
 use referral_proto::time::Timestamp;
 use tonic::{Request, Response, Status};
@@ -28,6 +29,10 @@ use crate::trust::Connection;
 /// Most message ids in one GetReceipts call.
 pub const MAX_RECEIPT_QUERY: usize = 1000;
 const PAGE: usize = 64;
+/// Reads a Fetch makes before it gives up on an answer: each pass that
+/// finds no answer waited for the commit of a settlement in flight, so only
+/// a store whose commits keep failing takes more than two.
+const FETCH_PASSES: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct ReferralService {
@@ -161,6 +166,69 @@ impl ReferralService {
             receipt: Some(signed(state, outcome.receipt)?),
             already_acknowledged: outcome.already_acknowledged,
         })
+    }
+
+    /// One message of the caller's agency, by id, in point reads only (its
+    /// record, its few receipts, its envelope): the cost does not grow with
+    /// the queue. A waiting message is recorded as delivered to the caller
+    /// on the path Subscribe's deliveries take, the single writer's
+    /// (`Committer::delivered`), and returned only once that record is
+    /// durable; a settled one is answered from its durable receipts.
+    async fn fetch_inner(
+        &self,
+        conn: &Connection,
+        principal: &Principal,
+        req: pb::FetchRequest,
+    ) -> Result<pb::FetchResponse, Status> {
+        use pb::fetch_response::Outcome;
+        let state = &self.state;
+        let id = match MessageId::from_bytes(&req.message_id) {
+            Ok(id) => id,
+            Err(e) => {
+                let e = BrokerError::InvalidRequest(e.to_string());
+                return Err(self.rejected(principal, e, Evidence::Unsigned).await);
+            }
+        };
+        tracing::Span::current().record("message_id", tracing::field::display(id));
+        let me = principal.uri();
+        for _ in 0..FETCH_PASSES {
+            // Another agency's message, and one not yet durable, are answered
+            // exactly like an unknown one: no one learns which ids exist.
+            let Some((rec, receipts)) =
+                durable_receipts(state, &id)?.filter(|(rec, _)| rec.recipient == principal.agency.as_str())
+            else {
+                return Err(self.rejected(principal, BrokerError::UnknownMessage(id), Evidence::Unsigned).await);
+            };
+            for r in receipts.into_iter().rev() {
+                match r.statement.as_ref().and_then(|s| ReceiptStatus::from_code(s.status)) {
+                    Some(ReceiptStatus::Acknowledged) => {
+                        return Ok(pb::FetchResponse { outcome: Some(Outcome::Acknowledged(signed(state, r)?)) });
+                    }
+                    Some(ReceiptStatus::Expired) => {
+                        return Ok(pb::FetchResponse { outcome: Some(Outcome::Expired(signed(state, r)?)) });
+                    }
+                    _ => {}
+                }
+            }
+            // Durably waiting. The store may already show a settlement that
+            // is not durable yet; then there is nothing to deliver, and the
+            // next pass, after that commit, reads how it was settled.
+            let Some(d) = delivery(state, &id, rec.sequence, &me)? else {
+                state.committer.barrier().await;
+                continue;
+            };
+            still_trusted(state, conn)?;
+            // Nothing to put into a stream: the answer is this call's, sent
+            // once the writer says the delivery is on record.
+            let handoff: crate::commit::Handoff = Box::new(|| {});
+            match state.committer.delivered(id, me.clone(), conn.ended_token(), handoff).await? {
+                DeliveryOutcome::Sent => return Ok(pb::FetchResponse { outcome: Some(Outcome::Waiting(d)) }),
+                // Settled meanwhile, durably now: the next pass says how.
+                DeliveryOutcome::NotWaiting => {}
+                DeliveryOutcome::Untrusted => return Err(conn.check().err().unwrap_or(BrokerError::Revoked).into()),
+            }
+        }
+        Err(BrokerError::StorageFailed.into())
     }
 }
 
@@ -462,6 +530,21 @@ impl ReferralBroker for ReferralService {
         async {
             let _permit = self.state.limiter.submit(&p.uri())?;
             self.ack_inner(&p, req.into_inner()).await.map(Response::new)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let identity = self.state.authorize(&req, Rpc::Fetch)?;
+        let conn = self.state.connection(&req)?;
+        let p = identity.principal;
+        let span = tracing::info_span!("fetch", principal = %p, message_id = tracing::field::Empty);
+        async {
+            // A fetch may write (the first delivery to this principal), so it
+            // shares the writes' limits.
+            let _permit = self.state.limiter.submit(&p.uri())?;
+            self.fetch_inner(&conn, &p, req.into_inner()).await.map(Response::new)
         }
         .instrument(span)
         .await

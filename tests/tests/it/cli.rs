@@ -41,8 +41,14 @@ async fn send_listen_ack_status_and_directory() {
     let (code, out, err) = client(&h, SOCIAL_ONCALL, &["ack", &id, "--by", "jour-3"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("acknowledged {id} as jour-3")), "{out}");
-    let (code, out, _) = client(&h, SOCIAL_ONCALL, &["ack", &id]).await;
-    assert_eq!(code, 1, "a settled message is no longer waiting: {out}");
+    // Acknowledged already: said so, with who, and nothing more is done.
+    let (code, out, err) = client(&h, SOCIAL_SYSTEM, &["ack", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{id} was already acknowledged by jour-3; nothing more to do")), "{out}");
+    let unknown = referral_proto::ids::MessageId::generate(certs::now().0).to_string();
+    let (code, _, err) = client(&h, SOCIAL_ONCALL, &["ack", &unknown]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("message {unknown} is not waiting for this agency")), "{err}");
 
     let (code, out, err) = client(&h, POLICE_SYSTEM, &["--json", "status", &id]).await;
     assert_eq!(code, 0, "{err}");

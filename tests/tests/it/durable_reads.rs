@@ -152,3 +152,60 @@ async fn get_receipts_does_not_know_a_submit_that_is_not_yet_durable() {
     tokio::time::timeout(LIMIT, submitting).await.unwrap().unwrap().expect("accepted once durable");
     assert_eq!(statuses(&h, id).await.unwrap(), vec![ReceiptStatus::Accepted]);
 }
+
+async fn fetch(h: &Harness, id: referral_proto::ids::MessageId) -> Result<pb::fetch_response::Outcome, tonic::Status> {
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let r = oncall.broker().fetch(pb::FetchRequest { message_id: id.as_bytes().to_vec() }).await?;
+    Ok(r.into_inner().outcome.expect("an outcome"))
+}
+
+#[tokio::test]
+async fn fetch_does_not_know_a_submit_that_is_not_yet_durable() {
+    let (h, gate) = gated().await;
+    let envelope = sealed(&h, POLICE_SYSTEM, SOCIAL, &example_notice()).await;
+    let id = envelope.header.message_id;
+    let police = h.client(POLICE_SYSTEM).await;
+    police.refresh_directory().await.unwrap();
+    gate.close();
+    let applied = gate.applied.notified();
+    let submitting = tokio::spawn(async move { submit_raw(&police, pb::Envelope::from(&envelope)).await });
+    tokio::time::timeout(LIMIT, applied).await.expect("the submit's batch is applied");
+    let status = fetch(&h, id).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), format!("message {id} is not known to the broker"));
+    gate.open();
+    tokio::time::timeout(LIMIT, submitting).await.unwrap().unwrap().expect("accepted once durable");
+    assert!(matches!(fetch(&h, id).await.unwrap(), pb::fetch_response::Outcome::Waiting(_)));
+}
+
+/// A fetch while an ack is applied but not durable neither delivers the
+/// message (the store already shows it settled) nor reports the ack (it
+/// may yet be lost): it waits for that commit and then reports it.
+#[tokio::test]
+async fn fetch_never_reports_an_ack_that_is_not_yet_durable() {
+    let (h, gate) = gated().await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let sent = police.send(&referral_proto::ids::AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    oncall.refresh_directory().await.unwrap();
+    gate.close();
+    let applied = gate.applied.notified();
+    let acking = tokio::spawn(async move { oncall.ack_digest(sent.message_id, sent.envelope_digest, "jour-1").await });
+    tokio::time::timeout(LIMIT, applied).await.expect("the ack's batch is applied");
+    let h = Arc::new(h);
+    let fetching = tokio::spawn({
+        let h = h.clone();
+        async move { fetch(&h, sent.message_id).await }
+    });
+    // A round trip through the broker while the batch is held.
+    assert_eq!(statuses(&h, sent.message_id).await.unwrap(), vec![ReceiptStatus::Accepted]);
+    assert!(!fetching.is_finished(), "the fetch is not answered from a batch that is not durable");
+    gate.open();
+    tokio::time::timeout(LIMIT, acking).await.unwrap().unwrap().expect("acknowledged once durable");
+    match tokio::time::timeout(LIMIT, fetching).await.unwrap().unwrap().unwrap() {
+        pb::fetch_response::Outcome::Acknowledged(r) => {
+            assert_eq!(r.ack.unwrap().statement.unwrap().acknowledged_by, "jour-1");
+        }
+        other => panic!("expected the durable ack, got {other:?}"),
+    }
+}

@@ -41,6 +41,7 @@ struct Answers {
     receipts: Vec<pb::MessageReceipts>,
     events: Vec<pb::ReceiptEvent>,
     alerts: Vec<pb::Alert>,
+    fetch: Option<pb::FetchResponse>,
     proof: Option<pb::InclusionProofResponse>,
 }
 
@@ -68,6 +69,10 @@ impl ReferralBroker for Forger {
 
     async fn ack(&self, _: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         Err(not_here("Ack"))
+    }
+
+    async fn fetch(&self, _: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        self.0.fetch.clone().map(Response::new).ok_or_else(|| not_here("Fetch"))
     }
 
     async fn get_receipts(
@@ -541,4 +546,46 @@ async fn forged_settled_alert_with_another_agencys_ack_is_refused() {
             "the broker's settled alert for {id} carries an acknowledgement by {POLICE} of {id}, not one by this agency ({SOCIAL})"
         )
     );
+}
+
+/// `agency-client ack ID` takes the envelope to acknowledge from `Fetch`:
+/// a broker that answers with another message gets nothing signed.
+#[tokio::test]
+async fn a_fetch_answered_with_another_message_is_not_acknowledged() {
+    let mut scene = Scene::new().await;
+    let delivery = pb::Delivery {
+        envelope: Some(pb::Envelope::from(&scene.sent)),
+        envelope_digest: scene.sent.digest().0.to_vec(),
+        sequence: 1,
+        ..pb::Delivery::default()
+    };
+    let outcome = Some(pb::fetch_response::Outcome::Waiting(delivery));
+    scene.serve(Answers { fetch: Some(pb::FetchResponse { outcome }), ..Answers::default() }).await;
+    let oncall = Client::connect_dir(&scene.profile(SOCIAL_ONCALL)).await.unwrap();
+    let asked = MessageId::generate(certs::now().0);
+    let expected = format!("the broker answered the fetch of {asked} with another message ({})", scene.id());
+    for result in [oncall.ack(asked, "jour-1").await.map(drop), oncall.fetch(asked).await.map(drop)] {
+        match result {
+            Err(ClientError::Invalid(m)) => assert_eq!(m, expected),
+            other => panic!("expected the mismatch to be refused, got {other:?}"),
+        }
+    }
+    // The control: asked for the message it carries, the same answer is opened.
+    assert!(matches!(
+        oncall.fetch(scene.id()).await.unwrap(),
+        agency_client::alerts::Fetched::Waiting(agency_client::alerts::AlertEvent::Referral(_))
+    ));
+}
+
+/// A settled answer to `Fetch` is believed only as far as its receipt proves it.
+#[tokio::test]
+async fn a_fetch_answered_acknowledged_without_a_signed_ack_is_refused() {
+    let mut scene = Scene::new().await;
+    let outcome = Some(pb::fetch_response::Outcome::Acknowledged(scene.receipt(ReceiptStatus::Acknowledged, None)));
+    scene.serve(Answers { fetch: Some(pb::FetchResponse { outcome }), ..Answers::default() }).await;
+    let oncall = Client::connect_dir(&scene.profile(SOCIAL_ONCALL)).await.unwrap();
+    match oncall.ack(scene.id(), "jour-1").await {
+        Err(ClientError::Untrusted(m)) => assert_eq!(m, ReceiptMismatch::AckMissing(scene.id())),
+        other => panic!("expected the unproven ACKNOWLEDGED to be refused, got {other:?}"),
+    }
 }

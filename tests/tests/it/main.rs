@@ -21,6 +21,8 @@ mod durable_reads;
 mod exchange;
 /// Full disks and damaged data directories.
 mod faults;
+/// Fetch: one message by id, authorized like Subscribe, recorded as a delivery.
+mod fetch;
 /// A broker that forges receipts and proofs: the client believes none of it.
 mod forging_server;
 /// Hostile clients and an outside TLS check.

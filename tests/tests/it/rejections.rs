@@ -130,6 +130,7 @@ async fn the_role_table_holds_over_the_wire() {
         "Submit",
         "Subscribe",
         "Ack",
+        "Fetch",
         "GetReceipts",
         "WatchReceipts",
         "GetDirectory",
@@ -139,18 +140,19 @@ async fn the_role_table_holds_over_the_wire() {
         "Auditor.ConsistencyProof",
         "Auditor.GetDirectory",
     ];
-    let table: [(&str, &str, [bool; 11]); 3] = [
-        (POLICE_SYSTEM, "system", [true, true, true, true, true, true, false, false, false, false, false]),
-        (SOCIAL_ONCALL, "oncall", [false, true, true, false, false, true, false, false, false, false, false]),
-        (AUDITOR, "auditor", [false, false, false, false, false, false, true, true, true, true, true]),
+    let table: [(&str, &str, [bool; 12]); 3] = [
+        (POLICE_SYSTEM, "system", [true, true, true, true, true, true, true, false, false, false, false, false]),
+        (SOCIAL_ONCALL, "oncall", [false, true, true, true, false, false, true, false, false, false, false, false]),
+        (AUDITOR, "auditor", [false, false, false, false, false, false, false, true, true, true, true, true]),
     ];
     for (who, role, allowed) in table {
         let c = h.client(who).await;
         let (mut b, mut a) = (c.broker(), c.auditor_rpc());
-        let outcomes: [Result<(), tonic::Status>; 11] = [
+        let outcomes: [Result<(), tonic::Status>; 12] = [
             b.submit(pb::SubmitRequest { envelope: None }).await.map(drop),
             b.subscribe(pb::SubscribeRequest {}).await.map(drop),
             b.ack(pb::AckRequest { ack: None }).await.map(drop),
+            b.fetch(pb::FetchRequest { message_id: vec![] }).await.map(drop),
             b.get_receipts(pb::GetReceiptsRequest { message_ids: vec![] }).await.map(drop),
             b.watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 }).await.map(drop),
             b.get_directory(pb::GetDirectoryRequest {}).await.map(drop),
