@@ -273,7 +273,7 @@ pub fn start(deps: CommitterDeps) -> Result<(Committer, CommitterThread), StoreE
     let next_deadline = Tables(&*deps.store).next_deadline()?;
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let stop = CancellationToken::new();
-    let mut core = Core { deps, log, counters: HashMap::new(), needs_recovery: false, next_deadline };
+    let mut core = Core { deps, log, counters: HashMap::new(), needs_recovery: false, next_deadline, backoff: false };
     let stopped = stop.clone();
     let thread = std::thread::Builder::new()
         .name("committer".into())
@@ -296,6 +296,9 @@ struct Core {
     needs_recovery: bool,
     /// The earliest stored deadline, in the clock's milliseconds.
     next_deadline: Option<i64>,
+    /// The last batch failed: deadlines wait a whole tick before the next
+    /// try, so that a broken store is not retried in a busy loop.
+    backoff: bool,
 }
 
 /// An answer held back until the batch is durable; `wrote` says whether the
@@ -352,6 +355,9 @@ impl Core {
     /// most a tick, so that a clock moved by hand (tests) is noticed too.
     fn until_next_deadline(&self) -> Duration {
         let tick = self.deps.deadline_tick;
+        if self.backoff {
+            return tick;
+        }
         match self.next_deadline {
             Some(due) => {
                 let ms = due.saturating_sub(self.deps.clock.now().0).max(0) as u64;
@@ -430,6 +436,7 @@ impl Core {
         let deadlines_ran = due_deadlines(&*self.deps.store, self.next_deadline, &mut step, now);
         let committed = step.finish().and_then(|t| self.commit(t, jobs_in_batch, &mut pending));
         let failed = committed.err().map(BrokerError::from);
+        self.backoff = failed.is_some();
         if deadlines_ran {
             self.next_deadline = match Tables(&*self.deps.store).next_deadline() {
                 Ok(next) => next,
