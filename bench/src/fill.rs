@@ -48,14 +48,14 @@ pub struct FillReport {
 /// Writes `count` queued messages from `sealer`'s principal into the data
 /// directory of `config` (which no broker may be using).
 pub async fn fill(config: &Config, count: u64, sealer: Arc<Sealer>) -> anyhow::Result<FillReport> {
-    let federation_key = read_federation_key(&config.federation_key)?;
-    let directory = Arc::new(DirectoryState::open(&config.directory, federation_key, certs::now())?);
-    let log_key_path = config.log_key.display().to_string();
+    let federation_key = read_federation_key(&config.federation.federation_key)?;
+    let directory = Arc::new(DirectoryState::open(&config.federation.directory, federation_key, certs::now())?);
+    let log_key_path = config.federation.log_key.display().to_string();
     let log_key_text =
-        certs::secret_file::read(&config.log_key).with_context(|| format!("cannot read {log_key_path}"))?;
+        certs::secret_file::read(&config.federation.log_key).with_context(|| format!("cannot read {log_key_path}"))?;
     let log_key = Arc::new(parse_signing_key_file(&log_key_text, KeyPurpose::BrokerLog).context(log_key_path)?);
     let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&config.data_dir).with_context(|| format!("cannot open {}", config.data_dir.display()))?,
+        SledStore::open(&config.storage.data_dir).with_context(|| format!("cannot open {}", config.storage.data_dir.display()))?,
     );
     let frontier = commit::restore_frontier(&*store)?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
@@ -66,13 +66,13 @@ pub async fn fill(config: &Config, count: u64, sealer: Arc<Sealer>) -> anyhow::R
         log_key,
         directory,
         checkpoint: Some(broker::checkpoint::Writer::open(
-            &config.data_dir,
+            &config.storage.data_dir,
             broker::checkpoint::Checkpoint { tree_size: frontier.size(), root: frontier.root() },
         )?),
         timing: Timing {
-            ack_deadlines: config.ack_deadlines,
-            unacked_retention_ms: config.unacked_retention_ms,
-            acked_retention_ms: config.acked_retention_ms,
+            ack_deadlines: config.delivery.ack_deadlines,
+            unacked_retention_ms: config.delivery.unacked_retention_ms,
+            acked_retention_ms: config.delivery.acked_retention_ms,
         },
     })?;
     let base = sealer.seal_domain()?;

@@ -131,7 +131,7 @@ async fn admin_request(
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<Option<(u16, String)>> {
-    let Some(admin) = &config.admin else { return Ok(None) };
+    let Some(admin) = &config.admin.endpoint else { return Ok(None) };
     let token = crate::admin::AdminToken::read(&admin.token_file)?;
     Ok(crate::admin::request(admin.listen, Some(token.as_str()), method, path, body).await.ok())
 }
@@ -197,9 +197,9 @@ impl Termination {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let termination =
         Termination::listen().map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen.address)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen.address))?;
     let shutdown = CancellationToken::new();
     let running =
         start(listener, config, StartOptions { clock: Arc::new(SystemClock), sighup: true }, shutdown.clone()).await?;
@@ -216,7 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(&config)?;
-            init_logging(config.log_format, &config.log_level);
+            init_logging(config.log.format, &config.log.level);
             serve(config).await
         }
         Command::Dev { dir, listen, data, admin } => {
@@ -229,13 +229,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => crate::demo::run().await,
         Command::CheckConfig { config } => {
             let config = load_config(&config)?;
-            let (version, agencies) = crate::server::check_files(&config).map_err(|problems| {
+            let found = crate::server::check_files(&config).map_err(|problems| {
                 anyhow::anyhow!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))
             })?;
             println!(
-                "configuration ok: listening on {}, directory version {version} with {agencies} agencies, data in {}",
-                config.listen,
-                config.data_dir.display()
+                "configuration ok: listening on {}, directory version {} with {} agencies, data in {}",
+                config.listen.address,
+                found.directory_version,
+                found.agencies,
+                config.storage.data_dir.display()
             );
             Ok(())
         }
@@ -254,7 +256,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status: crate::status::Status = match live {
                 Some(body) => serde_json::from_str(&body)?,
                 None => {
-                    let store = crate::store::sled_store::SledStore::open_existing(&config.data_dir).map_err(|e| {
+                    let store = crate::store::sled_store::SledStore::open_existing(&config.storage.data_dir).map_err(|e| {
                         anyhow::anyhow!(
                             "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
                         )
@@ -277,7 +279,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let report: crate::backup::BackupReport = match live {
                 Some((200, body)) => serde_json::from_str(&body)?,
                 Some((code, body)) => anyhow::bail!("the broker refused the backup ({code}): {}", body.trim()),
-                None => crate::backup::offline(&config.data_dir, &to)?,
+                None => crate::backup::offline(&config.storage.data_dir, &to)?,
             };
             println!(
                 "backup written to {} and verified: {} records, audit log of {} entries with root {}",
@@ -290,16 +292,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore { config, from } => {
             let config = load_config(&config)?;
-            if let Some(addr) = config.admin.as_ref().map(|a| a.listen)
+            if let Some(addr) = config.admin.endpoint.as_ref().map(|a| a.listen)
                 && crate::admin::request(addr, None, "GET", "/health", None).await.is_ok()
             {
                 anyhow::bail!("the broker is running (its admin endpoint answers on {addr}); stop it before restoring");
             }
-            let r = crate::backup::restore(&from, &config.data_dir)?;
+            let r = crate::backup::restore(&from, &config.storage.data_dir)?;
             println!(
                 "restored {} records into {}; audit log of {} entries with root {} verified",
                 r.records,
-                config.data_dir.display(),
+                config.storage.data_dir.display(),
                 r.audit_log_entries,
                 r.root
             );
