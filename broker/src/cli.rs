@@ -41,6 +41,7 @@ pub enum Command {
         admin: SocketAddr,
     },
     /// Run the end-to-end demo in one process: federation, broker, two agencies, an auditor.
+    #[cfg(feature = "demo")]
     Demo,
     /// Validate a configuration and the files it names, then exit.
     CheckConfig {
@@ -79,47 +80,13 @@ pub enum Command {
         #[arg(long)]
         from: PathBuf,
     },
-    /// Print shell completions for one of the three tools.
-    Completions {
-        shell: clap_complete::Shell,
-        /// The tool to complete.
-        #[arg(long = "for", value_enum, default_value = "broker")]
-        tool: Tool,
-    },
-    /// Write man pages for broker, agency-client and certs into a folder.
+    /// Print shell completions for broker (certs and agency-client print their own).
+    Completions { shell: certs::tool_docs::Shell },
+    /// Write the man page of broker (broker.1) into a folder.
     Manpages {
         #[arg(long)]
         out: PathBuf,
     },
-}
-
-/// The project's three command-line tools.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Tool {
-    Broker,
-    AgencyClient,
-    Certs,
-}
-
-impl Tool {
-    const ALL: [Tool; 3] = [Tool::Broker, Tool::AgencyClient, Tool::Certs];
-
-    fn name(self) -> &'static str {
-        match self {
-            Tool::Broker => "broker",
-            Tool::AgencyClient => "agency-client",
-            Tool::Certs => "certs",
-        }
-    }
-
-    fn command(self) -> clap::Command {
-        let cmd = match self {
-            Tool::Broker => <Cli as clap::CommandFactory>::command(),
-            Tool::AgencyClient => <agency_client::cli::Cli as clap::CommandFactory>::command(),
-            Tool::Certs => <certs::cli::Cli as clap::CommandFactory>::command(),
-        };
-        cmd.name(self.name())
-    }
 }
 
 /// A request to the running broker's admin endpoint with the configured
@@ -226,6 +193,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("try: agency-client --profile {}/profiles/huddinge-socialtjanst-oncall listen", dir.display());
             serve(config).await
         }
+        #[cfg(feature = "demo")]
         Command::Demo => crate::demo::run().await,
         Command::CheckConfig { config } => {
             let config = load_config(&config)?;
@@ -307,27 +275,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Completions { shell, tool } => {
-            clap_complete::generate(shell, &mut tool.command(), tool.name(), &mut std::io::stdout());
+        Command::Completions { shell } => {
+            certs::tool_docs::completions(shell, <Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
             Ok(())
         }
         Command::Manpages { out } => {
-            certs::durable_file::create_dir_all(&out)?;
-            for tool in Tool::ALL {
-                let path = out.join(format!("{}.1", tool.name()));
-                let mut buf = Vec::new();
-                clap_mangen::Man::new(tool.command()).render(&mut buf)?;
-                certs::durable_file::write(&path, buf)?;
-                println!("{}", path.display());
-            }
+            println!("{}", certs::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)?.display());
             Ok(())
         }
     }
 }
 
-/// Runs the CLI to completion and turns the outcome into an exit code.
+/// Runs the CLI to completion and turns the outcome into an exit code:
+/// installs the one TLS crypto provider (ring, never aws-lc-rs), runs on a
+/// fresh runtime, and prints an error with its causes (escaped: they can
+/// quote files and answers from elsewhere) with exit code 1.
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
-    agency_client::cli::run_program(run(cli), |()| std::process::ExitCode::SUCCESS)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", referral_proto::text::escape_block(&format!("{e:#}"), "  "));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]
