@@ -189,7 +189,7 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
             while let Some(ev) = alerts.next().await? {
                 if json {
                     out!("{}", json_line(&event_json(&ev)));
-                } else if let Some(text) = event_text(&ev, &profile, &me) {
+                } else if let Some(text) = event_text(&ev, profile, &me) {
                     out!("{text}");
                 }
                 if once && matches!(ev, AlertEvent::CaughtUp { .. }) {

@@ -55,7 +55,8 @@ pub async fn fill(config: &Config, count: u64, sealer: Arc<Sealer>) -> anyhow::R
         certs::secret_file::read(&config.federation.log_key).with_context(|| format!("cannot read {log_key_path}"))?;
     let log_key = Arc::new(parse_signing_key_file(&log_key_text, KeyPurpose::BrokerLog).context(log_key_path)?);
     let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&config.storage.data_dir).with_context(|| format!("cannot open {}", config.storage.data_dir.display()))?,
+        SledStore::open(&config.storage.data_dir)
+            .with_context(|| format!("cannot open {}", config.storage.data_dir.display()))?,
     );
     let frontier = commit::restore_frontier(&*store)?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));

@@ -224,11 +224,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status: crate::status::Status = match live {
                 Some(body) => serde_json::from_str(&body)?,
                 None => {
-                    let store = crate::store::sled_store::SledStore::open_existing(&config.storage.data_dir).map_err(|e| {
-                        anyhow::anyhow!(
-                            "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
-                        )
-                    })?;
+                    let store =
+                        crate::store::sled_store::SledStore::open_existing(&config.storage.data_dir).map_err(|e| {
+                            anyhow::anyhow!(
+                                "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
+                            )
+                        })?;
                     crate::status::gather(&store, certs::now())?
                 }
             };

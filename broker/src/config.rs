@@ -818,7 +818,11 @@ acked_retention = "7d"
         assert_eq!(
             c.delivery,
             DeliveryConfig {
-                ack_deadlines: AckDeadlines { immediate_ms: hour_ms / 4, urgent_ms: 4 * hour_ms, routine_ms: 72 * hour_ms },
+                ack_deadlines: AckDeadlines {
+                    immediate_ms: hour_ms / 4,
+                    urgent_ms: 4 * hour_ms,
+                    routine_ms: 72 * hour_ms
+                },
                 unacked_retention_ms: 30 * 24 * hour_ms,
                 acked_retention_ms: 7 * 24 * hour_ms,
                 heartbeat_interval: s(14),
@@ -861,7 +865,10 @@ acked_retention = "7d"
     #[test]
     fn each_check_reports_its_setting() {
         let cases: [(&[(&str, &str)], &str); 14] = [
-            (&[("BROKER__LISTEN__ADDRESS", "nowhere")], "listen.address = \"nowhere\" is not an address such as 0.0.0.0:7443"),
+            (
+                &[("BROKER__LISTEN__ADDRESS", "nowhere")],
+                "listen.address = \"nowhere\" is not an address such as 0.0.0.0:7443",
+            ),
             (
                 &[("BROKER__DELIVERY__HEARTBEAT_INTERVAL", "0s")],
                 "delivery.heartbeat_interval = \"0s\" is not a positive duration such as 500ms, 30s, 15m, 4h or 3d",
@@ -872,7 +879,10 @@ acked_retention = "7d"
                 &[("BROKER__DELIVERY__UNACKED_RETENTION", "3d")],
                 "delivery.unacked_retention must be longer than every ack deadline",
             ),
-            (&[("BROKER__LIMITS__MAX_HEADER_LIST_BYTES", "1023")], "limits.max_header_list_bytes must be at least 1024"),
+            (
+                &[("BROKER__LIMITS__MAX_HEADER_LIST_BYTES", "1023")],
+                "limits.max_header_list_bytes must be at least 1024",
+            ),
             (
                 &[("BROKER__LIMITS__SUBMIT_BURST", "0")],
                 "limits.submit_rate_per_second and limits.submit_burst must be positive",
@@ -882,7 +892,10 @@ acked_retention = "7d"
                 "limits.submit_rate_per_second and limits.submit_burst must be positive",
             ),
             (&[("BROKER__LISTEN__MAX_CONNECTIONS", "0")], "limits and listen.max_connections must be positive"),
-            (&[("BROKER__LIMITS__MAX_STREAMS_PER_PRINCIPAL", "0")], "limits and listen.max_connections must be positive"),
+            (
+                &[("BROKER__LIMITS__MAX_STREAMS_PER_PRINCIPAL", "0")],
+                "limits and listen.max_connections must be positive",
+            ),
             (
                 &[("BROKER__POLICY__ALLOW_SAME_KIND", r#"[["polisen-nord"]]"#)],
                 "policy.allow_same_kind entries must be pairs of agency ids",

@@ -113,7 +113,10 @@ pub fn check_files(config: &Config) -> Result<FilesChecked, Vec<String>> {
     match directory {
         Some(d) if problems.is_empty() => {
             let current = d.current();
-            Ok(FilesChecked { directory_version: current.directory.version, agencies: current.directory.agencies.len() })
+            Ok(FilesChecked {
+                directory_version: current.directory.version,
+                agencies: current.directory.agencies.len(),
+            })
         }
         _ => Err(problems),
     }
@@ -166,7 +169,8 @@ pub async fn start_wrapped(
     let log_key = Arc::new(read_log_key(&config.federation.log_key)?);
     check_log_key(&config.federation.log_key, &log_key, &directory)?;
     let tls = Arc::new(TlsState::open(&config.tls)?);
-    let admin_token = config.admin.endpoint.as_ref().map(|a| crate::admin::AdminToken::read(&a.token_file)).transpose()?;
+    let admin_token =
+        config.admin.endpoint.as_ref().map(|a| crate::admin::AdminToken::read(&a.token_file)).transpose()?;
     let sled = SledStore::open(&config.storage.data_dir)?;
     let store: Arc<dyn Store> = match wrap {
         Some(wrap) => wrap(sled),
@@ -180,7 +184,10 @@ pub async fn start_wrapped(
     let frontier = commit::restore_frontier(&*store)?;
     // A missing or unusable checkpoint is only warned about; the writer below rebuilds it.
     crate::checkpoint::verify(&*store, &config.storage.data_dir, frontier.size()).map_err(|message| {
-        StartError::Store(crate::store::StoreError::Refused { path: config.storage.data_dir.display().to_string(), message })
+        StartError::Store(crate::store::StoreError::Refused {
+            path: config.storage.data_dir.display().to_string(),
+            message,
+        })
     })?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
     let (committer, committer_thread) = commit::start(CommitterDeps {

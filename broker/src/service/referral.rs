@@ -81,7 +81,9 @@ impl ReferralService {
         tracing::Span::current().record("message_id", tracing::field::display(id));
         let digest = envelope.digest();
         let dir = state.directory.current();
-        if let Err(e) = authz::check_route(principal, &envelope.header, &dir.directory, &state.config.policy.allow_same_kind) {
+        if let Err(e) =
+            authz::check_route(principal, &envelope.header, &dir.directory, &state.config.policy.allow_same_kind)
+        {
             return Err(self.rejected(principal, e, Evidence::Unsigned).await);
         }
         // The sender's key must be valid when the broker receives the
@@ -489,7 +491,8 @@ impl ReferralBroker for ReferralService {
         let conn = self.state.connection(&req)?;
         let p = identity.principal;
         let permit = self.state.limiter.stream(&p.uri())?;
-        let (out, stream) = bounded(self.state.config.delivery.subscriber_buffer, self.state.config.delivery.subscriber_stall_timeout);
+        let (out, stream) =
+            bounded(self.state.config.delivery.subscriber_buffer, self.state.config.delivery.subscriber_stall_timeout);
         tracing::info!(principal = %p, "subscribed");
         let state = self.state.clone();
         spawn_stream("Subscribe", &p, out, move |out| async move {
@@ -551,7 +554,8 @@ impl ReferralBroker for ReferralService {
         let p = identity.principal;
         let permit = self.state.limiter.stream(&p.uri())?;
         let after = req.into_inner().after_cursor;
-        let (out, stream) = bounded(self.state.config.delivery.subscriber_buffer, self.state.config.delivery.subscriber_stall_timeout);
+        let (out, stream) =
+            bounded(self.state.config.delivery.subscriber_buffer, self.state.config.delivery.subscriber_stall_timeout);
         let state = self.state.clone();
         spawn_stream("WatchReceipts", &p, out, move |out| async move {
             let _permit = permit;

@@ -173,7 +173,9 @@ fn occurrences(code: &str, name: &str) -> Vec<usize> {
         .filter(|(at, _)| {
             let before = code[..*at].chars().next_back();
             let after = code[at + name.len()..].chars().next();
-            !(starts_ident && before.is_some_and(is_ident)) && !(ends_ident && after.is_some_and(is_ident))
+            let glued_before = starts_ident && before.is_some_and(is_ident);
+            let glued_after = ends_ident && after.is_some_and(is_ident);
+            !glued_before && !glued_after
         })
         .map(|(at, _)| at)
         .collect()
@@ -230,7 +232,8 @@ fn broker_client_dependency_rule(metadata: &serde_json::Value) -> Vec<String> {
         }
     }
     for (feature, enables) in broker["features"].as_object().unwrap() {
-        let enables_client = enables.as_array().unwrap().iter().any(|e| e == "dep:agency-client" || e == "agency-client");
+        let enables_client =
+            enables.as_array().unwrap().iter().any(|e| e == "dep:agency-client" || e == "agency-client");
         if enables_client && feature != "demo" {
             found.push(format!("broker's feature {feature:?} enables agency-client"));
         }
@@ -323,7 +326,9 @@ const RANDOMNESS_ALLOWED: [(&str, &str); 4] = [
 ];
 
 fn proto_randomness_rule(sources: &[Source]) -> Vec<String> {
-    uses(sources, &RANDOMNESS, |path, function| RANDOMNESS_ALLOWED.iter().any(|&(p, f)| p == path && Some(f) == function))
+    uses(sources, &RANDOMNESS, |path, function| {
+        RANDOMNESS_ALLOWED.iter().any(|&(p, f)| p == path && Some(f) == function)
+    })
 }
 
 /// The ways code names the sled crate (a bare `sled` can only be a local).
@@ -352,16 +357,25 @@ fn broker_environment_rule(sources: &[Source]) -> Vec<String> {
     let mut found = uses(
         sources,
         &["env::var", "env::vars", "env::var_os", "env::vars_os", "env::args", "env::set_var", "env::temp_dir"],
-        |path, function| path == "broker/src/cli.rs" || (path == "broker/src/demo.rs" && function == Some("tempfile_dir")),
+        |path, function| {
+            path == "broker/src/cli.rs" || (path == "broker/src/demo.rs" && function == Some("tempfile_dir"))
+        },
     );
-    found.extend(uses(sources, &["tracing_subscriber::fmt", "try_init", "set_global_default", "init_logging"], |path, _| {
-        path == "broker/src/cli.rs"
-    }));
+    found.extend(uses(
+        sources,
+        &["tracing_subscriber::fmt", "try_init", "set_global_default", "init_logging"],
+        |path, _| path == "broker/src/cli.rs",
+    ));
     found
 }
 
 fn package<'m>(metadata: &'m serde_json::Value, name: &str) -> &'m serde_json::Value {
-    metadata["packages"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no package {name}"))
+    metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no package {name}"))
 }
 
 // ------------------------------------------------------------------ tests
@@ -385,14 +399,18 @@ fn proto_draws_randomness_only_where_architecture_md_says() {
     // And each allowed place still draws it (else the list is out of date).
     for (path, function) in RANDOMNESS_ALLOWED {
         let drawn = uses(&proto, &RANDOMNESS, |p, f| !(p == path && f == Some(function)));
-        assert!(!drawn.is_empty(), "{path} fn {function} no longer draws randomness: update ARCHITECTURE.md and this list");
+        assert!(
+            !drawn.is_empty(),
+            "{path} fn {function} no longer draws randomness: update ARCHITECTURE.md and this list"
+        );
     }
 }
 
 #[test]
 fn only_the_store_names_sled() {
     assert_eq!(sled_dependency_rule(&metadata()), Vec::<String>::new());
-    let all = sources(&["proto", "broker", "agency-client", "certs", "tests", "bench", "fuzz/src", "fuzz/fuzz_targets"]);
+    let all =
+        sources(&["proto", "broker", "agency-client", "certs", "tests", "bench", "fuzz/src", "fuzz/fuzz_targets"]);
     assert_eq!(sled_rule(&all), Vec::<String>::new());
     assert!(!uses(&all, &SLED, |_, _| false).is_empty(), "the store itself names sled");
 }
@@ -426,7 +444,8 @@ fn each_rule_catches_what_it_forbids() {
     assert_eq!(broker_client_rule(&keys).len(), 2);
     assert!(broker_client_rule(&[Source::new("broker/src/demo.rs", "use agency_client::Client;")]).is_empty());
 
-    let io = [Source::new("proto/src/seal.rs", "fn f() { let t = std::time::SystemTime::now(); tracing::info!(\"x\"); }")];
+    let io =
+        [Source::new("proto/src/seal.rs", "fn f() { let t = std::time::SystemTime::now(); tracing::info!(\"x\"); }")];
     assert_eq!(proto_io_rule(&io).len(), 2, "{:?}", proto_io_rule(&io));
     let grouped = [Source::new("proto/src/keys.rs", "use std::{fs, net};\nfn f() { fs::read(\"k\") }")];
     assert_eq!(proto_io_rule(&grouped), ["proto/src/keys.rs:2 names fs:: in fn f"]);
@@ -464,7 +483,10 @@ fn each_dependency_rule_catches_what_it_forbids() {
     ]});
     assert_eq!(
         broker_client_dependency_rule(&metadata),
-        ["broker depends on agency-client without the demo feature", "broker's feature \"tools\" enables agency-client"]
+        [
+            "broker depends on agency-client without the demo feature",
+            "broker's feature \"tools\" enables agency-client"
+        ]
     );
     assert_eq!(proto_dependency_rule(&metadata), ["referral-proto depends on \"tokio\" (not in the reviewed list)"]);
     assert_eq!(sled_dependency_rule(&metadata), ["\"agency-client\" depends on sled"]);

@@ -235,9 +235,11 @@ async fn broker_dev_makes_a_federation_and_serves_it() {
 #[tokio::test]
 async fn completions_and_man_pages_are_generated() {
     // Each tool prints its own: the broker does not depend on agency-client.
-    for (tool, function, subcommand) in
-        [("broker", "_broker()", "check-config"), ("agency-client", "_agency__client()", "listen"), ("certs", "_certs()", "add-agency")]
-    {
+    for (tool, function, subcommand) in [
+        ("broker", "_broker()", "check-config"),
+        ("agency-client", "_agency__client()", "listen"),
+        ("certs", "_certs()", "add-agency"),
+    ] {
         let (code, out, err) = run_tool(exe(), tool, &["completions", "bash"]).await;
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(function) && out.contains(subcommand), "bash completion for {tool}:\n{out}");

@@ -171,12 +171,15 @@ impl Scene {
         let log_key = parse_signing_key_file(&text, KeyPurpose::BrokerLog).unwrap();
         let police = bundle(&dev.profile(POLICE_SYSTEM));
         let social = bundle(&dev.profile(SOCIAL_ONCALL));
-        let directory =
-            DirectoryState::open(&config.federation.directory, read_federation_key(&config.federation.federation_key).unwrap(), certs::now())
-                .unwrap()
-                .current()
-                .directory
-                .clone();
+        let directory = DirectoryState::open(
+            &config.federation.directory,
+            read_federation_key(&config.federation.federation_key).unwrap(),
+            certs::now(),
+        )
+        .unwrap()
+        .current()
+        .directory
+        .clone();
         let now = certs::now();
         let sent = seal(
             &example_notice(),
