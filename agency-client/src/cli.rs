@@ -491,10 +491,12 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
     out
 }
 
-/// Runs a command-line program's work to completion, the same way for every
-/// binary in the workspace: installs the one TLS crypto provider (ring, never
+/// Runs a command-line program's work to completion, for this CLI and the
+/// load generator: installs the one TLS crypto provider (ring, never
 /// aws-lc-rs), runs `work` on a fresh runtime, prints an error with its
 /// causes, and turns the outcome into an exit code (`exit` for success).
+/// (`broker::cli::main_with` does the same for the broker, which may not
+/// depend on this crate, without the closed-stdout case it never meets.)
 pub fn run_program<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
     exit: impl FnOnce(T) -> std::process::ExitCode,
