@@ -1,6 +1,7 @@
 //! The `agency-client` command line, for agency systems' operators, on-call
-//! staff and auditors. Every command takes `--profile DIR` (a folder made by
-//! `certs`) and prints for people, or JSON with `--json`.
+//! staff and auditors. Every command but `completions` and `manpages` takes
+//! `--profile DIR` (a folder made by `certs`) and prints for people, or JSON
+//! with `--json`.
 
 use std::path::PathBuf;
 
@@ -105,16 +106,43 @@ pub enum Command {
     /// Auditor commands: verify, replay and prove the broker's log.
     #[command(subcommand)]
     Audit(crate::auditor::AuditCommand),
+    /// Print shell completions for agency-client (needs no profile).
+    Completions { shell: certs::tool_docs::Shell },
+    /// Write the man page of agency-client (agency-client.1) into a folder (needs no profile).
+    Manpages {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let Some(profile) = cli.profile.clone() else {
-        bail!("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)");
-    };
-    let client = Client::connect_dir(&profile).await?;
-    let json = cli.json;
     match cli.command {
+        // About the tool itself: no profile, no connection.
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            certs::tool_docs::completions(shell, <Cli as clap::CommandFactory>::command(), &mut script);
+            out!("{}", String::from_utf8_lossy(&script).trim_end());
+            Ok(true)
+        }
+        Command::Manpages { out } => {
+            let page = certs::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)?;
+            out!("{}", page.display());
+            Ok(true)
+        }
+        command => {
+            let Some(profile) = cli.profile else {
+                bail!("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)");
+            };
+            run_connected(&profile, cli.json, command).await
+        }
+    }
+}
+
+/// Carries out a command that talks to the broker as the profile's principal.
+async fn run_connected(profile: &std::path::Path, json: bool, command: Command) -> anyhow::Result<bool> {
+    let client = Client::connect_dir(profile).await?;
+    match command {
         Command::Send { to, referral, message_id } => {
             let text =
                 std::fs::read_to_string(&referral).with_context(|| format!("cannot read {}", referral.display()))?;
@@ -161,7 +189,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             while let Some(ev) = alerts.next().await? {
                 if json {
                     out!("{}", json_line(&event_json(&ev)));
-                } else if let Some(text) = event_text(&ev, &profile, &me) {
+                } else if let Some(text) = event_text(&ev, profile, &me) {
                     out!("{text}");
                 }
                 if once && matches!(ev, AlertEvent::CaughtUp { .. }) {
@@ -266,6 +294,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
         }
         Command::Audit(cmd) => return crate::auditor::run(&client, cmd, json).await,
+        Command::Completions { .. } | Command::Manpages { .. } => unreachable!("answered by run without connecting"),
     }
     Ok(true)
 }
@@ -462,10 +491,12 @@ fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
     out
 }
 
-/// Runs a command-line program's work to completion, the same way for every
-/// binary in the workspace: installs the one TLS crypto provider (ring, never
+/// Runs a command-line program's work to completion, for this CLI and the
+/// load generator: installs the one TLS crypto provider (ring, never
 /// aws-lc-rs), runs `work` on a fresh runtime, prints an error with its
 /// causes, and turns the outcome into an exit code (`exit` for success).
+/// (`broker::cli::main_with` does the same for the broker, which may not
+/// depend on this crate, without the closed-stdout case it never meets.)
 pub fn run_program<T>(
     work: impl std::future::Future<Output = anyhow::Result<T>>,
     exit: impl FnOnce(T) -> std::process::ExitCode,

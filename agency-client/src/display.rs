@@ -9,36 +9,19 @@
 
 use std::borrow::Cow;
 
-use referral_proto::text::{forbidden_in_free_text, forbidden_in_line};
-
-fn escape<'a>(s: &'a str, forbidden: impl Fn(char) -> bool, newline: &str) -> Cow<'a, str> {
-    if !s.chars().any(|c| c == '\n' || forbidden(c)) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c == '\n' && !forbidden(c) {
-            out.push_str(newline);
-        } else if forbidden(c) {
-            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+use referral_proto::text::{self, forbidden_in_line};
 
 /// `s` for one line of output: every control character (newline included)
 /// and bidirectional formatting character becomes `\u{..}`.
 pub fn safe(s: &str) -> Cow<'_, str> {
-    escape(s, forbidden_in_line, "")
+    text::escape_line(s)
 }
 
 /// `s` for a free-text block: like [`safe`], but a newline is kept and the
 /// next line indented by `indent`, so that a line of the text can never
 /// pass for a line the CLI printed itself (a fake "Address:").
 pub fn safe_block<'a>(s: &'a str, indent: &str) -> Cow<'a, str> {
-    escape(s, forbidden_in_free_text, &format!("\n{indent}| "))
+    text::escape_block(s, indent)
 }
 
 /// One line of JSON for a terminal or a pipe: serde_json already escapes

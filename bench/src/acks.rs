@@ -163,8 +163,8 @@ async fn level(
     picks: &mut Picks,
 ) -> anyhow::Result<AckLevel> {
     let setup = Setup::create(None, false, &args.broker_log_level)?;
-    let key = read_federation_key(&setup.config.federation_key)?;
-    let directory = DirectoryState::open(&setup.config.directory, key, certs::now())?;
+    let key = read_federation_key(&setup.config.federation.federation_key)?;
+    let directory = DirectoryState::open(&setup.config.federation.directory, key, certs::now())?;
     let recipient = AgencyId::new(SOCIAL).context("the social services agency id")?;
     let sender_dir = setup.profile(&sender_profile());
     let sealer = Arc::new(Sealer::new(&sender_dir, &directory.current().directory, &recipient, notice.clone())?);

@@ -92,8 +92,8 @@ impl ReferralBroker for Ceiling {
 /// The fixed answer: an ACCEPTED receipt for a made-up message between the
 /// directory's first two agencies, signed once with the broker's log key.
 fn fixed_answer(config: &Config, directory: &DirectoryState) -> anyhow::Result<pb::SubmitResponse> {
-    let path = config.log_key.display().to_string();
-    let text = certs::secret_file::read(&config.log_key).with_context(|| format!("cannot read {path}"))?;
+    let path = config.federation.log_key.display().to_string();
+    let text = certs::secret_file::read(&config.federation.log_key).with_context(|| format!("cannot read {path}"))?;
     let log_key = parse_signing_key_file(&text, KeyPurpose::BrokerLog).with_context(|| path.clone())?;
     let loaded = directory.current();
     let agencies: Vec<AgencyId> = loaded.directory.agencies.keys().cloned().collect();
@@ -119,22 +119,22 @@ fn fixed_answer(config: &Config, directory: &DirectoryState) -> anyhow::Result<p
 /// Serves until SIGTERM or SIGINT.
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path, &[])?;
-    let federation_key = read_federation_key(&config.federation_key)?;
-    let directory = DirectoryState::open(&config.directory, federation_key, certs::now())?;
+    let federation_key = read_federation_key(&config.federation.federation_key)?;
+    let directory = DirectoryState::open(&config.federation.directory, federation_key, certs::now())?;
     let answer = fixed_answer(&config, &directory)?;
     let trust_domain = directory.current().directory.trust_domain.clone();
     let tls = Arc::new(TlsState::open(&config.tls)?);
     let termination = broker::cli::Termination::listen().context("cannot install the SIGTERM/SIGINT handlers")?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen.address)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {}", config.listen.address))?;
     let shutdown = CancellationToken::new();
     let incoming = accept_loop(
         listener,
         tls,
         AcceptOptions {
-            handshake_timeout: config.handshake_timeout,
-            max_connections: config.limits.max_connections,
+            handshake_timeout: config.listen.handshake_timeout,
+            max_connections: config.listen.max_connections,
             max_connections_per_principal: config.limits.max_connections_per_principal,
             trust_domain,
             registry: Default::default(),
@@ -145,7 +145,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let service = ReferralBrokerServer::new(Ceiling::new(answer)).max_decoding_message_size(MAX_DECODING_BYTES);
-    let hb = config.heartbeat_interval;
+    let hb = config.delivery.heartbeat_interval;
     let stop = shutdown.clone();
     tokio::spawn(async move {
         termination.recv().await;

@@ -70,14 +70,15 @@ pub async fn fill_among(
     );
     let stride = if readable.is_empty() { u64::MAX } else { count / readable.len() as u64 };
     let readable = Arc::new(readable);
-    let federation_key = read_federation_key(&config.federation_key)?;
-    let directory = Arc::new(DirectoryState::open(&config.directory, federation_key, certs::now())?);
-    let log_key_path = config.log_key.display().to_string();
+    let federation_key = read_federation_key(&config.federation.federation_key)?;
+    let directory = Arc::new(DirectoryState::open(&config.federation.directory, federation_key, certs::now())?);
+    let log_key_path = config.federation.log_key.display().to_string();
     let log_key_text =
-        certs::secret_file::read(&config.log_key).with_context(|| format!("cannot read {log_key_path}"))?;
+        certs::secret_file::read(&config.federation.log_key).with_context(|| format!("cannot read {log_key_path}"))?;
     let log_key = Arc::new(parse_signing_key_file(&log_key_text, KeyPurpose::BrokerLog).context(log_key_path)?);
     let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&config.data_dir).with_context(|| format!("cannot open {}", config.data_dir.display()))?,
+        SledStore::open(&config.storage.data_dir)
+            .with_context(|| format!("cannot open {}", config.storage.data_dir.display()))?,
     );
     let frontier = commit::restore_frontier(&*store)?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
@@ -88,15 +89,15 @@ pub async fn fill_among(
         log_key,
         directory,
         checkpoint: Some(broker::checkpoint::Writer::open(
-            &config.data_dir,
+            &config.storage.data_dir,
             broker::checkpoint::Checkpoint { tree_size: frontier.size(), root: frontier.root() },
         )?),
         timing: Timing {
-            ack_deadlines: config.ack_deadlines,
-            unacked_retention_ms: config.unacked_retention_ms,
-            acked_retention_ms: config.acked_retention_ms,
+            ack_deadlines: config.delivery.ack_deadlines,
+            unacked_retention_ms: config.delivery.unacked_retention_ms,
+            acked_retention_ms: config.delivery.acked_retention_ms,
         },
-        deadline_tick: config.deadline_tick,
+        deadline_tick: config.delivery.deadline_tick,
         rejections: Default::default(),
     })?;
     let base = sealer.seal_domain()?;

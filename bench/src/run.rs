@@ -125,8 +125,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         eprintln!("work folder: {}", setup.work.path().display());
     }
     let machine = Machine::describe(setup.work.path());
-    let key = read_federation_key(&setup.config.federation_key)?;
-    let directory = DirectoryState::open(&setup.config.directory, key, certs::now())?;
+    let key = read_federation_key(&setup.config.federation.federation_key)?;
+    let directory = DirectoryState::open(&setup.config.federation.directory, key, certs::now())?;
     let recipient = AgencyId::new(SOCIAL).context("the social services agency id")?;
     let sealer =
         Arc::new(Sealer::new(&setup.profile(&sender_profile()), &directory.current().directory, &recipient, notice)?);

@@ -200,6 +200,6 @@ mod tests {
         assert_eq!(c.limits.submit_rate_per_second, 1_000_000);
         assert_eq!(c.limits.max_streams_per_principal, 100_000);
         assert_eq!(c.tls.key, Path::new("/tmp/x/broker/server.key"));
-        assert_eq!(c.log_level, "warn");
+        assert_eq!(c.log.level, "warn");
     }
 }

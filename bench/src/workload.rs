@@ -234,8 +234,8 @@ mod federation_tests {
     fn sealed_referrals_open_at_the_recipient_and_filled_ones_do_not() {
         let tmp = tempfile::tempdir().unwrap();
         let setup = crate::setup::Setup::create(Some(&tmp.path().join("w")), false, "info").unwrap();
-        let key = read_federation_key(&setup.config.federation_key).unwrap();
-        let dir = DirectoryState::open(&setup.config.directory, key, certs::now()).unwrap();
+        let key = read_federation_key(&setup.config.federation.federation_key).unwrap();
+        let dir = DirectoryState::open(&setup.config.federation.directory, key, certs::now()).unwrap();
         let directory = &dir.current().directory;
         let social = AgencyId::new(certs::dev::SOCIAL).unwrap();
         let sealer = Sealer::new(

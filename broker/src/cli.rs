@@ -41,6 +41,7 @@ pub enum Command {
         admin: SocketAddr,
     },
     /// Run the end-to-end demo in one process: federation, broker, two agencies, an auditor.
+    #[cfg(feature = "demo")]
     Demo,
     /// Validate a configuration and the files it names, then exit.
     CheckConfig {
@@ -79,47 +80,13 @@ pub enum Command {
         #[arg(long)]
         from: PathBuf,
     },
-    /// Print shell completions for one of the three tools.
-    Completions {
-        shell: clap_complete::Shell,
-        /// The tool to complete.
-        #[arg(long = "for", value_enum, default_value = "broker")]
-        tool: Tool,
-    },
-    /// Write man pages for broker, agency-client and certs into a folder.
+    /// Print shell completions for broker (certs and agency-client print their own).
+    Completions { shell: certs::tool_docs::Shell },
+    /// Write the man page of broker (broker.1) into a folder.
     Manpages {
         #[arg(long)]
         out: PathBuf,
     },
-}
-
-/// The project's three command-line tools.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Tool {
-    Broker,
-    AgencyClient,
-    Certs,
-}
-
-impl Tool {
-    const ALL: [Tool; 3] = [Tool::Broker, Tool::AgencyClient, Tool::Certs];
-
-    fn name(self) -> &'static str {
-        match self {
-            Tool::Broker => "broker",
-            Tool::AgencyClient => "agency-client",
-            Tool::Certs => "certs",
-        }
-    }
-
-    fn command(self) -> clap::Command {
-        let cmd = match self {
-            Tool::Broker => <Cli as clap::CommandFactory>::command(),
-            Tool::AgencyClient => <agency_client::cli::Cli as clap::CommandFactory>::command(),
-            Tool::Certs => <certs::cli::Cli as clap::CommandFactory>::command(),
-        };
-        cmd.name(self.name())
-    }
 }
 
 /// A request to the running broker's admin endpoint with the configured
@@ -131,7 +98,7 @@ async fn admin_request(
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<Option<(u16, String)>> {
-    let Some(admin) = &config.admin else { return Ok(None) };
+    let Some(admin) = &config.admin.endpoint else { return Ok(None) };
     let token = crate::admin::AdminToken::read(&admin.token_file)?;
     Ok(crate::admin::request(admin.listen, Some(token.as_str()), method, path, body).await.ok())
 }
@@ -197,9 +164,9 @@ impl Termination {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let termination =
         Termination::listen().map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen.address)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen.address))?;
     let shutdown = CancellationToken::new();
     let running =
         start(listener, config, StartOptions { clock: Arc::new(SystemClock), sighup: true }, shutdown.clone()).await?;
@@ -216,7 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(&config)?;
-            init_logging(config.log_format, &config.log_level);
+            init_logging(config.log.format, &config.log.level);
             serve(config).await
         }
         Command::Dev { dir, listen, data, admin } => {
@@ -226,16 +193,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("try: agency-client --profile {}/profiles/huddinge-socialtjanst-oncall listen", dir.display());
             serve(config).await
         }
+        #[cfg(feature = "demo")]
         Command::Demo => crate::demo::run().await,
         Command::CheckConfig { config } => {
             let config = load_config(&config)?;
-            let (version, agencies) = crate::server::check_files(&config).map_err(|problems| {
+            let found = crate::server::check_files(&config).map_err(|problems| {
                 anyhow::anyhow!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))
             })?;
             println!(
-                "configuration ok: listening on {}, directory version {version} with {agencies} agencies, data in {}",
-                config.listen,
-                config.data_dir.display()
+                "configuration ok: listening on {}, directory version {} with {} agencies, data in {}",
+                config.listen.address,
+                found.directory_version,
+                found.agencies,
+                config.storage.data_dir.display()
             );
             Ok(())
         }
@@ -254,11 +224,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status: crate::status::Status = match live {
                 Some(body) => serde_json::from_str(&body)?,
                 None => {
-                    let store = crate::store::sled_store::SledStore::open_existing(&config.data_dir).map_err(|e| {
-                        anyhow::anyhow!(
-                            "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
-                        )
-                    })?;
+                    let store =
+                        crate::store::sled_store::SledStore::open_existing(&config.storage.data_dir).map_err(|e| {
+                            anyhow::anyhow!(
+                                "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
+                            )
+                        })?;
                     crate::status::gather(&store, certs::now())?
                 }
             };
@@ -277,7 +248,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let report: crate::backup::BackupReport = match live {
                 Some((200, body)) => serde_json::from_str(&body)?,
                 Some((code, body)) => anyhow::bail!("the broker refused the backup ({code}): {}", body.trim()),
-                None => crate::backup::offline(&config.data_dir, &to)?,
+                None => crate::backup::offline(&config.storage.data_dir, &to)?,
             };
             println!(
                 "backup written to {} and verified: {} records, audit log of {} entries with root {}",
@@ -290,42 +261,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore { config, from } => {
             let config = load_config(&config)?;
-            if let Some(addr) = config.admin.as_ref().map(|a| a.listen)
+            if let Some(addr) = config.admin.endpoint.as_ref().map(|a| a.listen)
                 && crate::admin::request(addr, None, "GET", "/health", None).await.is_ok()
             {
                 anyhow::bail!("the broker is running (its admin endpoint answers on {addr}); stop it before restoring");
             }
-            let r = crate::backup::restore(&from, &config.data_dir)?;
+            let r = crate::backup::restore(&from, &config.storage.data_dir)?;
             println!(
                 "restored {} records into {}; audit log of {} entries with root {} verified",
                 r.records,
-                config.data_dir.display(),
+                config.storage.data_dir.display(),
                 r.audit_log_entries,
                 r.root
             );
             Ok(())
         }
-        Command::Completions { shell, tool } => {
-            clap_complete::generate(shell, &mut tool.command(), tool.name(), &mut std::io::stdout());
+        Command::Completions { shell } => {
+            certs::tool_docs::completions(shell, <Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
             Ok(())
         }
         Command::Manpages { out } => {
-            certs::durable_file::create_dir_all(&out)?;
-            for tool in Tool::ALL {
-                let path = out.join(format!("{}.1", tool.name()));
-                let mut buf = Vec::new();
-                clap_mangen::Man::new(tool.command()).render(&mut buf)?;
-                certs::durable_file::write(&path, buf)?;
-                println!("{}", path.display());
-            }
+            println!("{}", certs::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)?.display());
             Ok(())
         }
     }
 }
 
-/// Runs the CLI to completion and turns the outcome into an exit code.
+/// Runs the CLI to completion and turns the outcome into an exit code:
+/// installs the one TLS crypto provider (ring, never aws-lc-rs), runs on a
+/// fresh runtime, and prints an error with its causes (escaped: they can
+/// quote files and answers from elsewhere) with exit code 1.
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
-    agency_client::cli::run_program(run(cli), |()| std::process::ExitCode::SUCCESS)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", referral_proto::text::escape_block(&format!("{e:#}"), "  "));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

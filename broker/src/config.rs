@@ -3,6 +3,11 @@
 //! reporting every problem at once. The environment is passed in, so tests
 //! never touch the process's own.
 //!
+//! [`Config`] mirrors the file: one field per `[section]`, each a typed
+//! struct whose fields are that section's keys (durations parsed, paths made
+//! absolute, defaults filled in), so `listen.address` in the file is
+//! `config.listen.address` in the code.
+//!
 //! Settings that an operator must choose (addresses, credentials, data
 //! directory, ack deadlines) have no defaults; tuning knobs do, and the
 //! example `broker.toml` documents each.
@@ -13,6 +18,74 @@ use std::time::Duration;
 
 use referral_proto::ids::AgencyId;
 use serde::Deserialize;
+
+/// A validated configuration: one field per section of the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub federation: FederationConfig,
+    pub storage: StorageConfig,
+    pub delivery: DeliveryConfig,
+    pub limits: LimitsConfig,
+    pub audit: AuditConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[listen]`: where clients connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    /// How long a TLS handshake may take before the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// Connections held at once, from everyone.
+    pub max_connections: usize,
+}
+
+/// `[tls]`: the broker's certificate and key, the CA and CRL client
+/// certificates are checked against, and how often they are re-read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub crl: PathBuf,
+    pub reload_interval: Duration,
+    /// How long before a credential expires the health check warns.
+    pub expiry_warning: Duration,
+}
+
+/// `[federation]`: the signed directory, the key it is verified with, and
+/// the broker's audit log signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationConfig {
+    pub directory: PathBuf,
+    pub federation_key: PathBuf,
+    pub log_key: PathBuf,
+}
+
+/// `[storage]`: where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+/// `[delivery]`: ack deadlines, retention, and how subscribers are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// `ack_deadline_immediate`, `ack_deadline_urgent`, `ack_deadline_routine`.
+    pub ack_deadlines: AckDeadlines,
+    pub unacked_retention_ms: i64,
+    pub acked_retention_ms: i64,
+    pub heartbeat_interval: Duration,
+    pub subscriber_stall_timeout: Duration,
+    pub subscriber_buffer: usize,
+    pub max_clock_skew_future_ms: i64,
+    pub max_clock_skew_past_ms: i64,
+    pub deadline_tick: Duration,
+}
 
 /// Durations in milliseconds per urgency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,27 +106,14 @@ impl AckDeadlines {
     }
 }
 
+/// `[limits]`: what one principal may use (the total number of connections
+/// is `[listen] max_connections`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub certificate: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: PathBuf,
-    pub crl: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct LimitsConfig {
     pub submit_rate_per_second: u32,
     pub submit_burst: u32,
     pub max_in_flight_per_principal: usize,
     pub max_streams_per_principal: usize,
-    pub max_connections: usize,
     /// Connections one principal (certificate URI) may hold at once.
     pub max_connections_per_principal: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised on each connection.
@@ -62,42 +122,46 @@ pub struct Limits {
     pub max_header_list_bytes: u32,
 }
 
-/// A validated configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub handshake_timeout: Duration,
-    pub tls: TlsFiles,
-    pub reload_interval: Duration,
-    pub directory: PathBuf,
-    pub federation_key: PathBuf,
-    pub log_key: PathBuf,
-    pub data_dir: PathBuf,
-    pub ack_deadlines: AckDeadlines,
-    pub unacked_retention_ms: i64,
-    pub acked_retention_ms: i64,
-    pub heartbeat_interval: Duration,
-    pub stall_timeout: Duration,
-    pub subscriber_buffer: usize,
-    pub max_future_skew_ms: i64,
-    pub max_past_skew_ms: i64,
-    pub deadline_tick: Duration,
+/// `[audit]`: how often a new tree head is signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditConfig {
     pub tree_head_interval: Duration,
-    pub limits: Limits,
+}
+
+/// `[policy]`: exceptions to the routing rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
     /// Pairs of same-kind agencies allowed to send to each other.
     pub allow_same_kind: Vec<(AgencyId, AgencyId)>,
-    pub log_format: LogFormat,
-    pub log_level: String,
+}
+
+/// `[log]`: the format and filter of the broker's own log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `broker=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[admin]`: the operators' endpoint and the health check's interval (which
+/// also drives the gRPC health service, so it applies with the endpoint off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
     /// The admin endpoint (metrics, health, status, backup); None (off)
     /// unless the configuration has an `[admin]` section.
-    pub admin: Option<AdminConfig>,
+    pub endpoint: Option<AdminEndpoint>,
     pub health_interval: Duration,
-    pub cert_expiry_warning: Duration,
 }
 
 /// Where the admin endpoint listens and the token that opens it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdminConfig {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminEndpoint {
     pub listen: SocketAddr,
     /// A file (mode 0600) holding the bearer token every admin request but
     /// `GET /health` must present; read at start.
@@ -215,6 +279,9 @@ struct RawAdmin {
 /// Where the admin endpoint listens when `[admin]` names no address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 
+/// `[listen] max_connections` when the file does not say.
+const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
 /// Parses `500ms`, `30s`, `15m`, `4h`, `3d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -230,36 +297,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_millis(ms))
-}
-
-struct Checker {
-    problems: Vec<String>,
-}
-
-impl Checker {
-    fn required<T>(&mut self, v: Option<T>, name: &str) -> Option<T> {
-        if v.is_none() {
-            self.problems.push(format!("{name} is required"));
-        }
-        v
-    }
-
-    fn duration(&mut self, v: Option<&String>, name: &str, default: Option<Duration>) -> Duration {
-        match v {
-            None => default.unwrap_or_else(|| {
-                self.problems.push(format!("{name} is required (a duration such as 15m, 4h or 3d)"));
-                Duration::ZERO
-            }),
-            Some(s) => match parse_duration(s) {
-                Some(d) if !d.is_zero() => d,
-                _ => {
-                    self.problems
-                        .push(format!("{name} = {s:?} is not a positive duration such as 500ms, 30s, 15m, 4h or 3d"));
-                    Duration::ZERO
-                }
-            },
-        }
-    }
 }
 
 fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<String> {
@@ -311,201 +348,43 @@ impl Config {
                 return Err(ConfigError(problems));
             }
         };
-        let mut c = Checker { problems };
-        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-
-        let listen = raw.listen.unwrap_or_default();
-        let listen_addr = c.required(listen.address, "listen.address").and_then(|a| match a.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                c.problems.push(format!("listen.address = {a:?} is not an address such as 0.0.0.0:7443"));
-                None
-            }
-        });
-        let handshake_timeout =
-            c.duration(listen.handshake_timeout.as_ref(), "listen.handshake_timeout", Some(Duration::from_secs(10)));
-
-        let tls = raw.tls.unwrap_or_default();
-        let certificate = c.required(tls.certificate, "tls.certificate");
-        let key = c.required(tls.key, "tls.key");
-        let client_ca = c.required(tls.client_ca, "tls.client_ca");
-        let crl = c.required(tls.crl, "tls.crl");
-        let reload_interval =
-            c.duration(tls.reload_interval.as_ref(), "tls.reload_interval", Some(Duration::from_secs(10)));
-        let cert_expiry_warning =
-            c.duration(tls.expiry_warning.as_ref(), "tls.expiry_warning", Some(Duration::from_secs(14 * 86_400)));
-
-        let fed = raw.federation.unwrap_or_default();
-        let directory = c.required(fed.directory, "federation.directory");
-        let federation_key = c.required(fed.federation_key, "federation.federation_key");
-        let log_key = c.required(fed.log_key, "federation.log_key");
-
-        let storage = raw.storage.unwrap_or_default();
-        let data_dir = c.required(storage.data_dir, "storage.data_dir");
-
-        let d = raw.delivery.unwrap_or_default();
-        let ms = |d: Duration| d.as_millis() as i64;
-        let ack_deadlines = AckDeadlines {
-            immediate_ms: ms(c.duration(d.ack_deadline_immediate.as_ref(), "delivery.ack_deadline_immediate", None)),
-            urgent_ms: ms(c.duration(d.ack_deadline_urgent.as_ref(), "delivery.ack_deadline_urgent", None)),
-            routine_ms: ms(c.duration(d.ack_deadline_routine.as_ref(), "delivery.ack_deadline_routine", None)),
+        let mut c = Checker { problems, base };
+        // Each section is checked in the file's order, so the problems are
+        // listed in the order an operator reads the file. A section is None
+        // when a setting it requires is missing or invalid; that was reported.
+        let raw_listen = raw.listen.unwrap_or_default();
+        let max_connections = raw_listen.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let listen = c.listen(raw_listen);
+        let tls = c.tls(raw.tls.unwrap_or_default());
+        let federation = c.federation(raw.federation.unwrap_or_default());
+        let storage = c.storage(raw.storage.unwrap_or_default());
+        let delivery = c.delivery(raw.delivery.unwrap_or_default());
+        let limits = c.limits(raw.limits.unwrap_or_default(), max_connections);
+        let audit = c.audit(raw.audit.unwrap_or_default());
+        let policy = c.policy(raw.policy.unwrap_or_default());
+        let log = c.log(raw.log.unwrap_or_default());
+        let admin = c.admin(raw.admin);
+        let sections = || {
+            Some(Config {
+                listen: listen?,
+                tls: tls?,
+                federation: federation?,
+                storage: storage?,
+                delivery,
+                limits,
+                audit,
+                policy,
+                log,
+                admin: admin?,
+            })
         };
-        let unacked_retention_ms = ms(c.duration(d.unacked_retention.as_ref(), "delivery.unacked_retention", None));
-        let acked_retention_ms = ms(c.duration(d.acked_retention.as_ref(), "delivery.acked_retention", None));
-        let longest = ack_deadlines.immediate_ms.max(ack_deadlines.urgent_ms).max(ack_deadlines.routine_ms);
-        if unacked_retention_ms > 0 && unacked_retention_ms <= longest {
-            c.problems.push("delivery.unacked_retention must be longer than every ack deadline".into());
-        }
-        let heartbeat_interval =
-            c.duration(d.heartbeat_interval.as_ref(), "delivery.heartbeat_interval", Some(Duration::from_secs(15)));
-        let stall_timeout = c.duration(
-            d.subscriber_stall_timeout.as_ref(),
-            "delivery.subscriber_stall_timeout",
-            Some(Duration::from_secs(30)),
-        );
-        let subscriber_buffer = d.subscriber_buffer.unwrap_or(64);
-        if !(1..=10_000).contains(&subscriber_buffer) {
-            c.problems.push("delivery.subscriber_buffer must be 1 to 10000".into());
-        }
-        let max_future_skew_ms = ms(c.duration(
-            d.max_clock_skew_future.as_ref(),
-            "delivery.max_clock_skew_future",
-            Some(Duration::from_secs(300)),
-        ));
-        let max_past_skew_ms = ms(c.duration(
-            d.max_clock_skew_past.as_ref(),
-            "delivery.max_clock_skew_past",
-            Some(Duration::from_secs(7 * 86_400)),
-        ));
-        let deadline_tick =
-            c.duration(d.deadline_tick.as_ref(), "delivery.deadline_tick", Some(Duration::from_secs(1)));
-
-        let l = raw.limits.unwrap_or_default();
-        let limits = Limits {
-            submit_rate_per_second: l.submit_rate_per_second.unwrap_or(200),
-            submit_burst: l.submit_burst.unwrap_or(400),
-            max_in_flight_per_principal: l.max_in_flight_per_principal.unwrap_or(256),
-            max_streams_per_principal: l.max_streams_per_principal.unwrap_or(16),
-            max_connections: listen.max_connections.unwrap_or(20_000),
-            max_connections_per_principal: l.max_connections_per_principal.unwrap_or(32),
-            max_concurrent_streams_per_connection: l.max_concurrent_streams_per_connection.unwrap_or(100),
-            max_header_list_bytes: l.max_header_list_bytes.unwrap_or(16 * 1024),
-        };
-        if limits.max_header_list_bytes < 1024 {
-            c.problems.push("limits.max_header_list_bytes must be at least 1024".into());
-        }
-        if limits.submit_rate_per_second == 0 || limits.submit_burst == 0 {
-            c.problems.push("limits.submit_rate_per_second and limits.submit_burst must be positive".into());
-        }
-        if limits.max_in_flight_per_principal == 0
-            || limits.max_streams_per_principal == 0
-            || limits.max_connections == 0
-            || limits.max_connections_per_principal == 0
-            || limits.max_concurrent_streams_per_connection == 0
-        {
-            c.problems.push("limits and listen.max_connections must be positive".into());
-        }
-        let tree_head_interval = c.duration(
-            raw.audit.unwrap_or_default().tree_head_interval.as_ref(),
-            "audit.tree_head_interval",
-            Some(Duration::from_secs(2)),
-        );
-
-        let mut allow_same_kind = Vec::new();
-        for pair in raw.policy.unwrap_or_default().allow_same_kind.unwrap_or_default() {
-            match pair.as_slice() {
-                [a, b] => match (AgencyId::new(a.clone()), AgencyId::new(b.clone())) {
-                    (Ok(a), Ok(b)) => allow_same_kind.push((a, b)),
-                    (Err(e), _) | (_, Err(e)) => c.problems.push(format!("policy.allow_same_kind: {e}")),
-                },
-                _ => c.problems.push("policy.allow_same_kind entries must be pairs of agency ids".into()),
+        match sections() {
+            Some(config) if c.problems.is_empty() => Ok(config),
+            _ => {
+                debug_assert!(!c.problems.is_empty(), "every missing setting is reported as a problem");
+                Err(ConfigError(c.problems))
             }
         }
-
-        let log = raw.log.unwrap_or_default();
-        let log_format = match log.format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                c.problems.push(format!("log.format = {other:?} must be text or json"));
-                LogFormat::Text
-            }
-        };
-        let log_level = log.level.unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            c.problems.push(format!("log.level = {log_level:?} is not a tracing filter such as info or broker=debug"));
-        }
-        // The admin endpoint is off unless the file asks for it, and then it
-        // needs a token of its own (its requests carry no certificate).
-        let health_interval = c.duration(
-            raw.admin.as_ref().and_then(|a| a.health_interval.as_ref()),
-            "admin.health_interval",
-            Some(Duration::from_secs(5)),
-        );
-        let admin = match raw.admin {
-            None => None,
-            Some(admin) => match admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
-                "off" => None,
-                a => {
-                    let listen = a.parse::<SocketAddr>().ok();
-                    if listen.is_none() {
-                        c.problems.push(format!(
-                            "admin.listen = {a:?} is not an address such as 127.0.0.1:9464 (or \"off\")"
-                        ));
-                    }
-                    let token_file = c.required(admin.token_file, "admin.token_file");
-                    match (listen, token_file) {
-                        (Some(listen), Some(t)) => Some(AdminConfig { listen, token_file: abs(t) }),
-                        _ => None,
-                    }
-                }
-            },
-        };
-
-        if !c.problems.is_empty() {
-            return Err(ConfigError(c.problems));
-        }
-        let (
-            Some(listen),
-            Some(certificate),
-            Some(key),
-            Some(client_ca),
-            Some(crl),
-            Some(directory),
-            Some(federation_key),
-            Some(log_key),
-            Some(data_dir),
-        ) = (listen_addr, certificate, key, client_ca, crl, directory, federation_key, log_key, data_dir)
-        else {
-            unreachable!("every missing setting was reported as a problem");
-        };
-        Ok(Config {
-            listen,
-            handshake_timeout,
-            tls: TlsFiles { certificate: abs(certificate), key: abs(key), client_ca: abs(client_ca), crl: abs(crl) },
-            reload_interval,
-            directory: abs(directory),
-            federation_key: abs(federation_key),
-            log_key: abs(log_key),
-            data_dir: abs(data_dir),
-            ack_deadlines,
-            unacked_retention_ms,
-            acked_retention_ms,
-            heartbeat_interval,
-            stall_timeout,
-            subscriber_buffer,
-            max_future_skew_ms,
-            max_past_skew_ms,
-            deadline_tick,
-            tree_head_interval,
-            limits,
-            allow_same_kind,
-            log_format,
-            log_level,
-            admin,
-            health_interval,
-            cert_expiry_warning,
-        })
     }
 
     /// The configuration for a development federation made by `certs dev`
@@ -513,6 +392,242 @@ impl Config {
     pub fn for_dev_federation(dev_dir: &Path, listen: SocketAddr, data_dir: &Path) -> Self {
         let text = dev_config_text(listen, data_dir);
         Self::parse(&text, dev_dir, &[]).expect("the development configuration is valid")
+    }
+}
+
+/// Checks one section at a time, collecting every problem.
+struct Checker<'a> {
+    problems: Vec<String>,
+    /// The folder relative paths are resolved against.
+    base: &'a Path,
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+impl Checker<'_> {
+    fn required<T>(&mut self, v: Option<T>, name: &str) -> Option<T> {
+        if v.is_none() {
+            self.problems.push(format!("{name} is required"));
+        }
+        v
+    }
+
+    /// A required path, made absolute.
+    fn path(&mut self, v: Option<PathBuf>, name: &str) -> Option<PathBuf> {
+        self.required(v, name).map(|p| self.absolute(p))
+    }
+
+    fn absolute(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() { p } else { self.base.join(p) }
+    }
+
+    fn duration(&mut self, v: Option<&String>, name: &str, default: Option<Duration>) -> Duration {
+        match v {
+            None => default.unwrap_or_else(|| {
+                self.problems.push(format!("{name} is required (a duration such as 15m, 4h or 3d)"));
+                Duration::ZERO
+            }),
+            Some(s) => match parse_duration(s) {
+                Some(d) if !d.is_zero() => d,
+                _ => {
+                    self.problems
+                        .push(format!("{name} = {s:?} is not a positive duration such as 500ms, 30s, 15m, 4h or 3d"));
+                    Duration::ZERO
+                }
+            },
+        }
+    }
+
+    fn listen(&mut self, l: RawListen) -> Option<ListenConfig> {
+        let address = self.required(l.address, "listen.address").and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problems.push(format!("listen.address = {a:?} is not an address such as 0.0.0.0:7443"));
+                None
+            }
+        });
+        let handshake_timeout =
+            self.duration(l.handshake_timeout.as_ref(), "listen.handshake_timeout", Some(Duration::from_secs(10)));
+        // Checked with the limits (one message for every count that must be positive).
+        let max_connections = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        Some(ListenConfig { address: address?, handshake_timeout, max_connections })
+    }
+
+    fn tls(&mut self, t: RawTls) -> Option<TlsConfig> {
+        let certificate = self.path(t.certificate, "tls.certificate");
+        let key = self.path(t.key, "tls.key");
+        let client_ca = self.path(t.client_ca, "tls.client_ca");
+        let crl = self.path(t.crl, "tls.crl");
+        let reload_interval =
+            self.duration(t.reload_interval.as_ref(), "tls.reload_interval", Some(Duration::from_secs(10)));
+        let expiry_warning =
+            self.duration(t.expiry_warning.as_ref(), "tls.expiry_warning", Some(Duration::from_secs(14 * 86_400)));
+        Some(TlsConfig {
+            certificate: certificate?,
+            key: key?,
+            client_ca: client_ca?,
+            crl: crl?,
+            reload_interval,
+            expiry_warning,
+        })
+    }
+
+    fn federation(&mut self, f: RawFederation) -> Option<FederationConfig> {
+        let directory = self.path(f.directory, "federation.directory");
+        let federation_key = self.path(f.federation_key, "federation.federation_key");
+        let log_key = self.path(f.log_key, "federation.log_key");
+        Some(FederationConfig { directory: directory?, federation_key: federation_key?, log_key: log_key? })
+    }
+
+    fn storage(&mut self, s: RawStorage) -> Option<StorageConfig> {
+        Some(StorageConfig { data_dir: self.path(s.data_dir, "storage.data_dir")? })
+    }
+
+    fn delivery(&mut self, d: RawDelivery) -> DeliveryConfig {
+        let ack_deadlines = AckDeadlines {
+            immediate_ms: ms(self.duration(d.ack_deadline_immediate.as_ref(), "delivery.ack_deadline_immediate", None)),
+            urgent_ms: ms(self.duration(d.ack_deadline_urgent.as_ref(), "delivery.ack_deadline_urgent", None)),
+            routine_ms: ms(self.duration(d.ack_deadline_routine.as_ref(), "delivery.ack_deadline_routine", None)),
+        };
+        let unacked_retention_ms = ms(self.duration(d.unacked_retention.as_ref(), "delivery.unacked_retention", None));
+        let acked_retention_ms = ms(self.duration(d.acked_retention.as_ref(), "delivery.acked_retention", None));
+        let longest = ack_deadlines.immediate_ms.max(ack_deadlines.urgent_ms).max(ack_deadlines.routine_ms);
+        if unacked_retention_ms > 0 && unacked_retention_ms <= longest {
+            self.problems.push("delivery.unacked_retention must be longer than every ack deadline".into());
+        }
+        let heartbeat_interval =
+            self.duration(d.heartbeat_interval.as_ref(), "delivery.heartbeat_interval", Some(Duration::from_secs(15)));
+        let subscriber_stall_timeout = self.duration(
+            d.subscriber_stall_timeout.as_ref(),
+            "delivery.subscriber_stall_timeout",
+            Some(Duration::from_secs(30)),
+        );
+        let subscriber_buffer = d.subscriber_buffer.unwrap_or(64);
+        if !(1..=10_000).contains(&subscriber_buffer) {
+            self.problems.push("delivery.subscriber_buffer must be 1 to 10000".into());
+        }
+        let max_clock_skew_future_ms = ms(self.duration(
+            d.max_clock_skew_future.as_ref(),
+            "delivery.max_clock_skew_future",
+            Some(Duration::from_secs(300)),
+        ));
+        let max_clock_skew_past_ms = ms(self.duration(
+            d.max_clock_skew_past.as_ref(),
+            "delivery.max_clock_skew_past",
+            Some(Duration::from_secs(7 * 86_400)),
+        ));
+        let deadline_tick =
+            self.duration(d.deadline_tick.as_ref(), "delivery.deadline_tick", Some(Duration::from_secs(1)));
+        DeliveryConfig {
+            ack_deadlines,
+            unacked_retention_ms,
+            acked_retention_ms,
+            heartbeat_interval,
+            subscriber_stall_timeout,
+            subscriber_buffer,
+            max_clock_skew_future_ms,
+            max_clock_skew_past_ms,
+            deadline_tick,
+        }
+    }
+
+    /// `max_connections` is `[listen] max_connections`, checked here with
+    /// the other counts.
+    fn limits(&mut self, l: RawLimits, max_connections: usize) -> LimitsConfig {
+        let limits = LimitsConfig {
+            submit_rate_per_second: l.submit_rate_per_second.unwrap_or(200),
+            submit_burst: l.submit_burst.unwrap_or(400),
+            max_in_flight_per_principal: l.max_in_flight_per_principal.unwrap_or(256),
+            max_streams_per_principal: l.max_streams_per_principal.unwrap_or(16),
+            max_connections_per_principal: l.max_connections_per_principal.unwrap_or(32),
+            max_concurrent_streams_per_connection: l.max_concurrent_streams_per_connection.unwrap_or(100),
+            max_header_list_bytes: l.max_header_list_bytes.unwrap_or(16 * 1024),
+        };
+        if limits.max_header_list_bytes < 1024 {
+            self.problems.push("limits.max_header_list_bytes must be at least 1024".into());
+        }
+        if limits.submit_rate_per_second == 0 || limits.submit_burst == 0 {
+            self.problems.push("limits.submit_rate_per_second and limits.submit_burst must be positive".into());
+        }
+        if limits.max_in_flight_per_principal == 0
+            || limits.max_streams_per_principal == 0
+            || max_connections == 0
+            || limits.max_connections_per_principal == 0
+            || limits.max_concurrent_streams_per_connection == 0
+        {
+            self.problems.push("limits and listen.max_connections must be positive".into());
+        }
+        limits
+    }
+
+    fn audit(&mut self, a: RawAudit) -> AuditConfig {
+        AuditConfig {
+            tree_head_interval: self.duration(
+                a.tree_head_interval.as_ref(),
+                "audit.tree_head_interval",
+                Some(Duration::from_secs(2)),
+            ),
+        }
+    }
+
+    fn policy(&mut self, p: RawPolicy) -> PolicyConfig {
+        let mut allow_same_kind = Vec::new();
+        for pair in p.allow_same_kind.unwrap_or_default() {
+            match pair.as_slice() {
+                [a, b] => match (AgencyId::new(a.clone()), AgencyId::new(b.clone())) {
+                    (Ok(a), Ok(b)) => allow_same_kind.push((a, b)),
+                    (Err(e), _) | (_, Err(e)) => self.problems.push(format!("policy.allow_same_kind: {e}")),
+                },
+                _ => self.problems.push("policy.allow_same_kind entries must be pairs of agency ids".into()),
+            }
+        }
+        PolicyConfig { allow_same_kind }
+    }
+
+    fn log(&mut self, l: RawLog) -> LogConfig {
+        let format = match l.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.problems.push(format!("log.format = {other:?} must be text or json"));
+                LogFormat::Text
+            }
+        };
+        let level = l.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.problems.push(format!("log.level = {level:?} is not a tracing filter such as info or broker=debug"));
+        }
+        LogConfig { format, level }
+    }
+
+    /// The admin endpoint is off unless the file asks for it, and then it
+    /// needs a token of its own (its requests carry no certificate). None
+    /// when the section is invalid.
+    fn admin(&mut self, a: Option<RawAdmin>) -> Option<AdminConfig> {
+        let health_interval = self.duration(
+            a.as_ref().and_then(|a| a.health_interval.as_ref()),
+            "admin.health_interval",
+            Some(Duration::from_secs(5)),
+        );
+        let endpoint = match a {
+            None => None,
+            Some(a) => match a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN) {
+                "off" => None,
+                address => {
+                    let listen = address.parse::<SocketAddr>().ok();
+                    if listen.is_none() {
+                        self.problems.push(format!(
+                            "admin.listen = {address:?} is not an address such as 127.0.0.1:9464 (or \"off\")"
+                        ));
+                    }
+                    let token_file = self.path(a.token_file, "admin.token_file");
+                    Some(AdminEndpoint { listen: listen?, token_file: token_file? })
+                }
+            },
+        };
+        Some(AdminConfig { endpoint, health_interval })
     }
 }
 
@@ -579,10 +694,10 @@ acked_retention = "7d"
     fn minimal_config_resolves_paths_and_defaults() {
         let c = Config::parse(MINIMAL, Path::new("/etc/broker"), &[]).unwrap();
         assert_eq!(c.tls.key, Path::new("/etc/broker/s.key"));
-        assert_eq!(c.ack_deadlines.urgent_ms, 4 * 3_600_000);
-        assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
-        assert_eq!(c.log_format, LogFormat::Text);
-        assert_eq!(c.admin, None, "no [admin] section, no admin endpoint");
+        assert_eq!(c.delivery.ack_deadlines.urgent_ms, 4 * 3_600_000);
+        assert_eq!(c.delivery.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.admin.endpoint, None, "no [admin] section, no admin endpoint");
     }
 
     #[test]
@@ -592,10 +707,10 @@ acked_retention = "7d"
         assert_eq!(err.0, ["admin.token_file is required"]);
         let c = Config::parse(&format!("{MINIMAL}\n[admin]\ntoken_file = \"admin.token\"\n"), Path::new("/b"), &[])
             .unwrap();
-        let admin = c.admin.unwrap();
+        let admin = c.admin.endpoint.unwrap();
         assert_eq!((admin.listen, admin.token_file), ("127.0.0.1:9464".parse().unwrap(), "/b/admin.token".into()));
         let off = Config::parse(&format!("{MINIMAL}\n[admin]\nlisten = \"off\"\n"), Path::new("/"), &[]).unwrap();
-        assert_eq!(off.admin, None);
+        assert_eq!(off.admin.endpoint, None);
     }
 
     #[test]
@@ -606,7 +721,7 @@ acked_retention = "7d"
             ("HOME".to_owned(), "/root".to_owned()),
         ];
         let c = Config::parse(MINIMAL, Path::new("/"), &env).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.listen.address, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(c.limits.submit_burst, 7);
     }
 
@@ -637,6 +752,213 @@ acked_retention = "7d"
         assert!(err.0[0].contains("storage2"), "{err}");
     }
 
+    /// MINIMAL with `env` overrides: the problems it has.
+    fn problems_with(env: &[(&str, &str)]) -> Vec<String> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Config::parse(MINIMAL, Path::new("/"), &env).unwrap_err().0
+    }
+
+    #[test]
+    fn every_setting_lands_in_its_section() {
+        let env = [
+            ("BROKER__LISTEN__HANDSHAKE_TIMEOUT", "11s"),
+            ("BROKER__LISTEN__MAX_CONNECTIONS", "101"),
+            ("BROKER__TLS__RELOAD_INTERVAL", "12s"),
+            ("BROKER__TLS__EXPIRY_WARNING", "13d"),
+            ("BROKER__DELIVERY__HEARTBEAT_INTERVAL", "14s"),
+            ("BROKER__DELIVERY__SUBSCRIBER_STALL_TIMEOUT", "15s"),
+            ("BROKER__DELIVERY__SUBSCRIBER_BUFFER", "16"),
+            ("BROKER__DELIVERY__MAX_CLOCK_SKEW_FUTURE", "17m"),
+            ("BROKER__DELIVERY__MAX_CLOCK_SKEW_PAST", "18d"),
+            ("BROKER__DELIVERY__DEADLINE_TICK", "19ms"),
+            ("BROKER__LIMITS__SUBMIT_RATE_PER_SECOND", "20"),
+            ("BROKER__LIMITS__SUBMIT_BURST", "21"),
+            ("BROKER__LIMITS__MAX_IN_FLIGHT_PER_PRINCIPAL", "22"),
+            ("BROKER__LIMITS__MAX_STREAMS_PER_PRINCIPAL", "23"),
+            ("BROKER__LIMITS__MAX_CONNECTIONS_PER_PRINCIPAL", "24"),
+            ("BROKER__LIMITS__MAX_CONCURRENT_STREAMS_PER_CONNECTION", "25"),
+            ("BROKER__LIMITS__MAX_HEADER_LIST_BYTES", "2600"),
+            ("BROKER__AUDIT__TREE_HEAD_INTERVAL", "27s"),
+            ("BROKER__POLICY__ALLOW_SAME_KIND", r#"[["polisen-nord", "polisen-syd"]]"#),
+            ("BROKER__LOG__FORMAT", "json"),
+            ("BROKER__LOG__LEVEL", "broker=debug"),
+            ("BROKER__ADMIN__LISTEN", "127.0.0.1:28"),
+            ("BROKER__ADMIN__TOKEN_FILE", "admin.token"),
+            ("BROKER__ADMIN__HEALTH_INTERVAL", "29s"),
+        ];
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let c = Config::parse(MINIMAL, Path::new("/b"), &env).unwrap();
+        let s = Duration::from_secs;
+        let day = 86_400;
+        assert_eq!(
+            c.listen,
+            ListenConfig { address: "127.0.0.1:7443".parse().unwrap(), handshake_timeout: s(11), max_connections: 101 }
+        );
+        assert_eq!(
+            c.tls,
+            TlsConfig {
+                certificate: "/b/s.pem".into(),
+                key: "/b/s.key".into(),
+                client_ca: "/b/ca.pem".into(),
+                crl: "/b/crl.pem".into(),
+                reload_interval: s(12),
+                expiry_warning: s(13 * day),
+            }
+        );
+        assert_eq!(
+            c.federation,
+            FederationConfig {
+                directory: "/b/d.bin".into(),
+                federation_key: "/b/f.pub".into(),
+                log_key: "/b/log.key".into()
+            }
+        );
+        assert_eq!(c.storage, StorageConfig { data_dir: "/b/data".into() });
+        let hour_ms = 3_600_000;
+        assert_eq!(
+            c.delivery,
+            DeliveryConfig {
+                ack_deadlines: AckDeadlines {
+                    immediate_ms: hour_ms / 4,
+                    urgent_ms: 4 * hour_ms,
+                    routine_ms: 72 * hour_ms
+                },
+                unacked_retention_ms: 30 * 24 * hour_ms,
+                acked_retention_ms: 7 * 24 * hour_ms,
+                heartbeat_interval: s(14),
+                subscriber_stall_timeout: s(15),
+                subscriber_buffer: 16,
+                max_clock_skew_future_ms: 17 * 60_000,
+                max_clock_skew_past_ms: 18 * 24 * hour_ms,
+                deadline_tick: Duration::from_millis(19),
+            }
+        );
+        assert_eq!(
+            c.limits,
+            LimitsConfig {
+                submit_rate_per_second: 20,
+                submit_burst: 21,
+                max_in_flight_per_principal: 22,
+                max_streams_per_principal: 23,
+                max_connections_per_principal: 24,
+                max_concurrent_streams_per_connection: 25,
+                max_header_list_bytes: 2600,
+            }
+        );
+        assert_eq!(c.audit, AuditConfig { tree_head_interval: s(27) });
+        let pair = (AgencyId::new("polisen-nord").unwrap(), AgencyId::new("polisen-syd").unwrap());
+        assert_eq!(c.policy, PolicyConfig { allow_same_kind: vec![pair] });
+        assert_eq!(c.log, LogConfig { format: LogFormat::Json, level: "broker=debug".into() });
+        assert_eq!(
+            c.admin,
+            AdminConfig {
+                endpoint: Some(AdminEndpoint {
+                    listen: "127.0.0.1:28".parse().unwrap(),
+                    token_file: "/b/admin.token".into()
+                }),
+                health_interval: s(29),
+            }
+        );
+    }
+
+    /// Each check, alone, with its exact message.
+    #[test]
+    fn each_check_reports_its_setting() {
+        let cases: [(&[(&str, &str)], &str); 14] = [
+            (
+                &[("BROKER__LISTEN__ADDRESS", "nowhere")],
+                "listen.address = \"nowhere\" is not an address such as 0.0.0.0:7443",
+            ),
+            (
+                &[("BROKER__DELIVERY__HEARTBEAT_INTERVAL", "0s")],
+                "delivery.heartbeat_interval = \"0s\" is not a positive duration such as 500ms, 30s, 15m, 4h or 3d",
+            ),
+            (&[("BROKER__DELIVERY__SUBSCRIBER_BUFFER", "0")], "delivery.subscriber_buffer must be 1 to 10000"),
+            (&[("BROKER__DELIVERY__SUBSCRIBER_BUFFER", "10001")], "delivery.subscriber_buffer must be 1 to 10000"),
+            (
+                &[("BROKER__DELIVERY__UNACKED_RETENTION", "3d")],
+                "delivery.unacked_retention must be longer than every ack deadline",
+            ),
+            (
+                &[("BROKER__LIMITS__MAX_HEADER_LIST_BYTES", "1023")],
+                "limits.max_header_list_bytes must be at least 1024",
+            ),
+            (
+                &[("BROKER__LIMITS__SUBMIT_BURST", "0")],
+                "limits.submit_rate_per_second and limits.submit_burst must be positive",
+            ),
+            (
+                &[("BROKER__LIMITS__SUBMIT_RATE_PER_SECOND", "0")],
+                "limits.submit_rate_per_second and limits.submit_burst must be positive",
+            ),
+            (&[("BROKER__LISTEN__MAX_CONNECTIONS", "0")], "limits and listen.max_connections must be positive"),
+            (
+                &[("BROKER__LIMITS__MAX_STREAMS_PER_PRINCIPAL", "0")],
+                "limits and listen.max_connections must be positive",
+            ),
+            (
+                &[("BROKER__POLICY__ALLOW_SAME_KIND", r#"[["polisen-nord"]]"#)],
+                "policy.allow_same_kind entries must be pairs of agency ids",
+            ),
+            (
+                &[("BROKER__LOG__LEVEL", "broker=loudly")],
+                "log.level = \"broker=loudly\" is not a tracing filter such as info or broker=debug",
+            ),
+            (
+                &[("BROKER__ADMIN__LISTEN", "nowhere"), ("BROKER__ADMIN__TOKEN_FILE", "t")],
+                "admin.listen = \"nowhere\" is not an address such as 127.0.0.1:9464 (or \"off\")",
+            ),
+            (&[("BROKER__LISTEN", "x")], "environment variable BROKER__LISTEN must look like BROKER__SECTION__KEY"),
+        ];
+        for (env, expected) in cases {
+            assert_eq!(problems_with(env), [expected], "{env:?}");
+        }
+        let bad_id = problems_with(&[("BROKER__POLICY__ALLOW_SAME_KIND", r#"[["polisen-nord", "Polisen Syd"]]"#)]);
+        assert!(bad_id.len() == 1 && bad_id[0].starts_with("policy.allow_same_kind: "), "{bad_id:?}");
+    }
+
+    #[test]
+    fn a_required_setting_missing_is_named() {
+        for (line, name) in [
+            ("address = \"127.0.0.1:7443\"", "listen.address is required"),
+            ("certificate = \"s.pem\"", "tls.certificate is required"),
+            ("key = \"s.key\"", "tls.key is required"),
+            ("client_ca = \"ca.pem\"", "tls.client_ca is required"),
+            ("crl = \"crl.pem\"", "tls.crl is required"),
+            ("directory = \"d.bin\"", "federation.directory is required"),
+            ("federation_key = \"f.pub\"", "federation.federation_key is required"),
+            ("log_key = \"log.key\"", "federation.log_key is required"),
+            ("data_dir = \"data\"", "storage.data_dir is required"),
+            (
+                "ack_deadline_immediate = \"15m\"",
+                "delivery.ack_deadline_immediate is required (a duration such as 15m, 4h or 3d)",
+            ),
+            ("acked_retention = \"7d\"", "delivery.acked_retention is required (a duration such as 15m, 4h or 3d)"),
+        ] {
+            let text = MINIMAL.replacen(&format!("\n{line}\n"), "\n", 1);
+            assert_ne!(text, MINIMAL, "{line} is in MINIMAL");
+            let err = Config::parse(&text, Path::new("/"), &[]).unwrap_err();
+            assert_eq!(err.0, [name]);
+        }
+    }
+
+    #[test]
+    fn an_override_of_a_setting_that_is_not_a_section_is_reported_with_the_file_problem() {
+        let text = format!("log = 3\n{MINIMAL}");
+        let env = [("BROKER__LOG__LEVEL".to_owned(), "debug".to_owned())];
+        let err = Config::parse(&text, Path::new("/"), &env).unwrap_err();
+        assert_eq!(err.0[0], "environment variable BROKER__LOG__LEVEL: [log] is not a section");
+        assert_eq!(err.0.len(), 2, "and the file's own problem: {err}");
+    }
+
+    #[test]
+    fn unreadable_and_malformed_files_are_one_problem() {
+        let err = Config::load(Path::new("/nonexistent/broker.toml"), &[]).unwrap_err();
+        assert!(err.0.len() == 1 && err.0[0].starts_with("cannot read /nonexistent/broker.toml: "), "{err}");
+        let err = Config::parse("[listen\n", Path::new("/"), &[]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
@@ -656,8 +978,8 @@ mod example_tests {
     fn the_packaged_example_parses_and_sets_everything() {
         let text = include_str!("../../packaging/broker.toml");
         let c = Config::parse(text, Path::new("/etc/referral-broker"), &[]).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:7443".parse().unwrap());
-        let admin = c.admin.expect("the example turns the admin endpoint on");
+        assert_eq!(c.listen.address, "0.0.0.0:7443".parse().unwrap());
+        let admin = c.admin.endpoint.expect("the example turns the admin endpoint on");
         assert_eq!(admin.listen, "127.0.0.1:9464".parse().unwrap());
         assert_eq!(admin.token_file, Path::new("/etc/referral-broker/admin.token"));
         let table: toml::Table = text.parse().unwrap();

@@ -50,7 +50,7 @@ pub async fn check(state: &BrokerState) -> (Vec<String>, Vec<String>) {
         problems.push(format!("the store does not take durable writes: {e}"));
     }
     let tls = state.tls.current();
-    let warn_ms = state.config.cert_expiry_warning.as_millis() as i64;
+    let warn_ms = state.config.tls.expiry_warning.as_millis() as i64;
     let mut credential = |what: &str, key: &'static str, until: Option<Timestamp>, fix: &str| {
         let Some(until) = until else { return };
         metrics::gauge!(crate::metrics::CERT_NOT_AFTER, "which" => key).set((until.0 / 1000) as f64);

@@ -22,7 +22,8 @@
 //! - [`error`]: every broker error and its single mapping to a gRPC status.
 //! - [`health`], [`admin`], [`metrics`], [`status`], [`backup`]: what operators use: the gRPC
 //!   health service, the admin HTTP endpoint (metrics, health, status, backup), restore.
-//! - [`server`]: wiring and orderly shutdown; [`cli`], [`dev`] and [`demo`] back the binary.
+//! - [`server`]: wiring and orderly shutdown; [`cli`], [`dev`] and `demo` back the binary
+//!   (`demo`, behind the default `demo` feature, is the only module that uses `agency-client`).
 //!
 //! Architecture invariants: the broker never holds an agency private key
 //! and never sees a referral's plaintext; nothing is answered or delivered
@@ -39,7 +40,9 @@ pub mod cli;
 pub mod clock;
 pub mod commit;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "demo")]
 mod demo_audit;
 pub mod dev;
 pub mod directory;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::Limits;
+use crate::config::LimitsConfig;
 use crate::error::BrokerError;
 
 #[derive(Debug)]
@@ -19,7 +19,7 @@ struct Bucket {
 
 #[derive(Debug)]
 pub struct Limiter {
-    cfg: Limits,
+    cfg: LimitsConfig,
     buckets: Mutex<HashMap<String, Bucket>>,
     in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
     streams: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -30,7 +30,7 @@ pub struct Limiter {
 pub struct Permit(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Limiter {
-    pub fn new(cfg: Limits) -> Self {
+    pub fn new(cfg: LimitsConfig) -> Self {
         Self { cfg, buckets: Mutex::default(), in_flight: Mutex::default(), streams: Mutex::default() }
     }
 
@@ -91,13 +91,12 @@ fn counted(e: &BrokerError) {
 mod tests {
     use super::*;
 
-    fn limits() -> Limits {
-        Limits {
+    fn limits() -> LimitsConfig {
+        LimitsConfig {
             submit_rate_per_second: 10,
             submit_burst: 3,
             max_in_flight_per_principal: 2,
             max_streams_per_principal: 1,
-            max_connections: 10,
             max_connections_per_principal: 4,
             max_concurrent_streams_per_connection: 100,
             max_header_list_bytes: 16 * 1024,

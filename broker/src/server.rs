@@ -77,34 +77,46 @@ fn check_log_key(path: &std::path::Path, key: &SigningKey, directory: &Directory
     Ok(())
 }
 
+/// What [`check_files`] found in files that are all in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesChecked {
+    /// The version of the signed directory.
+    pub directory_version: u64,
+    /// How many agencies it lists.
+    pub agencies: usize,
+}
+
 /// What `broker check-config` checks: every problem in the files the
 /// configuration names that would stop `serve`, all reported at once. (The
 /// data directory is left to `serve`, which takes its lock.) On success,
-/// the directory's version and number of agencies.
-pub fn check_files(config: &Config) -> Result<(u64, usize), Vec<String>> {
+/// what was found.
+pub fn check_files(config: &Config) -> Result<FilesChecked, Vec<String>> {
     let mut problems = Vec::new();
     if let Err(e) = crate::tls::load(&config.tls) {
         problems.push(StartError::from(e).to_string());
     }
-    let directory = read_federation_key(&config.federation_key)
-        .and_then(|key| DirectoryState::open(&config.directory, key, certs::now()))
+    let directory = read_federation_key(&config.federation.federation_key)
+        .and_then(|key| DirectoryState::open(&config.federation.directory, key, certs::now()))
         .map_err(|e| problems.push(StartError::from(e).to_string()))
         .ok();
-    let log_key = read_log_key(&config.log_key).map_err(|e| problems.push(e.to_string())).ok();
-    if let Some(admin) = &config.admin
+    let log_key = read_log_key(&config.federation.log_key).map_err(|e| problems.push(e.to_string())).ok();
+    if let Some(admin) = &config.admin.endpoint
         && let Err(e) = crate::admin::AdminToken::read(&admin.token_file)
     {
         problems.push(e.to_string());
     }
     if let (Some(directory), Some(key)) = (&directory, &log_key)
-        && let Err(e) = check_log_key(&config.log_key, key, directory)
+        && let Err(e) = check_log_key(&config.federation.log_key, key, directory)
     {
         problems.push(e.to_string());
     }
     match directory {
         Some(d) if problems.is_empty() => {
             let current = d.current();
-            Ok((current.directory.version, current.directory.agencies.len()))
+            Ok(FilesChecked {
+                directory_version: current.directory.version,
+                agencies: current.directory.agencies.len(),
+            })
         }
         _ => Err(problems),
     }
@@ -152,13 +164,14 @@ pub async fn start_wrapped(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
-    let federation_key = read_federation_key(&config.federation_key)?;
-    let directory = Arc::new(DirectoryState::open(&config.directory, federation_key, opts.clock.now())?);
-    let log_key = Arc::new(read_log_key(&config.log_key)?);
-    check_log_key(&config.log_key, &log_key, &directory)?;
+    let federation_key = read_federation_key(&config.federation.federation_key)?;
+    let directory = Arc::new(DirectoryState::open(&config.federation.directory, federation_key, opts.clock.now())?);
+    let log_key = Arc::new(read_log_key(&config.federation.log_key)?);
+    check_log_key(&config.federation.log_key, &log_key, &directory)?;
     let tls = Arc::new(TlsState::open(&config.tls)?);
-    let admin_token = config.admin.as_ref().map(|a| crate::admin::AdminToken::read(&a.token_file)).transpose()?;
-    let sled = SledStore::open(&config.data_dir)?;
+    let admin_token =
+        config.admin.endpoint.as_ref().map(|a| crate::admin::AdminToken::read(&a.token_file)).transpose()?;
+    let sled = SledStore::open(&config.storage.data_dir)?;
     let store: Arc<dyn Store> = match wrap {
         Some(wrap) => wrap(sled),
         None => Arc::new(sled),
@@ -170,8 +183,11 @@ pub async fn start_wrapped(
     }
     let frontier = commit::restore_frontier(&*store)?;
     // A missing or unusable checkpoint is only warned about; the writer below rebuilds it.
-    crate::checkpoint::verify(&*store, &config.data_dir, frontier.size()).map_err(|message| {
-        StartError::Store(crate::store::StoreError::Refused { path: config.data_dir.display().to_string(), message })
+    crate::checkpoint::verify(&*store, &config.storage.data_dir, frontier.size()).map_err(|message| {
+        StartError::Store(crate::store::StoreError::Refused {
+            path: config.storage.data_dir.display().to_string(),
+            message,
+        })
     })?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
     let rejections = Arc::new(crate::refusals::RejectionCounter::default());
@@ -182,15 +198,15 @@ pub async fn start_wrapped(
         log_key: log_key.clone(),
         directory: directory.clone(),
         checkpoint: Some(crate::checkpoint::Writer::open(
-            &config.data_dir,
+            &config.storage.data_dir,
             crate::checkpoint::Checkpoint { tree_size: frontier.size(), root: frontier.root() },
         )?),
         timing: Timing {
-            ack_deadlines: config.ack_deadlines,
-            unacked_retention_ms: config.unacked_retention_ms,
-            acked_retention_ms: config.acked_retention_ms,
+            ack_deadlines: config.delivery.ack_deadlines,
+            unacked_retention_ms: config.delivery.unacked_retention_ms,
+            acked_retention_ms: config.delivery.acked_retention_ms,
         },
-        deadline_tick: config.deadline_tick,
+        deadline_tick: config.delivery.deadline_tick,
         rejections: rejections.clone(),
     })?;
     let trust_domain = directory.current().directory.trust_domain.clone();
@@ -225,8 +241,8 @@ pub async fn start_wrapped(
         listener,
         tls,
         AcceptOptions {
-            handshake_timeout: state.config.handshake_timeout,
-            max_connections: state.config.limits.max_connections,
+            handshake_timeout: state.config.listen.handshake_timeout,
+            max_connections: state.config.listen.max_connections,
             max_connections_per_principal: state.config.limits.max_connections_per_principal,
             trust_domain,
             registry: state.connections.clone(),
@@ -251,7 +267,7 @@ pub async fn start_wrapped(
     for service in crate::health::SERVICES {
         health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
     }
-    state.tasks.spawn(crate::health::run(state.clone(), health_reporter, state.config.health_interval));
+    state.tasks.spawn(crate::health::run(state.clone(), health_reporter, state.config.admin.health_interval));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(referral_proto::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -262,7 +278,7 @@ pub async fn start_wrapped(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Serve(e.to_string()))?;
-    let admin_addr = match (&state.config.admin, admin_token) {
+    let admin_addr = match (&state.config.admin.endpoint, admin_token) {
         (Some(admin), Some(token)) => {
             let addr = admin.listen;
             let l = TcpListener::bind(addr)
@@ -274,7 +290,7 @@ pub async fn start_wrapped(
         }
         _ => None,
     };
-    let hb = state.config.heartbeat_interval;
+    let hb = state.config.delivery.heartbeat_interval;
     let limits = state.config.limits;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(hb))

@@ -24,7 +24,7 @@ pub async fn tree_heads(state: Arc<BrokerState>) {
             last_size = size;
         }
         tokio::select! {
-            _ = tokio::time::sleep(state.config.tree_head_interval) => {}
+            _ = tokio::time::sleep(state.config.audit.tree_head_interval) => {}
             _ = state.shutdown.cancelled() => return,
         }
         tokio::select! {
@@ -68,7 +68,7 @@ pub fn reload(state: &BrokerState) -> Result<(), String> {
 
 fn mtimes(state: &BrokerState) -> Vec<Option<SystemTime>> {
     let c = &state.config;
-    [&c.tls.certificate, &c.tls.key, &c.tls.client_ca, &c.tls.crl, &c.directory]
+    [&c.tls.certificate, &c.tls.key, &c.tls.client_ca, &c.tls.crl, &c.federation.directory]
         .iter()
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
@@ -89,7 +89,7 @@ pub async fn reloader(state: Arc<BrokerState>, sighup: bool) {
         None
     };
     let mut seen = mtimes(&state);
-    let interval = state.config.reload_interval.max(Duration::from_millis(100));
+    let interval = state.config.tls.reload_interval.max(Duration::from_millis(100));
     loop {
         let signalled = async {
             match hup.as_mut() {

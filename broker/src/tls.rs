@@ -34,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::TlsFiles;
+use crate::config::TlsConfig;
 use crate::error::BrokerError;
 use crate::identity::{Identity, PeerInfo, principal_from_cert};
 use crate::trust::{CLOSE_GRACE, Connection, Registration, Registry};
@@ -70,7 +70,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Loads and checks the TLS files.
-pub fn load(files: &TlsFiles) -> Result<TlsMaterial, TlsError> {
+pub fn load(files: &TlsConfig) -> Result<TlsMaterial, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.certificate)
         .map_err(|e| file_err(&files.certificate, e))?
         .collect::<Result<_, _>>()
@@ -121,12 +121,12 @@ fn crl_contents(crl: &CertificateRevocationListDer<'_>) -> Result<(HashSet<Vec<u
 /// The current TLS material, swapped on reload.
 #[derive(Debug)]
 pub struct TlsState {
-    files: TlsFiles,
+    files: TlsConfig,
     current: ArcSwap<TlsMaterial>,
 }
 
 impl TlsState {
-    pub fn open(files: &TlsFiles) -> Result<Self, TlsError> {
+    pub fn open(files: &TlsConfig) -> Result<Self, TlsError> {
         Ok(Self { files: files.clone(), current: ArcSwap::from_pointee(load(files)?) })
     }
 

@@ -174,12 +174,25 @@ pub enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Print shell completions for certs.
+    Completions { shell: crate::tool_docs::Shell },
+    /// Write the man page of certs (certs.1) into a folder.
+    Manpages {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Carries out a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let now = now();
     match cli.command {
+        Command::Completions { shell } => {
+            crate::tool_docs::completions(shell, <Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
+        }
+        Command::Manpages { out } => {
+            println!("{}", crate::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)?.display());
+        }
         Command::Dev { dir, broker_addr, force } => {
             let dev = dev::create(&dir, &dev::DevOptions { broker_addr, force }, now)?;
             println!("development federation written to {}", dev.dir.display());

@@ -11,6 +11,7 @@
 //! - [`profile`]: the client profile folder, written here and read by `agency-client`.
 //! - [`dev`]: a complete development federation in one step.
 //! - [`secret_file`]: 0600 files for secrets.
+//! - [`tool_docs`]: shell completions and man pages, the same way for the three tools.
 //! - [`durable_file`]: crash-safe file writing, used for every file written here,
 //!   by the broker and by `agency-client`.
 //!
@@ -27,6 +28,7 @@ pub mod keygen;
 pub mod pki;
 pub mod profile;
 pub mod secret_file;
+pub mod tool_docs;
 
 use std::path::Path;
 

@@ -9,6 +9,8 @@
 //! is therefore a property of the protocol, checked by the sender before
 //! sealing and by the recipient after opening, not a concern of one display.
 
+use std::borrow::Cow;
+
 /// Whitespace in the protocol's sense: the Unicode `White_Space` property
 /// (what Rust's `char::is_whitespace` and `str::trim` implement). Of these
 /// only the space, the newline (in free-text fields) and the Unicode spaces
@@ -59,9 +61,50 @@ pub const LINE_RULE: &str = "contains a control character or a bidirectional for
 pub const FREE_TEXT_RULE: &str =
     "contains a control character other than newline, or a bidirectional formatting character";
 
+/// `s` made safe for one line of a terminal: every control character
+/// (newline included) and bidirectional formatting character becomes a
+/// visible `\u{..}`, shown rather than obeyed. For text from elsewhere that
+/// a program prints (the client's display, the tools' error messages).
+pub fn escape_line(s: &str) -> Cow<'_, str> {
+    escape(s, forbidden_in_line, "")
+}
+
+/// `s` made safe for a block of a terminal: like [`escape_line`], but a
+/// newline is kept and the next line indented by `indent` and a bar, so that
+/// a line of the text can never pass for a line the program printed itself.
+pub fn escape_block<'a>(s: &'a str, indent: &str) -> Cow<'a, str> {
+    escape(s, forbidden_in_free_text, &format!("\n{indent}| "))
+}
+
+fn escape<'a>(s: &'a str, forbidden: impl Fn(char) -> bool, newline: &str) -> Cow<'a, str> {
+    if !s.chars().any(|c| c == '\n' || forbidden(c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c == '\n' && !forbidden(c) {
+            out.push_str(newline);
+        } else if forbidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_are_shown_not_obeyed() {
+        assert_eq!(escape_line("plain åäö"), "plain åäö");
+        assert_eq!(escape_line("a\u{1b}[2Kb\nc"), "a\\u{1b}[2Kb\\u{a}c");
+        assert_eq!(escape_line("x\u{202e}y\u{9b}"), "x\\u{202e}y\\u{9b}");
+        assert_eq!(escape_block("one\ntwo\u{1b}", "   "), "one\n   | two\\u{1b}");
+        assert_eq!(escape_block("a\rb", ""), "a\\u{d}b");
+    }
 
     #[test]
     fn escapes_and_overrides_are_refused_everywhere() {

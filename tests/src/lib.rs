@@ -93,12 +93,12 @@ impl Harness {
         .expect("development federation");
         let mut config = Config::for_dev_federation(&dev.dir, addr, &tmp.path().join("data"));
         // Fast ticks so deadline tests need no real waiting.
-        config.deadline_tick = Duration::from_millis(20);
-        config.reload_interval = Duration::from_secs(3600);
+        config.delivery.deadline_tick = Duration::from_millis(20);
+        config.tls.reload_interval = Duration::from_secs(3600);
         let token_file = tmp.path().join("admin.token");
         broker::admin::AdminToken::generate(&token_file, false).expect("admin token");
-        config.admin = Some(broker::config::AdminConfig { listen: ([127, 0, 0, 1], 0).into(), token_file });
-        config.health_interval = Duration::from_millis(50);
+        config.admin.endpoint = Some(broker::config::AdminEndpoint { listen: ([127, 0, 0, 1], 0).into(), token_file });
+        config.admin.health_interval = Duration::from_millis(50);
         (opts.tweak)(&mut config);
         let manual_clock = opts.manual_clock.then(|| Arc::new(ManualClock::new(certs::now())));
         let clock: Arc<dyn Clock> = match &manual_clock {
@@ -136,7 +136,7 @@ impl Harness {
 
     /// The admin token of the harness's configuration.
     pub fn admin_token(&self) -> String {
-        let path = &self.config.admin.as_ref().expect("admin endpoint configured").token_file;
+        let path = &self.config.admin.endpoint.as_ref().expect("admin endpoint configured").token_file;
         broker::admin::AdminToken::read(path).expect("admin token").as_str().to_owned()
     }
 

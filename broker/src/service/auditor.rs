@@ -74,7 +74,7 @@ impl Auditor for AuditorService {
             )));
         }
         let permit = self.state.limiter.stream(&identity.principal.uri())?;
-        let (out, stream) = bounded(REPLAY_PAGE, self.state.config.stall_timeout);
+        let (out, stream) = bounded(REPLAY_PAGE, self.state.config.delivery.subscriber_stall_timeout);
         let state = self.state.clone();
         self.state.tasks.spawn(async move {
             let _permit = permit;

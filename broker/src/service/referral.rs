@@ -54,12 +54,12 @@ impl ReferralService {
     fn within_skew(&self, what: &'static str, signed_at: Timestamp, now: Timestamp) -> Result<(), BrokerError> {
         let c = &self.state.config;
         let skew = signed_at.0 - now.0;
-        if skew > c.max_future_skew_ms || -skew > c.max_past_skew_ms {
+        if skew > c.delivery.max_clock_skew_future_ms || -skew > c.delivery.max_clock_skew_past_ms {
             return Err(BrokerError::ClockSkew {
                 what,
                 skew_s: skew / 1000,
-                max_future_s: c.max_future_skew_ms / 1000,
-                max_past_s: c.max_past_skew_ms / 1000,
+                max_future_s: c.delivery.max_clock_skew_future_ms / 1000,
+                max_past_s: c.delivery.max_clock_skew_past_ms / 1000,
             });
         }
         Ok(())
@@ -86,7 +86,9 @@ impl ReferralService {
         tracing::Span::current().record("message_id", tracing::field::display(id));
         let digest = envelope.digest();
         let dir = state.directory.current();
-        if let Err(e) = authz::check_route(principal, &envelope.header, &dir.directory, &state.config.allow_same_kind) {
+        if let Err(e) =
+            authz::check_route(principal, &envelope.header, &dir.directory, &state.config.policy.allow_same_kind)
+        {
             return Err(self.rejected(principal, e, Evidence::Unsigned).await);
         }
         // The sender's key must be valid when the broker receives the
@@ -312,7 +314,7 @@ async fn run_subscriber(
     let hub = state.hub.agency(&agency)?;
     let mut seq_rx = hub.queue_seq.subscribe();
     let mut events = hub.events.subscribe();
-    let mut heartbeat = tokio::time::interval(state.config.heartbeat_interval);
+    let mut heartbeat = tokio::time::interval(state.config.delivery.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.reset();
     let mut cursor = 0u64;
@@ -513,7 +515,8 @@ impl ReferralBroker for ReferralService {
         let conn = self.state.connection(&req)?;
         let p = identity.principal;
         let permit = self.state.limiter.stream(&p.uri())?;
-        let (out, stream) = bounded(self.state.config.subscriber_buffer, self.state.config.stall_timeout);
+        let (out, stream) =
+            bounded(self.state.config.delivery.subscriber_buffer, self.state.config.delivery.subscriber_stall_timeout);
         tracing::info!(principal = %p, "subscribed");
         let state = self.state.clone();
         spawn_stream(&self.state.tasks, "Subscribe", &p, out, move |out| async move {
@@ -590,7 +593,8 @@ impl ReferralBroker for ReferralService {
         let p = identity.principal;
         let permit = self.state.limiter.stream(&p.uri())?;
         let after = req.into_inner().after_cursor;
-        let (out, stream) = bounded(self.state.config.subscriber_buffer, self.state.config.stall_timeout);
+        let (out, stream) =
+            bounded(self.state.config.delivery.subscriber_buffer, self.state.config.delivery.subscriber_stall_timeout);
         let state = self.state.clone();
         spawn_stream(&self.state.tasks, "WatchReceipts", &p, out, move |out| async move {
             let _permit = permit;

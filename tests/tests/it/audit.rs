@@ -56,7 +56,7 @@ fn failures(v: &agency_client::auditor::Verification) -> String {
 #[tokio::test]
 async fn tree_heads_are_issued_while_entries_arrive_and_served_to_auditors() {
     let h = Harness::start_with(Options {
-        tweak: Box::new(|c| c.tree_head_interval = std::time::Duration::from_millis(100)),
+        tweak: Box::new(|c| c.audit.tree_head_interval = std::time::Duration::from_millis(100)),
         ..Options::default()
     })
     .await;
@@ -164,7 +164,7 @@ async fn the_auditor_cli_verifies_replays_and_proves() {
     // A log rewritten since the last run: exit code 2, and the report says so.
     h.stop().await;
     rewrite_log(
-        &h.config.data_dir,
+        &h.config.storage.data_dir,
         |entries| {
             let at = position(entries, EventKind::Delivered, 0);
             entries[at].logged_at_ms += 1;
@@ -226,7 +226,7 @@ async fn tamper_and_verify(
     let before = verify(&h, &state).await;
     assert!(before.ok, "{}", failures(&before));
     h.stop().await;
-    rewrite_log(&h.config.data_dir, edit, rebuild_tree);
+    rewrite_log(&h.config.storage.data_dir, edit, rebuild_tree);
     h.restart().await;
     verify(&h, &state).await
 }
@@ -324,7 +324,7 @@ async fn a_truncated_and_regrown_log_is_caught() {
     assert!(before.ok);
     h.stop().await;
     // Drop the second half, then let the log grow past its old size again.
-    rewrite_log(&h.config.data_dir, |e| e.truncate(e.len() / 2), true);
+    rewrite_log(&h.config.storage.data_dir, |e| e.truncate(e.len() / 2), true);
     h.restart().await;
     traffic(&h, 6).await;
     let after = verify(&h, &state).await;
@@ -386,7 +386,7 @@ async fn the_auditor_flags_acks_by_retired_keys_and_acks_before_their_submission
     h.stop().await;
     let mut appended = Vec::new();
     rewrite_log(
-        &h.config.data_dir,
+        &h.config.storage.data_dir,
         |entries| {
             for (ack, sent) in [(by_retired.unwrap(), &first), (too_early.unwrap(), &second)] {
                 appended.push(entries.len() as u64);

@@ -138,8 +138,8 @@ fn big_notice() -> referral_proto::notice::ReferralNotice {
 async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
     let h = Harness::start_with(Options {
         tweak: Box::new(|c| {
-            c.subscriber_buffer = 2;
-            c.stall_timeout = Duration::from_millis(300);
+            c.delivery.subscriber_buffer = 2;
+            c.delivery.subscriber_stall_timeout = Duration::from_millis(300);
         }),
         ..Options::default()
     })
@@ -178,9 +178,9 @@ async fn a_stuck_subscriber_is_cut_off_without_holding_up_anyone() {
 async fn a_message_acknowledged_while_a_subscriber_waits_for_room_is_never_sent_to_it() {
     let h = Harness::start_with(Options {
         tweak: Box::new(|c| {
-            c.subscriber_buffer = 2;
+            c.delivery.subscriber_buffer = 2;
             // Long enough that the slow subscriber is waited for, not cut off.
-            c.stall_timeout = Duration::from_secs(120);
+            c.delivery.subscriber_stall_timeout = Duration::from_secs(120);
         }),
         ..Options::default()
     })
@@ -235,7 +235,7 @@ async fn a_message_acknowledged_while_a_subscriber_waits_for_room_is_never_sent_
 #[tokio::test]
 async fn idle_streams_get_heartbeats() {
     let h = Harness::start_with(Options {
-        tweak: Box::new(|c| c.heartbeat_interval = Duration::from_millis(100)),
+        tweak: Box::new(|c| c.delivery.heartbeat_interval = Duration::from_millis(100)),
         ..Options::default()
     })
     .await;

@@ -51,8 +51,11 @@ async fn a_full_disk_refuses_submits_keeps_what_was_accepted_and_recovers() {
     let mount = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(mount.path(), 48);
     let data = disk.path.join("data");
-    let h = Harness::start_with(Options { tweak: Box::new(move |c| c.data_dir = data.clone()), ..Options::default() })
-        .await;
+    let h = Harness::start_with(Options {
+        tweak: Box::new(move |c| c.storage.data_dir = data.clone()),
+        ..Options::default()
+    })
+    .await;
     let police = h.client(POLICE_SYSTEM).await;
     let social = AgencyId::new(SOCIAL).unwrap();
     let mut accepted = Vec::new();

@@ -172,16 +172,19 @@ impl Scene {
         )
         .unwrap();
         let config = Config::for_dev_federation(&dev.dir, addr, &tmp.path().join("data"));
-        let text = certs::secret_file::read(&config.log_key).unwrap();
+        let text = certs::secret_file::read(&config.federation.log_key).unwrap();
         let log_key = parse_signing_key_file(&text, KeyPurpose::BrokerLog).unwrap();
         let police = bundle(&dev.profile(POLICE_SYSTEM));
         let social = bundle(&dev.profile(SOCIAL_ONCALL));
-        let directory =
-            DirectoryState::open(&config.directory, read_federation_key(&config.federation_key).unwrap(), certs::now())
-                .unwrap()
-                .current()
-                .directory
-                .clone();
+        let directory = DirectoryState::open(
+            &config.federation.directory,
+            read_federation_key(&config.federation.federation_key).unwrap(),
+            certs::now(),
+        )
+        .unwrap()
+        .current()
+        .directory
+        .clone();
         let now = certs::now();
         let sent = seal(
             &example_notice(),
@@ -239,8 +242,8 @@ impl Scene {
     /// Starts the forging server with these receipts (answered by both
     /// GetReceipts, as one message's, and WatchReceipts).
     async fn serve(&mut self, mut answers: Answers) {
-        let federation_key = read_federation_key(&self.config.federation_key).unwrap();
-        let directory = DirectoryState::open(&self.config.directory, federation_key, certs::now()).unwrap();
+        let federation_key = read_federation_key(&self.config.federation.federation_key).unwrap();
+        let directory = DirectoryState::open(&self.config.federation.directory, federation_key, certs::now()).unwrap();
         answers.directory = directory.current().signed.to_pb();
         let trust_domain = directory.current().directory.trust_domain.clone();
         let tls = Arc::new(TlsState::open(&self.config.tls).unwrap());
@@ -452,8 +455,8 @@ async fn receipts_answers_must_match_the_ids_asked_one_for_one() {
         |m: MessageId| pb::MessageReceipts { message_id: m.as_bytes().to_vec(), receipts: vec![genuine.clone()] };
     let other = MessageId::generate(certs::now().0);
     let dir = {
-        let fk = read_federation_key(&scene.config.federation_key).unwrap();
-        DirectoryState::open(&scene.config.directory, fk, certs::now()).unwrap().current().directory.clone()
+        let fk = read_federation_key(&scene.config.federation.federation_key).unwrap();
+        DirectoryState::open(&scene.config.federation.directory, fk, certs::now()).unwrap().current().directory.clone()
     };
     let police = AgencyId::new(POLICE).unwrap();
     let check =

@@ -22,8 +22,8 @@ async fn others_are_served(h: &Harness) {
 fn quick_handshakes() -> Options {
     Options {
         tweak: Box::new(|c| {
-            c.handshake_timeout = Duration::from_millis(500);
-            c.limits.max_connections = 200;
+            c.listen.handshake_timeout = Duration::from_millis(500);
+            c.listen.max_connections = 200;
         }),
         ..Options::default()
     }

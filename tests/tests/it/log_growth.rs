@@ -92,7 +92,7 @@ async fn counted_refusals_are_logged_at_shutdown() {
         Code::InvalidArgument,
         "missing_field",
     );
-    let data = h.config.data_dir.clone();
+    let data = h.config.storage.data_dir.clone();
     h.stop().await;
     let store = broker::store::sled_store::SledStore::open_existing(&data).unwrap();
     let size = broker::commit::restore_frontier(&store).unwrap().size();

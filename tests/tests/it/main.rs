@@ -1,6 +1,8 @@
 //! End-to-end scenarios over a real broker with real mTLS (see the harness
 //! in `tests/src/lib.rs`). One module per concern:
 
+/// ARCHITECTURE.md's rules on what each crate and module may name.
+mod architecture;
 /// The audit log verifies, proves, and catches tampering.
 mod audit;
 /// The command-line tools as people use them.

@@ -23,9 +23,9 @@ async fn the_admin_endpoint_is_off_without_an_admin_section() {
     let h = Harness::start_with(Options {
         tweak: Box::new(|c| {
             // What a configuration without [admin] gives.
-            let plain = Config::for_dev_federation(Path::new("/x"), c.listen, &c.data_dir);
-            assert_eq!(plain.admin, None);
-            c.admin = plain.admin;
+            let plain = Config::for_dev_federation(Path::new("/x"), c.listen.address, &c.storage.data_dir);
+            assert_eq!(plain.admin.endpoint, None);
+            c.admin.endpoint = plain.admin.endpoint;
         }),
         ..Options::default()
     })
@@ -169,7 +169,8 @@ async fn a_tls_key_others_can_read_stops_the_broker_and_check_config() {
     // The command line says the same, with the path and the fix.
     // Beside the federation, so that its relative paths resolve.
     let config_path = tmp.path().join("federation").join("broker.toml");
-    std::fs::write(&config_path, broker::config::dev_config_text(config.listen, &config.data_dir)).unwrap();
+    std::fs::write(&config_path, broker::config::dev_config_text(config.listen.address, &config.storage.data_dir))
+        .unwrap();
     let (code, out, err) =
         run_tool(exe(), "broker", &["check-config", "--config", config_path.to_str().unwrap()]).await;
     assert_eq!(code, 1, "{out}");

@@ -241,7 +241,7 @@ async fn unknown_recipient_is_not_found() {
 async fn same_kind_routes_need_explicit_policy() {
     let h = Harness::start_with(Options {
         tweak: Box::new(|c| {
-            c.allow_same_kind = vec![(AgencyId::new(POLICE).unwrap(), AgencyId::new("polisen-syd").unwrap())]
+            c.policy.allow_same_kind = vec![(AgencyId::new(POLICE).unwrap(), AgencyId::new("polisen-syd").unwrap())]
         }),
         ..Options::default()
     })

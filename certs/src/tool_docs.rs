@@ -1,0 +1,27 @@
+//! Shell completions and man pages for a command line: each of the three
+//! tools (`certs`, `broker`, `agency-client`) prints its own the same way.
+//!
+//! Here because every tool depends on this crate and on no other tool: a
+//! tool that printed another's would have to depend on it (the broker must
+//! not depend on `agency-client`; ARCHITECTURE.md).
+
+use std::path::{Path, PathBuf};
+
+pub use clap_complete::Shell;
+
+/// Writes the completion script of `cmd` (named after the command) for `shell`.
+pub fn completions(shell: Shell, mut cmd: clap::Command, out: &mut dyn std::io::Write) {
+    let name = cmd.get_name().to_owned();
+    clap_complete::generate(shell, &mut cmd, name, out);
+}
+
+/// Writes the man page of `cmd` as `NAME.1` in `dir` (created if missing,
+/// the page crash-safely) and returns its path.
+pub fn write_man_page(cmd: clap::Command, dir: &Path) -> std::io::Result<PathBuf> {
+    crate::durable_file::create_dir_all(dir)?;
+    let path = dir.join(format!("{}.1", cmd.get_name()));
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut page)?;
+    crate::durable_file::write(&path, page)?;
+    Ok(path)
+}
