@@ -77,6 +77,8 @@ pub enum BrokerError {
     AckAfterExpiry(MessageId),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("{0}")]
+    OutOfRange(String),
 
     // --- limits ---
     #[error("rate limit: at most {per_second}/s submits with bursts of {burst} per principal; retry later")]
@@ -140,6 +142,7 @@ impl BrokerError {
             | E::AckSignature(_)
             | E::AckDigestMismatch { .. }
             | E::InvalidRequest(_) => Code::InvalidArgument,
+            E::OutOfRange(_) => Code::OutOfRange,
             E::UnknownRecipient(_) | E::UnknownMessage(_) => Code::NotFound,
             E::DuplicateConflict(_) => Code::AlreadyExists,
             E::AckAfterExpiry(_) => Code::FailedPrecondition,
@@ -184,6 +187,7 @@ impl BrokerError {
             E::UnknownMessage(_) => "unknown_message",
             E::AckAfterExpiry(_) => "ack_after_expiry",
             E::InvalidRequest(_) => "invalid_request",
+            E::OutOfRange(_) => "out_of_range",
             E::RateLimited { .. } => "rate_limited",
             E::TooManyConcurrent { .. } => "too_many_concurrent",
             E::SubscriberStalled(_) => "subscriber_stalled",

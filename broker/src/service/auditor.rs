@@ -46,7 +46,7 @@ impl AuditorService {
 }
 
 fn out_of_range(msg: String) -> Status {
-    Status::out_of_range(msg)
+    BrokerError::OutOfRange(msg).into()
 }
 
 #[tonic::async_trait]
@@ -98,7 +98,8 @@ impl Auditor for AuditorService {
                 }
                 for (index, entry) in page {
                     if index != next {
-                        out.end(Status::internal(format!("audit entry {next} is missing from the store")));
+                        tracing::error!(index = next, "an audit entry is missing from the store");
+                        out.end(BrokerError::StorageCorrupt.into());
                         return;
                     }
                     if out.send(pb::LogEntry { index, entry }).await.is_err() {

@@ -416,3 +416,35 @@ async fn the_auditor_flags_acks_by_retired_keys_and_acks_before_their_submission
     assert_eq!(found[1].0, Some(appended[1]));
     assert!(found[1].1.contains("before the broker accepted it"), "{found:?}");
 }
+
+#[tokio::test]
+async fn ranges_beyond_the_log_are_refused_with_their_reason() {
+    let h = Harness::start().await;
+    traffic(&h, 2).await;
+    let auditor = h.client(AUDITOR).await;
+    let mut rpc = auditor.auditor_rpc();
+    let size = rpc.get_tree_head(pb::GetTreeHeadRequest {}).await.unwrap().into_inner().tree_size;
+    assert!(size > 0);
+    let s = assert_refused(
+        rpc.replay(pb::ReplayRequest { from: 0, to: size + 1 }).await,
+        tonic::Code::OutOfRange,
+        "out_of_range",
+    );
+    assert_eq!(s.message(), format!("replay range [0, {}) is not within the log of {size} entries", size + 1));
+    let s = assert_refused(
+        rpc.inclusion_proof(pb::InclusionProofRequest {
+            target: Some(pb::inclusion_proof_request::Target::Index(size)),
+            tree_size: size,
+        })
+        .await,
+        tonic::Code::OutOfRange,
+        "out_of_range",
+    );
+    assert_eq!(s.message(), format!("entry {size} is not in a tree of {size} entries (the log has {size})"));
+    let s = assert_refused(
+        rpc.consistency_proof(pb::ConsistencyProofRequest { first: 2, second: 1 }).await,
+        tonic::Code::OutOfRange,
+        "out_of_range",
+    );
+    assert_eq!(s.message(), format!("consistency from 2 to 1 is not within the log of {size} entries"));
+}
