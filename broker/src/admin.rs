@@ -29,7 +29,10 @@ use zeroize::Zeroizing;
 
 use crate::state::BrokerState;
 
-async fn metrics() -> Response {
+async fn metrics(State(state): State<Arc<BrokerState>>) -> Response {
+    for (agency, n) in state.live_subscribers() {
+        metrics::gauge!(crate::metrics::LIVE_SUBSCRIBERS, "agency" => agency).set(n as f64);
+    }
     ([("content-type", "text/plain; version=0.0.4")], crate::metrics::handle().render()).into_response()
 }
 
@@ -46,7 +49,11 @@ async fn status(State(state): State<Arc<BrokerState>>) -> Response {
     let store = state.store.clone();
     let now = state.clock.now();
     match tokio::task::spawn_blocking(move || crate::status::gather(&*store, now)).await {
-        Ok(Ok(s)) => Json(s).into_response(),
+        Ok(Ok(mut s)) => {
+            s.running = true;
+            s.live_subscribers = state.live_subscribers();
+            Json(s).into_response()
+        }
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

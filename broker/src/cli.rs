@@ -126,7 +126,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
         eprintln!("broker: ignoring the log filter {wanted:?} ({e}); using {level:?}");
         tracing_subscriber::EnvFilter::new(level)
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a journal, a file or a pipe
+    // gets plain text (NO_COLOR is honoured too).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

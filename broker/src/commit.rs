@@ -99,7 +99,8 @@ enum Job {
     },
     Backup {
         dir: PathBuf,
-        reply: Reply<BackupCopy>,
+        /// The store's own error, so that the operator sees the real cause.
+        reply: oneshot::Sender<Result<BackupCopy, StoreError>>,
     },
     Barrier {
         reply: oneshot::Sender<()>,
@@ -198,8 +199,11 @@ impl Committer {
     }
 
     /// Copies the whole store to `dir` between two commits.
-    pub async fn backup(&self, dir: PathBuf) -> Result<BackupCopy, BrokerError> {
-        ask(&self.tx, |reply| Job::Backup { dir, reply }).await
+    pub async fn backup(&self, dir: PathBuf) -> Result<BackupCopy, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let stopping = || StoreError::Io("the broker is shutting down; no backup was made".into());
+        self.tx.send(Job::Backup { dir, reply }).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
     }
 
     /// Writes (and makes durable) a small record: proves the store takes writes.
@@ -477,7 +481,7 @@ impl Core {
                 tree_size: self.log.size(),
                 root: self.log.root(),
             });
-            let _ = reply.send(copy.map_err(BrokerError::from));
+            let _ = reply.send(copy);
         }
     }
 

@@ -91,6 +91,12 @@ impl Hub {
         }
     }
 
+    /// Open Subscribe streams of `agency` (each watches its queue).
+    pub fn live_subscribers(&self, agency: &AgencyId) -> u64 {
+        let map = self.agencies.lock().expect("hub lock");
+        map.get(agency).map_or(0, |h| h.queue_seq.receiver_count() as u64)
+    }
+
     /// Number of agencies with live state, for metrics.
     pub fn agency_count(&self) -> usize {
         self.agencies.lock().expect("hub lock").len()

@@ -24,6 +24,8 @@ pub const CONNECTIONS_REFUSED: &str = "broker_connections_refused_total";
 pub const HANDSHAKE_FAILURES: &str = "broker_tls_handshake_failures_total";
 pub const STREAMS: &str = "broker_streams_open";
 pub const QUEUE_DEPTH: &str = "broker_queue_depth";
+/// Open Subscribe streams per agency; 0 means nobody on call is listening.
+pub const LIVE_SUBSCRIBERS: &str = "broker_live_subscribers";
 pub const OLDEST_UNACKED: &str = "broker_oldest_unacked_seconds";
 pub const AUDIT_ENTRIES: &str = "broker_audit_log_entries";
 pub const CERT_NOT_AFTER: &str = "broker_certificate_not_after_seconds";

@@ -50,6 +50,12 @@ pub struct BrokerState {
 }
 
 impl BrokerState {
+    /// Open Subscribe streams per agency of the current directory.
+    pub fn live_subscribers(&self) -> std::collections::BTreeMap<String, u64> {
+        let dir = self.directory.current();
+        dir.directory.agencies.keys().map(|a| (a.to_string(), self.hub.live_subscribers(a))).collect()
+    }
+
     /// The caller's identity, from the connection its request came on.
     pub fn identify<T>(&self, req: &tonic::Request<T>) -> Result<Identity, BrokerError> {
         let info = req.extensions().get::<PeerInfo>().ok_or(BrokerError::NoClientCertificate)?;

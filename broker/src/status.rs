@@ -26,6 +26,14 @@ pub struct QueueStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
+    /// Whether a broker answered (through its admin endpoint); false when
+    /// the status was read from a stopped broker's data directory.
+    #[serde(default)]
+    pub running: bool,
+    /// Live Subscribe streams per agency of the directory (a running broker
+    /// only): 0 means nobody on call is listening for that agency.
+    #[serde(default)]
+    pub live_subscribers: BTreeMap<String, u64>,
     pub queues: BTreeMap<String, QueueStatus>,
     pub audit_log_entries: u64,
     pub tree_head: Option<TreeHeadStatus>,
@@ -79,6 +87,8 @@ pub fn gather(store: &dyn Store, now: Timestamp) -> Result<Status, StoreError> {
         }
     };
     Ok(Status {
+        running: false,
+        live_subscribers: BTreeMap::new(),
         queues,
         audit_log_entries: crate::hub::read_u64(store, keys::meta::AUDIT_SIZE)?,
         tree_head,
@@ -89,7 +99,17 @@ pub fn gather(store: &dyn Store, now: Timestamp) -> Result<Status, StoreError> {
 
 /// A few lines for people.
 pub fn render(s: &Status) -> String {
-    let mut out = format!("audit log: {} entries", s.audit_log_entries);
+    let mut out = if s.running {
+        "broker: running (answered on its admin endpoint)\n".to_owned()
+    } else {
+        "broker: not running, or its admin endpoint is off (read from its data directory)\n".to_owned()
+    };
+    for (agency, n) in &s.live_subscribers {
+        if *n == 0 {
+            out.push_str(&format!("no live subscriber for agency {agency}: nobody on call is listening\n"));
+        }
+    }
+    out.push_str(&format!("audit log: {} entries", s.audit_log_entries));
     if let Some(h) = &s.tree_head {
         out.push_str(&format!("; last signed tree head: {} entries at {}, root {}", h.tree_size, h.timestamp, h.root));
     }

@@ -152,6 +152,7 @@ async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
     let (code, _, err) =
         run_tool(exe(), "broker", &["backup", "--config", &config, "--to", backup.to_str().unwrap()]).await;
     assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{}: already exists", backup.display())), "the real cause: {err}");
 
     // Lose the data directory; restore refuses while the broker runs.
     let (code, _, err) =
@@ -163,6 +164,7 @@ async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
     let (code, out, _) = run_tool(exe(), "broker", &["status", "--config", &config]).await;
     assert_eq!(code, 0);
     assert!(out.contains("huddinge-socialtjanst") && out.contains("pending        2"), "{out}");
+    assert!(out.starts_with("broker: not running"), "{out}");
     std::fs::rename(&b.data_dir, tmp.path().join("lost")).unwrap();
     let (code, out, err) =
         run_tool(exe(), "broker", &["restore", "--config", &config, "--from", backup.to_str().unwrap()]).await;
@@ -332,4 +334,40 @@ fn the_systemd_unit_verifies_and_stays_hardened() {
     assert!(report.contains("Overall exposure level for referral-broker.service"), "{report}");
     // It never runs as root.
     assert!(unit.lines().any(|l| l == "User=referral-broker"), "{unit}");
+}
+
+#[tokio::test]
+async fn status_says_the_broker_runs_and_for_which_agency_nobody_is_listening() {
+    let h = Harness::start().await;
+    let status = |body: String| -> broker::status::Status { serde_json::from_str(&body).unwrap() };
+    let (code, body) = h.admin("GET", "/status", None).await;
+    assert_eq!(code, 200, "{body}");
+    let before = status(body);
+    assert!(before.running);
+    assert_eq!(before.live_subscribers.get(SOCIAL), Some(&0));
+    let text = broker::status::render(&before);
+    assert!(text.starts_with("broker: running"), "{text}");
+    assert!(text.contains(&format!("no live subscriber for agency {SOCIAL}: nobody on call is listening")), "{text}");
+
+    // Someone on call opens the alert stream (caught up: the stream is live).
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let mut alerts = oncall.subscribe().await.unwrap();
+    while !matches!(alerts.next().await.unwrap().unwrap(), AlertEvent::CaughtUp { .. }) {}
+    let (_, body) = h.admin("GET", "/status", None).await;
+    let during = status(body);
+    assert_eq!(during.live_subscribers.get(SOCIAL), Some(&1));
+    assert!(!broker::status::render(&during).contains(&format!("for agency {SOCIAL}:")));
+    let (_, metrics) = h.admin("GET", "/metrics", None).await;
+    assert!(metrics.contains(&format!("broker_live_subscribers{{agency=\"{SOCIAL}\"}} 1")), "{metrics}");
+    assert!(metrics.contains(&format!("broker_live_subscribers{{agency=\"{POLICE}\"}} 0")), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_broker_writing_its_log_to_a_file_writes_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = ChildBroker::start(exe(), tmp.path(), "").await;
+    assert!(b.terminate().await.success());
+    let log = b.log();
+    assert!(log.contains("broker serving"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no terminal escape codes in a log file:\n{log:?}");
 }
