@@ -170,7 +170,7 @@ pub struct AdminEndpoint {
 
 /// Every problem found in a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+#[error("invalid configuration, {} problem(s):\n  - {}", .0.len(), .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
 
 #[derive(Debug, Default, Deserialize)]
@@ -327,6 +327,31 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<String> {
     problems
 }
 
+/// The settings that name a file the broker reads at start-up.
+const FILE_SETTINGS: [(&str, &str); 8] = [
+    ("tls", "certificate"),
+    ("tls", "key"),
+    ("tls", "client_ca"),
+    ("tls", "crl"),
+    ("federation", "directory"),
+    ("federation", "federation_key"),
+    ("federation", "log_key"),
+    ("admin", "token_file"),
+];
+
+/// A problem for each file setting that names a file that does not exist,
+/// read from the table itself so that it is found whatever else is wrong.
+fn missing_files(table: &toml::Table, base: &Path) -> Vec<String> {
+    FILE_SETTINGS
+        .iter()
+        .filter_map(|(section, key)| {
+            let value = table.get(*section)?.get(*key)?.as_str()?;
+            let path = base.join(value);
+            (!path.exists()).then(|| format!("{section}.{key} = {value:?}: {} does not exist", path.display()))
+        })
+        .collect()
+}
+
 impl Config {
     /// Reads `path`, applies overrides from `env` (pairs of name and value),
     /// and validates. Relative paths are relative to the file's folder.
@@ -334,7 +359,16 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        Self::parse(&text, &base, env)
+        Self::parse(&text, &base, env).map_err(|ConfigError(mut problems)| {
+            // Named with the other problems, so that one run lists them all (a
+            // valid file's missing files are reported by the start-up checks,
+            // in more detail).
+            if let Ok(mut table) = text.parse::<toml::Table>() {
+                apply_env(&mut table, env);
+                problems.extend(missing_files(&table, &base));
+            }
+            ConfigError(problems)
+        })
     }
 
     /// Parses configuration text; relative paths are resolved against `base`.
