@@ -65,6 +65,13 @@ async fn power_loss_at_random_moments_loses_nothing_and_the_broker_starts_by_its
         stats.folder_syncs,
     );
     assert_eq!(stats.power_cuts, cycles as u64);
-    assert!(stats.files_reverted > 0, "the power cuts threw away unsynced writes (else the test proves nothing)");
+    // Unsynced writes are thrown away as reverted files or as removed files
+    // (created, never made durable): either proves the cuts bit. Reverted
+    // files alone were too few to count on (2 of 20 cuts in a typical run,
+    // 0 in one run under the whole suite's load), removed ones are dozens.
+    assert!(
+        stats.files_reverted + stats.files_lost > 0,
+        "the power cuts threw away unsynced writes (else the test proves nothing)"
+    );
     assert!(f.receipted >= cycles, "the workload ran");
 }
