@@ -124,14 +124,31 @@ pub enum Command {
         #[command(flatten)]
         server: ServerCertArgs,
     },
-    /// Issue a client certificate and write a profile folder for it.
+    /// Make a principal's TLS key and a certificate request (run by the agency; the key never leaves OUT).
+    Request {
+        /// spiffe://TRUST-DOMAIN/agency/AGENCY-ID/ROLE/NAME
+        #[arg(long)]
+        principal: String,
+        /// Folder to create: key.pem (0600, stays here) and request.csr (send it to the federation).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace a request already in OUT.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate: with --csr, for an agency's own key (OUT receives the certificate and what
+    /// the agency needs besides, no private key); without, a new key and a whole profile folder in OUT.
     Issue {
+        /// The federation folder.
         #[arg(long)]
         dir: PathBuf,
         /// spiffe://TRUST-DOMAIN/agency/AGENCY-ID/ROLE/NAME
         #[arg(long)]
         principal: String,
-        /// Profile folder to write.
+        /// A certificate request from 'certs request'; it must name PRINCIPAL.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Profile folder to write, or with --csr the folder to hand back to the agency.
         #[arg(long)]
         out: PathBuf,
         /// https://host:port of the broker.
@@ -140,11 +157,31 @@ pub enum Command {
         /// DNS name in the broker's certificate.
         #[arg(long, default_value = "localhost")]
         server_name: String,
+        /// Agency key bundle files to put in the profile (system and oncall roles; not with --csr).
+        #[arg(long = "agency-keys")]
+        agency_keys: Vec<PathBuf>,
+        /// Certificate validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Replace a profile or an issued folder already in OUT.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Assemble a profile folder on the agency's side from its request folder and what the federation issued.
+    Profile {
+        /// The folder 'certs request' made (holds the private key).
+        #[arg(long)]
+        request: PathBuf,
+        /// The folder 'certs issue --csr' made.
+        #[arg(long)]
+        issued: PathBuf,
+        /// Profile folder to write.
+        #[arg(long)]
+        out: PathBuf,
         /// Agency key bundle files to put in the profile (system and oncall roles).
         #[arg(long = "agency-keys")]
         agency_keys: Vec<PathBuf>,
-        #[arg(long, default_value_t = 365)]
-        days: i64,
+        /// Replace a profile already in OUT.
         #[arg(long)]
         force: bool,
     },
@@ -253,7 +290,42 @@ pub fn run(cli: Cli) -> Result<()> {
             broker_creds::renew_server_cert(&mut fed, &out, dns, ips, now, days)?;
             println!("server certificate renewed in {}; the broker picks it up on reload (SIGHUP)", out.display());
         }
-        Command::Issue { dir, principal, out, broker, server_name, agency_keys, days, force } => {
+        Command::Request { principal, out, force } => {
+            let p = Principal::parse_uri(&principal)?;
+            crate::request::make(&out, &p, force)?;
+            println!(
+                "key and certificate request for {p} written to {}; send {} to the federation, keep the key",
+                out.display(),
+                out.join(crate::request::CSR).display()
+            );
+        }
+        Command::Issue { dir, principal, csr: Some(csr), out, broker, server_name, agency_keys, days, force } => {
+            if !agency_keys.is_empty() {
+                bail!("--agency-keys goes to 'certs profile' on the agency's side, not to 'certs issue --csr'");
+            }
+            if !broker.starts_with("https://") {
+                bail!("--broker {broker:?} must be an https:// address");
+            }
+            let mut fed = Federation::open(&dir)?;
+            let p = Principal::parse_uri(&principal)?;
+            let csr_pem = std::fs::read_to_string(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
+            let cert_pem = fed.issue_principal_for_request(
+                &p,
+                &csr_pem,
+                &csr.display().to_string(),
+                now.plus_millis(-60_000),
+                now.plus_millis(days * DAY_MS),
+            )?;
+            let issued = crate::request::Issued {
+                principal: p.uri(),
+                broker,
+                server_name,
+                min_directory_version: fed.state().directory_version,
+            };
+            crate::request::write_issued(&out, &issued, &cert_pem, fed.ca().cert_pem(), &fed.federation_key(), force)?;
+            println!("certificate for {p} written to {}; hand the folder back to the agency", out.display());
+        }
+        Command::Issue { dir, principal, csr: None, out, broker, server_name, agency_keys, days, force } => {
             let mut fed = Federation::open(&dir)?;
             let p = Principal::parse_uri(&principal)?;
             if !broker.starts_with("https://") {
@@ -276,6 +348,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 force,
             )?;
             println!("certificate {} for {p} written to profile {}", hex::encode(&issued.serial), out.display());
+        }
+        Command::Profile { request, issued, out, agency_keys, force } => {
+            let p = crate::request::assemble_profile(&request, &issued, &out, &agency_keys, force)?;
+            println!("profile for {p} written to {}", out.display());
         }
         Command::Revoke { dir, target } => {
             let mut fed = Federation::open(&dir)?;

@@ -369,6 +369,34 @@ impl Federation {
         Ok(issued)
     }
 
+    /// Issues a principal's certificate for the key of a certificate request
+    /// (`certs request` on the agency's side): the request must verify and
+    /// name exactly `principal`. Returns the certificate PEM.
+    pub fn issue_principal_for_request(
+        &mut self,
+        principal: &Principal,
+        csr_pem: &str,
+        csr_path: &str,
+        not_before: Timestamp,
+        not_after: Timestamp,
+    ) -> Result<String, FederationError> {
+        self.check_trust_domain(principal)?;
+        let request = crate::pki::verify_request(csr_pem, csr_path)?;
+        if request.uris != [principal.uri()] {
+            return Err(FederationError::Invalid(format!(
+                "{csr_path} asks for {}, not {}; make the request with 'certs request --principal {}'",
+                if request.uris.is_empty() { "no SPIFFE id".to_owned() } else { request.uris.join(", ") },
+                principal.uri(),
+                principal.uri()
+            )));
+        }
+        let (cert_pem, serial) =
+            self.ca.issue_for(&LeafSpec::principal(principal, not_before, not_after), &request.public_key)?;
+        let issued = Issued { cert_pem, key_pem: Default::default(), serial };
+        self.record_cert(&issued, principal.uri(), not_after)?;
+        Ok(issued.cert_pem)
+    }
+
     /// Issues a broker server certificate.
     pub fn issue_server(
         &mut self,

@@ -27,6 +27,7 @@ pub mod federation;
 pub mod keygen;
 pub mod pki;
 pub mod profile;
+pub mod request;
 pub mod secret_file;
 pub mod tool_docs;
 

@@ -24,6 +24,8 @@ pub enum PkiError {
     Time(Timestamp),
     #[error("{what} is not a PEM certificate this tool can read")]
     Parse { what: String },
+    #[error("{what} is not a certificate request with a valid signature ({reason})")]
+    Request { what: String, reason: String },
 }
 
 pub(crate) fn offset(t: Timestamp) -> Result<time::OffsetDateTime, PkiError> {
@@ -141,6 +143,15 @@ impl Ca {
     /// Issues a leaf certificate with a fresh key.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
+        let (cert_pem, serial) = self.issue_for(spec, &key)?;
+        Ok(Issued { cert_pem, key_pem: Zeroizing::new(key.serialize_pem()), serial })
+    }
+
+    /// Issues the certificate `spec` describes for a public key whose private
+    /// half stays with its holder (from a certificate request): the
+    /// certificate PEM and its serial. Nothing of the request but the key
+    /// is used: what it may do is decided here.
+    pub fn issue_for(&self, spec: &LeafSpec, key: &impl rcgen::PublicKeyData) -> Result<(String, Vec<u8>), PkiError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, spec.common_name.clone());
@@ -167,8 +178,8 @@ impl Ca {
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::Sha256;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: Zeroizing::new(key.serialize_pem()), serial })
+        let cert = params.signed_by(key, &self.issuer()?)?;
+        Ok((cert.pem(), serial))
     }
 
     /// A CRL listing `revoked` (serial, revocation time), numbered `number`.
@@ -242,4 +253,58 @@ fn cert_info_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<
         not_after: ms(cert.validity().not_after),
         uris,
     })
+}
+
+/// A principal's own TLS key and a certificate request for it: what an
+/// agency makes so that its private key never leaves it.
+#[derive(Debug)]
+pub struct Request {
+    pub csr_pem: String,
+    pub key_pem: Zeroizing<String>,
+}
+
+/// Makes a fresh ECDSA P-256 key and a request, signed with it, for a
+/// certificate naming `principal` (its SPIFFE URI as the only SAN).
+pub fn request(principal: &Principal) -> Result<Request, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{}/{}/{}", principal.agency, principal.role, principal.name));
+    params.distinguished_name = dn;
+    params.subject_alt_names.push(SanType::URI(principal.uri().as_str().try_into()?));
+    let csr = params.serialize_request(&key)?;
+    Ok(Request { csr_pem: csr.pem()?, key_pem: Zeroizing::new(key.serialize_pem()) })
+}
+
+/// A verified certificate request: its public key and the URIs it names.
+#[derive(Debug)]
+pub struct VerifiedRequest {
+    pub public_key: rcgen::PublicKey,
+    pub uris: Vec<String>,
+}
+
+/// Parses a PEM certificate request and checks its signature (proof that
+/// whoever sent it holds the private key).
+pub fn verify_request(pem: &str, what: &str) -> Result<VerifiedRequest, PkiError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| PkiError::Request { what: what.to_owned(), reason: e.to_string() })?;
+    let uris = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| match san {
+            SanType::URI(u) => Some(u.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    Ok(VerifiedRequest { public_key: csr.public_key, uris })
+}
+
+/// Whether the PEM certificate is for the public half of the PEM private key.
+pub fn key_matches_cert(key_pem: &str, cert_pem: &str) -> Result<bool, PkiError> {
+    let bad = || PkiError::Parse { what: "certificate".into() };
+    let key = KeyPair::from_pem(key_pem)?;
+    let (_, p) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|_| bad())?;
+    let cert = p.parse_x509().map_err(|_| bad())?;
+    Ok(cert.tbs_certificate.subject_pki.raw == rcgen::PublicKeyData::subject_public_key_info(&key).as_slice())
 }

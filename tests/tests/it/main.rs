@@ -2,6 +2,7 @@
 //! in `tests/src/lib.rs`). One module per concern:
 
 /// ARCHITECTURE.md's rules on what each crate and module may name.
+mod agency_keys;
 mod architecture;
 /// The audit log verifies, proves, and catches tampering.
 mod audit;
