@@ -39,6 +39,7 @@ pub enum AuditCommand {
     },
     /// Print log entries (metadata and digests only).
     Replay {
+        /// The index of the first entry to print.
         #[arg(long, default_value_t = 0)]
         from: u64,
         /// Stop before this index (default: the end).

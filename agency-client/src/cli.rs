@@ -107,9 +107,13 @@ pub enum Command {
     #[command(subcommand)]
     Audit(crate::auditor::AuditCommand),
     /// Print shell completions for agency-client (needs no profile).
-    Completions { shell: certs::tool_docs::Shell },
-    /// Write the man page of agency-client (agency-client.1) into a folder (needs no profile).
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: certs::tool_docs::Shell,
+    },
+    /// Write the man pages of agency-client (agency-client.1 and one per subcommand) into a folder (needs no profile).
     Manpages {
+        /// Folder for the pages (created if missing).
         #[arg(long)]
         out: PathBuf,
     },
@@ -126,8 +130,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Manpages { out } => {
-            let page = certs::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)?;
-            out!("{}", page.display());
+            for page in certs::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)? {
+                out!("{}", page.display());
+            }
             Ok(true)
         }
         command => {

@@ -23,6 +23,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve with a configuration file (environment overrides: BROKER__SECTION__KEY).
     Serve {
+        /// The broker's configuration file (TOML; see packaging/broker.toml).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -31,6 +32,7 @@ pub enum Command {
         /// Folder of the development federation.
         #[arg(long, default_value = "dev-federation")]
         dir: PathBuf,
+        /// Address to serve gRPC on.
         #[arg(long, default_value = "127.0.0.1:7443")]
         listen: SocketAddr,
         /// Data directory.
@@ -45,20 +47,24 @@ pub enum Command {
     Demo,
     /// Validate a configuration and the files it names, then exit.
     CheckConfig {
+        /// The broker's configuration file (TOML; see packaging/broker.toml).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Queue depths, oldest unacknowledged, log size and tree head, from the
     /// running broker's admin endpoint or, when it is stopped, its data directory.
     Status {
+        /// The broker's configuration file (TOML; see packaging/broker.toml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Print the status as one JSON object.
         #[arg(long)]
         json: bool,
     },
     /// Write a consistent, verified copy of the store to a new folder
     /// (through the admin endpoint while the broker serves, directly when it is stopped).
     Backup {
+        /// The broker's configuration file (TOML; see packaging/broker.toml).
         #[arg(long, short)]
         config: PathBuf,
         /// New folder for the copy: it must not exist; it is created 0700, its files 0600.
@@ -67,6 +73,7 @@ pub enum Command {
     },
     /// Make a new random admin endpoint token in a new 0600 file (for `[admin] token_file`).
     AdminToken {
+        /// New file for the token (created 0600).
         #[arg(long)]
         out: PathBuf,
         /// Replace an existing token file (the running broker keeps the old token until restarted).
@@ -75,15 +82,21 @@ pub enum Command {
     },
     /// Restore a verified backup into the (empty) data directory of a stopped broker.
     Restore {
+        /// The broker's configuration file (TOML; see packaging/broker.toml).
         #[arg(long, short)]
         config: PathBuf,
+        /// The backup folder `broker backup` wrote.
         #[arg(long)]
         from: PathBuf,
     },
     /// Print shell completions for broker (certs and agency-client print their own).
-    Completions { shell: certs::tool_docs::Shell },
-    /// Write the man page of broker (broker.1) into a folder.
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: certs::tool_docs::Shell,
+    },
+    /// Write the man pages of broker (broker.1 and one per subcommand) into a folder.
     Manpages {
+        /// Folder for the pages (created if missing).
         #[arg(long)]
         out: PathBuf,
     },
@@ -284,7 +297,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Manpages { out } => {
-            println!("{}", certs::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)?.display());
+            for page in certs::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)? {
+                println!("{}", page.display());
+            }
             Ok(())
         }
     }

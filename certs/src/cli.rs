@@ -24,8 +24,10 @@ pub struct Cli {
 /// Where and for what names the broker's server certificate is made.
 #[derive(Debug, clap::Args)]
 pub struct ServerCertArgs {
+    /// The federation folder (made by 'certs init').
     #[arg(long)]
     dir: PathBuf,
+    /// Folder for the broker's credentials.
     #[arg(long)]
     out: PathBuf,
     /// DNS names for the server certificate.
@@ -34,6 +36,7 @@ pub struct ServerCertArgs {
     /// IP addresses for the server certificate.
     #[arg(long = "ip")]
     ips: Vec<IpAddr>,
+    /// Validity in days from now.
     #[arg(long, default_value_t = 365)]
     days: i64,
 }
@@ -54,8 +57,10 @@ pub enum Command {
     },
     /// Create a new federation: CA, directory key, empty registry.
     Init {
+        /// The federation folder (made by 'certs init').
         #[arg(long)]
         dir: PathBuf,
+        /// The SPIFFE trust domain every principal's id starts with (e.g. igor.example.se).
         #[arg(long)]
         trust_domain: String,
         /// CA validity in days.
@@ -64,27 +69,34 @@ pub enum Command {
     },
     /// Register an agency.
     AddAgency {
+        /// The federation folder (made by 'certs init').
         #[arg(long)]
         dir: PathBuf,
+        /// The agency id (lowercase letters, digits and '-'), e.g. polisen-huddinge.
         #[arg(long)]
         id: String,
         /// police or municipal.
         #[arg(long)]
         kind: AgencyKind,
+        /// The agency's name as people read it in the directory.
         #[arg(long)]
         name: String,
         /// SPIFFE id alerted when the agency misses an ack deadline.
         #[arg(long, requires_all = ["escalation_name", "escalation_phone"])]
         escalation_principal: Option<String>,
+        /// Name of the escalation contact, as people read it.
         #[arg(long)]
         escalation_name: Option<String>,
+        /// Phone number of the escalation contact.
         #[arg(long)]
         escalation_phone: Option<String>,
     },
     /// Generate an agency key bundle (run by the agency): OUT (secret, 0600) and OUT.pub.
     Keygen {
+        /// The agency id the bundle is for.
         #[arg(long)]
         agency: String,
+        /// File for the secret key bundle (0600); the public half is written to OUT.pub.
         #[arg(long)]
         out: PathBuf,
         /// Validity in days from now.
@@ -93,6 +105,7 @@ pub enum Command {
         /// Start of validity (RFC 3339); default now. Use a future time to stage a rotation.
         #[arg(long)]
         not_before: Option<String>,
+        /// Replace what is already there.
         #[arg(long)]
         force: bool,
     },
@@ -107,8 +120,10 @@ pub enum Command {
     },
     /// Register the public half (a .pub file from keygen) of an agency key bundle.
     AddKey {
+        /// The federation folder (made by 'certs init').
         #[arg(long)]
         dir: PathBuf,
+        /// The .pub file 'certs keygen' wrote beside the bundle.
         #[arg(long)]
         public: PathBuf,
     },
@@ -116,6 +131,7 @@ pub enum Command {
     Broker {
         #[command(flatten)]
         server: ServerCertArgs,
+        /// Replace what is already there.
         #[arg(long)]
         force: bool,
     },
@@ -187,6 +203,7 @@ pub enum Command {
     },
     /// Revoke certificates by serial (hex) or subject (SPIFFE id), and write a new CRL.
     Revoke {
+        /// The federation folder (made by 'certs init').
         #[arg(long)]
         dir: PathBuf,
         /// A serial number in hex or a SPIFFE id.
@@ -194,12 +211,14 @@ pub enum Command {
     },
     /// Write a fresh CRL (CRLs expire; the broker refuses clients once its CRL has).
     Crl {
+        /// The federation folder (made by 'certs init').
         #[arg(long)]
         dir: PathBuf,
     },
     /// Sign and write the next directory version (directory.bin). Every
     /// party refuses it once its validity has passed: re-sign before then.
     Directory {
+        /// The federation folder (made by 'certs init').
         #[arg(long)]
         dir: PathBuf,
         /// Days the new version stays valid (1 to 366).
@@ -208,13 +227,18 @@ pub enum Command {
     },
     /// Show the registry: agencies, keys and certificates.
     Show {
+        /// The federation folder (made by 'certs init').
         #[arg(long)]
         dir: PathBuf,
     },
     /// Print shell completions for certs.
-    Completions { shell: crate::tool_docs::Shell },
-    /// Write the man page of certs (certs.1) into a folder.
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: crate::tool_docs::Shell,
+    },
+    /// Write the man pages of certs (certs.1 and one per subcommand) into a folder.
     Manpages {
+        /// Folder for the pages (created if missing).
         #[arg(long)]
         out: PathBuf,
     },
@@ -228,7 +252,9 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::tool_docs::completions(shell, <Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
         }
         Command::Manpages { out } => {
-            println!("{}", crate::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)?.display());
+            for page in crate::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)? {
+                println!("{}", page.display());
+            }
         }
         Command::Dev { dir, broker_addr, force } => {
             let dev = dev::create(&dir, &dev::DevOptions { broker_addr, force }, now)?;

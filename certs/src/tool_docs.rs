@@ -16,12 +16,25 @@ pub fn completions(shell: Shell, mut cmd: clap::Command, out: &mut dyn std::io::
 }
 
 /// Writes the man page of `cmd` as `NAME.1` in `dir` (created if missing,
-/// the page crash-safely) and returns its path.
-pub fn write_man_page(cmd: clap::Command, dir: &Path) -> std::io::Result<PathBuf> {
+/// each page crash-safely), and one page per subcommand as
+/// `NAME-SUBCOMMAND.1`, the pages the top page refers to; returns their
+/// paths, the top page first.
+pub fn write_man_page(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     crate::durable_file::create_dir_all(dir)?;
-    let path = dir.join(format!("{}.1", cmd.get_name()));
+    let mut cmd = cmd;
+    cmd.build();
+    let mut pages = vec![render(&cmd, cmd.get_name(), dir)?];
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("{}-{}", cmd.get_name(), sub.get_name());
+        pages.push(render(&sub.clone().bin_name(name.clone()), &name, dir)?);
+    }
+    Ok(pages)
+}
+
+fn render(cmd: &clap::Command, name: &str, dir: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!("{name}.1"));
     let mut page = Vec::new();
-    clap_mangen::Man::new(cmd).render(&mut page)?;
+    clap_mangen::Man::new(cmd.clone()).title(name.to_owned()).render(&mut page)?;
     crate::durable_file::write(&path, page)?;
     Ok(path)
 }

@@ -280,4 +280,42 @@ async fn completions_and_man_pages_are_generated() {
         assert!(page.contains(".TH") && page.to_lowercase().contains(tool), "{tool}.1 is a man page");
         assert!(out.contains(&format!("{tool}.1")), "{out}");
     }
+    // Every subcommand the top page lists has its own page.
+    for (tool, sub) in [("broker", "check-config"), ("agency-client", "listen"), ("certs", "request")] {
+        let top = std::fs::read_to_string(tmp.path().join(format!("{tool}.1"))).unwrap();
+        let reference = format!("{tool}-{sub}(1)").replace('-', "\\-");
+        assert!(top.contains(&reference), "{tool}.1 refers to {tool}-{sub}(1):\n{top}");
+        let page = std::fs::read_to_string(tmp.path().join(format!("{tool}-{sub}.1"))).unwrap();
+        assert!(page.contains(".TH") && page.contains(sub), "{tool}-{sub}.1");
+    }
+}
+
+/// Every option of every subcommand of the three tools says what it is for.
+#[test]
+fn every_option_has_help_text() {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    for mut cmd in [
+        <broker::cli::Cli as clap::CommandFactory>::command(),
+        <agency_client::cli::Cli as clap::CommandFactory>::command(),
+        <certs::cli::Cli as clap::CommandFactory>::command(),
+    ] {
+        cmd.build();
+        let name = cmd.get_name().to_owned();
+        walk(&cmd, &name, &mut missing);
+    }
+    assert!(missing.is_empty(), "options without help text:\n{}", missing.join("\n"));
 }
