@@ -99,50 +99,116 @@ pub struct SubmitOutcome {
     pub latency_from_schedule: Option<Histogram<u64>>,
 }
 
+/// What the submitting tasks share: the envelopes, the next submit's
+/// number, and when to stop.
 #[derive(Debug)]
-struct Shared {
-    source: Source,
+pub struct Shared {
+    pub source: Source,
     next: AtomicU64,
     limit: u64,
-    start: Instant,
+    pub start: Instant,
     end: Option<Instant>,
-    period: Option<Duration>,
+    pub period: Option<Duration>,
     sent: Option<Arc<SentTimes>>,
 }
 
-struct WorkerResult {
-    accepted: u64,
-    duplicates: u64,
-    errors: BTreeMap<String, u64>,
-    latency: Histogram<u64>,
-    from_schedule: Option<Histogram<u64>>,
+/// One submit to make: its number, and when it was due (open loop).
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    pub index: u64,
+    pub scheduled: Option<Instant>,
 }
 
-async fn worker(mut rpc: ReferralBrokerClient<Channel>, shared: Arc<Shared>) -> WorkerResult {
-    let mut r = WorkerResult {
-        accepted: 0,
-        duplicates: 0,
-        errors: BTreeMap::new(),
-        latency: histogram(),
-        from_schedule: shared.period.map(|_| histogram()),
-    };
-    loop {
-        let i = shared.next.fetch_add(1, Relaxed);
-        if i >= shared.limit {
-            break;
+impl Shared {
+    /// Starts the clock now.
+    pub fn new(source: Source, plan: &Plan, sent: Option<Arc<SentTimes>>) -> Self {
+        let start = Instant::now();
+        Self {
+            limit: plan.limit.min(source.limit().unwrap_or(u64::MAX)),
+            source,
+            next: AtomicU64::new(0),
+            start,
+            end: plan.duration.map(|d| start + d),
+            period: plan.rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+            sent,
         }
-        let scheduled = match shared.period {
+    }
+
+    /// The next submit, waiting for its time in open loop; `None` once the
+    /// limit or the duration is reached.
+    pub async fn next_job(&self) -> Option<Job> {
+        let index = self.next.fetch_add(1, Relaxed);
+        if index >= self.limit {
+            return None;
+        }
+        let scheduled = match self.period {
             Some(p) => {
-                let due = shared.start + p.mul_f64(i as f64);
+                let due = self.start + p.mul_f64(index as f64);
                 tokio::time::sleep_until(due.into()).await;
                 Some(due)
             }
             None => None,
         };
-        if shared.end.is_some_and(|end| Instant::now() >= end) {
-            break;
+        if self.end.is_some_and(|end| Instant::now() >= end) {
+            return None;
         }
-        let envelope = match shared.source.get(i) {
+        Some(Job { index, scheduled })
+    }
+}
+
+/// What one submitting task measured.
+#[derive(Debug)]
+pub struct WorkerResult {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency: Histogram<u64>,
+    pub from_schedule: Option<Histogram<u64>>,
+}
+
+impl WorkerResult {
+    pub fn new(open_loop: bool) -> Self {
+        Self {
+            accepted: 0,
+            duplicates: 0,
+            errors: BTreeMap::new(),
+            latency: histogram(),
+            from_schedule: open_loop.then(histogram),
+        }
+    }
+}
+
+impl SubmitOutcome {
+    /// The sum of the tasks' results; the time is from `start` to now.
+    pub fn merge(results: Vec<WorkerResult>, plan: &Plan, start: Instant) -> anyhow::Result<Self> {
+        let mut out = SubmitOutcome {
+            accepted: 0,
+            duplicates: 0,
+            errors: BTreeMap::new(),
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            latency_from_schedule: plan.rate.map(|_| histogram()),
+        };
+        for r in results {
+            out.accepted += r.accepted;
+            out.duplicates += r.duplicates;
+            for (k, v) in r.errors {
+                *out.errors.entry(k).or_default() += v;
+            }
+            out.latency.add(&r.latency).context("merging histograms")?;
+            if let (Some(all), Some(h)) = (out.latency_from_schedule.as_mut(), r.from_schedule.as_ref()) {
+                all.add(h).context("merging histograms")?;
+            }
+        }
+        out.elapsed = start.elapsed();
+        Ok(out)
+    }
+}
+
+async fn worker(mut rpc: ReferralBrokerClient<Channel>, shared: Arc<Shared>) -> WorkerResult {
+    let mut r = WorkerResult::new(shared.period.is_some());
+    while let Some(Job { index, scheduled }) = shared.next_job().await {
+        let envelope = match shared.source.get(index) {
             Ok(e) => e,
             Err(e) => {
                 *r.errors.entry(format!("seal: {e:#}")).or_default() += 1;
@@ -181,44 +247,18 @@ pub async fn submit(
     plan: &Plan,
     sent: Option<Arc<SentTimes>>,
 ) -> anyhow::Result<SubmitOutcome> {
-    let start = Instant::now();
-    let shared = Arc::new(Shared {
-        limit: plan.limit.min(source.limit().unwrap_or(u64::MAX)),
-        source,
-        next: AtomicU64::new(0),
-        start,
-        end: plan.duration.map(|d| start + d),
-        period: plan.rate.map(|r| Duration::from_secs_f64(1.0 / r)),
-        sent,
-    });
+    let shared = Arc::new(Shared::new(source, plan, sent));
     let mut tasks = Vec::new();
     for c in clients {
         for _ in 0..plan.in_flight_per_connection {
             tasks.push(tokio::spawn(worker(c.broker(), shared.clone())));
         }
     }
-    let mut out = SubmitOutcome {
-        accepted: 0,
-        duplicates: 0,
-        errors: BTreeMap::new(),
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-        latency_from_schedule: plan.rate.map(|_| histogram()),
-    };
+    let mut results = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let r = t.await.context("a submitting task failed")?;
-        out.accepted += r.accepted;
-        out.duplicates += r.duplicates;
-        for (k, v) in r.errors {
-            *out.errors.entry(k).or_default() += v;
-        }
-        out.latency.add(&r.latency).context("merging histograms")?;
-        if let (Some(all), Some(h)) = (out.latency_from_schedule.as_mut(), r.from_schedule.as_ref()) {
-            all.add(h).context("merging histograms")?;
-        }
+        results.push(t.await.context("a submitting task failed")?);
     }
-    out.elapsed = start.elapsed();
-    Ok(out)
+    SubmitOutcome::merge(results, plan, shared.start)
 }
 
 /// Counters and histograms of the end-to-end path.

@@ -21,6 +21,8 @@ pub enum Kind {
     Broker,
     /// TLS and gRPC only: every submit answered with one precomputed receipt.
     Ceiling,
+    /// Debian's `redis-server` as a durable queue (see `crate::redis`).
+    Redis,
 }
 
 impl Kind {
@@ -28,13 +30,16 @@ impl Kind {
         match self {
             Kind::Broker => "broker",
             Kind::Ceiling => "ceiling",
+            Kind::Redis => "redis",
         }
     }
 
-    fn subcommand(self) -> &'static str {
+    /// The hidden subcommand that serves it (Redis is its own program).
+    fn subcommand(self) -> Option<&'static str> {
         match self {
-            Kind::Broker => "serve-broker",
-            Kind::Ceiling => "serve-ceiling",
+            Kind::Broker => Some("serve-broker"),
+            Kind::Ceiling => Some("serve-ceiling"),
+            Kind::Redis => None,
         }
     }
 }
@@ -63,6 +68,7 @@ impl ServerProcess {
     /// RPC from `probe_profile` (the broker: `GetDirectory` succeeds; the
     /// ceiling: any gRPC status comes back). Its stderr goes to `log_path`.
     pub async fn start(kind: Kind, config: &Path, log_path: &Path, probe_profile: &Path) -> anyhow::Result<Self> {
+        let subcommand = kind.subcommand().context("redis-server is started by crate::redis, not re-run from here")?;
         let exe = std::env::current_exe().context("cannot locate the loadgen executable to re-run it")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -71,7 +77,7 @@ impl ServerProcess {
             .with_context(|| format!("cannot open the log file {}", log_path.display()))?;
         let spawned = Instant::now();
         let child = Command::new(exe)
-            .arg(kind.subcommand())
+            .arg(subcommand)
             .arg("--config")
             .arg(config)
             .env_remove("BROKER_LOG")
