@@ -261,6 +261,130 @@ pub async fn submit(
     SubmitOutcome::merge(results, plan, shared.start)
 }
 
+/// What the sender of a SubmitStream hands its reader for each envelope.
+struct InStream {
+    at: Instant,
+    scheduled: Option<Instant>,
+}
+
+/// Submits from `source` over `clients`, one SubmitStream on each, with up
+/// to the plan's in-flight count (and at most the broker's window)
+/// unanswered on each stream, until the plan's limit or duration.
+pub async fn submit_streaming(
+    clients: &[Arc<Client>],
+    source: Source,
+    plan: &Plan,
+    sent: Option<Arc<SentTimes>>,
+) -> anyhow::Result<SubmitOutcome> {
+    let shared = Arc::new(Shared::new(source, plan, sent));
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|c| tokio::spawn(stream_worker(c.broker(), shared.clone(), plan.in_flight_per_connection)))
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await.context("a streaming task failed")?);
+    }
+    SubmitOutcome::merge(results, plan, shared.start)
+}
+
+async fn stream_worker(mut rpc: ReferralBrokerClient<Channel>, shared: Arc<Shared>, in_flight: usize) -> WorkerResult {
+    use pb::submit_result::Outcome;
+    use pb::submit_stream_response::Event;
+    let mut r = WorkerResult::new(shared.period.is_some());
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::SubmitStreamRequest>(in_flight.max(1));
+    let mut responses = match rpc.submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(s) => s.into_inner(),
+        Err(status) => {
+            r.errors.insert(format!("open stream: {:?}", status.code()), 1);
+            return r;
+        }
+    };
+    let window = match responses.message().await {
+        Ok(Some(pb::SubmitStreamResponse { event: Some(Event::Window(w)) })) => w.max_unanswered as usize,
+        other => {
+            r.errors.insert(format!("no window: {other:?}"), 1);
+            return r;
+        }
+    };
+    let credit = Arc::new(Semaphore::new(in_flight.min(window).max(1)));
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel::<InStream>();
+    let reader_credit = credit.clone();
+    let open_loop = shared.period.is_some();
+    let reader = tokio::spawn(async move {
+        let mut r = WorkerResult::new(open_loop);
+        while let Some(sent) = order_rx.recv().await {
+            let answer = responses.message().await;
+            let done = Instant::now();
+            match answer {
+                Ok(Some(pb::SubmitStreamResponse { event: Some(Event::Result(result)) })) => match result.outcome {
+                    Some(Outcome::Accepted(a)) => {
+                        r.accepted += 1;
+                        r.duplicates += u64::from(a.duplicate);
+                        r.latency.saturating_record(micros(done - sent.at));
+                        if let (Some(h), Some(due)) = (r.from_schedule.as_mut(), sent.scheduled) {
+                            h.saturating_record(micros(done.saturating_duration_since(due)));
+                        }
+                    }
+                    Some(Outcome::Refused(f)) => *r.errors.entry(format!("refused {}", f.reason)).or_default() += 1,
+                    None => *r.errors.entry("empty result".into()).or_default() += 1,
+                },
+                other => {
+                    let why = match other {
+                        Err(status) => format!("stream ended: {:?}", status.code()),
+                        _ => "stream ended early".into(),
+                    };
+                    *r.errors.entry(why).or_default() += 1;
+                    reader_credit.close();
+                    break;
+                }
+            }
+            reader_credit.add_permits(1);
+        }
+        r
+    });
+    let mut own_errors: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let Ok(permit) = credit.acquire().await else { break };
+        let Some(Job { index, scheduled }) = shared.next_job().await else { break };
+        let envelope = match shared.source.get(index) {
+            Ok(e) => e,
+            Err(e) => {
+                *own_errors.entry(format!("seal: {e:#}")).or_default() += 1;
+                continue;
+            }
+        };
+        let id = envelope.header.as_ref().and_then(|h| <[u8; 16]>::try_from(h.message_id.as_slice()).ok());
+        let at = Instant::now();
+        if let (Some(times), Some(id)) = (&shared.sent, id) {
+            times.insert(id, at);
+        }
+        if tx.send(pb::SubmitStreamRequest { envelope: Some(envelope) }).await.is_err() {
+            break;
+        }
+        permit.forget();
+        if order_tx.send(InStream { at, scheduled }).is_err() {
+            break;
+        }
+    }
+    drop(order_tx);
+    // The reader still needs the stream open to get the last results;
+    // closing the request side afterwards tells the broker we are done.
+    let mut out = reader.await.unwrap_or_else(|_| {
+        let mut r = WorkerResult::new(false);
+        r.errors.insert("stream reader panicked".into(), 1);
+        r
+    });
+    drop(tx);
+    for (k, v) in own_errors {
+        *out.errors.entry(k).or_default() += v;
+    }
+    for (k, v) in r.errors {
+        *out.errors.entry(k).or_default() += v;
+    }
+    out
+}
+
 /// Counters and histograms of the end-to-end path.
 #[derive(Debug)]
 pub struct EndToEndStats {

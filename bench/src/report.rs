@@ -54,6 +54,8 @@ pub struct Settings {
     pub subscribers: usize,
     pub presealed: bool,
     pub fill: u64,
+    /// The broker was also measured through SubmitStream.
+    pub stream: bool,
     pub broker_log_level: String,
 }
 
@@ -136,6 +138,9 @@ pub struct RunReport {
     pub broker_over_redis: Option<f64>,
     /// Redis LPUSHes/s over ceiling submits/s, when both ran.
     pub redis_over_ceiling: Option<f64>,
+    /// The broker through SubmitStream, over the ceiling and over Redis.
+    pub broker_stream_over_ceiling: Option<f64>,
+    pub broker_stream_over_redis: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -354,6 +359,8 @@ impl RunReport {
             ("broker / redis", self.broker_over_redis),
             ("broker / ceiling", self.broker_over_ceiling),
             ("redis / ceiling", self.redis_over_ceiling),
+            ("broker_stream / redis", self.broker_stream_over_redis),
+            ("broker_stream / ceiling", self.broker_stream_over_ceiling),
         ];
         if ratios.iter().any(|(_, r)| r.is_some()) {
             out.push('\n');

@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// Before starting the broker, load its store with this many queued, unacknowledged (unreadable) messages.
     #[arg(long, default_value_t = 0)]
     pub fill: u64,
+    /// Also measure the broker through SubmitStream (after unary Submit, on a fresh store): one
+    /// stream per connection with up to --in-flight envelopes unanswered on each.
+    #[arg(long)]
+    pub stream: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -114,6 +118,12 @@ fn check(args: &RunArgs) -> anyhow::Result<()> {
     }
     if args.fill > 0 && matches!(args.target, TargetChoice::Ceiling | TargetChoice::Redis) {
         anyhow::bail!("--fill loads the broker's store; it means nothing with --target ceiling or redis");
+    }
+    if args.stream && args.fill > 0 {
+        anyhow::bail!("--stream measures on a fresh store; run --fill without it");
+    }
+    if args.stream && matches!(args.target, TargetChoice::Ceiling | TargetChoice::Redis) {
+        anyhow::bail!("--stream drives the broker; use it with --target broker, both or all");
     }
     if args.keep && args.dir.is_some() {
         anyhow::bail!("--dir folders are always kept; --keep is for the temporary folder");
@@ -165,16 +175,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         TargetChoice::Both => &[Kind::Ceiling, Kind::Broker],
         TargetChoice::All => &[Kind::Ceiling, Kind::Redis, Kind::Broker],
     };
+    let mut kinds = kinds.to_vec();
+    if args.stream {
+        kinds.push(Kind::BrokerStream);
+    }
     let redis_exe = if kinds.contains(&Kind::Redis) { redis::find_redis_server() } else { None };
     let mut skipped = Vec::new();
     let mut targets = Vec::new();
     let mut fill_report: Option<FillReport> = None;
-    for &kind in kinds {
+    for &kind in &kinds {
         if kind == Kind::Redis && redis_exe.is_none() {
             let why = "redis: skipped: redis-server is not installed (on Debian: apt-get install redis-server)";
             eprintln!("{why}");
             skipped.push(why.to_owned());
             continue;
+        }
+        if kind == Kind::BrokerStream && kinds.contains(&Kind::Broker) {
+            // The same envelopes again would all be duplicates: a fresh store.
+            let data = &setup.config.data_dir;
+            std::fs::remove_dir_all(data).with_context(|| format!("cannot empty {}", data.display()))?;
         }
         if kind == Kind::Broker && args.fill > 0 {
             eprintln!("filling the broker's store with {} queued messages...", args.fill);
@@ -191,6 +210,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     };
     let (broker_over_ceiling, broker_over_redis, redis_over_ceiling) =
         (ratio(Kind::Broker, Kind::Ceiling), ratio(Kind::Broker, Kind::Redis), ratio(Kind::Redis, Kind::Ceiling));
+    let (stream_over_ceiling, stream_over_redis) =
+        (ratio(Kind::BrokerStream, Kind::Ceiling), ratio(Kind::BrokerStream, Kind::Redis));
     Ok(RunReport {
         machine,
         settings: Settings {
@@ -205,6 +226,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             subscribers: args.subscribers as usize,
             presealed: args.presealed,
             fill: args.fill,
+            stream: args.stream,
             broker_log_level: args.broker_log_level.clone(),
         },
         presealed,
@@ -214,6 +236,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         broker_over_ceiling,
         broker_over_redis,
         redis_over_ceiling,
+        broker_stream_over_ceiling: stream_over_ceiling,
+        broker_stream_over_redis: stream_over_redis,
     })
 }
 
@@ -266,8 +290,8 @@ async fn measure(
     eprintln!("{}: answering after {:.0} ms", kind.as_str(), server.ready_after().as_secs_f64() * 1000.0);
     let pid = server.pid();
     let ready_memory = procfs::memory(pid)?;
-    let subscribers = if kind == Kind::Broker { args.subscribers as usize } else { 0 };
-    if kind != Kind::Broker && args.subscribers > 0 {
+    let subscribers = if kind.is_broker() { args.subscribers as usize } else { 0 };
+    if !kind.is_broker() && args.subscribers > 0 {
         eprintln!("{}: no subscribers (it serves submits only)", kind.as_str());
     }
     let recipient_queue = redis::queue_key(SOCIAL);
@@ -283,13 +307,16 @@ async fn measure(
         None
     };
     let commits_before =
-        if kind == Kind::Broker { crate::metrics::scrape(setup.admin, &setup.admin_token).await } else { None };
+        if kind.is_broker() { crate::metrics::scrape(setup.admin, &setup.admin_token).await } else { None };
     let cpu_before = procfs::cpu_seconds(pid)?;
     let written_before = procfs::written(pid)?;
     let own_before = procfs::cpu_seconds(std::process::id())?;
     let window = Instant::now();
     eprintln!("{}: submitting...", kind.as_str());
     let outcome: SubmitOutcome = match &server {
+        Running::Grpc(_) if kind == Kind::BrokerStream => {
+            load::submit_streaming(&clients, source, plan, e2e.as_ref().map(|e| e.sent.clone())).await?
+        }
         Running::Grpc(_) => load::submit(&clients, source, plan, e2e.as_ref().map(|e| e.sent.clone())).await?,
         Running::Redis(_) => redis::submit(redis_connections, source, plan, &recipient_queue).await?,
     };

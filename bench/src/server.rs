@@ -23,6 +23,8 @@ pub enum Kind {
     Ceiling,
     /// Debian's `redis-server` as a durable queue (see `crate::redis`).
     Redis,
+    /// The real broker driven through `SubmitStream` (`--stream`), on a fresh store.
+    BrokerStream,
 }
 
 impl Kind {
@@ -31,13 +33,19 @@ impl Kind {
             Kind::Broker => "broker",
             Kind::Ceiling => "ceiling",
             Kind::Redis => "redis",
+            Kind::BrokerStream => "broker_stream",
         }
+    }
+
+    /// Whether it is the real broker (unary or streaming).
+    pub fn is_broker(self) -> bool {
+        matches!(self, Kind::Broker | Kind::BrokerStream)
     }
 
     /// The hidden subcommand that serves it (Redis is its own program).
     fn subcommand(self) -> Option<&'static str> {
         match self {
-            Kind::Broker => Some("serve-broker"),
+            Kind::Broker | Kind::BrokerStream => Some("serve-broker"),
             Kind::Ceiling => Some("serve-ceiling"),
             Kind::Redis => None,
         }
@@ -174,7 +182,7 @@ async fn probe(kind: Kind, profile: &Path) -> bool {
     };
     let answer = client.broker().get_directory(pb::GetDirectoryRequest {}).await;
     match (kind, answer) {
-        (Kind::Broker, Ok(_)) => true,
+        (Kind::Broker | Kind::BrokerStream, Ok(_)) => true,
         (Kind::Ceiling, Err(status)) => status.code() == tonic::Code::Unimplemented,
         _ => false,
     }

@@ -60,8 +60,9 @@ fn both_targets_with_subscribers() {
 }
 
 /// Redis as the broker's peer (`.ci/run` installs Debian's redis-server):
-/// every LPUSH answered is on the recipient's list afterwards, and the
-/// report gives the broker's rate as a share of Redis's.
+/// every LPUSH answered is on the recipient's list afterwards, the report
+/// gives the broker's rate as a share of Redis's, and `--stream` measures
+/// the broker once more through SubmitStream.
 #[test]
 fn redis_beside_the_broker() {
     let r = loadgen(&[
@@ -75,6 +76,7 @@ fn redis_beside_the_broker() {
         "--in-flight",
         "8",
         "--presealed",
+        "--stream",
         "--json",
     ]);
     assert_eq!(r["skipped"].as_array().map(Vec::len), Some(0), "is redis-server installed? {r}");
@@ -85,6 +87,11 @@ fn redis_beside_the_broker() {
     assert_eq!(target(&r, "broker")["submits_ok"], 300);
     assert!(r["broker_over_redis"].as_f64().is_some(), "{r}");
     assert!(r["redis_over_ceiling"].as_f64().is_some(), "{r}");
+    // The same envelopes through SubmitStream, on a fresh store: none a duplicate.
+    let s = target(&r, "broker_stream");
+    assert_eq!(s["submits_ok"], 300, "{s}");
+    assert_eq!(s["duplicates"], 0, "{s}");
+    assert!(r["broker_stream_over_redis"].as_f64().is_some(), "{r}");
 }
 
 #[test]
