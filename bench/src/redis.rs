@@ -239,6 +239,14 @@ impl RedisServer {
         }
     }
 
+    /// Why the server is no longer running, if it is not.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!("redis-server exited with {status}; {}", self.log_tail())),
+            _ => None,
+        }
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -262,6 +262,18 @@ impl Running {
         }
     }
 
+    /// `e`, with the server's exit status and log tail when it has exited
+    /// (its /proc entry is then unreadable).
+    fn gone(mut self, e: anyhow::Error) -> anyhow::Error {
+        match &mut self {
+            Running::Grpc(_) => e,
+            Running::Redis(s) => match s.exited() {
+                Some(why) => e.context(why),
+                None => e,
+            },
+        }
+    }
+
     async fn stop(self) -> anyhow::Result<std::process::ExitStatus> {
         match self {
             Running::Grpc(s) => s.stop().await,
@@ -289,7 +301,10 @@ async fn measure(
     };
     eprintln!("{}: answering after {:.0} ms", kind.as_str(), server.ready_after().as_secs_f64() * 1000.0);
     let pid = server.pid();
-    let ready_memory = procfs::memory(pid)?;
+    let ready_memory = match procfs::memory(pid) {
+        Ok(m) => m,
+        Err(e) => return Err(server.gone(e.into())),
+    };
     let subscribers = if kind.is_broker() { args.subscribers as usize } else { 0 };
     if !kind.is_broker() && args.subscribers > 0 {
         eprintln!("{}: no subscribers (it serves submits only)", kind.as_str());
