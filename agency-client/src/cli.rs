@@ -60,14 +60,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Seal a referral (JSON file) to an agency and submit it.
+    /// Seal a referral (JSON file) to an agency and submit it; with --bulk,
+    /// many referrals on one stream, one line per referral.
     Send {
         /// Recipient agency id, e.g. huddinge-socialtjanst.
         #[arg(long)]
         to: String,
         /// The referral notice as JSON (see PROTOCOL.md, "Referral notice").
-        #[arg(long)]
-        referral: PathBuf,
+        #[arg(long, required_unless_present = "bulk", conflicts_with = "bulk")]
+        referral: Option<PathBuf>,
+        /// Many referrals: a folder of referral JSON files (every `*.json`, in
+        /// name order) or a JSON-lines file (one referral notice per line).
+        /// Each gets a fresh message id; all are submitted on one SubmitStream.
+        #[arg(long, conflicts_with = "message_id")]
+        bulk: Option<PathBuf>,
         /// Reuse a message id to resend the same referral (the broker deduplicates).
         #[arg(long)]
         message_id: Option<String>,
@@ -148,7 +154,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
 async fn run_connected(profile: &std::path::Path, json: bool, command: Command) -> anyhow::Result<bool> {
     let client = Client::connect_dir(profile).await?;
     match command {
-        Command::Send { to, referral, message_id } => {
+        Command::Send { to, bulk: Some(bulk), .. } => {
+            return send_bulk(&client, &AgencyId::new(to)?, &bulk, json).await;
+        }
+        Command::Send { to, referral, message_id, .. } => {
+            let referral = referral.context("--referral FILE or --bulk PATH is required")?;
             let text =
                 std::fs::read_to_string(&referral).with_context(|| format!("cannot read {}", referral.display()))?;
             let notice: ReferralNotice = serde_json::from_str(&text)
@@ -302,6 +312,94 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
         Command::Completions { .. } | Command::Manpages { .. } => unreachable!("answered by run without connecting"),
     }
     Ok(true)
+}
+
+/// The referrals of a `--bulk` path, each with where it came from
+/// (`file.json`, or `file.jsonl:LINE`); every one is read and checked before
+/// anything is sent.
+fn read_bulk(path: &std::path::Path) -> anyhow::Result<Vec<(String, ReferralNotice)>> {
+    let parse = |source: String, text: &str| -> anyhow::Result<(String, ReferralNotice)> {
+        let notice: ReferralNotice =
+            serde_json::from_str(text).with_context(|| format!("{source} is not a valid referral notice"))?;
+        if let Err(e) = notice.validate() {
+            bail!("{source}: {e}");
+        }
+        Ok((source, notice))
+    };
+    if path.is_dir() {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
+            let p = entry?.path();
+            if p.extension().is_some_and(|e| e == "json") && p.is_file() {
+                files.push(p);
+            }
+        }
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                parse(p.display().to_string(), &text)
+            })
+            .collect()
+    } else {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| parse(format!("{}:{}", path.display(), n + 1), l))
+            .collect()
+    }
+}
+
+/// `send --bulk`: one SubmitStream, one line per referral; false when any
+/// was not accepted.
+async fn send_bulk(client: &Client, to: &AgencyId, path: &std::path::Path, json: bool) -> anyhow::Result<bool> {
+    let referrals = read_bulk(path)?;
+    if referrals.is_empty() {
+        bail!("{} holds no referrals", path.display());
+    }
+    let batch: Vec<(AgencyId, ReferralNotice)> = referrals.iter().map(|(_, n)| (to.clone(), n.clone())).collect();
+    let results = client.send_many(&batch).await?;
+    let mut all_ok = true;
+    for ((source, notice), result) in referrals.iter().zip(results) {
+        match result {
+            Ok(sent) if json => out!(
+                "{}",
+                json_line(&json!({
+                    "source": source, "message_id": sent.message_id.to_string(), "duplicate": sent.duplicate,
+                    "receipt": receipt_json(&sent.receipt),
+                }))
+            ),
+            Ok(sent) => out!(
+                "{source}: sent {} referral {} to {to}; {}{}",
+                notice.urgency,
+                sent.message_id,
+                receipt_line(&sent.receipt),
+                if sent.duplicate { " (already accepted earlier)" } else { "" }
+            ),
+            Err(e) => {
+                all_ok = false;
+                if json {
+                    let status = e.status();
+                    out!(
+                        "{}",
+                        json_line(&json!({
+                            "source": source,
+                            "error": {
+                                "code": status.map(|s| s.code() as i32),
+                                "reason": e.reason(),
+                                "message": crate::error_chain(&e),
+                            },
+                        }))
+                    );
+                } else {
+                    out!("{source}: not sent: {}", crate::error_chain(&e));
+                }
+            }
+        }
+    }
+    Ok(all_ok)
 }
 
 fn receipt_line(r: &Receipt) -> String {

@@ -76,6 +76,43 @@ pub fn is_retryable(s: &tonic::Status) -> bool {
     ) && !s.message().contains("certificate")
 }
 
+/// Whether the broker answered a submit for good: with a receipt, or with a
+/// refusal that a resend of the same bytes would meet again.
+fn answered(result: &Result<Sent, ClientError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(ClientError::Rpc(s)) => !is_retryable(s) && s.code() != tonic::Code::ResourceExhausted,
+        Err(_) => false,
+    }
+}
+
+/// A stream result's refusal as the status unary Submit would have returned.
+fn refusal_status(r: pb::SubmitRefusal) -> tonic::Status {
+    use tonic_types::StatusExt as _;
+    let details = tonic_types::ErrorDetails::with_error_info(r.reason, referral_proto::ERROR_DOMAIN, []);
+    tonic::Status::with_error_details(tonic::Code::from(r.code), r.message, details)
+}
+
+/// Checks the broker's answer to `envelope` and makes it a [`Sent`].
+fn check_submitted(
+    dir: &Directory,
+    envelope: &pb::Envelope,
+    response: pb::SubmitResponse,
+) -> Result<Sent, ClientError> {
+    let domain = referral_proto::envelope::Envelope::try_from(envelope.clone())
+        .map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let h = &domain.header;
+    let expect = Expect {
+        message_id: Some(h.message_id),
+        envelope_digest: Some(domain.digest()),
+        sender: Some(h.sender.clone()),
+        recipient: Some(h.recipient.clone()),
+        status: Some(ReceiptStatus::Accepted),
+    };
+    let receipt = check_receipt(dir, response.receipt, &expect)?;
+    Ok(Sent { message_id: h.message_id, envelope_digest: domain.digest(), receipt, duplicate: response.duplicate })
+}
+
 /// A referral as sent.
 #[derive(Debug, Clone)]
 pub struct Sent {
@@ -314,12 +351,7 @@ impl Client {
         let id = MessageId::from_bytes(&envelope.header.as_ref().map(|h| h.message_id.clone()).unwrap_or_default())
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let result = self.submit_envelope(envelope).await;
-        let answered = match &result {
-            Ok(_) => true,
-            Err(ClientError::Rpc(s)) => !is_retryable(s) && s.code() != tonic::Code::ResourceExhausted,
-            Err(_) => false,
-        };
-        if answered {
+        if answered(&result) {
             self.outbox().remove(id)?;
         }
         result
@@ -329,7 +361,7 @@ impl Client {
     /// the same bytes.
     pub async fn submit_envelope(&self, envelope: pb::Envelope) -> Result<Sent, ClientError> {
         let dir = self.directory().await?;
-        let domain = referral_proto::envelope::Envelope::try_from(envelope.clone())
+        referral_proto::envelope::Envelope::try_from(envelope.clone())
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let mut backoff = self.retry.first_backoff;
         let mut attempt = 1;
@@ -345,21 +377,107 @@ impl Client {
                 Err(s) => return Err(s.into()),
             }
         };
-        let h = &domain.header;
-        let expect = Expect {
-            message_id: Some(h.message_id),
-            envelope_digest: Some(domain.digest()),
-            sender: Some(h.sender.clone()),
-            recipient: Some(h.recipient.clone()),
-            status: Some(ReceiptStatus::Accepted),
+        check_submitted(&dir, &envelope, response)
+    }
+
+    /// Seals each referral to its recipient under a fresh message id into
+    /// the outbox, submits them all on one `SubmitStream`
+    /// ([`Client::submit_many`]), and forgets those the broker answered
+    /// (as [`Client::send_with_id`] does one by one). One result per
+    /// referral, in order; one that could not be sealed is not submitted.
+    pub async fn send_many(
+        &self,
+        referrals: &[(AgencyId, ReferralNotice)],
+    ) -> Result<Vec<Result<Sent, ClientError>>, ClientError> {
+        let mut sealed = Vec::with_capacity(referrals.len());
+        let mut results: Vec<Option<Result<Sent, ClientError>>> = Vec::with_capacity(referrals.len());
+        for (to, notice) in referrals {
+            match self.seal_to_outbox(to, notice, MessageId::generate(now().0)).await {
+                Ok(e) => {
+                    sealed.push(e);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let ids: Vec<Vec<u8>> =
+            sealed.iter().map(|e| e.header.as_ref().map(|h| h.message_id.clone()).unwrap_or_default()).collect();
+        let mut answers = self.submit_many(sealed).await?.into_iter().zip(ids);
+        for slot in results.iter_mut().filter(|r| r.is_none()) {
+            let (answer, id) = answers.next().ok_or(ClientError::Incomplete("submit result"))?;
+            if answered(&answer)
+                && let Ok(id) = MessageId::from_bytes(&id)
+            {
+                self.outbox().remove(id)?;
+            }
+            *slot = Some(answer);
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or(Err(ClientError::Incomplete("submit result")))).collect())
+    }
+
+    /// Submits many sealed envelopes on one `SubmitStream` and returns one
+    /// result per envelope, in order: the checked receipt, or the refusal
+    /// as the status unary Submit would have returned (same code, same
+    /// reason). Keeps at most the broker's announced window unanswered. When
+    /// the stream itself fails (transport, authorization), every envelope
+    /// not yet answered gets that status; nothing is retried here (a resend
+    /// with the same bytes gets the original receipts).
+    pub async fn submit_many(
+        &self,
+        envelopes: Vec<pb::Envelope>,
+    ) -> Result<Vec<Result<Sent, ClientError>>, ClientError> {
+        use pb::submit_result::Outcome;
+        use pb::submit_stream_response::Event;
+        let dir = self.directory().await?;
+        let total = envelopes.len();
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SubmitStreamRequest>(1);
+        let mut results: Vec<Result<Sent, ClientError>> = Vec::with_capacity(total);
+        if total == 0 {
+            return Ok(results);
+        }
+        let mut responses =
+            self.broker().submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let window = match responses.message().await? {
+            Some(pb::SubmitStreamResponse { event: Some(Event::Window(w)) }) => w.max_unanswered.max(1) as usize,
+            _ => return Err(ClientError::Incomplete("SubmitStream window")),
         };
-        let receipt = check_receipt(&dir, response.receipt, &expect)?;
-        Ok(Sent {
-            message_id: domain.header.message_id,
-            envelope_digest: domain.digest(),
-            receipt,
-            duplicate: response.duplicate,
-        })
+        let mut to_send = envelopes.iter();
+        let mut sent = 0usize;
+        let failure = loop {
+            // Keep the window full, then wait for the next answer.
+            while sent - results.len() < window
+                && let Some(e) = to_send.next()
+            {
+                if tx.send(pb::SubmitStreamRequest { envelope: Some(e.clone()) }).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            if results.len() == total {
+                break None;
+            }
+            let result = match responses.message().await {
+                Ok(Some(pb::SubmitStreamResponse { event: Some(Event::Result(r)) })) => r,
+                Ok(_) => break Some(tonic::Status::unavailable("the SubmitStream ended before every result")),
+                Err(status) => break Some(status),
+            };
+            let i = results.len();
+            if result.index != i as u64 {
+                break Some(tonic::Status::internal(format!("result {} arrived where {i} was due", result.index)));
+            }
+            results.push(match result.outcome {
+                Some(Outcome::Accepted(response)) => check_submitted(&dir, &envelopes[i], response),
+                Some(Outcome::Refused(r)) => Err(ClientError::Rpc(refusal_status(r))),
+                None => Err(ClientError::Incomplete("submit outcome")),
+            });
+        };
+        drop(tx);
+        if let Some(status) = failure {
+            while results.len() < total {
+                results.push(Err(ClientError::Rpc(status.clone())));
+            }
+        }
+        Ok(results)
     }
 
     /// Signs and sends an acknowledgement of a received referral.

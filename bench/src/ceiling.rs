@@ -51,6 +51,15 @@ impl ReferralBroker for Ceiling {
         Ok(Response::new((*self.answer).clone()))
     }
 
+    type SubmitStreamStream = tokio_stream::Empty<Result<pb::SubmitStreamResponse, Status>>;
+
+    async fn submit_stream(
+        &self,
+        _: Request<tonic::Streaming<pb::SubmitStreamRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        Err(unimplemented("SubmitStream"))
+    }
+
     type SubscribeStream = tokio_stream::Empty<Result<pb::Alert, Status>>;
 
     async fn subscribe(&self, _: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {

@@ -36,6 +36,7 @@ pub mod fill;
 pub mod load;
 pub mod metrics;
 pub mod procfs;
+pub mod redis;
 pub mod report;
 pub mod run;
 pub mod server;

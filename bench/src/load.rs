@@ -99,50 +99,116 @@ pub struct SubmitOutcome {
     pub latency_from_schedule: Option<Histogram<u64>>,
 }
 
+/// What the submitting tasks share: the envelopes, the next submit's
+/// number, and when to stop.
 #[derive(Debug)]
-struct Shared {
-    source: Source,
+pub struct Shared {
+    pub source: Source,
     next: AtomicU64,
     limit: u64,
-    start: Instant,
+    pub start: Instant,
     end: Option<Instant>,
-    period: Option<Duration>,
+    pub period: Option<Duration>,
     sent: Option<Arc<SentTimes>>,
 }
 
-struct WorkerResult {
-    accepted: u64,
-    duplicates: u64,
-    errors: BTreeMap<String, u64>,
-    latency: Histogram<u64>,
-    from_schedule: Option<Histogram<u64>>,
+/// One submit to make: its number, and when it was due (open loop).
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    pub index: u64,
+    pub scheduled: Option<Instant>,
 }
 
-async fn worker(mut rpc: ReferralBrokerClient<Channel>, shared: Arc<Shared>) -> WorkerResult {
-    let mut r = WorkerResult {
-        accepted: 0,
-        duplicates: 0,
-        errors: BTreeMap::new(),
-        latency: histogram(),
-        from_schedule: shared.period.map(|_| histogram()),
-    };
-    loop {
-        let i = shared.next.fetch_add(1, Relaxed);
-        if i >= shared.limit {
-            break;
+impl Shared {
+    /// Starts the clock now.
+    pub fn new(source: Source, plan: &Plan, sent: Option<Arc<SentTimes>>) -> Self {
+        let start = Instant::now();
+        Self {
+            limit: plan.limit.min(source.limit().unwrap_or(u64::MAX)),
+            source,
+            next: AtomicU64::new(0),
+            start,
+            end: plan.duration.map(|d| start + d),
+            period: plan.rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+            sent,
         }
-        let scheduled = match shared.period {
+    }
+
+    /// The next submit, waiting for its time in open loop; `None` once the
+    /// limit or the duration is reached.
+    pub async fn next_job(&self) -> Option<Job> {
+        let index = self.next.fetch_add(1, Relaxed);
+        if index >= self.limit {
+            return None;
+        }
+        let scheduled = match self.period {
             Some(p) => {
-                let due = shared.start + p.mul_f64(i as f64);
+                let due = self.start + p.mul_f64(index as f64);
                 tokio::time::sleep_until(due.into()).await;
                 Some(due)
             }
             None => None,
         };
-        if shared.end.is_some_and(|end| Instant::now() >= end) {
-            break;
+        if self.end.is_some_and(|end| Instant::now() >= end) {
+            return None;
         }
-        let envelope = match shared.source.get(i) {
+        Some(Job { index, scheduled })
+    }
+}
+
+/// What one submitting task measured.
+#[derive(Debug)]
+pub struct WorkerResult {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency: Histogram<u64>,
+    pub from_schedule: Option<Histogram<u64>>,
+}
+
+impl WorkerResult {
+    pub fn new(open_loop: bool) -> Self {
+        Self {
+            accepted: 0,
+            duplicates: 0,
+            errors: BTreeMap::new(),
+            latency: histogram(),
+            from_schedule: open_loop.then(histogram),
+        }
+    }
+}
+
+impl SubmitOutcome {
+    /// The sum of the tasks' results; the time is from `start` to now.
+    pub fn merge(results: Vec<WorkerResult>, plan: &Plan, start: Instant) -> anyhow::Result<Self> {
+        let mut out = SubmitOutcome {
+            accepted: 0,
+            duplicates: 0,
+            errors: BTreeMap::new(),
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            latency_from_schedule: plan.rate.map(|_| histogram()),
+        };
+        for r in results {
+            out.accepted += r.accepted;
+            out.duplicates += r.duplicates;
+            for (k, v) in r.errors {
+                *out.errors.entry(k).or_default() += v;
+            }
+            out.latency.add(&r.latency).context("merging histograms")?;
+            if let (Some(all), Some(h)) = (out.latency_from_schedule.as_mut(), r.from_schedule.as_ref()) {
+                all.add(h).context("merging histograms")?;
+            }
+        }
+        out.elapsed = start.elapsed();
+        Ok(out)
+    }
+}
+
+async fn worker(mut rpc: ReferralBrokerClient<Channel>, shared: Arc<Shared>) -> WorkerResult {
+    let mut r = WorkerResult::new(shared.period.is_some());
+    while let Some(Job { index, scheduled }) = shared.next_job().await {
+        let envelope = match shared.source.get(index) {
             Ok(e) => e,
             Err(e) => {
                 *r.errors.entry(format!("seal: {e:#}")).or_default() += 1;
@@ -181,44 +247,142 @@ pub async fn submit(
     plan: &Plan,
     sent: Option<Arc<SentTimes>>,
 ) -> anyhow::Result<SubmitOutcome> {
-    let start = Instant::now();
-    let shared = Arc::new(Shared {
-        limit: plan.limit.min(source.limit().unwrap_or(u64::MAX)),
-        source,
-        next: AtomicU64::new(0),
-        start,
-        end: plan.duration.map(|d| start + d),
-        period: plan.rate.map(|r| Duration::from_secs_f64(1.0 / r)),
-        sent,
-    });
+    let shared = Arc::new(Shared::new(source, plan, sent));
     let mut tasks = Vec::new();
     for c in clients {
         for _ in 0..plan.in_flight_per_connection {
             tasks.push(tokio::spawn(worker(c.broker(), shared.clone())));
         }
     }
-    let mut out = SubmitOutcome {
-        accepted: 0,
-        duplicates: 0,
-        errors: BTreeMap::new(),
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-        latency_from_schedule: plan.rate.map(|_| histogram()),
-    };
+    let mut results = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let r = t.await.context("a submitting task failed")?;
-        out.accepted += r.accepted;
-        out.duplicates += r.duplicates;
-        for (k, v) in r.errors {
-            *out.errors.entry(k).or_default() += v;
+        results.push(t.await.context("a submitting task failed")?);
+    }
+    SubmitOutcome::merge(results, plan, shared.start)
+}
+
+/// What the sender of a SubmitStream hands its reader for each envelope.
+struct InStream {
+    at: Instant,
+    scheduled: Option<Instant>,
+}
+
+/// Submits from `source` over `clients`, one SubmitStream on each, with up
+/// to the plan's in-flight count (and at most the broker's window)
+/// unanswered on each stream, until the plan's limit or duration.
+pub async fn submit_streaming(
+    clients: &[Arc<Client>],
+    source: Source,
+    plan: &Plan,
+    sent: Option<Arc<SentTimes>>,
+) -> anyhow::Result<SubmitOutcome> {
+    let shared = Arc::new(Shared::new(source, plan, sent));
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|c| tokio::spawn(stream_worker(c.broker(), shared.clone(), plan.in_flight_per_connection)))
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await.context("a streaming task failed")?);
+    }
+    SubmitOutcome::merge(results, plan, shared.start)
+}
+
+async fn stream_worker(mut rpc: ReferralBrokerClient<Channel>, shared: Arc<Shared>, in_flight: usize) -> WorkerResult {
+    use pb::submit_result::Outcome;
+    use pb::submit_stream_response::Event;
+    let mut r = WorkerResult::new(shared.period.is_some());
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::SubmitStreamRequest>(in_flight.max(1));
+    let mut responses = match rpc.submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(s) => s.into_inner(),
+        Err(status) => {
+            r.errors.insert(format!("open stream: {:?}", status.code()), 1);
+            return r;
         }
-        out.latency.add(&r.latency).context("merging histograms")?;
-        if let (Some(all), Some(h)) = (out.latency_from_schedule.as_mut(), r.from_schedule.as_ref()) {
-            all.add(h).context("merging histograms")?;
+    };
+    let window = match responses.message().await {
+        Ok(Some(pb::SubmitStreamResponse { event: Some(Event::Window(w)) })) => w.max_unanswered as usize,
+        other => {
+            r.errors.insert(format!("no window: {other:?}"), 1);
+            return r;
+        }
+    };
+    let credit = Arc::new(Semaphore::new(in_flight.min(window).max(1)));
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel::<InStream>();
+    let reader_credit = credit.clone();
+    let open_loop = shared.period.is_some();
+    let reader = tokio::spawn(async move {
+        let mut r = WorkerResult::new(open_loop);
+        while let Some(sent) = order_rx.recv().await {
+            let answer = responses.message().await;
+            let done = Instant::now();
+            match answer {
+                Ok(Some(pb::SubmitStreamResponse { event: Some(Event::Result(result)) })) => match result.outcome {
+                    Some(Outcome::Accepted(a)) => {
+                        r.accepted += 1;
+                        r.duplicates += u64::from(a.duplicate);
+                        r.latency.saturating_record(micros(done - sent.at));
+                        if let (Some(h), Some(due)) = (r.from_schedule.as_mut(), sent.scheduled) {
+                            h.saturating_record(micros(done.saturating_duration_since(due)));
+                        }
+                    }
+                    Some(Outcome::Refused(f)) => *r.errors.entry(format!("refused {}", f.reason)).or_default() += 1,
+                    None => *r.errors.entry("empty result".into()).or_default() += 1,
+                },
+                other => {
+                    let why = match other {
+                        Err(status) => format!("stream ended: {:?}", status.code()),
+                        _ => "stream ended early".into(),
+                    };
+                    *r.errors.entry(why).or_default() += 1;
+                    reader_credit.close();
+                    break;
+                }
+            }
+            reader_credit.add_permits(1);
+        }
+        r
+    });
+    let mut own_errors: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let Ok(permit) = credit.acquire().await else { break };
+        let Some(Job { index, scheduled }) = shared.next_job().await else { break };
+        let envelope = match shared.source.get(index) {
+            Ok(e) => e,
+            Err(e) => {
+                *own_errors.entry(format!("seal: {e:#}")).or_default() += 1;
+                continue;
+            }
+        };
+        let id = envelope.header.as_ref().and_then(|h| <[u8; 16]>::try_from(h.message_id.as_slice()).ok());
+        let at = Instant::now();
+        if let (Some(times), Some(id)) = (&shared.sent, id) {
+            times.insert(id, at);
+        }
+        if tx.send(pb::SubmitStreamRequest { envelope: Some(envelope) }).await.is_err() {
+            break;
+        }
+        permit.forget();
+        if order_tx.send(InStream { at, scheduled }).is_err() {
+            break;
         }
     }
-    out.elapsed = start.elapsed();
-    Ok(out)
+    drop(order_tx);
+    // The reader still needs the stream open to get the last results;
+    // closing the request side afterwards tells the broker we are done.
+    let mut out = reader.await.unwrap_or_else(|_| {
+        let mut r = WorkerResult::new(false);
+        r.errors.insert("stream reader panicked".into(), 1);
+        r
+    });
+    drop(tx);
+    for (k, v) in own_errors {
+        *out.errors.entry(k).or_default() += v;
+    }
+    for (k, v) in r.errors {
+        *out.errors.entry(k).or_default() += v;
+    }
+    out
 }
 
 /// Counters and histograms of the end-to-end path.

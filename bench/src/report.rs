@@ -54,6 +54,8 @@ pub struct Settings {
     pub subscribers: usize,
     pub presealed: bool,
     pub fill: u64,
+    /// The broker was also measured through SubmitStream.
+    pub stream: bool,
     pub broker_log_level: String,
 }
 
@@ -99,6 +101,8 @@ pub struct TargetReport {
     pub end_to_end: Option<EndToEndReport>,
     /// The broker's group commits over the window (from its admin endpoint).
     pub commits: Option<CommitReport>,
+    /// Redis only: the length of the recipient's list after the run.
+    pub queued_after: Option<u64>,
     /// CPU seconds of the server process over the measured window.
     pub server_cpu_seconds: f64,
     pub server_cpu_us_per_submit: f64,
@@ -126,8 +130,17 @@ pub struct RunReport {
     pub presealed: Option<SealReport>,
     pub fill: Option<FillReport>,
     pub targets: Vec<TargetReport>,
+    /// Targets asked for but not measured, with why (redis-server missing).
+    pub skipped: Vec<String>,
     /// Broker submits/s over ceiling submits/s, when both ran.
     pub broker_over_ceiling: Option<f64>,
+    /// Broker submits/s over Redis LPUSHes/s, when both ran.
+    pub broker_over_redis: Option<f64>,
+    /// Redis LPUSHes/s over ceiling submits/s, when both ran.
+    pub redis_over_ceiling: Option<f64>,
+    /// The broker through SubmitStream, over the ceiling and over Redis.
+    pub broker_stream_over_ceiling: Option<f64>,
+    pub broker_stream_over_redis: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -288,6 +301,12 @@ impl RunReport {
                 }),
             ));
         }
+        if self.targets.iter().any(|t| t.queued_after.is_some()) {
+            rows.push((
+                "queued after (redis LLEN)".into(),
+                col(&|t| t.queued_after.map_or("-".into(), |n| n.to_string())),
+            ));
+        }
         if self.targets.iter().any(|t| t.commits.is_some()) {
             let c = |f: &dyn Fn(&CommitReport) -> String| col(&|t| t.commits.as_ref().map_or("-".into(), f));
             rows.push(("group commits".into(), c(&|c| c.commits.to_string())));
@@ -333,8 +352,23 @@ impl RunReport {
                 }
             }
         }
-        if let Some(r) = self.broker_over_ceiling {
-            let _ = writeln!(out, "\nbroker / ceiling throughput: {:.1}%", r * 100.0);
+        for why in &self.skipped {
+            let _ = writeln!(out, "{why}");
+        }
+        let ratios = [
+            ("broker / redis", self.broker_over_redis),
+            ("broker / ceiling", self.broker_over_ceiling),
+            ("redis / ceiling", self.redis_over_ceiling),
+            ("broker_stream / redis", self.broker_stream_over_redis),
+            ("broker_stream / ceiling", self.broker_stream_over_ceiling),
+        ];
+        if ratios.iter().any(|(_, r)| r.is_some()) {
+            out.push('\n');
+        }
+        for (name, r) in ratios {
+            if let Some(r) = r {
+                let _ = writeln!(out, "{name} throughput: {r:.2}x");
+            }
         }
         out
     }

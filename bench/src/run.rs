@@ -1,5 +1,6 @@
-//! `loadgen run`: measures the ceiling, the broker, or both (ceiling first)
-//! on one fresh federation with the same envelopes, and reports each.
+//! `loadgen run`: measures the ceiling, Redis and the broker (or any one of
+//! them), in that order, on one fresh federation with the same envelopes,
+//! and reports each with the broker's rate as a share of the others'.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,8 +12,9 @@ use certs::dev::SOCIAL;
 use referral_proto::ids::AgencyId;
 
 use crate::fill::{FillReport, fill};
-use crate::load::{self, EndToEnd, Plan};
+use crate::load::{self, EndToEnd, Plan, SubmitOutcome};
 use crate::procfs;
+use crate::redis::{self, RedisServer};
 use crate::report::{EndToEndReport, Latency, RunReport, SealReport, Settings, TargetReport, mib};
 use crate::server::{Kind, ServerProcess};
 use crate::setup::{Machine, Setup, load_average, sender_profile, subscriber_profiles};
@@ -28,8 +30,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum TargetChoice {
     Broker,
     Ceiling,
+    /// Debian's redis-server as a durable queue (skipped when not installed).
+    Redis,
     /// The ceiling, then the broker.
     Both,
+    /// The ceiling, Redis (when installed), then the broker.
+    All,
 }
 
 /// Options of `loadgen run`.
@@ -61,11 +67,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub presealed: bool,
     /// The server(s) to measure.
-    #[arg(long, value_enum, default_value_t = TargetChoice::Both)]
+    #[arg(long, value_enum, default_value_t = TargetChoice::All)]
     pub target: TargetChoice,
     /// Before starting the broker, load its store with this many queued, unacknowledged (unreadable) messages.
     #[arg(long, default_value_t = 0)]
     pub fill: u64,
+    /// Also measure the broker through SubmitStream (after unary Submit, on a fresh store): one
+    /// stream per connection with up to --in-flight envelopes unanswered on each.
+    #[arg(long)]
+    pub stream: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -106,8 +116,14 @@ fn check(args: &RunArgs) -> anyhow::Result<()> {
             "--fill with --subscribers would send every subscriber the whole filled backlog, which cannot be opened; run them separately"
         );
     }
-    if args.fill > 0 && args.target == TargetChoice::Ceiling {
-        anyhow::bail!("--fill loads the broker's store; it means nothing with --target ceiling");
+    if args.fill > 0 && matches!(args.target, TargetChoice::Ceiling | TargetChoice::Redis) {
+        anyhow::bail!("--fill loads the broker's store; it means nothing with --target ceiling or redis");
+    }
+    if args.stream && args.fill > 0 {
+        anyhow::bail!("--stream measures on a fresh store; run --fill without it");
+    }
+    if args.stream && matches!(args.target, TargetChoice::Ceiling | TargetChoice::Redis) {
+        anyhow::bail!("--stream drives the broker; use it with --target broker, both or all");
     }
     if args.keep && args.dir.is_some() {
         anyhow::bail!("--dir folders are always kept; --keep is for the temporary folder");
@@ -155,24 +171,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let kinds: &[Kind] = match args.target {
         TargetChoice::Broker => &[Kind::Broker],
         TargetChoice::Ceiling => &[Kind::Ceiling],
+        TargetChoice::Redis => &[Kind::Redis],
         TargetChoice::Both => &[Kind::Ceiling, Kind::Broker],
+        TargetChoice::All => &[Kind::Ceiling, Kind::Redis, Kind::Broker],
     };
+    let mut kinds = kinds.to_vec();
+    if args.stream {
+        kinds.push(Kind::BrokerStream);
+    }
+    let redis_exe = if kinds.contains(&Kind::Redis) { redis::find_redis_server() } else { None };
+    let mut skipped = Vec::new();
     let mut targets = Vec::new();
     let mut fill_report: Option<FillReport> = None;
-    for &kind in kinds {
+    for &kind in &kinds {
+        if kind == Kind::Redis && redis_exe.is_none() {
+            let why = "redis: skipped: redis-server is not installed (on Debian: apt-get install redis-server)";
+            eprintln!("{why}");
+            skipped.push(why.to_owned());
+            continue;
+        }
+        if kind == Kind::BrokerStream && kinds.contains(&Kind::Broker) {
+            // The same envelopes again would all be duplicates: a fresh store.
+            let data = &setup.config.storage.data_dir;
+            std::fs::remove_dir_all(data).with_context(|| format!("cannot empty {}", data.display()))?;
+        }
         if kind == Kind::Broker && args.fill > 0 {
             eprintln!("filling the broker's store with {} queued messages...", args.fill);
             let f = fill(&setup.config, args.fill, sealer.clone()).await?;
             eprintln!("  filled {} in {:.1} s ({:.0}/s)", f.messages, f.seconds, f.messages_per_second);
             fill_report = Some(f);
         }
-        targets.push(measure(kind, &setup, &args, source.clone(), &plan).await?);
+        targets.push(measure(kind, &setup, &args, source.clone(), &plan, redis_exe.as_deref()).await?);
     }
     let rate_of = |k: Kind| targets.iter().find(|t| t.target == k).map(|t| t.submits_per_second);
-    let broker_over_ceiling = match (rate_of(Kind::Broker), rate_of(Kind::Ceiling)) {
-        (Some(b), Some(c)) if c > 0.0 => Some(b / c),
+    let ratio = |a: Kind, b: Kind| match (rate_of(a), rate_of(b)) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
+    let (broker_over_ceiling, broker_over_redis, redis_over_ceiling) =
+        (ratio(Kind::Broker, Kind::Ceiling), ratio(Kind::Broker, Kind::Redis), ratio(Kind::Redis, Kind::Ceiling));
+    let (stream_over_ceiling, stream_over_redis) =
+        (ratio(Kind::BrokerStream, Kind::Ceiling), ratio(Kind::BrokerStream, Kind::Redis));
     Ok(RunReport {
         machine,
         settings: Settings {
@@ -187,13 +226,60 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             subscribers: args.subscribers as usize,
             presealed: args.presealed,
             fill: args.fill,
+            stream: args.stream,
             broker_log_level: args.broker_log_level.clone(),
         },
         presealed,
         fill: fill_report,
         targets,
+        skipped,
         broker_over_ceiling,
+        broker_over_redis,
+        redis_over_ceiling,
+        broker_stream_over_ceiling: stream_over_ceiling,
+        broker_stream_over_redis: stream_over_redis,
     })
+}
+
+/// A server under test: this executable re-run, or redis-server.
+enum Running {
+    Grpc(ServerProcess),
+    Redis(RedisServer),
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        match self {
+            Running::Grpc(s) => s.pid,
+            Running::Redis(s) => s.pid,
+        }
+    }
+
+    fn ready_after(&self) -> Duration {
+        match self {
+            Running::Grpc(s) => s.ready_after,
+            Running::Redis(s) => s.ready_after,
+        }
+    }
+
+    /// `e`, with the server's exit status and log tail when it has exited
+    /// (its /proc entry is then unreadable).
+    fn gone(mut self, e: anyhow::Error) -> anyhow::Error {
+        match &mut self {
+            Running::Grpc(_) => e,
+            Running::Redis(s) => match s.exited() {
+                Some(why) => e.context(why),
+                None => e,
+            },
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<std::process::ExitStatus> {
+        match self {
+            Running::Grpc(s) => s.stop().await,
+            Running::Redis(s) => s.stop().await,
+        }
+    }
 }
 
 /// Starts `kind`, drives the load against it, stops it, and reports.
@@ -203,18 +289,31 @@ async fn measure(
     args: &RunArgs,
     source: Source,
     plan: &Plan,
+    redis_exe: Option<&std::path::Path>,
 ) -> anyhow::Result<TargetReport> {
     let sender = setup.profile(&sender_profile());
     let log = setup.file(&format!("{}.log", kind.as_str()));
     eprintln!("{}: starting...", kind.as_str());
-    let server = ServerProcess::start(kind, &setup.config_path, &log, &sender).await?;
-    eprintln!("{}: answering after {:.0} ms", kind.as_str(), server.ready_after.as_secs_f64() * 1000.0);
-    let ready_memory = server.memory()?;
-    let clients = load::connect(&sender, args.connections as usize).await?;
-    let subscribers = if kind == Kind::Broker { args.subscribers as usize } else { 0 };
-    if kind == Kind::Ceiling && args.subscribers > 0 {
-        eprintln!("ceiling: no subscribers (it serves Submit only)");
+    let server = match (kind, redis_exe) {
+        (Kind::Redis, Some(exe)) => Running::Redis(RedisServer::start(exe, setup, &sender, &log).await?),
+        (Kind::Redis, None) => anyhow::bail!("redis-server is not installed"),
+        _ => Running::Grpc(ServerProcess::start(kind, &setup.config_path, &log, &sender).await?),
+    };
+    eprintln!("{}: answering after {:.0} ms", kind.as_str(), server.ready_after().as_secs_f64() * 1000.0);
+    let pid = server.pid();
+    let ready_memory = match procfs::memory(pid) {
+        Ok(m) => m,
+        Err(e) => return Err(server.gone(e.into())),
+    };
+    let subscribers = if kind.is_broker() { args.subscribers as usize } else { 0 };
+    if !kind.is_broker() && args.subscribers > 0 {
+        eprintln!("{}: no subscribers (it serves submits only)", kind.as_str());
     }
+    let recipient_queue = redis::queue_key(SOCIAL);
+    let (clients, redis_connections) = match &server {
+        Running::Grpc(_) => (load::connect(&sender, args.connections as usize).await?, Vec::new()),
+        Running::Redis(r) => (Vec::new(), r.connect_many(args.connections as usize).await?),
+    };
     let e2e = if subscribers > 0 {
         let profiles = subscriber_profiles().map(|p| setup.profile(&p));
         let refs: Vec<&std::path::Path> = profiles.iter().map(PathBuf::as_path).collect();
@@ -223,13 +322,19 @@ async fn measure(
         None
     };
     let commits_before =
-        if kind == Kind::Broker { crate::metrics::scrape(setup.admin, &setup.admin_token).await } else { None };
-    let cpu_before = server.cpu_seconds()?;
-    let written_before = server.written()?;
+        if kind.is_broker() { crate::metrics::scrape(setup.admin, &setup.admin_token).await } else { None };
+    let cpu_before = procfs::cpu_seconds(pid)?;
+    let written_before = procfs::written(pid)?;
     let own_before = procfs::cpu_seconds(std::process::id())?;
     let window = Instant::now();
     eprintln!("{}: submitting...", kind.as_str());
-    let outcome = load::submit(&clients, source, plan, e2e.as_ref().map(|e| e.sent.clone())).await?;
+    let outcome: SubmitOutcome = match &server {
+        Running::Grpc(_) if kind == Kind::BrokerStream => {
+            load::submit_streaming(&clients, source, plan, e2e.as_ref().map(|e| e.sent.clone())).await?
+        }
+        Running::Grpc(_) => load::submit(&clients, source, plan, e2e.as_ref().map(|e| e.sent.clone())).await?,
+        Running::Redis(_) => redis::submit(redis_connections, source, plan, &recipient_queue).await?,
+    };
     let end_to_end = match e2e {
         Some(e2e) => {
             let drained = e2e.drain(outcome.accepted, DRAIN_TIMEOUT).await;
@@ -248,17 +353,22 @@ async fn measure(
         None => None,
     };
     let window = window.elapsed();
-    let cpu = server.cpu_seconds()? - cpu_before;
-    let written = server.written()?;
+    let cpu = procfs::cpu_seconds(pid)? - cpu_before;
+    let written = procfs::written(pid)?;
     let own = procfs::cpu_seconds(std::process::id())? - own_before;
-    let end_memory = server.memory()?;
+    let end_memory = procfs::memory(pid)?;
     let commits = match commits_before {
         Some(before) => {
             crate::metrics::scrape(setup.admin, &setup.admin_token).await.and_then(|after| before.until(&after, window))
         }
         None => None,
     };
-    let ready_after = server.ready_after;
+    // What Redis holds afterwards: every LPUSH it answered is on the list.
+    let queued_after = match &server {
+        Running::Redis(r) => Some(r.list_length(&recipient_queue).await?),
+        Running::Grpc(_) => None,
+    };
+    let ready_after = server.ready_after();
     drop(clients);
     let status = server.stop().await?;
     if !status.success() {
@@ -278,6 +388,7 @@ async fn measure(
         submit_latency_from_schedule: outcome.latency_from_schedule.as_ref().and_then(Latency::of),
         end_to_end,
         commits,
+        queued_after,
         server_cpu_seconds: cpu,
         server_cpu_us_per_submit: if outcome.accepted > 0 { cpu * 1e6 / outcome.accepted as f64 } else { 0.0 },
         server_cores_busy: cpu / window.as_secs_f64(),

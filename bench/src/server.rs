@@ -21,6 +21,10 @@ pub enum Kind {
     Broker,
     /// TLS and gRPC only: every submit answered with one precomputed receipt.
     Ceiling,
+    /// Debian's `redis-server` as a durable queue (see `crate::redis`).
+    Redis,
+    /// The real broker driven through `SubmitStream` (`--stream`), on a fresh store.
+    BrokerStream,
 }
 
 impl Kind {
@@ -28,13 +32,22 @@ impl Kind {
         match self {
             Kind::Broker => "broker",
             Kind::Ceiling => "ceiling",
+            Kind::Redis => "redis",
+            Kind::BrokerStream => "broker_stream",
         }
     }
 
-    fn subcommand(self) -> &'static str {
+    /// Whether it is the real broker (unary or streaming).
+    pub fn is_broker(self) -> bool {
+        matches!(self, Kind::Broker | Kind::BrokerStream)
+    }
+
+    /// The hidden subcommand that serves it (Redis is its own program).
+    fn subcommand(self) -> Option<&'static str> {
         match self {
-            Kind::Broker => "serve-broker",
-            Kind::Ceiling => "serve-ceiling",
+            Kind::Broker | Kind::BrokerStream => Some("serve-broker"),
+            Kind::Ceiling => Some("serve-ceiling"),
+            Kind::Redis => None,
         }
     }
 }
@@ -63,6 +76,7 @@ impl ServerProcess {
     /// RPC from `probe_profile` (the broker: `GetDirectory` succeeds; the
     /// ceiling: any gRPC status comes back). Its stderr goes to `log_path`.
     pub async fn start(kind: Kind, config: &Path, log_path: &Path, probe_profile: &Path) -> anyhow::Result<Self> {
+        let subcommand = kind.subcommand().context("redis-server is started by crate::redis, not re-run from here")?;
         let exe = std::env::current_exe().context("cannot locate the loadgen executable to re-run it")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -71,7 +85,7 @@ impl ServerProcess {
             .with_context(|| format!("cannot open the log file {}", log_path.display()))?;
         let spawned = Instant::now();
         let child = Command::new(exe)
-            .arg(kind.subcommand())
+            .arg(subcommand)
             .arg("--config")
             .arg(config)
             .env_remove("BROKER_LOG")
@@ -168,7 +182,7 @@ async fn probe(kind: Kind, profile: &Path) -> bool {
     };
     let answer = client.broker().get_directory(pb::GetDirectoryRequest {}).await;
     match (kind, answer) {
-        (Kind::Broker, Ok(_)) => true,
+        (Kind::Broker | Kind::BrokerStream, Ok(_)) => true,
         (Kind::Ceiling, Err(status)) => status.code() == tonic::Code::Unimplemented,
         _ => false,
     }

@@ -27,6 +27,8 @@ fn target<'a>(report: &'a Value, name: &str) -> &'a Value {
 fn both_targets_with_subscribers() {
     let r = loadgen(&[
         "run",
+        "--target",
+        "both",
         "--count",
         "200",
         "--connections",
@@ -55,6 +57,41 @@ fn both_targets_with_subscribers() {
     assert_eq!(e2e["unreadable"], 0, "{e2e}");
     assert!(target(&r, "ceiling")["end_to_end"].is_null());
     assert!(r["broker_over_ceiling"].as_f64().is_some());
+}
+
+/// Redis as the broker's peer (`.ci/run` installs Debian's redis-server):
+/// every LPUSH answered is on the recipient's list afterwards, the report
+/// gives the broker's rate as a share of Redis's, and `--stream` measures
+/// the broker once more through SubmitStream.
+#[test]
+fn redis_beside_the_broker() {
+    let r = loadgen(&[
+        "run",
+        "--target",
+        "all",
+        "--count",
+        "300",
+        "--connections",
+        "2",
+        "--in-flight",
+        "8",
+        "--presealed",
+        "--stream",
+        "--json",
+    ]);
+    assert_eq!(r["skipped"].as_array().map(Vec::len), Some(0), "is redis-server installed? {r}");
+    let t = target(&r, "redis");
+    assert_eq!(t["submits_ok"], 300, "{t}");
+    assert_eq!(t["queued_after"], 300, "{t}");
+    assert_eq!(t["errors"].as_object().map(serde_json::Map::len), Some(0), "{t}");
+    assert_eq!(target(&r, "broker")["submits_ok"], 300);
+    assert!(r["broker_over_redis"].as_f64().is_some(), "{r}");
+    assert!(r["redis_over_ceiling"].as_f64().is_some(), "{r}");
+    // The same envelopes through SubmitStream, on a fresh store: none a duplicate.
+    let s = target(&r, "broker_stream");
+    assert_eq!(s["submits_ok"], 300, "{s}");
+    assert_eq!(s["duplicates"], 0, "{s}");
+    assert!(r["broker_stream_over_redis"].as_f64().is_some(), "{r}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use crate::error::BrokerError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rpc {
     Submit,
+    SubmitStream,
     Subscribe,
     Ack,
     Fetch,
@@ -25,8 +26,9 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 12] = [
+    pub const ALL: [Rpc; 13] = [
         Rpc::Submit,
+        Rpc::SubmitStream,
         Rpc::Subscribe,
         Rpc::Ack,
         Rpc::Fetch,
@@ -43,6 +45,7 @@ impl Rpc {
     pub fn name(self) -> &'static str {
         match self {
             Rpc::Submit => "Submit",
+            Rpc::SubmitStream => "SubmitStream",
             Rpc::Subscribe => "Subscribe",
             Rpc::Ack => "Ack",
             Rpc::Fetch => "Fetch",
@@ -71,7 +74,7 @@ impl Rpc {
 
 /// The role x RPC matrix.
 ///
-/// - `system`: submit as its own agency, subscribe, fetch and ack for it, read its receipts, read the directory;
+/// - `system`: submit as its own agency (one by one or on a stream), subscribe, fetch and ack for it, read its receipts, read the directory;
 /// - `oncall`: subscribe, fetch and ack for its own agency, read the directory (to check signatures);
 /// - `auditor`: the audit RPCs and nothing else.
 pub fn allowed(role: Role, rpc: Rpc) -> bool {
@@ -141,8 +144,10 @@ mod tests {
         let expect = |role: Role, rpc: Rpc| -> bool {
             matches!(
                 (role, rpc),
-                (Role::System, Submit | Subscribe | Ack | Fetch | GetReceipts | WatchReceipts | GetDirectory)
-                    | (Role::Oncall, Subscribe | Ack | Fetch | GetDirectory)
+                (
+                    Role::System,
+                    Submit | SubmitStream | Subscribe | Ack | Fetch | GetReceipts | WatchReceipts | GetDirectory
+                ) | (Role::Oncall, Subscribe | Ack | Fetch | GetDirectory)
                     | (
                         Role::Auditor,
                         AuditTreeHead | AuditReplay | AuditInclusionProof | AuditConsistencyProof | AuditDirectory
@@ -156,10 +161,14 @@ mod tests {
                 allowed_count += usize::from(allowed(role, rpc));
             }
         }
-        assert_eq!(allowed_count, 7 + 4 + 5);
+        assert_eq!(allowed_count, 8 + 4 + 5);
         // Fetch hands out what Subscribe does, so exactly the same roles may call it.
         for role in Role::ALL {
             assert_eq!(allowed(role, Fetch), allowed(role, Subscribe), "{role}");
+        }
+        // A stream of submits is a batch of Submit calls: exactly the same roles.
+        for role in Role::ALL {
+            assert_eq!(allowed(role, SubmitStream), allowed(role, Submit), "{role}");
         }
     }
 }

@@ -85,6 +85,10 @@ pub enum BrokerError {
     RateLimited { per_second: u32, burst: u32 },
     #[error("too many concurrent {what} for this principal (limit {limit})")]
     TooManyConcurrent { what: &'static str, limit: usize },
+    #[error(
+        "more than {window} envelopes sent on this SubmitStream without a result; wait for results before sending more"
+    )]
+    SubmitWindowExceeded { window: u32 },
     #[error("subscriber did not read for {0} s; disconnected, reconnect to resume")]
     SubscriberStalled(u64),
     #[error("subscriber fell behind the live event stream; reconnect to resume")]
@@ -149,6 +153,7 @@ impl BrokerError {
             E::Oversize { .. }
             | E::RateLimited { .. }
             | E::TooManyConcurrent { .. }
+            | E::SubmitWindowExceeded { .. }
             | E::SubscriberStalled(_)
             | E::StorageFull => Code::ResourceExhausted,
             E::SubscriberLagged => Code::Aborted,
@@ -190,6 +195,7 @@ impl BrokerError {
             E::OutOfRange(_) => "out_of_range",
             E::RateLimited { .. } => "rate_limited",
             E::TooManyConcurrent { .. } => "too_many_concurrent",
+            E::SubmitWindowExceeded { .. } => "submit_window_exceeded",
             E::SubscriberStalled(_) => "subscriber_stalled",
             E::SubscriberLagged => "subscriber_lagged",
             E::StorageFull => "storage_full",

@@ -110,7 +110,7 @@ impl BrokerState {
         authz::check(&identity.principal, rpc, &current.directory).inspect_err(counted)?;
         // A stale directory may list keys the federation has since withdrawn:
         // nothing is verified against it (PROTOCOL.md 9.4).
-        if matches!(rpc, Rpc::Submit | Rpc::Ack)
+        if matches!(rpc, Rpc::Submit | Rpc::SubmitStream | Rpc::Ack)
             && let Err(referral_proto::directory::DirectoryError::Expired { version, valid_until, .. }) =
                 current.directory.check_fresh(self.clock.now())
         {

@@ -1,7 +1,9 @@
-//! `referral.v1.ReferralBroker`: submit, subscribe, fetch, ack, receipts, directory.
+//! `referral.v1.ReferralBroker`: submit (one by one or on a stream), subscribe, fetch, ack, receipts, directory.
 
 use std::sync::Arc;
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use prost::Message as _;
 use referral_proto::MAX_ENVELOPE_BYTES;
 use referral_proto::ack::{AckError, SignedAck};
@@ -13,6 +15,7 @@ use referral_proto::receipt::ReceiptStatus;
 use referral_proto::seal::{VerifyError, verify_envelope_at};
 use referral_proto::time::Timestamp;
 use tonic::{Request, Response, Status};
+use tonic_types::StatusExt as _;
 use tracing::Instrument as _;
 
 use super::streams::{BoundedStream, Producer, bounded};
@@ -33,6 +36,12 @@ const PAGE: usize = 64;
 /// finds no answer waited for the commit of a settlement in flight, so only
 /// a store whose commits keep failing takes more than two.
 const FETCH_PASSES: usize = 3;
+/// The credit window of a SubmitStream: envelopes a client may have sent
+/// and not yet seen answered. Announced in the stream's first response.
+/// Within the default per-principal cap on concurrent requests (each
+/// envelope in the window holds one, as a unary Submit does), so that a few
+/// streams of one principal are not refused for concurrency.
+pub const SUBMIT_WINDOW: u32 = 64;
 
 #[derive(Debug, Clone)]
 pub struct ReferralService {
@@ -124,6 +133,96 @@ impl ReferralService {
         let outcome_label = if outcome.duplicate { "duplicate" } else { "accepted" };
         metrics::counter!(crate::metrics::SUBMITS, "outcome" => outcome_label).increment(1);
         Ok(pb::SubmitResponse { receipt: Some(signed(state, outcome.receipt)?), duplicate: outcome.duplicate })
+    }
+
+    /// One envelope of a SubmitStream: admitted by the same limits and
+    /// checked, recorded and committed by the same code as a unary Submit.
+    async fn submit_one(&self, principal: &Principal, req: pb::SubmitRequest) -> Result<pb::SubmitResponse, Status> {
+        let _permit = self.state.limiter.submit(&principal.uri())?;
+        self.submit_inner(principal, req).await
+    }
+
+    /// The SubmitStream loop: announces the window, then reads envelopes
+    /// while it answers them in order. Every envelope is submitted as soon
+    /// as it arrives (concurrently, on its own task, so that one group
+    /// commit covers many); its result is sent once its own submit has
+    /// answered, which is after the commit that made it durable, and after
+    /// every earlier envelope's result.
+    async fn run_submit_stream(
+        self,
+        conn: Arc<Connection>,
+        principal: Principal,
+        mut inbound: tonic::Streaming<pb::SubmitStreamRequest>,
+        out: Producer<pb::SubmitStreamResponse>,
+    ) -> Result<(), BrokerError> {
+        use pb::submit_result::Outcome;
+        use pb::submit_stream_response::Event;
+        let window = Event::Window(pb::SubmitWindow { max_unanswered: SUBMIT_WINDOW });
+        if out.send(pb::SubmitStreamResponse { event: Some(window) }).await.is_err() {
+            return Ok(());
+        }
+        let state = self.state.clone();
+        let mut pending = FuturesOrdered::new();
+        let mut next_index = 0u64;
+        let mut inbound_open = true;
+        while inbound_open || !pending.is_empty() {
+            tokio::select! {
+                biased;
+                Some((index, answer)) = pending.next(), if !pending.is_empty() => {
+                    let outcome = match answer {
+                        Ok(Ok(response)) => Outcome::Accepted(response),
+                        Ok(Err(status)) => Outcome::Refused(refusal(&status)),
+                        // The submit's task panicked: nothing is known of it.
+                        Err(_) => Outcome::Refused(refusal(&BrokerError::StorageFailed.into())),
+                    };
+                    let result = Event::Result(pb::SubmitResult { index, outcome: Some(outcome) });
+                    if out.send(pb::SubmitStreamResponse { event: Some(result) }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                request = inbound.message(), if inbound_open => match request {
+                    Ok(Some(request)) => {
+                        // A result sent is a result answered: a client that
+                        // waits for one before sending more never gets here.
+                        if pending.len() >= SUBMIT_WINDOW as usize {
+                            let e = BrokerError::SubmitWindowExceeded { window: SUBMIT_WINDOW };
+                            crate::metrics::rejected(e.reason());
+                            out.end(e.into());
+                            return Ok(());
+                        }
+                        let (me, p, index) = (self.clone(), principal.clone(), next_index);
+                        next_index += 1;
+                        let span = tracing::info_span!(
+                            "submit", principal = %p, stream_index = index, message_id = tracing::field::Empty
+                        );
+                        let submit = async move {
+                            me.submit_one(&p, pb::SubmitRequest { envelope: request.envelope }).await
+                        };
+                        let task = state.tasks.spawn(submit.instrument(span));
+                        pending.push_back(async move { (index, task.await) });
+                    }
+                    Ok(None) => inbound_open = false,
+                    // The client cancelled, or sent what does not decode: the
+                    // stream ends with that status (a cancelled client sees
+                    // nothing). Submits under way finish; a resend under the
+                    // same message ids gets their receipts.
+                    Err(status) => {
+                        out.end(status);
+                        return Ok(());
+                    }
+                },
+                why = conn.ended() => {
+                    out.end(why.into());
+                    return Ok(());
+                }
+                _ = out.closed() => return Ok(()),
+                _ = state.shutdown.cancelled() => {
+                    out.end(BrokerError::ShuttingDown.into());
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn ack_inner(&self, principal: &Principal, req: pb::AckRequest) -> Result<pb::AckResponse, Status> {
@@ -231,6 +330,15 @@ impl ReferralService {
             }
         }
         Err(BrokerError::StorageFailed.into())
+    }
+}
+
+/// What a unary Submit would have answered with `status`, as a stream result.
+fn refusal(status: &Status) -> pb::SubmitRefusal {
+    pb::SubmitRefusal {
+        code: status.code() as i32,
+        reason: status.get_details_error_info().map(|i| i.reason).unwrap_or_default(),
+        message: status.message().to_owned(),
     }
 }
 
@@ -506,6 +614,29 @@ impl ReferralBroker for ReferralService {
         }
         .instrument(span)
         .await
+    }
+
+    type SubmitStreamStream = BoundedStream<pb::SubmitStreamResponse>;
+
+    async fn submit_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::SubmitStreamRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let identity = self.state.authorize(&req, Rpc::SubmitStream)?;
+        let conn = self.state.connection(&req)?;
+        let p = identity.principal;
+        let permit = self.state.limiter.stream(&p.uri())?;
+        // Room for the window's results and the announcement: a client that
+        // keeps to the window never makes the broker wait to answer.
+        let (out, stream) = bounded(SUBMIT_WINDOW as usize + 1, self.state.config.delivery.subscriber_stall_timeout);
+        let service = self.clone();
+        let inbound = req.into_inner();
+        let principal = p.clone();
+        spawn_stream(&self.state.tasks, "SubmitStream", &p, out, move |out| async move {
+            let _permit = permit;
+            service.run_submit_stream(conn, principal, inbound, out).await
+        });
+        Ok(Response::new(stream))
     }
 
     type SubscribeStream = BoundedStream<pb::Alert>;

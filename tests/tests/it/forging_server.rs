@@ -60,6 +60,15 @@ impl ReferralBroker for Forger {
         Err(not_here("Submit"))
     }
 
+    type SubmitStreamStream = BoxStream<pb::SubmitStreamResponse>;
+
+    async fn submit_stream(
+        &self,
+        _: Request<tonic::Streaming<pb::SubmitStreamRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        Err(not_here("SubmitStream"))
+    }
+
     type SubscribeStream = BoxStream<pb::Alert>;
 
     async fn subscribe(&self, _: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {

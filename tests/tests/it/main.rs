@@ -54,6 +54,8 @@ mod restart;
 mod security_doc;
 /// Ack labels that would put personal identity numbers in the log.
 mod staff_labels;
+/// SubmitStream: in-order results, refusals inside them, the credit window, bulk send.
+mod submit_stream;
 /// Shared helpers.
 mod support;
 /// Escapes and overrides never reach a terminal; a closed pipe ends quietly.

@@ -128,6 +128,7 @@ async fn the_role_table_holds_over_the_wire() {
     let h = Harness::start().await;
     let rpcs = [
         "Submit",
+        "SubmitStream",
         "Subscribe",
         "Ack",
         "Fetch",
@@ -140,16 +141,21 @@ async fn the_role_table_holds_over_the_wire() {
         "Auditor.ConsistencyProof",
         "Auditor.GetDirectory",
     ];
-    let table: [(&str, &str, [bool; 12]); 3] = [
-        (POLICE_SYSTEM, "system", [true, true, true, true, true, true, true, false, false, false, false, false]),
-        (SOCIAL_ONCALL, "oncall", [false, true, true, true, false, false, true, false, false, false, false, false]),
-        (AUDITOR, "auditor", [false, false, false, false, false, false, false, true, true, true, true, true]),
+    let table: [(&str, &str, [bool; 13]); 3] = [
+        (POLICE_SYSTEM, "system", [true, true, true, true, true, true, true, true, false, false, false, false, false]),
+        (
+            SOCIAL_ONCALL,
+            "oncall",
+            [false, false, true, true, true, false, false, true, false, false, false, false, false],
+        ),
+        (AUDITOR, "auditor", [false, false, false, false, false, false, false, false, true, true, true, true, true]),
     ];
     for (who, role, allowed) in table {
         let c = h.client(who).await;
         let (mut b, mut a) = (c.broker(), c.auditor_rpc());
-        let outcomes: [Result<(), tonic::Status>; 12] = [
+        let outcomes: [Result<(), tonic::Status>; 13] = [
             b.submit(pb::SubmitRequest { envelope: None }).await.map(drop),
+            b.submit_stream(futures_util::stream::empty::<pb::SubmitStreamRequest>()).await.map(drop),
             b.subscribe(pb::SubscribeRequest {}).await.map(drop),
             b.ack(pb::AckRequest { ack: None }).await.map(drop),
             b.fetch(pb::FetchRequest { message_id: vec![] }).await.map(drop),
