@@ -112,6 +112,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let Some(profile) = cli.profile.clone() else {
         bail!("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)");
     };
+    // Offline: checks a saved proof with nothing but the profile.
+    if let Command::Audit(crate::auditor::AuditCommand::CheckProof { file }) = &cli.command {
+        return crate::auditor::check_proof(&profile, file, cli.json);
+    }
     let client = Client::connect_dir(&profile).await?;
     let json = cli.json;
     match cli.command {

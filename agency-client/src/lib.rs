@@ -28,6 +28,9 @@ pub mod cli;
 pub mod display;
 pub mod error;
 pub mod outbox;
+pub mod proof;
+pub mod report;
+pub mod restore;
 pub mod trust;
 
 use std::path::Path;
