@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use referral_proto::envelope::Urgency;
 use referral_proto::ids::{AgencyId, MessageId};
@@ -110,7 +110,7 @@ pub enum Command {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let Some(profile) = cli.profile.clone() else {
-        bail!("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)");
+        return Err(crate::exit::UsageError("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)".into()).into());
     };
     // Offline: checks a saved proof with nothing but the profile.
     if let Command::Audit(crate::auditor::AuditCommand::CheckProof { file }) = &cli.command {
@@ -124,9 +124,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 std::fs::read_to_string(&referral).with_context(|| format!("cannot read {}", referral.display()))?;
             let notice: ReferralNotice = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a valid referral notice", referral.display()))?;
-            if let Err(e) = notice.validate() {
-                bail!("{}: {e}", referral.display());
-            }
+            // Kept as its type, so that the exit code says "invalid input".
+            notice.validate().with_context(|| referral.display().to_string())?;
             let to = AgencyId::new(to)?;
             let id = match message_id {
                 Some(id) => id.parse()?,
@@ -494,10 +493,11 @@ pub fn run_program<T>(
     }
 }
 
-/// Runs the CLI to completion and turns the outcome into an exit code:
-/// 0 done, 1 an error (printed), 2 an audit that found failures.
+/// Runs the CLI to completion and turns the outcome into an exit code
+/// (see [`crate::exit`]: 0 done, 2 an audit that found failures, 64 and up
+/// by the kind of error).
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
-    run_program(run(cli), |ok| if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(2) })
+    crate::exit::main_with(cli)
 }
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ fn refusal(s: &tonic::Status) -> String {
     }
 }
 
-fn code_name(c: tonic::Code) -> &'static str {
+/// The gRPC code as its canonical name (`PERMISSION_DENIED`).
+pub fn code_name(c: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match c {
         Ok => "OK",

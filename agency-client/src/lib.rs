@@ -27,6 +27,7 @@ pub mod auditor;
 pub mod cli;
 pub mod display;
 pub mod error;
+pub mod exit;
 pub mod outbox;
 pub mod proof;
 pub mod report;
