@@ -102,6 +102,13 @@ pub enum Command {
     },
     /// Show the federation directory (verified against the pinned federation key).
     Directory,
+    /// Check a referral file as `send` would, offline: no broker, no profile,
+    /// nothing sent. Every problem is listed at once (exit code 65).
+    Validate {
+        /// The referral notice as JSON (see PROTOCOL.md, "Referral notice").
+        #[arg(long)]
+        referral: PathBuf,
+    },
     /// Auditor commands: verify, replay and prove the broker's log.
     #[command(subcommand)]
     Audit(crate::auditor::AuditCommand),
@@ -109,6 +116,23 @@ pub enum Command {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    // Offline and without a profile: an agency system checks its output.
+    if let Command::Validate { referral } = &cli.command {
+        let notice = read_referral(referral)?;
+        if cli.json {
+            out!(
+                "{}",
+                json_line(&json!({"valid": true, "file": referral.display().to_string(), "urgency": notice.urgency}))
+            );
+        } else {
+            out!(
+                "OK: {} is a valid referral notice ({} urgency); nothing was sent",
+                referral.display(),
+                notice.urgency
+            );
+        }
+        return Ok(true);
+    }
     let Some(profile) = cli.profile.clone() else {
         return Err(crate::exit::UsageError("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)".into()).into());
     };
@@ -120,12 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let json = cli.json;
     match cli.command {
         Command::Send { to, referral, message_id } => {
-            let text =
-                std::fs::read_to_string(&referral).with_context(|| format!("cannot read {}", referral.display()))?;
-            let notice: ReferralNotice = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a valid referral notice", referral.display()))?;
-            // Kept as its type, so that the exit code says "invalid input".
-            notice.validate().with_context(|| referral.display().to_string())?;
+            let notice = read_referral(&referral)?;
             let to = AgencyId::new(to)?;
             let id = match message_id {
                 Some(id) => id.parse()?,
@@ -269,8 +288,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
         }
         Command::Audit(cmd) => return crate::auditor::run(&client, cmd, json).await,
+        // Answered above, before connecting.
+        Command::Validate { .. } => {}
     }
     Ok(true)
+}
+
+/// Reads a referral file and validates it as the recipient will: every
+/// problem at once, naming fields, never their content. The errors keep
+/// their types, so that the exit code says "invalid input".
+fn read_referral(path: &std::path::Path) -> anyhow::Result<ReferralNotice> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let notice: ReferralNotice =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid referral notice", path.display()))?;
+    notice.validate().with_context(|| path.display().to_string())?;
+    Ok(notice)
 }
 
 fn receipt_line(r: &Receipt) -> String {

@@ -111,7 +111,7 @@ fn of_client_error(e: &ClientError) -> (Class, Option<String>) {
         E::Rpc(s) => (of_status(s), crate::error::reason(s)),
         E::Connect { .. } => (Class::TryAgain, Some("unreachable".into())),
         E::Profile(_) | E::NoValidKey(_) => (Class::Config, None),
-        E::UnknownAgency(_) => (Class::UnknownAgency, None),
+        E::UnknownAgency { .. } => (Class::UnknownAgency, None),
         E::Directory(_) | E::Receipt(_) | E::Untrusted(_) | E::Incomplete(_) | E::ProofForAnotherEntry { .. } => {
             (Class::Protocol, None)
         }

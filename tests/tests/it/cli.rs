@@ -306,7 +306,7 @@ async fn exit_codes_tell_a_script_what_to_do() {
     assert_eq!(
         json(&err),
         serde_json::json!({"exit_code": 67, "class": "unknown_agency", "reason": "unknown_agency", "status": null,
-            "message": "agency okand-kommun is not in the directory"})
+            "message": "agency okand-kommun is not in the directory; it lists huddinge-socialtjanst, polisen-huddinge"})
     );
 
     // 77: refused for good, with the broker's reason and status.
@@ -328,4 +328,38 @@ async fn exit_codes_tell_a_script_what_to_do() {
     let (code, _, err) = client(&h, POLICE_SYSTEM, &["directory"]).await;
     assert_eq!(code, 75);
     assert!(err.starts_with("error: cannot reach the broker at https://"), "{err}");
+}
+
+/// `validate` checks a referral file offline, with no profile and no broker.
+#[tokio::test]
+async fn validate_checks_a_referral_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = write_referral(tmp.path(), &referral_proto::notice::example_notice());
+    let (code, out, err) = run_tool(exe(), "agency-client", &["validate", "--referral", &good]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("OK: {good} is a valid referral notice (urgent urgency); nothing was sent"));
+    let (code, out, _) = run_tool(exe(), "agency-client", &["--json", "validate", "--referral", &good]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap(),
+        serde_json::json!({"valid": true, "file": good, "urgency": "urgent"})
+    );
+
+    let mut bad = referral_proto::notice::example_notice();
+    bad.legal_basis.reason.clear();
+    bad.sender_case_reference = "ref 19850312-2387".into();
+    let bad_file = tmp.path().join("bad.json");
+    std::fs::write(&bad_file, serde_json::to_string(&bad).unwrap()).unwrap();
+    let (code, out, err) =
+        run_tool(exe(), "agency-client", &["validate", "--referral", bad_file.to_str().unwrap()]).await;
+    assert_eq!((code, out.as_str()), (65, ""), "{err}");
+    assert!(err.starts_with(&format!("error: {}: ", bad_file.display())), "{err}");
+    assert!(
+        err.contains("legal_basis.reason: is required")
+            && err.contains("sender_case_reference: must not contain a personal identity number"),
+        "{err}"
+    );
+    assert!(!err.contains("19850312"), "errors never echo personal data: {err}");
+    let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", "/nonexistent.json"]).await;
+    assert_eq!(code, 66, "{err}");
 }
