@@ -362,4 +362,14 @@ async fn validate_checks_a_referral_offline() {
     assert!(!err.contains("19850312"), "errors never echo personal data: {err}");
     let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", "/nonexistent.json"]).await;
     assert_eq!(code, 66, "{err}");
+
+    // Sweden's short service numbers are phone numbers too.
+    for number in ["112", "114 14"] {
+        let mut n = referral_proto::notice::example_notice();
+        n.safe_contact.address = number.into();
+        n.sender_contact.phone = number.into();
+        let file = write_referral(tmp.path(), &n);
+        let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", &file]).await;
+        assert_eq!(code, 0, "{number}: {err}");
+    }
 }
