@@ -109,6 +109,13 @@ pub enum Command {
     },
     /// Show the federation directory (verified against the pinned federation key).
     Directory,
+    /// Check a referral file as `send` would, offline: no broker, no profile,
+    /// nothing sent. Every problem is listed at once (exit code 65).
+    Validate {
+        /// The referral notice as JSON (see PROTOCOL.md, "Referral notice").
+        #[arg(long)]
+        referral: PathBuf,
+    },
     /// Auditor commands: verify, replay and prove the broker's log.
     #[command(subcommand)]
     Audit(crate::auditor::AuditCommand),
@@ -141,10 +148,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        // Offline and without a profile: an agency system checks its output.
+        Command::Validate { referral } => {
+            let notice = read_referral(&referral)?;
+            if cli.json {
+                out!(
+                    "{}",
+                    json_line(
+                        &json!({"valid": true, "file": referral.display().to_string(), "urgency": notice.urgency})
+                    )
+                );
+            } else {
+                out!(
+                    "OK: {} is a valid referral notice ({} urgency); nothing was sent",
+                    referral.display(),
+                    notice.urgency
+                );
+            }
+            Ok(true)
+        }
         command => {
             let Some(profile) = cli.profile else {
-                bail!("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)");
+                return Err(
+                    crate::exit::UsageError("--profile DIR is required (or set AGENCY_CLIENT_PROFILE)".into()).into()
+                );
             };
+            // Offline: checks a saved proof with nothing but the profile.
+            if let Command::Audit(crate::auditor::AuditCommand::CheckProof { file }) = &command {
+                return crate::auditor::check_proof(&profile, file, cli.json);
+            }
             run_connected(&profile, cli.json, command).await
         }
     }
@@ -158,14 +190,10 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
             return send_bulk(&client, &AgencyId::new(to)?, &bulk, json).await;
         }
         Command::Send { to, referral, message_id, .. } => {
-            let referral = referral.context("--referral FILE or --bulk PATH is required")?;
-            let text =
-                std::fs::read_to_string(&referral).with_context(|| format!("cannot read {}", referral.display()))?;
-            let notice: ReferralNotice = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a valid referral notice", referral.display()))?;
-            if let Err(e) = notice.validate() {
-                bail!("{}: {e}", referral.display());
-            }
+            let Some(referral) = referral else {
+                return Err(crate::exit::UsageError("--referral FILE or --bulk PATH is required".into()).into());
+            };
+            let notice = read_referral(&referral)?;
             let to = AgencyId::new(to)?;
             let id = match message_id {
                 Some(id) => id.parse()?,
@@ -309,7 +337,9 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
             }
         }
         Command::Audit(cmd) => return crate::auditor::run(&client, cmd, json).await,
-        Command::Completions { .. } | Command::Manpages { .. } => unreachable!("answered by run without connecting"),
+        Command::Completions { .. } | Command::Manpages { .. } | Command::Validate { .. } => {
+            unreachable!("answered by run without connecting")
+        }
     }
     Ok(true)
 }
@@ -400,6 +430,17 @@ async fn send_bulk(client: &Client, to: &AgencyId, path: &std::path::Path, json:
         }
     }
     Ok(all_ok)
+}
+
+/// Reads a referral file and validates it as the recipient will: every
+/// problem at once, naming fields, never their content. The errors keep
+/// their types, so that the exit code says "invalid input".
+fn read_referral(path: &std::path::Path) -> anyhow::Result<ReferralNotice> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let notice: ReferralNotice =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid referral notice", path.display()))?;
+    notice.validate().with_context(|| path.display().to_string())?;
+    Ok(notice)
 }
 
 fn receipt_line(r: &Receipt) -> String {
@@ -624,10 +665,11 @@ pub fn run_program<T>(
     }
 }
 
-/// Runs the CLI to completion and turns the outcome into an exit code:
-/// 0 done, 1 an error (printed), 2 an audit that found failures.
+/// Runs the CLI to completion and turns the outcome into an exit code
+/// (see [`crate::exit`]: 0 done, 2 an audit that found failures, 64 and up
+/// by the kind of error).
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
-    run_program(run(cli), |ok| if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(2) })
+    crate::exit::main_with(cli)
 }
 
 #[cfg(test)]

@@ -14,8 +14,10 @@ pub enum ClientError {
     Rpc(tonic::Status),
     #[error("the broker's directory is not acceptable: {0}")]
     Directory(#[from] referral_proto::directory::DirectoryError),
-    #[error("agency {0} is not in the directory")]
-    UnknownAgency(AgencyId),
+    /// With the ids the directory does list, so that a typo is fixed without
+    /// another command.
+    #[error("agency {agency} is not in the directory; {}", listed(.known))]
+    UnknownAgency { agency: AgencyId, known: Vec<AgencyId> },
     #[error("this profile holds no agency key bundle valid now (role {0})")]
     NoValidKey(String),
     #[error(transparent)]
@@ -47,6 +49,21 @@ pub enum ClientError {
     Invalid(String),
 }
 
+/// Agencies named in an error at most; a national directory has hundreds.
+const LISTED: usize = 20;
+
+/// `it lists a, b and c`, or the first [`LISTED`] and how many more.
+fn listed(known: &[AgencyId]) -> String {
+    let names: Vec<&str> = known.iter().take(LISTED).map(AgencyId::as_str).collect();
+    match known.len() {
+        0 => "it lists none".into(),
+        n if n > LISTED => {
+            format!("it lists {}, and {} more (`agency-client directory` shows them all)", names.join(", "), n - LISTED)
+        }
+        _ => format!("it lists {}", names.join(", ")),
+    }
+}
+
 /// `CODE (reason): message`, the reason when the broker sent one.
 fn refusal(s: &tonic::Status) -> String {
     match reason(s) {
@@ -55,7 +72,8 @@ fn refusal(s: &tonic::Status) -> String {
     }
 }
 
-fn code_name(c: tonic::Code) -> &'static str {
+/// The gRPC code as its canonical name (`PERMISSION_DENIED`).
+pub fn code_name(c: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match c {
         Ok => "OK",
@@ -106,4 +124,21 @@ impl ClientError {
 pub fn reason(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt as _;
     status.get_details_error_info().filter(|i| i.domain == referral_proto::ERROR_DOMAIN).map(|i| i.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_agency_lists_the_known_ones_up_to_twenty() {
+        let id = |i: usize| AgencyId::new(format!("kommun-{i:02}")).unwrap();
+        let few = ClientError::UnknownAgency { agency: id(99), known: (0..2).map(id).collect() };
+        assert_eq!(few.to_string(), "agency kommun-99 is not in the directory; it lists kommun-00, kommun-01");
+        let many = ClientError::UnknownAgency { agency: id(99), known: (0..25).map(id).collect() };
+        assert!(
+            many.to_string().ends_with("kommun-19, and 5 more (`agency-client directory` shows them all)"),
+            "{many}"
+        );
+    }
 }

@@ -27,7 +27,11 @@ pub mod auditor;
 pub mod cli;
 pub mod display;
 pub mod error;
+pub mod exit;
 pub mod outbox;
+pub mod proof;
+pub mod report;
+pub mod restore;
 pub mod trust;
 
 use std::path::Path;
@@ -338,7 +342,10 @@ impl Client {
         message_id: MessageId,
     ) -> Result<pb::Envelope, ClientError> {
         let dir = self.directory().await?;
-        let recipient = dir.agency(to).ok_or_else(|| ClientError::UnknownAgency(to.clone()))?;
+        let recipient = dir.agency(to).ok_or_else(|| ClientError::UnknownAgency {
+            agency: to.clone(),
+            known: dir.agencies.keys().cloned().collect(),
+        })?;
         let envelope = pb::Envelope::from(&self.with_bundle(|b| seal(notice, b, recipient, message_id, now()))??);
         self.outbox().store(message_id, &envelope)?;
         Ok(envelope)

@@ -1,7 +1,5 @@
 //! The `agency-client` binary: parses the command line and hands it to the library.
 
-use clap::Parser as _;
-
 fn main() -> std::process::ExitCode {
-    agency_client::cli::main_with(agency_client::cli::Cli::parse())
+    agency_client::exit::main_from(std::env::args_os())
 }

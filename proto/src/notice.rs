@@ -472,10 +472,16 @@ fn looks_like_date(d: &str) -> bool {
     is_valid_date(y, m, day) || (m == 2 && day == 29)
 }
 
+/// International numbers (`+46 8 …`) have 6 to 15 digits (E.164); national
+/// ones may be as short as Sweden's service numbers (`112`, `114 14`,
+/// `1177`), which on-call staff do give as the way to reach them.
 fn is_phone_number(s: &str) -> bool {
-    let t = s.strip_prefix('+').unwrap_or(s);
+    let (t, least) = match s.strip_prefix('+') {
+        Some(t) => (t, 6),
+        None => (s, 3),
+    };
     let digits = t.bytes().filter(u8::is_ascii_digit).count();
-    (6..=15).contains(&digits) && t.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
+    (least..=15).contains(&digits) && t.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
 }
 
 fn is_email(s: &str) -> bool {
@@ -794,6 +800,16 @@ pub fn example_notice() -> ReferralNotice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_swedish_service_numbers_are_phone_numbers() {
+        for ok in ["112", "114 14", "1177", "08-123 456 78", "+46 8 000 000 00", "+46701234567"] {
+            assert!(is_phone_number(ok), "{ok}");
+        }
+        for bad in ["11", "+112", "+46 12", "112a", "", "1234567890123456", "++46 8 000 000"] {
+            assert!(!is_phone_number(bad), "{bad}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

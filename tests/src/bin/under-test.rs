@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let tool = args.remove(1);
     match tool.as_str() {
         "broker" => broker::cli::main_with(broker::cli::Cli::parse_from(args)),
-        "agency-client" => agency_client::cli::main_with(agency_client::cli::Cli::parse_from(args)),
+        "agency-client" => agency_client::exit::main_from(args),
         "certs" => certs::cli::main_with(certs::cli::Cli::parse_from(args)),
         other => {
             eprintln!("unknown tool {other:?}");

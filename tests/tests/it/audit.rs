@@ -159,7 +159,7 @@ async fn the_auditor_cli_verifies_replays_and_proves() {
     // Only auditors may do this.
     let police = h.profile(POLICE_SYSTEM).display().to_string();
     let (code, _, err) = run_tool(exe, "agency-client", &["--profile", &police, "audit", "verify"]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 77);
     assert!(err.contains("PERMISSION_DENIED"), "{err}");
     // A log rewritten since the last run: exit code 2, and the report says so.
     h.stop().await;

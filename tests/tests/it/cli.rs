@@ -47,7 +47,7 @@ async fn send_listen_ack_status_and_directory() {
     assert!(out.contains(&format!("{id} was already acknowledged by jour-3; nothing more to do")), "{out}");
     let unknown = referral_proto::ids::MessageId::generate(certs::now().0).to_string();
     let (code, _, err) = client(&h, SOCIAL_ONCALL, &["ack", &unknown]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 65, "a permanent refusal");
     assert!(err.contains(&format!("message {unknown} is not waiting for this agency")), "{err}");
 
     let (code, out, err) = client(&h, POLICE_SYSTEM, &["--json", "status", &id]).await;
@@ -69,11 +69,11 @@ async fn errors_name_the_problem() {
     let good = write_referral(h.dir(), &referral_proto::notice::example_notice());
 
     let (code, _, err) = run_tool(exe(), "agency-client", &["--profile", "/nonexistent", "directory"]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 78, "a profile problem is a setup problem");
     assert!(err.contains("not a profile folder"), "{err}");
 
     let (code, _, err) = client(&h, POLICE_SYSTEM, &["send", "--to", "okand-kommun", "--referral", &good]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 67, "addressee unknown");
     assert!(err.contains("agency okand-kommun is not in the directory"), "{err}");
 
     let mut bad = referral_proto::notice::example_notice();
@@ -83,7 +83,7 @@ async fn errors_name_the_problem() {
     std::fs::write(&bad_file, serde_json::to_string(&bad).unwrap()).unwrap();
     let (code, _, err) =
         client(&h, POLICE_SYSTEM, &["send", "--to", SOCIAL, "--referral", bad_file.to_str().unwrap()]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 65, "invalid input");
     assert!(
         err.contains("legal_basis.reason: is required")
             && err.contains("sender_case_reference: must not contain a personal identity number"),
@@ -92,7 +92,7 @@ async fn errors_name_the_problem() {
     assert!(!err.contains("19850312"), "errors never echo personal data: {err}");
 
     let (code, _, err) = client(&h, SOCIAL_ONCALL, &["send", "--to", POLICE, "--referral", &good]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 77, "not allowed");
     assert!(err.contains("PERMISSION_DENIED") && err.contains("role oncall may not call Submit"), "{err}");
 
     // An expired certificate: the client says so before trying.
@@ -120,14 +120,14 @@ async fn errors_name_the_problem() {
     .unwrap();
     let (code, _, err) =
         run_tool(exe(), "agency-client", &["--profile", expired_dir.to_str().unwrap(), "directory"]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 78);
     assert!(err.contains("the certificate expired at"), "{err}");
 
     // A key file others can read is refused, with the fix.
     let key = h.profile(POLICE_SYSTEM).join("key.pem");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let (code, _, err) = client(&h, POLICE_SYSTEM, &["directory"]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 78);
     assert!(err.contains("chmod 600"), "{err}");
 }
 
@@ -318,4 +318,112 @@ fn every_option_has_help_text() {
         walk(&cmd, &name, &mut missing);
     }
     assert!(missing.is_empty(), "options without help text:\n{}", missing.join("\n"));
+}
+
+/// Each kind of failure has its own exit code (OPERATIONS.md, "Exit codes"),
+/// and with `--json` the error is one JSON object on standard error.
+#[tokio::test]
+async fn exit_codes_tell_a_script_what_to_do() {
+    let mut h = Harness::start().await;
+    let good = write_referral(h.dir(), &referral_proto::notice::example_notice());
+    let json = |err: &str| serde_json::from_str::<serde_json::Value>(err.trim()).unwrap();
+
+    // 64: the command line is wrong.
+    let (code, _, err) = client(&h, POLICE_SYSTEM, &["frobnicate"]).await;
+    assert_eq!(code, 64, "{err}");
+    assert!(err.starts_with("error: unrecognized subcommand 'frobnicate'"), "{err}");
+    let (code, _, err) = client(&h, AUDITOR, &["--json", "audit", "replay", "--since", "yesterday"]).await;
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(
+        json(&err),
+        serde_json::json!({"exit_code": 64, "class": "usage", "reason": "usage", "status": null,
+            "message": "invalid value 'yesterday' for '--since <TIME>': \"yesterday\" is not an RFC 3339 time such as 2026-11-29T08:15:00Z"})
+    );
+    let (code, _, err) = run_tool(exe(), "agency-client", &["directory"]).await;
+    assert_eq!((code, err.trim()), (64, "error: --profile DIR is required (or set AGENCY_CLIENT_PROFILE)"));
+    let (code, _, err) = client(&h, SOCIAL_ONCALL, &["ack", "not-a-uuid"]).await;
+    assert_eq!((code, err.trim()), (64, "error: message id \"not-a-uuid\" is not a UUID"));
+    let (code, out, _) = run_tool(exe(), "agency-client", &["--help"]).await;
+    assert_eq!(code, 0, "help is not an error");
+    assert!(out.contains("Usage:"), "{out}");
+
+    // 66: an input file that cannot be read.
+    let (code, _, err) =
+        client(&h, POLICE_SYSTEM, &["send", "--to", SOCIAL, "--referral", "/nonexistent/referral.json"]).await;
+    assert_eq!(code, 66, "{err}");
+    assert!(err.starts_with("error: cannot read /nonexistent/referral.json: "), "{err}");
+
+    // 67: the recipient is not in the directory.
+    let (code, _, err) =
+        client(&h, POLICE_SYSTEM, &["--json", "send", "--to", "okand-kommun", "--referral", &good]).await;
+    assert_eq!(code, 67, "{err}");
+    assert_eq!(
+        json(&err),
+        serde_json::json!({"exit_code": 67, "class": "unknown_agency", "reason": "unknown_agency", "status": null,
+            "message": "agency okand-kommun is not in the directory; it lists huddinge-socialtjanst, polisen-huddinge"})
+    );
+
+    // 77: refused for good, with the broker's reason and status.
+    let (code, _, err) = client(&h, SOCIAL_ONCALL, &["--json", "send", "--to", POLICE, "--referral", &good]).await;
+    assert_eq!(code, 77, "{err}");
+    let e = json(&err);
+    assert_eq!(
+        (&e["class"], &e["reason"], &e["status"]),
+        (&"permission".into(), &"role_not_allowed".into(), &"PERMISSION_DENIED".into())
+    );
+    assert!(e["message"].as_str().unwrap().contains("role oncall may not call Submit"), "{e}");
+
+    // 75: try again later, unchanged: the broker cannot be reached.
+    h.stop().await;
+    let (code, _, err) = client(&h, POLICE_SYSTEM, &["--json", "send", "--to", SOCIAL, "--referral", &good]).await;
+    assert_eq!(code, 75, "{err}");
+    let e = json(&err);
+    assert_eq!((&e["exit_code"], &e["class"], &e["reason"]), (&75.into(), &"try_again".into(), &"unreachable".into()));
+    let (code, _, err) = client(&h, POLICE_SYSTEM, &["directory"]).await;
+    assert_eq!(code, 75);
+    assert!(err.starts_with("error: cannot reach the broker at https://"), "{err}");
+}
+
+/// `validate` checks a referral file offline, with no profile and no broker.
+#[tokio::test]
+async fn validate_checks_a_referral_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = write_referral(tmp.path(), &referral_proto::notice::example_notice());
+    let (code, out, err) = run_tool(exe(), "agency-client", &["validate", "--referral", &good]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("OK: {good} is a valid referral notice (urgent urgency); nothing was sent"));
+    let (code, out, _) = run_tool(exe(), "agency-client", &["--json", "validate", "--referral", &good]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap(),
+        serde_json::json!({"valid": true, "file": good, "urgency": "urgent"})
+    );
+
+    let mut bad = referral_proto::notice::example_notice();
+    bad.legal_basis.reason.clear();
+    bad.sender_case_reference = "ref 19850312-2387".into();
+    let bad_file = tmp.path().join("bad.json");
+    std::fs::write(&bad_file, serde_json::to_string(&bad).unwrap()).unwrap();
+    let (code, out, err) =
+        run_tool(exe(), "agency-client", &["validate", "--referral", bad_file.to_str().unwrap()]).await;
+    assert_eq!((code, out.as_str()), (65, ""), "{err}");
+    assert!(err.starts_with(&format!("error: {}: ", bad_file.display())), "{err}");
+    assert!(
+        err.contains("legal_basis.reason: is required")
+            && err.contains("sender_case_reference: must not contain a personal identity number"),
+        "{err}"
+    );
+    assert!(!err.contains("19850312"), "errors never echo personal data: {err}");
+    let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", "/nonexistent.json"]).await;
+    assert_eq!(code, 66, "{err}");
+
+    // Sweden's short service numbers are phone numbers too.
+    for number in ["112", "114 14"] {
+        let mut n = referral_proto::notice::example_notice();
+        n.safe_contact.address = number.into();
+        n.sender_contact.phone = number.into();
+        let file = write_referral(tmp.path(), &n);
+        let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", &file]).await;
+        assert_eq!(code, 0, "{number}: {err}");
+    }
 }

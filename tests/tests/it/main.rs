@@ -6,6 +6,8 @@ mod agency_keys;
 mod architecture;
 /// The audit log verifies, proves, and catches tampering.
 mod audit;
+/// The auditor's command line: accept-restore after a real restore, replay filters, saved proofs, the report.
+mod auditor_cli;
 /// The command-line tools as people use them.
 mod cli;
 /// SIGKILL at random moments loses nothing.

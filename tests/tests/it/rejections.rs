@@ -240,7 +240,10 @@ async fn unknown_recipient_is_not_found() {
     assert_status(submit_raw(&police, pb::Envelope::from(&e)).await, Code::NotFound, "unknown_recipient");
     // The client library refuses before sending.
     let err = police.send(&AgencyId::new("okand-kommun").unwrap(), &example_notice()).await.unwrap_err();
-    assert_eq!(err.to_string(), "agency okand-kommun is not in the directory");
+    assert_eq!(
+        err.to_string(),
+        "agency okand-kommun is not in the directory; it lists huddinge-socialtjanst, polisen-huddinge"
+    );
 }
 
 #[tokio::test]

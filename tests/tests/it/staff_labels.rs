@@ -31,7 +31,7 @@ async fn an_ack_label_holding_a_personal_identity_number_is_refused_by_client_an
     let (p, id) = (h.profile(SOCIAL_ONCALL).display().to_string(), sent.message_id.to_string());
     let exe = Path::new(env!("CARGO_BIN_EXE_under-test"));
     let (code, _, err) = run_tool(exe, "agency-client", &["--profile", &p, "ack", &id, "--by", "198503122387"]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 65);
     assert_eq!(err.trim(), "error: ack acknowledged_by must not contain a personal identity number");
 
     // A client that signs such a label anyway (the signature is valid) is

@@ -239,7 +239,7 @@ async fn the_client_library_sends_in_bulk_and_checks_every_receipt() {
     let results = police.send_many(&batch).await.unwrap();
     assert_eq!(results.len(), 3);
     let sent: Vec<_> = [&results[0], &results[2]].map(|r| r.as_ref().expect("sent").clone()).into();
-    assert!(matches!(results[1], Err(agency_client::ClientError::UnknownAgency(_))), "{:?}", results[1]);
+    assert!(matches!(results[1], Err(agency_client::ClientError::UnknownAgency { .. })), "{:?}", results[1]);
     assert_ne!(sent[0].message_id, sent[1].message_id);
     for s in &sent {
         assert_eq!(s.receipt.statement.status, ReceiptStatus::Accepted);
@@ -294,7 +294,7 @@ async fn the_cli_sends_a_folder_and_a_json_lines_file() {
     // A bad line refuses the whole file before anything is sent.
     std::fs::write(&jsonl, format!("{one_line}\n{{\"subject\": 1}}\n")).unwrap();
     let (code, _, err) = client(&h, POLICE_SYSTEM, &["send", "--to", SOCIAL, "--bulk", jsonl.to_str().unwrap()]).await;
-    assert_eq!(code, 1);
+    assert_eq!(code, 65, "invalid input (OPERATIONS.md, exit codes): {err}");
     assert!(err.contains("referrals.jsonl:2 is not a valid referral notice"), "{err}");
     assert_eq!(waiting(&h.client(SOCIAL_ONCALL).await).await.len(), 5);
 }
