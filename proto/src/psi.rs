@@ -391,7 +391,6 @@ impl fmt::Debug for BlindingKey {
 }
 
 /// One side of a session before it has answered the peer.
-#[derive(Debug)]
 pub struct Party {
     session: MessageId,
     key: BlindingKey,
@@ -401,13 +400,32 @@ pub struct Party {
 }
 
 /// One side after answering, waiting for the peer's answer to its own set.
-#[derive(Debug)]
 pub struct AwaitingAnswer {
     session: MessageId,
     positions: Vec<Option<PersonalIdentityNumber>>,
     sent: Digest,
     /// The peer's elements times both scalars.
     peer_doubly_blinded: HashSet<[u8; 32]>,
+}
+
+/// Blinded values must never reach a log unsealed (two answers side by side
+/// show the overlap), so a side prints its sizes only.
+impl fmt::Debug for Party {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Party {{ session: {}, key: {:?}, positions: {} }}", self.session, self.key, self.positions.len())
+    }
+}
+
+impl fmt::Debug for AwaitingAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "AwaitingAnswer {{ session: {}, positions: {}, peer: {} }}",
+            self.session,
+            self.positions.len(),
+            self.peer_doubly_blinded.len()
+        )
+    }
 }
 
 impl Party {
@@ -924,6 +942,11 @@ mod tests {
         let (party, _) = Party::start(crate::test_vectors::message_id(), &[pin("198503122387")], &mut rng).unwrap();
         let shown = format!("{party:?}");
         assert!(shown.contains("BlindingKey(..)") && !shown.contains("198503122387"), "{shown}");
+        let (_, peer) = Party::start(crate::test_vectors::message_id(), &[pin("198503722384")], &mut rng).unwrap();
+        let (waiting, answer) = party.answer(&peer);
+        let shown = format!("{waiting:?}");
+        assert_eq!(shown, format!("AwaitingAnswer {{ session: {}, positions: 1, peer: 1 }}", waiting.session()));
+        assert_eq!(format!("{:?}", answer.set), "BlindedSet(1 elements)");
     }
 
     #[test]
