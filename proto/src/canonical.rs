@@ -73,6 +73,8 @@ pub mod label {
     pub const TREE_HEAD_SIGNATURE: &str = "referral.v1/tree-head-signature";
     pub const BUNDLE_KEY_ID: &str = "referral.v1/bundle-key-id";
     pub const SIGNING_KEY_ID: &str = "referral.v1/signing-key-id";
+    pub const PSI_SET: &str = "referral.v1/psi-set";
+    pub const PSI_TRANSCRIPT: &str = "referral.v1/psi-transcript";
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 //! - [`receipt`]: receipts and tree heads signed with the broker's log key.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proof verification.
 //! - [`audit`]: audit log entries: decoding and what an auditor checks about each.
+//! - [`psi`]: the blind overlap check: RFC 9380 hash to ristretto255, identity number
+//!   normalisation, and the two-party set intersection as pure functions.
 //! - [`test_vectors`]: the fixed inputs and outputs PROTOCOL.md publishes.
 //! - [`text`]: what every text field may hold: no controls, no bidirectional overrides.
 //! - [`time`]: Unix-millisecond timestamps and their RFC 3339 form.
@@ -32,6 +34,7 @@ pub mod ids;
 pub mod keys;
 pub mod merkle;
 pub mod notice;
+pub mod psi;
 pub mod receipt;
 pub mod seal;
 pub mod test_vectors;

@@ -417,7 +417,7 @@ pub fn is_personal_identity_number(s: &str) -> bool {
     is_valid_date(y, m, d) && luhn_ok(&digits.as_bytes()[2..])
 }
 
-fn luhn_ok(ten: &[u8]) -> bool {
+pub(crate) fn luhn_ok(ten: &[u8]) -> bool {
     let sum: u32 = ten
         .iter()
         .enumerate()

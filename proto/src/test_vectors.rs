@@ -255,3 +255,120 @@ pub fn render() -> String {
     o.push_str("```\n");
     o
 }
+
+/// A deterministic generator for known answers and tests: SHA-512 of the seed
+/// and a block counter. Predictable by design; never use it for anything else.
+#[derive(Debug, Clone)]
+pub struct TestRng {
+    seed: u64,
+    counter: u64,
+    block: [u8; 64],
+    used: usize,
+}
+
+impl TestRng {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, counter: 0, block: [0; 64], used: 64 }
+    }
+}
+
+impl rand_core::TryRng for TestRng {
+    type Error = std::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for d in dst {
+            if self.used == 64 {
+                let input = [self.seed.to_be_bytes(), self.counter.to_be_bytes()].concat();
+                self.block.copy_from_slice(ring::digest::digest(&ring::digest::SHA512, &input).as_ref());
+                self.counter += 1;
+                self.used = 0;
+            }
+            *d = self.block[self.used];
+            self.used += 1;
+        }
+        Ok(())
+    }
+}
+
+impl rand_core::TryCryptoRng for TestRng {}
+
+/// Subjects of the overlap vector: the initiator's three and the responder's
+/// two, one (198503122387) in both; the responder writes it in ten-digit form.
+pub const PSI_INITIATOR_SUBJECTS: [&str; 3] = ["198503122387", "19850372-2384", "201203122385"];
+pub const PSI_RESPONDER_SUBJECTS: [&str; 2] = ["850312-2387", "191203122385"];
+
+/// The scalars of the overlap vector (canonical little-endian, below ℓ).
+pub fn psi_scalars() -> ([u8; 32], [u8; 32]) {
+    let mut a = counting(0x11);
+    a[31] = 0x0a;
+    let mut b = counting(0x51);
+    b[31] = 0x05;
+    (a, b)
+}
+
+/// The Markdown text between the overlap vector markers of PROTOCOL.md.
+pub fn render_psi() -> String {
+    use crate::psi::{
+        self, Answer, BlindingKey, Party, PersonalIdentityNumber, expand_message_xmd, hash_to_ristretto255, session_dst,
+    };
+    let session = message_id();
+    let dst = session_dst(&session);
+    let parse = |s: &&str| PersonalIdentityNumber::parse(s, CREATED_AT).expect("valid test numbers");
+    let ours: Vec<_> = PSI_INITIATOR_SUBJECTS.iter().map(parse).collect();
+    let theirs: Vec<_> = PSI_RESPONDER_SUBJECTS.iter().map(parse).collect();
+    let (a, b) = psi_scalars();
+    let key = |k: [u8; 32]| BlindingKey::from_canonical_bytes(k).expect("canonical non-zero scalar");
+
+    let mut o = String::new();
+    o.push_str("```text\n");
+    line(&mut o, "session id", session);
+    line(&mut o, "DST", &dst);
+    line(&mut o, "today (for ten-digit forms)", CREATED_AT);
+    line(&mut o, "initiator subjects", PSI_INITIATOR_SUBJECTS.join(", "));
+    line(&mut o, "responder subjects", PSI_RESPONDER_SUBJECTS.join(", "));
+    hex_block(&mut o, "initiator scalar a", &a);
+    hex_block(&mut o, "responder scalar b", &b);
+
+    o.push_str("\n# One identifier through every step\n");
+    let x = &ours[0];
+    line(&mut o, "normalised identifier (msg, ASCII)", x.as_str());
+    let uniform = expand_message_xmd(x.as_str().as_bytes(), dst.as_bytes(), 64).expect("short tag");
+    hex_block(&mut o, "expand_message_xmd(msg, DST, 64)", &uniform);
+    let hx = hash_to_ristretto255(x.as_str().as_bytes(), dst.as_bytes()).expect("short tag");
+    hex_block(&mut o, "H(x) = hash_to_ristretto255", hx.compress().as_bytes());
+    let ax = key(a).blind(&hx);
+    hex_block(&mut o, "a·H(x)", ax.compress().as_bytes());
+    hex_block(&mut o, "b·a·H(x)", key(b).blind(&ax).compress().as_bytes());
+
+    o.push_str("\n# A whole session (padding and shuffle from TestRng seeds 1 and 2)\n");
+    let (initiator, set_a) =
+        Party::start_with_key(session, &ours, key(a), &mut TestRng::new(1)).expect("three subjects");
+    let (responder, set_b) =
+        Party::start_with_key(session, &theirs, key(b), &mut TestRng::new(2)).expect("two subjects");
+    hex_block(&mut o, "initiator's blinded set (4 = 3 padded)", set_a.as_bytes());
+    line(&mut o, "its digest", set_a.digest(&session));
+    hex_block(&mut o, "responder's blinded set (2)", set_b.as_bytes());
+    line(&mut o, "its digest", set_b.digest(&session));
+    let (wa, answer_a) = initiator.answer(&set_b);
+    let (wb, answer_b) = responder.answer(&set_a);
+    hex_block(&mut o, "initiator's answer (digest of responder's set, then a·elements)", &answer_a.to_bytes());
+    hex_block(&mut o, "responder's answer (digest of initiator's set, then b·elements)", &answer_b.to_bytes());
+    let transcript =
+        psi::transcript_hash(&session, &set_a.digest(&session), &set_b.digest(&session), &answer_a, &answer_b);
+    line(&mut o, "transcript hash", transcript);
+    let answer_b: Answer = Answer::from_bytes(&answer_b.to_bytes()).expect("well formed");
+    let show = |m: Vec<PersonalIdentityNumber>| m.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>().join(", ");
+    line(&mut o, "initiator's matches", show(wa.finish(&answer_b).expect("answers its set")));
+    line(&mut o, "responder's matches", show(wb.finish(&answer_a).expect("answers its set")));
+    o.push_str("```\n");
+    o
+}

@@ -6,7 +6,7 @@ use referral_proto::envelope::Envelope;
 use referral_proto::keys::{HpkeAead, HpkeKdf, HpkeKem};
 use referral_proto::notice::example_notice;
 use referral_proto::seal::{FixedIkm, open, verify_envelope};
-use referral_proto::test_vectors::{build, envelope_hex, render};
+use referral_proto::test_vectors::{build, envelope_hex, render, render_psi};
 
 const BEGIN: &str = "<!-- test-vectors:begin -->\n";
 const END: &str = "<!-- test-vectors:end -->";
@@ -16,12 +16,16 @@ fn path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Both PROTOCOL.md checks may rewrite the file under UPDATE_VECTORS; one at a time.
+static PROTOCOL_MD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn update() -> bool {
     std::env::var_os("UPDATE_VECTORS").is_some()
 }
 
 #[test]
 fn protocol_md_publishes_the_vectors_the_code_produces() {
+    let _one_at_a_time = PROTOCOL_MD.lock().unwrap_or_else(|e| e.into_inner());
     let doc_path = path("../PROTOCOL.md");
     let doc = std::fs::read_to_string(&doc_path).expect("PROTOCOL.md at the workspace root");
     let start = doc.find(BEGIN).expect("PROTOCOL.md has the begin marker") + BEGIN.len();
@@ -32,6 +36,23 @@ fn protocol_md_publishes_the_vectors_the_code_produces() {
         return;
     }
     assert_eq!(&doc[start..end], expected, "PROTOCOL.md's vectors differ from the code; {HINT}");
+}
+
+#[test]
+fn protocol_md_publishes_the_overlap_vectors_the_code_produces() {
+    const PSI_BEGIN: &str = "<!-- psi-vectors:begin -->\n";
+    const PSI_END: &str = "<!-- psi-vectors:end -->";
+    let _one_at_a_time = PROTOCOL_MD.lock().unwrap_or_else(|e| e.into_inner());
+    let doc_path = path("../PROTOCOL.md");
+    let doc = std::fs::read_to_string(&doc_path).expect("PROTOCOL.md at the workspace root");
+    let start = doc.find(PSI_BEGIN).expect("PROTOCOL.md has the overlap begin marker") + PSI_BEGIN.len();
+    let end = doc.find(PSI_END).expect("PROTOCOL.md has the overlap end marker");
+    let expected = render_psi();
+    if update() {
+        std::fs::write(&doc_path, format!("{}{}{}", &doc[..start], expected, &doc[end..])).unwrap();
+        return;
+    }
+    assert_eq!(&doc[start..end], expected, "PROTOCOL.md's overlap vectors differ from the code; {HINT}");
 }
 
 #[test]
