@@ -93,6 +93,8 @@ enum Job {
     Meta {
         key: Vec<u8>,
         value: Vec<u8>,
+        /// Answered once the value is durable, when given.
+        reply: Option<Reply<()>>,
     },
     Probe {
         reply: Reply<()>,
@@ -188,14 +190,19 @@ impl Committer {
     /// [`Committer::meta`] from synchronous code: queued at once (in order
     /// with everything sent before), or logged if the queue is full.
     pub fn meta_nowait(&self, key: &[u8], value: Vec<u8>) {
-        if self.tx.try_send(Job::Meta { key: key.to_vec(), value }).is_err() {
+        if self.tx.try_send(Job::Meta { key: key.to_vec(), value, reply: None }).is_err() {
             tracing::warn!(key = %String::from_utf8_lossy(key), "the commit queue is full; a meta value was not stored");
         }
     }
 
     /// Stores a value in the meta table (tree heads, the directory version).
     pub async fn meta(&self, key: &[u8], value: Vec<u8>) {
-        let _ = self.tx.send(Job::Meta { key: key.to_vec(), value }).await;
+        let _ = self.tx.send(Job::Meta { key: key.to_vec(), value, reply: None }).await;
+    }
+
+    /// [`Committer::meta`], answering once the value is durable.
+    pub async fn meta_durable(&self, key: &[u8], value: Vec<u8>) -> Result<(), BrokerError> {
+        ask(&self.tx, |reply| Job::Meta { key: key.to_vec(), value, reply: Some(reply) }).await
     }
 
     /// Copies the whole store to `dir` between two commits.
@@ -428,7 +435,12 @@ impl Core {
                     step.summarise(summaries);
                     pending.push(Pending::Unit(reply, Ok(()), true));
                 }
-                Job::Meta { key, value } => step.meta(key, value),
+                Job::Meta { key, value, reply } => {
+                    step.meta(key, value);
+                    if let Some(reply) = reply {
+                        pending.push(Pending::Unit(reply, Ok(()), true));
+                    }
+                }
                 Job::Probe { reply } => {
                     step.meta(meta::HEALTH_PROBE.to_vec(), now.0.to_be_bytes().to_vec());
                     pending.push(Pending::Unit(reply, Ok(()), true));

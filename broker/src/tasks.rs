@@ -19,9 +19,15 @@ pub async fn tree_heads(state: Arc<BrokerState>) {
         if size != last_size {
             let head: SignedTreeHead = state.tree_heads.sign(size, root, state.clock.now());
             let bytes = prost::Message::encode_to_vec(&head.to_pb());
-            state.committer.meta(crate::store::keys::meta::TREE_HEAD, bytes).await;
-            state.latest_tree_head.store(Some(Arc::new(head)));
-            last_size = size;
+            // Stored durably before it is served: `broker status` and a
+            // restarted broker show the head auditors were given.
+            match state.committer.meta_durable(crate::store::keys::meta::TREE_HEAD, bytes).await {
+                Ok(()) => {
+                    state.latest_tree_head.store(Some(Arc::new(head)));
+                    last_size = size;
+                }
+                Err(e) => tracing::warn!(error = %e, "storing the tree head failed; it is signed again next time"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(state.config.audit.tree_head_interval) => {}
