@@ -35,6 +35,7 @@ pub mod cli;
 pub mod fill;
 pub mod load;
 pub mod metrics;
+pub mod process;
 pub mod procfs;
 pub mod redis;
 pub mod report;

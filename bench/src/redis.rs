@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::load::{Job, Plan, Shared, SubmitOutcome, WorkerResult, micros};
+use crate::process::Spawned;
 use crate::procfs::{self, Memory};
 use crate::setup::{Setup, free_port};
 use crate::workload::Source;
@@ -148,9 +149,8 @@ pub fn command(args: &[&[u8]]) -> Vec<u8> {
 
 /// A running `redis-server`.
 pub struct RedisServer {
-    child: Child,
+    process: Spawned,
     pub pid: u32,
-    pub log_path: PathBuf,
     pub addr: SocketAddr,
     pub ready_after: Duration,
     tls: TlsConnector,
@@ -215,16 +215,16 @@ impl RedisServer {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;
-        let pid = child.id();
-        let mut me = Self { child, pid, log_path: log_path.to_owned(), addr, ready_after: Duration::ZERO, tls };
+        let process = Spawned::new(child, "redis-server", log_path.to_owned());
+        let mut me = Self { pid: process.pid, process, addr, ready_after: Duration::ZERO, tls };
         me.ready_after = me.wait_ready(spawned).await?;
         Ok(me)
     }
 
     async fn wait_ready(&mut self, spawned: Instant) -> anyhow::Result<Duration> {
         loop {
-            if let Some(status) = self.child.try_wait().context("cannot check the redis-server process")? {
-                anyhow::bail!("redis-server exited with {status} before answering; {}", self.log_tail());
+            if let Some(status) = self.process.exited()? {
+                anyhow::bail!("redis-server exited with {status} before answering; {}", self.process.log_tail());
             }
             if let Ok(mut c) = self.connect().await
                 && let Ok(Reply::Simple(s)) = c.call(&command(&[b"PING"])).await
@@ -233,7 +233,11 @@ impl RedisServer {
                 return Ok(spawned.elapsed());
             }
             if spawned.elapsed() > READY_TIMEOUT {
-                anyhow::bail!("redis-server did not answer within {} s; {}", READY_TIMEOUT.as_secs(), self.log_tail());
+                anyhow::bail!(
+                    "redis-server did not answer within {} s; {}",
+                    READY_TIMEOUT.as_secs(),
+                    self.process.log_tail()
+                );
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
@@ -241,17 +245,10 @@ impl RedisServer {
 
     /// Why the server is no longer running, if it is not.
     pub fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!("redis-server exited with {status}; {}", self.log_tail())),
+        match self.process.exited() {
+            Ok(Some(status)) => Some(format!("redis-server exited with {status}; {}", self.process.log_tail())),
             _ => None,
         }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        format!("its log ({}) ends:\n{tail}", self.log_path.display())
     }
 
     /// A new mutual-TLS connection.
@@ -277,45 +274,20 @@ impl RedisServer {
     }
 
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        Ok(procfs::cpu_seconds(self.pid)?)
+        self.process.cpu_seconds()
     }
 
     pub fn memory(&self) -> anyhow::Result<Memory> {
-        Ok(procfs::memory(self.pid)?)
+        self.process.memory()
     }
 
     pub fn written(&self) -> anyhow::Result<procfs::Written> {
-        Ok(procfs::written(self.pid)?)
+        self.process.written()
     }
 
     /// SIGTERM (Redis fsyncs its AOF and exits), SIGKILL after a timeout.
-    pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
-        // `kill` the command: the workspace forbids unsafe code, so no libc::kill.
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().context("cannot wait for redis-server")? {
-                return Ok(status);
-            }
-            if started.elapsed() > STOP_TIMEOUT {
-                let _ = self.child.kill();
-                let status = self.child.wait().context("cannot wait for the killed redis-server")?;
-                anyhow::bail!("redis-server did not stop within {} s of SIGTERM and was killed ({status})", {
-                    STOP_TIMEOUT.as_secs()
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        // Never leave a server behind (an error path, or Ctrl-C).
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    pub async fn stop(self) -> anyhow::Result<ExitStatus> {
+        self.process.stop(STOP_TIMEOUT).await
     }
 }
 

@@ -3,14 +3,15 @@
 //! `serve-ceiling`), so that its CPU time and memory can be read from
 //! `/proc` and its start-up timed from spawn to the first answered RPC.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use agency_client::Client;
 use anyhow::Context as _;
 use referral_proto::pb;
 
+use crate::process::Spawned;
 use crate::procfs::{self, Memory};
 
 /// Which server to run.
@@ -63,10 +64,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// A running server process.
 #[derive(Debug)]
 pub struct ServerProcess {
-    child: Child,
+    process: Spawned,
     pub kind: Kind,
     pub pid: u32,
-    pub log_path: PathBuf,
     /// From spawn to the first RPC it answered.
     pub ready_after: Duration,
 }
@@ -94,16 +94,20 @@ impl ServerProcess {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start the {} process", kind.as_str()))?;
-        let pid = child.id();
-        let mut me = Self { child, kind, pid, log_path: log_path.to_owned(), ready_after: Duration::ZERO };
+        let process = Spawned::new(child, kind.as_str(), log_path.to_owned());
+        let mut me = Self { pid: process.pid, process, kind, ready_after: Duration::ZERO };
         me.ready_after = me.wait_ready(spawned, probe_profile).await?;
         Ok(me)
     }
 
     async fn wait_ready(&mut self, spawned: Instant, profile: &Path) -> anyhow::Result<Duration> {
         loop {
-            if let Some(status) = self.child.try_wait().context("cannot check the server process")? {
-                anyhow::bail!("the {} exited with {status} before answering; {}", self.kind.as_str(), self.log_tail());
+            if let Some(status) = self.process.exited()? {
+                anyhow::bail!(
+                    "the {} exited with {status} before answering; {}",
+                    self.kind.as_str(),
+                    self.process.log_tail()
+                );
             }
             if probe(self.kind, profile).await {
                 return Ok(spawned.elapsed());
@@ -113,65 +117,31 @@ impl ServerProcess {
                     "the {} did not answer within {} s; {}",
                     self.kind.as_str(),
                     READY_TIMEOUT.as_secs(),
-                    self.log_tail()
+                    self.process.log_tail()
                 );
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }
 
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        format!("its log ({}) ends:\n{tail}", self.log_path.display())
-    }
-
     /// CPU seconds the process has used so far.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        Ok(procfs::cpu_seconds(self.pid)?)
+        self.process.cpu_seconds()
     }
 
     /// Its current and peak resident memory.
     pub fn memory(&self) -> anyhow::Result<Memory> {
-        Ok(procfs::memory(self.pid)?)
+        self.process.memory()
     }
 
     /// Bytes it has written so far.
     pub fn written(&self) -> anyhow::Result<procfs::Written> {
-        Ok(procfs::written(self.pid)?)
+        self.process.written()
     }
 
     /// SIGTERM, then waits for the orderly shutdown (SIGKILL after a timeout).
-    pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
-        // `kill` the command: the workspace forbids unsafe code, so no libc::kill.
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().context("cannot wait for the server process")? {
-                return Ok(status);
-            }
-            if started.elapsed() > STOP_TIMEOUT {
-                let _ = self.child.kill();
-                let status = self.child.wait().context("cannot wait for the killed server process")?;
-                anyhow::bail!(
-                    "the {} did not stop within {} s of SIGTERM and was killed ({status})",
-                    self.kind.as_str(),
-                    STOP_TIMEOUT.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // Never leave a server behind (an error path, or Ctrl-C).
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    pub async fn stop(self) -> anyhow::Result<ExitStatus> {
+        self.process.stop(STOP_TIMEOUT).await
     }
 }
 
