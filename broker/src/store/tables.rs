@@ -51,10 +51,6 @@ fn decode_u64(key: &[u8], v: &[u8]) -> Result<u64, StoreError> {
 pub struct Tables<'a>(pub &'a dyn Store);
 
 impl<'a> Tables<'a> {
-    pub fn store(&self) -> &'a dyn Store {
-        self.0
-    }
-
     pub fn message(&self, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
         self.0.get(Table::Messages, &keys::message(id))?.map(|b| records::decode("message", &b)).transpose()
     }
@@ -193,10 +189,6 @@ impl Writes {
         self.batch
     }
 
-    pub fn batch(&self) -> &Batch {
-        &self.batch
-    }
-
     pub fn len(&self) -> usize {
         self.batch.len()
     }
@@ -239,7 +231,7 @@ impl Writes {
         self.batch.delete(Table::Deadlines, key);
     }
 
-    /// Stores receipt `n` of message `id` (unsigned) and returns its bytes.
+    /// Stores receipt `n` of message `id` (unsigned).
     pub fn receipt(&mut self, id: &MessageId, n: u8, receipt: &pb::Receipt) {
         self.batch.put(Table::Receipts, keys::receipt(id, n), prost::Message::encode_to_vec(receipt));
     }
@@ -288,15 +280,6 @@ impl<'a> Durable<'a> {
         Self { tables: Tables(store), log_size }
     }
 
-    /// The watermark: entries below it are durable.
-    pub fn log_size(&self) -> u64 {
-        self.log_size
-    }
-
-    pub fn tables(&self) -> Tables<'a> {
-        self.tables
-    }
-
     /// A message's record and its durable receipts (in the order issued);
     /// None when the message is unknown or not yet durable. Receipts of a
     /// message are issued in log order, so the first one that is not durable
@@ -309,11 +292,6 @@ impl<'a> Durable<'a> {
             return Ok(None);
         }
         Ok(Some((rec, durable)))
-    }
-
-    /// Audit entries below the watermark.
-    pub fn audit_entries(&self, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.tables.audit_entries(from, to.min(self.log_size), limit)
     }
 }
 
