@@ -216,13 +216,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let found = crate::server::check_files(&config).map_err(|problems| {
                 anyhow::anyhow!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))
             })?;
-            println!(
-                "configuration ok: listening on {}, directory version {} with {} agencies, data in {}",
-                config.listen.address,
-                found.directory_version,
-                found.agencies,
-                config.storage.data_dir.display()
-            );
+            match &found.database {
+                None => println!(
+                    "configuration ok: listening on {}, directory version {} with {} agencies, data in {}",
+                    config.listen.address,
+                    found.directory_version,
+                    found.agencies,
+                    config.storage.data_dir.display()
+                ),
+                Some(db) => println!(
+                    "configuration ok: listening on {}, directory version {} with {} agencies, data in {} ({}), \
+                     checkpoint in {}",
+                    config.listen.address,
+                    found.directory_version,
+                    found.agencies,
+                    db.target,
+                    db.describe_schema(),
+                    config.storage.data_dir.display()
+                ),
+            }
             Ok(())
         }
         Command::AdminToken { out, force } => {
@@ -239,15 +251,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let status: crate::status::Status = match live {
                 Some(body) => serde_json::from_str(&body)?,
-                None => {
-                    let store =
-                        crate::store::sled_store::SledStore::open_existing(&config.storage.data_dir).map_err(|e| {
+                None => match &config.storage.engine {
+                    crate::config::Engine::Sled => {
+                        let store = crate::store::sled_store::SledStore::open_existing(&config.storage.data_dir)
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
+                                )
+                            })?;
+                        crate::status::gather(&store, certs::now())?
+                    }
+                    crate::config::Engine::Postgres(settings) => {
+                        let store = crate::store::postgres::PgStore::connect(settings).map_err(|e| {
                             anyhow::anyhow!(
-                                "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
+                                "the broker's admin endpoint does not answer and its database cannot be read: {e}"
                             )
                         })?;
-                    crate::status::gather(&store, certs::now())?
-                }
+                        crate::status::gather(&store, certs::now())?
+                    }
+                },
             };
             if json {
                 println!("{}", serde_json::to_string(&status)?);
@@ -264,6 +286,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let report: crate::backup::BackupReport = match live {
                 Some((200, body)) => serde_json::from_str(&body)?,
                 Some((code, body)) => anyhow::bail!("the broker refused the backup ({code}): {}", body.trim()),
+                None if matches!(config.storage.engine, crate::config::Engine::Postgres(_)) => {
+                    anyhow::bail!("{}", crate::store::postgres::NO_BROKER_BACKUP)
+                }
                 None => crate::backup::offline(&config.storage.data_dir, &to)?,
             };
             println!(
@@ -281,6 +306,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 && crate::admin::request(addr, None, "GET", "/health", None).await.is_ok()
             {
                 anyhow::bail!("the broker is running (its admin endpoint answers on {addr}); stop it before restoring");
+            }
+            if matches!(config.storage.engine, crate::config::Engine::Postgres(_)) {
+                anyhow::bail!("{}", crate::store::postgres::NO_BROKER_BACKUP);
             }
             let r = crate::backup::restore(&from, &config.storage.data_dir)?;
             println!(

@@ -69,7 +69,19 @@ pub struct FederationConfig {
 /// `[storage]`: where the database lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
+    /// The embedded store's folder; with PostgreSQL it still holds the
+    /// node's local checkpoint of the audit log.
     pub data_dir: PathBuf,
+    pub engine: Engine,
+}
+
+/// `storage.engine`: which store the broker runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// sled in `data_dir` (the default: one node, nothing else to run).
+    Sled,
+    /// PostgreSQL (`storage.postgres_url`, `storage.postgres_ca`, ...).
+    Postgres(crate::store::postgres::PgSettings),
 }
 
 /// `[delivery]`: ack deadlines, retention, and how subscribers are served.
@@ -219,6 +231,11 @@ struct RawFederation {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     data_dir: Option<PathBuf>,
+    engine: Option<String>,
+    postgres_url: Option<String>,
+    postgres_ca: Option<PathBuf>,
+    postgres_password_file: Option<PathBuf>,
+    postgres_pool_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,7 +345,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Vec<String> {
 }
 
 /// The settings that name a file the broker reads at start-up.
-const FILE_SETTINGS: [(&str, &str); 8] = [
+const FILE_SETTINGS: [(&str, &str); 10] = [
     ("tls", "certificate"),
     ("tls", "key"),
     ("tls", "client_ca"),
@@ -337,6 +354,8 @@ const FILE_SETTINGS: [(&str, &str); 8] = [
     ("federation", "federation_key"),
     ("federation", "log_key"),
     ("admin", "token_file"),
+    ("storage", "postgres_ca"),
+    ("storage", "postgres_password_file"),
 ];
 
 /// A problem for each file setting that names a file that does not exist,
@@ -516,7 +535,41 @@ impl Checker<'_> {
     }
 
     fn storage(&mut self, s: RawStorage) -> Option<StorageConfig> {
-        Some(StorageConfig { data_dir: self.path(s.data_dir, "storage.data_dir")? })
+        let data_dir = self.path(s.data_dir, "storage.data_dir");
+        let postgres_only = [
+            ("storage.postgres_url", s.postgres_url.is_some()),
+            ("storage.postgres_ca", s.postgres_ca.is_some()),
+            ("storage.postgres_password_file", s.postgres_password_file.is_some()),
+            ("storage.postgres_pool_size", s.postgres_pool_size.is_some()),
+        ];
+        let engine = match s.engine.as_deref() {
+            None | Some("sled") => {
+                for (name, _) in postgres_only.iter().filter(|(_, set)| *set) {
+                    self.problems.push(format!("{name} is set but storage.engine is not \"postgres\""));
+                }
+                Some(Engine::Sled)
+            }
+            Some("postgres") => {
+                let url = self.required(s.postgres_url, "storage.postgres_url");
+                let ca_file = self.path(s.postgres_ca, "storage.postgres_ca");
+                let password_file = s.postgres_password_file.map(|p| self.absolute(p));
+                let pool_size = s.postgres_pool_size.unwrap_or(16);
+                if !(2..=1000).contains(&pool_size) {
+                    self.problems.push("storage.postgres_pool_size must be 2 to 1000".into());
+                }
+                Some(Engine::Postgres(crate::store::postgres::PgSettings {
+                    url: url?,
+                    ca_file: ca_file?,
+                    password_file,
+                    pool_size,
+                }))
+            }
+            Some(other) => {
+                self.problems.push(format!("storage.engine = {other:?} is not \"sled\" or \"postgres\""));
+                None
+            }
+        };
+        Some(StorageConfig { data_dir: data_dir?, engine: engine? })
     }
 
     fn delivery(&mut self, d: RawDelivery) -> DeliveryConfig {
@@ -847,7 +900,7 @@ acked_retention = "7d"
                 log_key: "/b/log.key".into()
             }
         );
-        assert_eq!(c.storage, StorageConfig { data_dir: "/b/data".into() });
+        assert_eq!(c.storage, StorageConfig { data_dir: "/b/data".into(), engine: Engine::Sled });
         let hour_ms = 3_600_000;
         assert_eq!(
             c.delivery,
@@ -952,6 +1005,40 @@ acked_retention = "7d"
     }
 
     #[test]
+    fn the_storage_engine_and_its_settings_are_checked() {
+        let with = |extra: &str| {
+            let text = MINIMAL.replacen("\n[storage]\n", &format!("\n[storage]\n{extra}\n"), 1);
+            assert_ne!(text, MINIMAL, "MINIMAL has a [storage] section");
+            Config::parse(&text, Path::new("/b"), &[])
+        };
+        assert_eq!(with("engine = \"sled\"").unwrap().storage.engine, Engine::Sled);
+        let pg = with("engine = \"postgres\"\npostgres_url = \"host=db user=broker\"\npostgres_ca = \"db-ca.pem\"")
+            .unwrap()
+            .storage
+            .engine;
+        assert_eq!(
+            pg,
+            Engine::Postgres(crate::store::postgres::PgSettings {
+                url: "host=db user=broker".into(),
+                ca_file: "/b/db-ca.pem".into(),
+                password_file: None,
+                pool_size: 16,
+            })
+        );
+        for (extra, problems) in [
+            ("engine = \"mysql\"", vec!["storage.engine = \"mysql\" is not \"sled\" or \"postgres\""]),
+            ("engine = \"postgres\"", vec!["storage.postgres_url is required", "storage.postgres_ca is required"]),
+            ("postgres_url = \"host=db\"", vec!["storage.postgres_url is set but storage.engine is not \"postgres\""]),
+            (
+                "engine = \"postgres\"\npostgres_url = \"h\"\npostgres_ca = \"c\"\npostgres_pool_size = 1",
+                vec!["storage.postgres_pool_size must be 2 to 1000"],
+            ),
+        ] {
+            assert_eq!(with(extra).unwrap_err().0, problems, "{extra}");
+        }
+    }
+
+    #[test]
     fn a_required_setting_missing_is_named() {
         for (line, name) in [
             ("address = \"127.0.0.1:7443\"", "listen.address is required"),
@@ -1018,10 +1105,21 @@ mod example_tests {
         assert_eq!(admin.token_file, Path::new("/etc/referral-broker/admin.token"));
         let table: toml::Table = text.parse().unwrap();
         let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
-        // 38 = the fields of the Raw* structs above; unknown keys are refused by parsing.
+        // 39 = the fields of the Raw* structs above but the four PostgreSQL
+        // ones, which are refused with engine = "sled" and so are shown
+        // commented out; unknown keys are refused by parsing.
         assert_eq!(
-            keys, 38,
+            keys, 39,
             "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
         );
+        for key in ["postgres_url", "postgres_ca", "postgres_password_file", "postgres_pool_size"] {
+            assert!(text.contains(&format!("\n#{key} = ")), "packaging/broker.toml explains {key}");
+        }
+        let uncommented =
+            text.replace("\n#postgres_", "\npostgres_").replace("engine = \"sled\"", "engine = \"postgres\"");
+        let c = Config::parse(&uncommented, Path::new("/etc/referral-broker"), &[]).unwrap();
+        let Engine::Postgres(pg) = c.storage.engine else { panic!("the PostgreSQL example parses") };
+        assert_eq!(pg.ca_file, Path::new("/etc/referral-broker/tls/database-ca.pem"));
+        assert_eq!(pg.pool_size, 16);
     }
 }

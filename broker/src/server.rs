@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::TreeHeadSigner;
 use crate::clock::Clock;
 use crate::commit::{self, CommitterDeps, Timing};
-use crate::config::Config;
+use crate::config::{Config, Engine, StorageConfig};
 use crate::directory::{DirectoryState, read_federation_key};
 use crate::error::BrokerError;
 use crate::hub::Hub;
@@ -78,12 +78,14 @@ fn check_log_key(path: &std::path::Path, key: &SigningKey, directory: &Directory
 }
 
 /// What [`check_files`] found in files that are all in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilesChecked {
     /// The version of the signed directory.
     pub directory_version: u64,
     /// How many agencies it lists.
     pub agencies: usize,
+    /// With PostgreSQL: the database reached and what it holds.
+    pub database: Option<crate::store::postgres::Probe>,
 }
 
 /// What `broker check-config` checks: every problem in the files the
@@ -110,12 +112,23 @@ pub fn check_files(config: &Config) -> Result<FilesChecked, Vec<String>> {
     {
         problems.push(e.to_string());
     }
+    let database = match &config.storage.engine {
+        Engine::Sled => None,
+        Engine::Postgres(settings) => match crate::store::postgres::probe(settings) {
+            Ok(found) => Some(found),
+            Err(e) => {
+                problems.push(format!("storage.postgres_url: {e}"));
+                None
+            }
+        },
+    };
     match directory {
         Some(d) if problems.is_empty() => {
             let current = d.current();
             Ok(FilesChecked {
                 directory_version: current.directory.version,
                 agencies: current.directory.agencies.len(),
+                database,
             })
         }
         _ => Err(problems),
@@ -145,6 +158,27 @@ pub struct StartOptions {
 /// broker and sled with it).
 pub type StoreWrapper = Box<dyn FnOnce(SledStore) -> Arc<dyn Store> + Send>;
 
+/// Opens the configured engine. The checkpoint folder (`data_dir`) is
+/// created for either engine; a wrapper applies to sled only.
+pub fn open_store(storage: &StorageConfig, wrap: Option<StoreWrapper>) -> Result<Arc<dyn Store>, StartError> {
+    match &storage.engine {
+        Engine::Sled => {
+            let sled = SledStore::open(&storage.data_dir)?;
+            Ok(match wrap {
+                Some(wrap) => wrap(sled),
+                None => Arc::new(sled),
+            })
+        }
+        Engine::Postgres(settings) => {
+            if wrap.is_some() {
+                return Err(StartError::Serve("a store wrapper needs the sled engine".into()));
+            }
+            crate::store::postgres::prepare_checkpoint_dir(&storage.data_dir)?;
+            Ok(Arc::new(crate::store::postgres::PgStore::open(settings)?))
+        }
+    }
+}
+
 /// Starts a broker on `listener`; it runs until `shutdown` is cancelled.
 pub async fn start(
     listener: TcpListener,
@@ -171,11 +205,7 @@ pub async fn start_wrapped(
     let tls = Arc::new(TlsState::open(&config.tls)?);
     let admin_token =
         config.admin.endpoint.as_ref().map(|a| crate::admin::AdminToken::read(&a.token_file)).transpose()?;
-    let sled = SledStore::open(&config.storage.data_dir)?;
-    let store: Arc<dyn Store> = match wrap {
-        Some(wrap) => wrap(sled),
-        None => Arc::new(sled),
-    };
+    let store = open_store(&config.storage, wrap)?;
     let directory_version = directory.current().directory.version;
     let served = crate::hub::read_u64(&*store, crate::store::keys::meta::DIRECTORY_VERSION)?;
     if directory_version < served {

@@ -4,8 +4,8 @@
 //! The delivery and audit code see only this trait and the typed access in
 //! [`tables`] (built on the key layout in [`keys`] and the versioned
 //! records in [`records`]). Only [`sled_store`]
-//! names sled; a replicated engine can implement [`Store`] later without
-//! touching anything above it.
+//! names sled and only [`postgres`] names PostgreSQL: the replicated
+//! engine implements the same [`Store`] without touching anything above it.
 //!
 //! Architecture invariant: every write goes through [`Store::commit`], called
 //! by exactly one task (the committer), so the store never needs read-write
@@ -13,6 +13,7 @@
 
 pub mod keys;
 pub mod memory;
+pub mod postgres;
 pub mod records;
 pub mod sled_store;
 pub mod tables;
