@@ -4,8 +4,10 @@
 //! can move its clock, reload its credentials or restart it.
 //!
 //! Scenarios live in `tests/it/`, one module per concern.
-//! [`powerloss_fs`] is the filesystem the power-loss test runs the broker on.
+//! [`powerloss_fs`] is the filesystem the power-loss test runs the broker on;
+//! [`postgres`] starts a real PostgreSQL for the replicated engine's tests.
 
+pub mod postgres;
 pub mod powerloss_fs;
 
 use std::net::SocketAddr;

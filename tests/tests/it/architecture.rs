@@ -339,6 +339,13 @@ fn sled_rule(sources: &[Source]) -> Vec<String> {
     uses(sources, &SLED, |path, _| path.starts_with("broker/src/store/"))
 }
 
+const POSTGRES: [&str; 4] = ["tokio_postgres::", "use tokio_postgres", "deadpool_postgres::", "use deadpool_postgres"];
+
+/// Only the PostgreSQL engine names the database crates.
+fn postgres_rule(sources: &[Source]) -> Vec<String> {
+    uses(sources, &POSTGRES, |path, _| path == "broker/src/store/postgres.rs")
+}
+
 /// Which workspace packages list sled as a dependency (only broker may).
 fn sled_dependency_rule(metadata: &serde_json::Value) -> Vec<String> {
     let mut found = Vec::new();
@@ -414,6 +421,16 @@ fn only_the_store_names_sled() {
         sources(&["proto", "broker", "agency-client", "certs", "tests", "bench", "fuzz/src", "fuzz/fuzz_targets"]);
     assert_eq!(sled_rule(&all), Vec::<String>::new());
     assert!(!uses(&all, &SLED, |_, _| false).is_empty(), "the store itself names sled");
+}
+
+#[test]
+fn only_the_postgres_engine_names_postgres() {
+    let all =
+        sources(&["proto", "broker", "agency-client", "certs", "tests", "bench", "fuzz/src", "fuzz/fuzz_targets"]);
+    assert_eq!(postgres_rule(&all), Vec::<String>::new());
+    assert!(!uses(&all, &POSTGRES, |_, _| false).is_empty(), "the engine itself names tokio_postgres");
+    let made_up = [Source::new("broker/src/hub.rs", "fn f() { tokio_postgres::connect(x) }")];
+    assert_eq!(postgres_rule(&made_up).len(), 1);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use referral_proto::pb::audit_entry::Event;
 
 /// Sends `n` referrals police -> social services, acknowledges every other
 /// one, and provokes one rejection.
-async fn traffic(h: &Harness, n: usize) {
+pub(crate) async fn traffic(h: &Harness, n: usize) {
     let police = h.client(POLICE_SYSTEM).await;
     let oncall = h.client(SOCIAL_ONCALL).await;
     let mut alerts = oncall.subscribe().await.unwrap();
@@ -44,12 +44,12 @@ async fn traffic(h: &Harness, n: usize) {
     h.state().committer.barrier().await;
 }
 
-async fn verify(h: &Harness, state: &Path) -> agency_client::auditor::Verification {
+pub(crate) async fn verify(h: &Harness, state: &Path) -> agency_client::auditor::Verification {
     let auditor = h.client(AUDITOR).await;
     auditor.verify_log(state, |_, _| {}).await.unwrap()
 }
 
-fn failures(v: &agency_client::auditor::Verification) -> String {
+pub(crate) fn failures(v: &agency_client::auditor::Verification) -> String {
     v.report.failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n")
 }
 

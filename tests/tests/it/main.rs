@@ -42,6 +42,8 @@ mod log_growth;
 mod operations;
 /// The admin endpoint's token, private backups, key file modes.
 mod operator;
+/// The PostgreSQL engine: the exchange, restarts, TLS, schema versions, a killed database.
+mod postgres;
 /// A power loss at random moments loses nothing; the broker starts by itself.
 mod power_loss;
 /// No personal data in logs or on disk.
