@@ -295,6 +295,12 @@ impl ChildBroker {
 
     /// As [`ChildBroker::start`], with the broker's data in `data_dir`.
     pub async fn start_with_data_dir(exe: &Path, dir: &Path, data_dir: &Path, extra: &str) -> Self {
+        Self::start_on(exe, dir, data_dir, "", extra).await
+    }
+
+    /// As [`ChildBroker::start_with_data_dir`], with `storage` added to the
+    /// `[storage]` section (another engine's settings).
+    pub async fn start_on(exe: &Path, dir: &Path, data_dir: &Path, storage: &str, extra: &str) -> Self {
         init_crypto();
         let addr = free_port();
         let dev = certs::dev::create(
@@ -309,7 +315,11 @@ impl ChildBroker {
         broker::admin::AdminToken::generate(&dev.dir.join("admin.token"), false).expect("admin token");
         let text = format!(
             "{}\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n{extra}\n",
-            broker::config::dev_config_text(addr, &data_dir)
+            broker::config::dev_config_text(addr, &data_dir).replacen(
+                "[storage]\n",
+                &format!("[storage]\n{storage}"),
+                1
+            )
         );
         std::fs::write(&config_path, text).expect("write config");
         let mut me = Self {
@@ -325,6 +335,51 @@ impl ChildBroker {
         };
         me.spawn().await;
         me
+    }
+
+    /// A second broker node of the same federation and configuration, on
+    /// its own port, admin port, data folder (`dir`) and log, started.
+    pub async fn another_node(&self, dir: &Path) -> Self {
+        let addr = free_port();
+        let admin = free_port();
+        std::fs::create_dir_all(dir).expect("node dir");
+        let text = std::fs::read_to_string(&self.config_path).expect("config");
+        let text = text
+            .replace(&format!("address = \"{}\"", self.addr), &format!("address = \"{addr}\""))
+            .replace(&format!("listen = \"{}\"", self.admin), &format!("listen = \"{admin}\""))
+            .replace(
+                &format!("data_dir = \"{}\"", self.data_dir.display()),
+                &format!("data_dir = \"{}\"", dir.join("data").display()),
+            );
+        let config_path = self.dev.dir.join(format!("broker-{}.toml", addr.port()));
+        std::fs::write(&config_path, text).expect("write config");
+        let mut me = Self {
+            child: spawn_placeholder(),
+            addr,
+            dev: self.dev.clone(),
+            config_path,
+            log_path: dir.join("broker.log"),
+            data_dir: dir.join("data"),
+            admin,
+            umask: None,
+            exe: self.exe.clone(),
+        };
+        me.spawn().await;
+        me
+    }
+
+    /// The profile of `principal`, pointed at this node (whatever address
+    /// the profile folder names).
+    pub fn profile(&self, principal: &str) -> certs::profile::Profile {
+        let mut profile =
+            certs::profile::Profile::load(&self.dev.profile(principal), certs::now()).expect("profile loads");
+        profile.broker = format!("https://{}", self.addr);
+        profile
+    }
+
+    /// A client of `principal` connected to this node.
+    pub async fn client(&self, principal: &str) -> Result<Client, agency_client::error::ClientError> {
+        Client::connect(self.profile(principal)).await
     }
 
     /// (Re)starts the process on the same configuration; its log is appended.
@@ -359,7 +414,7 @@ impl ChildBroker {
                     std::fs::read_to_string(&self.log_path).unwrap_or_default()
                 );
             }
-            if let Ok(c) = Client::connect_dir(&self.dev.profile(POLICE_SYSTEM)).await
+            if let Ok(c) = self.client(POLICE_SYSTEM).await
                 && c.refresh_directory().await.is_ok()
             {
                 return;

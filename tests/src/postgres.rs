@@ -52,6 +52,8 @@ fn command(program: &Path) -> Command {
         Some((uid, gid)) => {
             let mut c = Command::new("setpriv");
             c.args([format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".into()]).arg(program);
+            // libpq reads ~/.postgresql; root's home is not the postgres user's to read.
+            c.env("HOME", "/tmp");
             c
         }
         None => Command::new(program),
@@ -132,7 +134,8 @@ impl PgServer {
         // TLS only: every TCP connection without it is rejected.
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 0.0.0.0/0 reject\n",
+            "local all all trust\nlocal replication all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostssl replication all 127.0.0.1/32 scram-sha-256\nhostnossl all all 0.0.0.0/0 reject\n",
         )
         .expect("pg_hba");
         chown(&data.join("pg_hba.conf"));
@@ -186,6 +189,100 @@ impl PgServer {
             assert!(Instant::now() < deadline, "postgres did not start in 60 s: {}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// A streaming standby of this server in `dir` (a base backup over
+    /// TLS, verified against the CA), named `name` for
+    /// `synchronous_standby_names`, started on its own port.
+    pub fn start_standby(&self, dir: &Path, name: &str) -> PgServer {
+        let bin = bin_dir();
+        std::fs::create_dir_all(dir).expect("standby dir");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        chown(dir);
+        let data = dir.join("data");
+        let password = std::fs::read_to_string(&self.password_file).expect("password");
+        let out = command(&bin.join("pg_basebackup"))
+            .arg("-d")
+            .arg(format!(
+                "host=127.0.0.1 port={} user={USER} sslmode=verify-ca sslrootcert={}",
+                self.addr.port(),
+                self.ca_file.display()
+            ))
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--checkpoint=fast"])
+            .env("PGPASSWORD", password.trim())
+            .output()
+            .expect("pg_basebackup runs");
+        assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+        let addr = crate::free_port();
+        let conf = format!(
+            "port = {}\nunix_socket_directories = '{}'\ncluster_name = '{name}'\n",
+            addr.port(),
+            data.display()
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.auto.conf")).expect("conf");
+        std::io::Write::write_all(&mut f, conf.as_bytes()).expect("conf");
+        std::fs::File::create(dir.join("postgres.log")).expect("log");
+        chown(&dir.join("postgres.log"));
+        let mut standby = PgServer {
+            dir: dir.to_owned(),
+            addr,
+            ca_file: self.ca_file.clone(),
+            password_file: self.password_file.clone(),
+            child: None,
+        };
+        standby.restart();
+        standby
+    }
+
+    /// Makes commits wait for `ANY 1` of `standbys` (so that one standby
+    /// down never turns replication asynchronous), and waits until both
+    /// stream.
+    pub fn require_synchronous(&self, standbys: &[&str]) {
+        self.psql(&format!("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 ({})'", standbys.join(", ")));
+        self.psql("SELECT pg_reload_conf()");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n: usize = self
+                .psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'quorum'")
+                .parse()
+                .expect("a count");
+            if n == standbys.len() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "standbys did not become synchronous: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// How far this standby has received the primary's WAL (bytes from 0/0).
+    pub fn received_lsn(&self) -> u64 {
+        self.psql("SELECT COALESCE(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn")
+            .parse::<f64>()
+            .expect("an lsn") as u64
+    }
+
+    /// Promotes this standby to primary; waits until it is.
+    pub fn promote(&self) {
+        assert_eq!(self.psql("SELECT pg_promote(true, 60)"), "t", "promotion: {}", self.log());
+    }
+
+    /// Points this standby at `primary` (after a failover) and reloads.
+    pub fn follow(&self, primary: &PgServer) {
+        let password = std::fs::read_to_string(&self.password_file).expect("password");
+        let conf = format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user={USER} password={} sslmode=verify-ca sslrootcert={} \
+             application_name={}'\n",
+            primary.addr.port(),
+            password.trim(),
+            self.ca_file.display(),
+            self.psql("SHOW cluster_name")
+        );
+        let data = self.dir.join("data");
+        let mut f = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.auto.conf")).expect("conf");
+        std::io::Write::write_all(&mut f, conf.as_bytes()).expect("conf");
+        self.psql("SELECT pg_reload_conf()");
     }
 
     /// The server's log so far.

@@ -34,16 +34,21 @@ impl Rng {
 }
 
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     /// Receipted submits: id -> sending agency.
-    receipted: HashMap<MessageId, AgencyId>,
+    pub receipted: HashMap<MessageId, AgencyId>,
     /// Acks answered with an ACKNOWLEDGED receipt.
-    acked: HashSet<MessageId>,
-    submit_errors: u64,
+    pub acked: HashSet<MessageId>,
+    pub submit_errors: u64,
 }
 
-async fn sender(profile: std::path::PathBuf, to: AgencyId, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
-    let Ok(client) = Client::connect_dir(&profile).await else { return };
+pub(crate) async fn sender(
+    profile: certs::profile::Profile,
+    to: AgencyId,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
+    let Ok(client) = Client::connect(profile).await else { return };
     let from = client.principal().agency.clone();
     // The client retries a failed submit with the same message id for up to
     // ~11 s, so a submit cut off by the kill lands on the restarted broker.
@@ -60,8 +65,8 @@ async fn sender(profile: std::path::PathBuf, to: AgencyId, ledger: Arc<Mutex<Led
     }
 }
 
-async fn acker(profile: std::path::PathBuf, ledger: Arc<Mutex<Ledger>>) {
-    let Ok(client) = Client::connect_dir(&profile).await else { return };
+pub(crate) async fn acker(profile: certs::profile::Profile, ledger: Arc<Mutex<Ledger>>) {
+    let Ok(client) = Client::connect(profile).await else { return };
     let Ok(mut alerts) = client.subscribe().await else { return };
     while let Ok(Some(ev)) = alerts.next().await {
         if let AlertEvent::Referral(r) = ev {
@@ -80,9 +85,9 @@ async fn acker(profile: std::path::PathBuf, ledger: Arc<Mutex<Ledger>>) {
     }
 }
 
-async fn check_invariants(b: &ChildBroker, ledger: &Ledger, audit_state: &Path) {
+pub(crate) async fn check_invariants(b: &ChildBroker, ledger: &Ledger, audit_state: &Path) {
     for (profile, agency) in [(POLICE_SYSTEM, POLICE), (SOCIAL_SYSTEM, SOCIAL)] {
-        let client = Client::connect_dir(&b.dev.profile(profile)).await.unwrap();
+        let client = b.client(profile).await.unwrap();
         let ids: Vec<MessageId> =
             ledger.receipted.iter().filter(|(_, a)| a.as_str() == agency).map(|(id, _)| *id).collect();
         for chunk in ids.chunks(1000) {
@@ -100,7 +105,7 @@ async fn check_invariants(b: &ChildBroker, ledger: &Ledger, audit_state: &Path) 
         }
     }
     // Nothing acknowledged comes back.
-    let oncall = Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    let oncall = b.client(SOCIAL_ONCALL).await.unwrap();
     let mut alerts = oncall.subscribe().await.unwrap();
     loop {
         match alerts.next().await.unwrap().unwrap() {
@@ -112,7 +117,7 @@ async fn check_invariants(b: &ChildBroker, ledger: &Ledger, audit_state: &Path) 
         }
     }
     // The log verifies, and extends the one verified after the last cycle.
-    let auditor = Client::connect_dir(&b.dev.profile(AUDITOR)).await.unwrap();
+    let auditor = b.client(AUDITOR).await.unwrap();
     let v = auditor.verify_log(audit_state, |_, _| {}).await.unwrap();
     assert!(v.ok, "{:?}", v.report.failures);
     // Exactly once: every receipted message has one Submitted entry in the log.
@@ -166,9 +171,9 @@ pub(crate) async fn kill_cycles(
         let mut tasks = Vec::new();
         for (profile, to) in [(POLICE_SYSTEM, SOCIAL), (POLICE_SYSTEM, SOCIAL), (SOCIAL_SYSTEM, POLICE)] {
             let to = AgencyId::new(to).unwrap();
-            tasks.push(tokio::spawn(sender(b.dev.profile(profile), to, ledger.clone(), stop.clone())));
+            tasks.push(tokio::spawn(sender(b.profile(profile), to, ledger.clone(), stop.clone())));
         }
-        tasks.push(tokio::spawn(acker(b.dev.profile(SOCIAL_ONCALL), ledger.clone())));
+        tasks.push(tokio::spawn(acker(b.profile(SOCIAL_ONCALL), ledger.clone())));
         tokio::time::sleep(Duration::from_millis(rng.between(50, 400))).await;
         match ending {
             Ending::Sigterm => {

@@ -24,6 +24,8 @@ mod directory_freshness;
 mod durable_reads;
 /// Referrals both ways, receipts, idempotent resubmission.
 mod exchange;
+/// PostgreSQL with two synchronous standbys: the primary and a broker node killed under load.
+mod failover;
 /// Full disks and damaged data directories.
 mod faults;
 /// Fetch: one message by id, authorized like Subscribe, recorded as a delivery.
