@@ -56,6 +56,8 @@ pub struct Settings {
     pub fill: u64,
     /// The broker was also measured through SubmitStream.
     pub stream: bool,
+    /// The broker was also measured on PostgreSQL.
+    pub postgres: bool,
     pub broker_log_level: String,
 }
 
@@ -141,6 +143,9 @@ pub struct RunReport {
     /// The broker through SubmitStream, over the ceiling and over Redis.
     pub broker_stream_over_ceiling: Option<f64>,
     pub broker_stream_over_redis: Option<f64>,
+    /// The broker on PostgreSQL over the broker on sled, and over Redis.
+    pub broker_postgres_over_broker: Option<f64>,
+    pub broker_postgres_over_redis: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -361,6 +366,8 @@ impl RunReport {
             ("redis / ceiling", self.redis_over_ceiling),
             ("broker_stream / redis", self.broker_stream_over_redis),
             ("broker_stream / ceiling", self.broker_stream_over_ceiling),
+            ("broker_postgres / broker (sled)", self.broker_postgres_over_broker),
+            ("broker_postgres / redis", self.broker_postgres_over_redis),
         ];
         if ratios.iter().any(|(_, r)| r.is_some()) {
             out.push('\n');

@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// stream per connection with up to --in-flight envelopes unanswered on each.
     #[arg(long)]
     pub stream: bool,
+    /// Also measure the broker on PostgreSQL (storage.engine = "postgres", after the sled broker,
+    /// on a fresh database): a local PostgreSQL with TLS and fsync is started for the run
+    /// (Debian's postgresql; skipped with a line when it is not installed).
+    #[arg(long)]
+    pub postgres: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +129,11 @@ fn check(args: &RunArgs) -> anyhow::Result<()> {
     }
     if args.stream && matches!(args.target, TargetChoice::Ceiling | TargetChoice::Redis) {
         anyhow::bail!("--stream drives the broker; use it with --target broker, both or all");
+    }
+    if args.postgres && (args.fill > 0 || matches!(args.target, TargetChoice::Ceiling | TargetChoice::Redis)) {
+        anyhow::bail!(
+            "--postgres drives the broker on a fresh database; use it with --target broker, both or all, without --fill"
+        );
     }
     if args.keep && args.dir.is_some() {
         anyhow::bail!("--dir folders are always kept; --keep is for the temporary folder");
@@ -179,6 +189,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     if args.stream {
         kinds.push(Kind::BrokerStream);
     }
+    if args.postgres {
+        kinds.push(Kind::BrokerPostgres);
+    }
+    let postgres_installed = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().any(|e| e.path().join("bin/postgres").exists()))
+        .unwrap_or(false);
     let redis_exe = if kinds.contains(&Kind::Redis) { redis::find_redis_server() } else { None };
     let mut skipped = Vec::new();
     let mut targets = Vec::new();
@@ -186,6 +202,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     for &kind in &kinds {
         if kind == Kind::Redis && redis_exe.is_none() {
             let why = "redis: skipped: redis-server is not installed (on Debian: apt-get install redis-server)";
+            eprintln!("{why}");
+            skipped.push(why.to_owned());
+            continue;
+        }
+        if kind == Kind::BrokerPostgres && !postgres_installed {
+            let why = "broker_postgres: skipped: PostgreSQL is not installed (on Debian: apt-get install postgresql)";
             eprintln!("{why}");
             skipped.push(why.to_owned());
             continue;
@@ -212,6 +234,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         (ratio(Kind::Broker, Kind::Ceiling), ratio(Kind::Broker, Kind::Redis), ratio(Kind::Redis, Kind::Ceiling));
     let (stream_over_ceiling, stream_over_redis) =
         (ratio(Kind::BrokerStream, Kind::Ceiling), ratio(Kind::BrokerStream, Kind::Redis));
+    let (postgres_over_sled, postgres_over_redis) =
+        (ratio(Kind::BrokerPostgres, Kind::Broker), ratio(Kind::BrokerPostgres, Kind::Redis));
     Ok(RunReport {
         machine,
         settings: Settings {
@@ -227,6 +251,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             presealed: args.presealed,
             fill: args.fill,
             stream: args.stream,
+            postgres: args.postgres,
             broker_log_level: args.broker_log_level.clone(),
         },
         presealed,
@@ -238,6 +263,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         redis_over_ceiling,
         broker_stream_over_ceiling: stream_over_ceiling,
         broker_stream_over_redis: stream_over_redis,
+        broker_postgres_over_broker: postgres_over_sled,
+        broker_postgres_over_redis: postgres_over_redis,
     })
 }
 
@@ -294,9 +321,32 @@ async fn measure(
     let sender = setup.profile(&sender_profile());
     let log = setup.file(&format!("{}.log", kind.as_str()));
     eprintln!("{}: starting...", kind.as_str());
+    // The broker on PostgreSQL: a database of its own for this run, kept
+    // until the broker has stopped.
+    let mut database = None;
     let server = match (kind, redis_exe) {
         (Kind::Redis, Some(exe)) => Running::Redis(RedisServer::start(exe, setup, &sender, &log).await?),
         (Kind::Redis, None) => anyhow::bail!("redis-server is not installed"),
+        (Kind::BrokerPostgres, _) => {
+            let dir = setup.file("postgres");
+            let pg = tokio::task::spawn_blocking(move || integration_tests::postgres::PgServer::start(&dir)).await?;
+            // Beside broker.toml: its relative paths are relative to its folder.
+            let config = setup.config_path.with_file_name("broker-postgres.toml");
+            let s = pg.settings();
+            let storage = format!(
+                "[storage]\nengine = \"postgres\"\npostgres_url = \"{}\"\npostgres_ca = \"{}\"\npostgres_password_file = \"{}\"\n",
+                s.url,
+                s.ca_file.display(),
+                s.password_file.as_deref().unwrap_or(std::path::Path::new("")).display()
+            );
+            let data_dir = setup.config.storage.data_dir.display().to_string();
+            let text = std::fs::read_to_string(&setup.config_path)?
+                .replacen("[storage]\n", &storage, 1)
+                .replace(&data_dir, &setup.file("data-postgres").display().to_string());
+            std::fs::write(&config, text)?;
+            database = Some(pg);
+            Running::Grpc(ServerProcess::start(kind, &config, &log, &sender).await?)
+        }
         _ => Running::Grpc(ServerProcess::start(kind, &setup.config_path, &log, &sender).await?),
     };
     eprintln!("{}: answering after {:.0} ms", kind.as_str(), server.ready_after().as_secs_f64() * 1000.0);
@@ -371,6 +421,7 @@ async fn measure(
     let ready_after = server.ready_after();
     drop(clients);
     let status = server.stop().await?;
+    drop(database);
     if !status.success() {
         eprintln!("{}: exited with {status}; see {}", kind.as_str(), log.display());
     }

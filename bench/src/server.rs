@@ -26,6 +26,8 @@ pub enum Kind {
     Redis,
     /// The real broker driven through `SubmitStream` (`--stream`), on a fresh store.
     BrokerStream,
+    /// The real broker on PostgreSQL (`--postgres`), on a fresh database.
+    BrokerPostgres,
 }
 
 impl Kind {
@@ -35,18 +37,19 @@ impl Kind {
             Kind::Ceiling => "ceiling",
             Kind::Redis => "redis",
             Kind::BrokerStream => "broker_stream",
+            Kind::BrokerPostgres => "broker_postgres",
         }
     }
 
     /// Whether it is the real broker (unary or streaming).
     pub fn is_broker(self) -> bool {
-        matches!(self, Kind::Broker | Kind::BrokerStream)
+        matches!(self, Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres)
     }
 
     /// The hidden subcommand that serves it (Redis is its own program).
     fn subcommand(self) -> Option<&'static str> {
         match self {
-            Kind::Broker | Kind::BrokerStream => Some("serve-broker"),
+            Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres => Some("serve-broker"),
             Kind::Ceiling => Some("serve-ceiling"),
             Kind::Redis => None,
         }
@@ -152,7 +155,7 @@ async fn probe(kind: Kind, profile: &Path) -> bool {
     };
     let answer = client.broker().get_directory(pb::GetDirectoryRequest {}).await;
     match (kind, answer) {
-        (Kind::Broker | Kind::BrokerStream, Ok(_)) => true,
+        (Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres, Ok(_)) => true,
         (Kind::Ceiling, Err(status)) => status.code() == tonic::Code::Unimplemented,
         _ => false,
     }

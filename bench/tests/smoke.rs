@@ -94,6 +94,37 @@ fn redis_beside_the_broker() {
     assert!(r["broker_stream_over_redis"].as_f64().is_some(), "{r}");
 }
 
+/// The broker on PostgreSQL beside the broker on sled (`.ci/run` installs
+/// Debian's postgresql): the same envelopes, all accepted, none a
+/// duplicate, with subscribers acknowledging, and the ratio reported.
+#[test]
+fn the_broker_on_postgres_beside_sled() {
+    let r = loadgen(&[
+        "run",
+        "--target",
+        "broker",
+        "--postgres",
+        "--count",
+        "200",
+        "--connections",
+        "2",
+        "--in-flight",
+        "4",
+        "--subscribers",
+        "1",
+        "--presealed",
+        "--json",
+    ]);
+    assert_eq!(r["skipped"].as_array().map(Vec::len), Some(0), "is postgresql installed? {r}");
+    for name in ["broker", "broker_postgres"] {
+        let t = target(&r, name);
+        assert_eq!(t["submits_ok"], 200, "{t}");
+        assert_eq!(t["duplicates"], 0, "{t}");
+        assert_eq!(t["end_to_end"]["acks_first"], 200, "{t}");
+    }
+    assert!(r["broker_postgres_over_broker"].as_f64().is_some(), "{r}");
+}
+
 #[test]
 fn open_loop_on_the_fly_after_a_fill() {
     let r = loadgen(&[

@@ -39,14 +39,16 @@ pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// (h2's default).
 pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 
+/// Why the broker cannot start. The causes are part of the message, not
+/// error sources, so that a printed chain does not say each twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("storage: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(crate::store::StoreError),
     #[error("TLS: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(crate::tls::TlsError),
     #[error("directory: {0}")]
-    Directory(#[from] crate::directory::DirectoryLoadError),
+    Directory(crate::directory::DirectoryLoadError),
     #[error("{path}: {message}")]
     LogKey { path: String, message: String },
     #[error("the log key in {path} is not the broker log key the directory publishes")]
@@ -59,6 +61,24 @@ pub enum StartError {
     Serve(String),
     #[error(transparent)]
     AdminToken(#[from] crate::admin::TokenError),
+}
+
+impl From<crate::store::StoreError> for StartError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<crate::tls::TlsError> for StartError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        Self::Tls(e)
+    }
+}
+
+impl From<crate::directory::DirectoryLoadError> for StartError {
+    fn from(e: crate::directory::DirectoryLoadError) -> Self {
+        Self::Directory(e)
+    }
 }
 
 /// Reads the broker's log key (a 0600 key file for the broker-log purpose).
