@@ -16,6 +16,8 @@
 //! - [`notice`]: the referral notice inside the encryption and its validation rules.
 //! - [`ack`]: the recipient's signed acknowledgement.
 //! - [`directory`]: the federation directory, its signature and rollback protection.
+//! - [`sigbatch`]: Ed25519 verification in batches (ed25519-dalek) with exactly the strict
+//!   single-signature accept rule, and the check every directory signing key passes.
 //! - [`receipt`]: receipts and tree heads signed with the broker's log key.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proof verification.
 //! - [`audit`]: audit log entries: decoding and what an auditor checks about each.
@@ -37,6 +39,7 @@ pub mod notice;
 pub mod psi;
 pub mod receipt;
 pub mod seal;
+pub mod sigbatch;
 pub mod test_vectors;
 pub mod text;
 pub mod time;
