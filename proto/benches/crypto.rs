@@ -200,6 +200,11 @@ fn signatures(c: &mut Criterion) {
     g.bench_function("dalek_verify_strict", |b| {
         b.iter(|| sigbatch::verify_strict(key, black_box(message), black_box(signature)).expect("ok"))
     });
+    let ring_key = SigningKey::from_seed([1; 32]);
+    let dalek_key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    assert_eq!(ed25519_dalek::Signer::sign(&dalek_key, message).to_bytes(), ring_key.sign(message));
+    g.bench_function("ring_sign", |b| b.iter(|| ring_key.sign(black_box(message))));
+    g.bench_function("dalek_sign", |b| b.iter(|| ed25519_dalek::Signer::sign(&dalek_key, black_box(message))));
     g.bench_function("r_torsion_check", |b| b.iter(|| black_box(&r).is_torsion_free()));
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("dalek_verify_batch_64_bare", |b| {

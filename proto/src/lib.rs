@@ -9,7 +9,7 @@
 //! - [`pb`]: code generated from `proto/referral/v1/*.proto` (protox, no protoc).
 //! - [`ids`]: validated identifiers: agencies, messages, keys, principals.
 //! - [`canonical`]: the length-prefixed encoder every signature input is built with.
-//! - [`keys`]: Ed25519 signing keys (ring), agency key bundles (Ed25519 + X25519 for HPKE),
+//! - [`keys`]: Ed25519 signing keys (ed25519-dalek), agency key bundles (Ed25519 + X25519 for HPKE),
 //!   key ids and the text format key files use.
 //! - [`envelope`]: the envelope header and envelope, their digests and wire conversions.
 //! - [`seal`]: sealing a referral to a recipient and opening it again.

@@ -105,7 +105,14 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
+/// ring's Ed25519 verification, what every party used before issue 14.
 fn ring(c: &Case) -> bool {
+    use ring::signature::{ED25519, UnparsedPublicKey};
+    UnparsedPublicKey::new(&ED25519, &c.key.0).verify(&c.message, &c.signature).is_ok()
+}
+
+/// `VerifyingKey::verify`, what every party uses now.
+fn protocol_verify(c: &Case) -> bool {
     c.key.verify(&c.message, &c.signature).is_ok()
 }
 
@@ -203,5 +210,7 @@ fn our_rule_is_exactly_the_strict_one_over_the_speccheck_cases() {
         let ours_batched = key_check(c).is_ok() && ours_among_good(c);
         assert_eq!(ours_alone, strict, "case {i} alone");
         assert_eq!(ours_batched, strict, "case {i} among good signatures");
+        // The single verification every party runs is the strict one.
+        assert_eq!(protocol_verify(c), dalek_strict(c), "case {i}: VerifyingKey::verify");
     }
 }
