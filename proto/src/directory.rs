@@ -184,7 +184,7 @@ pub enum DirectoryError {
     Expired { version: u64, valid_until: Timestamp, now: Timestamp },
     #[error("signed directory lacks {0}")]
     Missing(&'static str),
-    /// A signing key no honest key generation produces (PROTOCOL.md 3.4):
+    /// A signing key no honest key generation produces (PROTOCOL.md 2.1, 9.3):
     /// refused before any signature is verified against it.
     #[error("directory is invalid: agency {agency} key {key_id}: signing key {reason}")]
     WeakSigningKey { agency: AgencyId, key_id: KeyId, reason: WeakKey },

@@ -42,7 +42,7 @@ impl VerifyingKey {
     }
 
     /// Verifies a 64-byte Ed25519 signature over `message` with the protocol's
-    /// one accept rule, ed25519-dalek's `verify_strict` (PROTOCOL.md 3.4; the
+    /// one accept rule, ed25519-dalek's `verify_strict` (PROTOCOL.md 2.1; the
     /// batches of [`crate::sigbatch`] answer exactly the same).
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
         crate::sigbatch::verify_strict(self, message, signature)

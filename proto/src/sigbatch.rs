@@ -2,7 +2,7 @@
 //! rule of one strict verification, and the check every directory signing key
 //! passes before anything is verified against it.
 //!
-//! The rule (PROTOCOL.md 3.4): a signature is accepted if and only if
+//! The rule (PROTOCOL.md 2.1, 9.3): a signature is accepted if and only if
 //! ed25519-dalek's `verify_strict` accepts it, against a key that
 //! [`check_signing_key`] accepted: `S` canonical (below the group order `L`),
 //! `R` canonically encoded, `R` neither of small order nor with a small-order
