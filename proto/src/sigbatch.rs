@@ -128,9 +128,7 @@ fn prepare<'a>(index: usize, item: &Item<'a>) -> Option<Prepared<'a>> {
     // S must be canonical; dalek's batch checks this too, but a refusal here
     // keeps the batch for signatures that can pass.
     let s: [u8; 32] = *signature.s_bytes();
-    if Option::<curve25519_dalek::Scalar>::from(curve25519_dalek::Scalar::from_canonical_bytes(s)).is_none() {
-        return None;
-    }
+    Option::<curve25519_dalek::Scalar>::from(curve25519_dalek::Scalar::from_canonical_bytes(s))?;
     let r = decompress_canonical(signature.r_bytes()).ok()?;
     if r.is_small_order() || !torsion_free(&r) {
         return None;
