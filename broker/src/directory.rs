@@ -77,3 +77,80 @@ impl DirectoryState {
         Ok(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use referral_proto::directory::{Agency, AgencyKind};
+    use referral_proto::ids::{AgencyId, TrustDomain};
+    use referral_proto::keys::{AgencyPublicKey, SigningKey, bundle_key_id};
+
+    use super::*;
+
+    /// A signed directory file whose one agency signs with `signing`.
+    fn write_directory(path: &Path, federation: &SigningKey, signing: VerifyingKey) -> AgencyPublicKey {
+        let id = AgencyId::new("polisen-huddinge").unwrap();
+        let encryption = [9u8; 32];
+        let key = AgencyPublicKey {
+            key_id: bundle_key_id(&signing, &encryption),
+            signing,
+            encryption,
+            not_before: Timestamp(0),
+            not_after: Timestamp(i64::MAX),
+        };
+        let agency = Agency {
+            id: id.clone(),
+            display_name: "Polisen".into(),
+            kind: AgencyKind::Police,
+            keys: vec![key.clone()],
+            escalation: None,
+        };
+        let directory = Directory {
+            trust_domain: TrustDomain::new("igor.example.se").unwrap(),
+            version: 1,
+            issued_at: Timestamp(5),
+            valid_until: Timestamp(1_000),
+            agencies: BTreeMap::from([(id, agency)]),
+            broker_log_key: SigningKey::from_seed([2; 32]).verifying_key(),
+        };
+        std::fs::write(path, directory.sign(federation).encode()).unwrap();
+        key
+    }
+
+    #[test]
+    fn a_directory_holding_a_small_order_signing_key_is_refused_at_load_and_on_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.bin");
+        let federation = SigningKey::from_seed([1; 32]);
+        // The identity point: ring accepts R = identity, S = 0 against it for
+        // a large share of all messages, without any private key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let key = write_directory(&path, &federation, VerifyingKey(identity));
+        let e = DirectoryState::open(&path, federation.verifying_key(), Timestamp(6)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: directory is invalid: agency polisen-huddinge key {}: signing key is a small-order point \
+                 (signatures against it prove nothing)",
+                path.display(),
+                key.key_id
+            )
+        );
+
+        // A good directory loads; a reload to one with a weak key keeps it.
+        write_directory(&path, &federation, SigningKey::from_seed([3; 32]).verifying_key());
+        let state = DirectoryState::open(&path, federation.verifying_key(), Timestamp(6)).unwrap();
+        let key = write_directory(&path, &federation, VerifyingKey(identity));
+        let e = state.reload(Timestamp(7)).unwrap_err();
+        assert!(
+            e.to_string().ends_with(&format!(
+                "key {}: signing key is a small-order point (signatures against it prove nothing)",
+                key.key_id
+            )),
+            "{e}"
+        );
+        assert_ne!(state.current().directory.agencies.values().next().unwrap().keys[0].signing, VerifyingKey(identity));
+    }
+}

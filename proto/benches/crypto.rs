@@ -158,5 +158,61 @@ fn merkle(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, envelope_2k, merkle);
+/// Signatures per batch in the `signatures` group: the SubmitStream credit
+/// window, and about what the broker gathers per batch at 64 in flight.
+const BATCH: usize = 64;
+
+/// Ed25519 verification: ring, dalek's strict single verification, and
+/// [`referral_proto::sigbatch::verify_batch`] over batches of [`BATCH`]
+/// (reported per batch; divide by 64 for one signature), beside dalek's bare
+/// batch equation and the per-signature checks the strict rule adds to it.
+fn signatures(c: &mut Criterion) {
+    use criterion::Throughput;
+    use referral_proto::keys::{SigningKey, VerifyingKey};
+    use referral_proto::sigbatch::{self, Item};
+
+    let signed: Vec<(VerifyingKey, Vec<u8>, [u8; 64])> = (0..BATCH)
+        .map(|i| {
+            let key = SigningKey::from_seed([i as u8 + 1; 32]);
+            let message = vec![i as u8; 600];
+            let signature = key.sign(&message);
+            (key.verifying_key(), message, signature)
+        })
+        .collect();
+    let items: Vec<Item<'_>> =
+        signed.iter().map(|(key, message, signature)| Item { key, message, signature }).collect();
+    assert!(sigbatch::verify_batch(&items).iter().all(Result::is_ok));
+    let dalek_keys: Vec<ed25519_dalek::VerifyingKey> =
+        signed.iter().map(|(k, _, _)| ed25519_dalek::VerifyingKey::from_bytes(&k.0).expect("a key")).collect();
+    let dalek_sigs: Vec<ed25519_dalek::Signature> =
+        signed.iter().map(|(_, _, s)| ed25519_dalek::Signature::from_bytes(s)).collect();
+    let messages: Vec<&[u8]> = signed.iter().map(|(_, m, _)| m.as_slice()).collect();
+    let r = curve25519_dalek::edwards::CompressedEdwardsY(signed[0].2[..32].try_into().expect("32 bytes"))
+        .decompress()
+        .expect("R decompresses");
+
+    let mut g = c.benchmark_group("signatures");
+    g.measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_secs(1));
+    g.sample_size(30);
+    let (key, message, signature) = &signed[0];
+    g.bench_function("ring_verify", |b| b.iter(|| key.verify(black_box(message), black_box(signature)).expect("ok")));
+    g.bench_function("dalek_verify_strict", |b| {
+        b.iter(|| sigbatch::verify_strict(key, black_box(message), black_box(signature)).expect("ok"))
+    });
+    let ring_key = SigningKey::from_seed([1; 32]);
+    let dalek_key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    assert_eq!(ed25519_dalek::Signer::sign(&dalek_key, message).to_bytes(), ring_key.sign(message));
+    g.bench_function("ring_sign", |b| b.iter(|| ring_key.sign(black_box(message))));
+    g.bench_function("dalek_sign", |b| b.iter(|| ed25519_dalek::Signer::sign(&dalek_key, black_box(message))));
+    g.bench_function("r_torsion_check", |b| b.iter(|| black_box(&r).is_torsion_free()));
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("dalek_verify_batch_64_bare", |b| {
+        b.iter(|| ed25519_dalek::verify_batch(black_box(&messages), &dalek_sigs, &dalek_keys).expect("ok"))
+    });
+    g.bench_function("sigbatch_verify_batch_64", |b| b.iter(|| sigbatch::verify_batch(black_box(&items))));
+    g.finish();
+}
+
+criterion_group!(benches, envelope_2k, merkle, signatures);
 criterion_main!(benches);

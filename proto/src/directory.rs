@@ -12,6 +12,7 @@ use crate::canonical::{Canonical, label};
 use crate::ids::{AgencyId, IdError, KeyId, Principal, TrustDomain};
 use crate::keys::{AgencyPublicKey, SigningKey, VerifyingKey, bundle_key_id};
 use crate::pb;
+use crate::sigbatch::{WeakKey, check_signing_key};
 use crate::time::Timestamp;
 
 /// The format of `referral.v1.Directory` this crate reads and writes.
@@ -183,6 +184,10 @@ pub enum DirectoryError {
     Expired { version: u64, valid_until: Timestamp, now: Timestamp },
     #[error("signed directory lacks {0}")]
     Missing(&'static str),
+    /// A signing key no honest key generation produces (PROTOCOL.md 2.1, 9.3):
+    /// refused before any signature is verified against it.
+    #[error("directory is invalid: agency {agency} key {key_id}: signing key {reason}")]
+    WeakSigningKey { agency: AgencyId, key_id: KeyId, reason: WeakKey },
 }
 
 impl SignedDirectory {
@@ -256,6 +261,7 @@ impl TryFrom<pb::Directory> for Directory {
         let trust_domain = TrustDomain::new(d.trust_domain).map_err(|e| id_err("trust domain", e))?;
         let broker_log_key =
             VerifyingKey::from_slice(&d.broker_log_key).ok_or_else(|| invalid("broker log key is not 32 bytes"))?;
+        check_signing_key(&broker_log_key).map_err(|reason| invalid(format!("broker log key {reason}")))?;
         if d.valid_until_ms <= d.issued_at_ms {
             return Err(invalid("valid_until is not after issued_at (a directory must say until when it is valid)"));
         }
@@ -280,6 +286,11 @@ impl TryFrom<pb::Directory> for Directory {
                 let key_id = KeyId::from_slice(&k.key_id).map_err(|e| id_err("key id", e))?;
                 let signing = VerifyingKey::from_slice(&k.signing_public_key)
                     .ok_or_else(|| invalid(format!("agency {id} key {key_id}: signing key is not 32 bytes")))?;
+                check_signing_key(&signing).map_err(|reason| DirectoryError::WeakSigningKey {
+                    agency: id.clone(),
+                    key_id,
+                    reason,
+                })?;
                 let encryption: [u8; 32] = k
                     .encryption_public_key
                     .as_slice()
@@ -409,6 +420,59 @@ mod tests {
         a.keys[0].key_id = KeyId([0; 16]);
         assert!(
             matches!(bad.sign(&fed).verify(&fed.verifying_key(), None, Timestamp(6)), Err(DirectoryError::Invalid(m)) if m.contains("does not match"))
+        );
+    }
+
+    /// A directory entry with `signing` as an agency's signing key (and a key
+    /// id that matches it, so only the key itself is wrong).
+    fn with_signing_key(d: &Directory, signing: VerifyingKey) -> (Directory, AgencyId, KeyId) {
+        let mut d = d.clone();
+        let a = d.agencies.values_mut().next().unwrap();
+        let k = &mut a.keys[0];
+        k.signing = signing;
+        k.key_id = bundle_key_id(&k.signing, &k.encryption);
+        let (agency, key_id) = (a.id.clone(), k.key_id);
+        (d, agency, key_id)
+    }
+
+    #[test]
+    fn a_directory_holding_a_small_order_or_non_canonical_key_is_refused() {
+        let (d, fed) = sample(3);
+        // The identity point: every signature with R = identity and S = 0
+        // verifies against it with ring for any message (speccheck case 0's kind).
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // The same point spelled with y = p + 1.
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        // An honest key plus the point of order 2 (speccheck's mixed-order keys).
+        let mixed = hex::decode("cdb267ce40c5cd45306fa5d2f29731459387dbf9eb933b7bd5aed9a765b88d4d").unwrap();
+        for (bytes, reason, text) in [
+            (identity.to_vec(), WeakKey::SmallOrder, "is a small-order point (signatures against it prove nothing)"),
+            (
+                non_canonical.to_vec(),
+                WeakKey::NotCanonical,
+                "is not canonically encoded (a coordinate is not reduced, or a zero x carries a sign)",
+            ),
+            (mixed, WeakKey::MixedOrder, "has a small-order component (no honestly generated key has one)"),
+        ] {
+            let (bad, agency, key_id) = with_signing_key(&d, VerifyingKey::from_slice(&bytes).unwrap());
+            let err = bad.sign(&fed).verify(&fed.verifying_key(), None, Timestamp(6)).unwrap_err();
+            assert_eq!(err, DirectoryError::WeakSigningKey { agency: agency.clone(), key_id, reason });
+            assert_eq!(
+                err.to_string(),
+                format!("directory is invalid: agency {agency} key {key_id}: signing key {text}")
+            );
+        }
+        // The broker's log key is checked the same way.
+        let mut bad = d.clone();
+        bad.broker_log_key = VerifyingKey(identity);
+        assert_eq!(
+            bad.sign(&fed).verify(&fed.verifying_key(), None, Timestamp(6)),
+            Err(DirectoryError::Invalid(
+                "broker log key is a small-order point (signatures against it prove nothing)".into()
+            ))
         );
     }
 

@@ -9,13 +9,15 @@
 //! - [`pb`]: code generated from `proto/referral/v1/*.proto` (protox, no protoc).
 //! - [`ids`]: validated identifiers: agencies, messages, keys, principals.
 //! - [`canonical`]: the length-prefixed encoder every signature input is built with.
-//! - [`keys`]: Ed25519 signing keys (ring), agency key bundles (Ed25519 + X25519 for HPKE),
+//! - [`keys`]: Ed25519 signing keys (ed25519-dalek), agency key bundles (Ed25519 + X25519 for HPKE),
 //!   key ids and the text format key files use.
 //! - [`envelope`]: the envelope header and envelope, their digests and wire conversions.
 //! - [`seal`]: sealing a referral to a recipient and opening it again.
 //! - [`notice`]: the referral notice inside the encryption and its validation rules.
 //! - [`ack`]: the recipient's signed acknowledgement.
 //! - [`directory`]: the federation directory, its signature and rollback protection.
+//! - [`sigbatch`]: Ed25519 verification in batches (ed25519-dalek) with exactly the strict
+//!   single-signature accept rule, and the check every directory signing key passes.
 //! - [`receipt`]: receipts and tree heads signed with the broker's log key.
 //! - [`merkle`]: RFC 9162 Merkle tree hashing and proof verification.
 //! - [`audit`]: audit log entries: decoding and what an auditor checks about each.
@@ -37,6 +39,7 @@ pub mod notice;
 pub mod psi;
 pub mod receipt;
 pub mod seal;
+pub mod sigbatch;
 pub mod test_vectors;
 pub mod text;
 pub mod time;

@@ -121,7 +121,8 @@ fn hpke_suite_reproduces_rfc_9180_a_2_1() {
     assert_eq!(back, pt);
 }
 
-/// RFC 8032 section 7.1, test 1: ring's Ed25519 as the protocol uses it.
+/// RFC 8032 section 7.1, test 1: Ed25519 as the protocol uses it (ed25519-dalek since
+/// issue 14; ring before, with the same bytes).
 #[test]
 fn ed25519_reproduces_rfc_8032_test_1() {
     let seed: [u8; 32] =

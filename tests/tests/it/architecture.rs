@@ -244,13 +244,14 @@ fn broker_client_dependency_rule(metadata: &serde_json::Value) -> Vec<String> {
 /// What `proto` may depend on: encoding, the generated service types, and
 /// cryptography. None of them is used for I/O by proto's own code (tonic's
 /// generated clients and servers are driven by the broker and the client).
-const PROTO_DEPENDENCIES: [&str; 14] = [
+const PROTO_DEPENDENCIES: [&str; 15] = [
     "prost",
     "tonic",
     "tonic-prost",
     "ring",
     "hpke",
     "curve25519-dalek",
+    "ed25519-dalek",
     "zeroize",
     "serde",
     "thiserror",
