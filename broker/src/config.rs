@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub policy: PolicyConfig,
+    pub overlap: OverlapConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
 }
@@ -135,6 +136,17 @@ pub struct PolicyConfig {
     pub allow_same_kind: Vec<(AgencyId, AgencyId)>,
 }
 
+/// `[overlap]`: what the broker allows of the blind overlap check
+/// (PROTOCOL.md 13.8). Stuffing a set with guessed numbers cannot be
+/// prevented; these bound it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlapConfig {
+    /// Sessions one pair of agencies may start per UTC day (either side proposing).
+    pub sessions_per_pair_per_day: u32,
+    /// The largest padded set (a power of two) either side may declare.
+    pub max_set_size: u32,
+}
+
 /// `[log]`: the format and filter of the broker's own log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -184,6 +196,7 @@ struct Raw {
     limits: Option<RawLimits>,
     audit: Option<RawAudit>,
     policy: Option<RawPolicy>,
+    overlap: Option<RawOverlap>,
     log: Option<RawLog>,
     admin: Option<RawAdmin>,
 }
@@ -259,6 +272,13 @@ struct RawAudit {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     allow_same_kind: Option<Vec<Vec<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverlap {
+    sessions_per_pair_per_day: Option<u32>,
+    max_set_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -396,6 +416,7 @@ impl Config {
         let limits = c.limits(raw.limits.unwrap_or_default(), max_connections);
         let audit = c.audit(raw.audit.unwrap_or_default());
         let policy = c.policy(raw.policy.unwrap_or_default());
+        let overlap = c.overlap(raw.overlap.unwrap_or_default());
         let log = c.log(raw.log.unwrap_or_default());
         let admin = c.admin(raw.admin);
         let sections = || {
@@ -408,6 +429,7 @@ impl Config {
                 limits,
                 audit,
                 policy,
+                overlap,
                 log,
                 admin: admin?,
             })
@@ -618,6 +640,18 @@ impl Checker<'_> {
             }
         }
         PolicyConfig { allow_same_kind }
+    }
+
+    fn overlap(&mut self, o: RawOverlap) -> OverlapConfig {
+        let max = referral_proto::psi::MAX_SET_SIZE as u32;
+        let c = OverlapConfig {
+            sessions_per_pair_per_day: o.sessions_per_pair_per_day.unwrap_or(4),
+            max_set_size: o.max_set_size.unwrap_or(16_384),
+        };
+        if c.max_set_size == 0 || !c.max_set_size.is_power_of_two() || c.max_set_size > max {
+            self.problems.push(format!("overlap.max_set_size must be a power of two from 1 to {max}"));
+        }
+        c
     }
 
     fn log(&mut self, l: RawLog) -> LogConfig {

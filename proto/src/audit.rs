@@ -31,10 +31,14 @@ pub enum EventKind {
     Expired,
     Purged,
     RejectionSummary,
+    OverlapProposed,
+    OverlapAccepted,
+    OverlapRelayed,
+    OverlapFinished,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Submitted,
         EventKind::Rejected,
         EventKind::Delivered,
@@ -43,6 +47,10 @@ impl EventKind {
         EventKind::Expired,
         EventKind::Purged,
         EventKind::RejectionSummary,
+        EventKind::OverlapProposed,
+        EventKind::OverlapAccepted,
+        EventKind::OverlapRelayed,
+        EventKind::OverlapFinished,
     ];
 
     pub fn of(event: &Event) -> Self {
@@ -55,6 +63,10 @@ impl EventKind {
             Event::Expired(_) => EventKind::Expired,
             Event::Purged(_) => EventKind::Purged,
             Event::RejectionSummary(_) => EventKind::RejectionSummary,
+            Event::OverlapProposed(_) => EventKind::OverlapProposed,
+            Event::OverlapAccepted(_) => EventKind::OverlapAccepted,
+            Event::OverlapRelayed(_) => EventKind::OverlapRelayed,
+            Event::OverlapFinished(_) => EventKind::OverlapFinished,
         }
     }
 
@@ -68,6 +80,10 @@ impl EventKind {
             EventKind::Expired => "expired",
             EventKind::Purged => "purged",
             EventKind::RejectionSummary => "rejection_summary",
+            EventKind::OverlapProposed => "overlap_proposed",
+            EventKind::OverlapAccepted => "overlap_accepted",
+            EventKind::OverlapRelayed => "overlap_relayed",
+            EventKind::OverlapFinished => "overlap_finished",
         }
     }
 }
@@ -141,6 +157,47 @@ struct MessageInfo {
     ended: bool,
 }
 
+/// One overlap session as the log shows it: metadata only (PROTOCOL.md 13.8).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OverlapSummary {
+    pub session: String,
+    pub initiator: String,
+    pub responder: String,
+    /// Padded set sizes each side signed (0 until the responder accepts).
+    pub initiator_size: u32,
+    pub responder_size: u32,
+    /// The legal basis each side stated, as `kind: citation`.
+    pub initiator_legal_basis: String,
+    pub responder_legal_basis: String,
+    pub proposed_at: Timestamp,
+    pub accepted_at: Option<Timestamp>,
+    /// Chunks relayed, and their total sealed bytes.
+    pub chunks: u64,
+    pub sealed_bytes: u64,
+    /// Transcript hashes each side reported (hex), when it has.
+    pub initiator_transcript: Option<String>,
+    pub responder_transcript: Option<String>,
+}
+
+impl OverlapSummary {
+    /// Both sides finished and reported the same transcript.
+    pub fn completed(&self) -> bool {
+        self.initiator_transcript.is_some() && self.initiator_transcript == self.responder_transcript
+    }
+}
+
+fn basis_text(s: &crate::overlap::Statement) -> String {
+    match s.legal_basis {
+        Some(k) => format!("{}: {}", crate::overlap::basis_name(k), s.legal_citation),
+        None => String::new(),
+    }
+}
+
+fn statement(p: Option<pb::SignedOverlapStatement>, what: &str) -> Result<crate::overlap::SignedStatement, String> {
+    crate::overlap::SignedStatement::try_from(p.ok_or_else(|| format!("{what} without its signed statement"))?)
+        .map_err(|e| format!("{what}: {e}"))
+}
+
 /// Most failures kept in full; the rest are only counted.
 const MAX_FAILURES: usize = 1000;
 
@@ -160,6 +217,7 @@ pub struct LogChecker<'d> {
     blocks: Vec<Digest>,
     checkpoint: Option<u64>,
     checkpoint_root: Option<Digest>,
+    overlaps: BTreeMap<MessageId, OverlapSummary>,
 }
 
 /// What a replay found.
@@ -174,6 +232,8 @@ pub struct LogReport {
     pub rejections: BTreeMap<String, u64>,
     pub failures: Vec<Failure>,
     pub failure_count: u64,
+    /// Every overlap session, in session id (so time) order.
+    pub overlaps: Vec<OverlapSummary>,
     /// Roots of each complete block of [`BLOCK_ENTRIES`] entries.
     #[serde(skip)]
     pub blocks: Vec<Digest>,
@@ -203,6 +263,7 @@ impl<'d> LogChecker<'d> {
             blocks: Vec::new(),
             checkpoint,
             checkpoint_root: None,
+            overlaps: BTreeMap::new(),
         };
         if checkpoint == Some(0) {
             c.checkpoint_root = Some(crate::merkle::empty_root());
@@ -414,6 +475,96 @@ impl<'d> LogChecker<'d> {
                 }
                 Ok(())
             }
+            Event::OverlapProposed(p) => {
+                let s = statement(p.proposal, "overlap proposal")?.statement;
+                if s.step != crate::overlap::Step::Propose {
+                    return Err(format!("overlap session {}: the proposal entry holds another step", s.session));
+                }
+                if self.overlaps.contains_key(&s.session) {
+                    return Err(format!("overlap session {} is proposed twice", s.session));
+                }
+                self.overlaps.insert(
+                    s.session,
+                    OverlapSummary {
+                        session: s.session.to_string(),
+                        initiator: s.initiator.to_string(),
+                        responder: s.responder.to_string(),
+                        initiator_size: s.set_size,
+                        responder_size: 0,
+                        initiator_legal_basis: basis_text(&s),
+                        responder_legal_basis: String::new(),
+                        proposed_at: logged_at,
+                        accepted_at: None,
+                        chunks: 0,
+                        sealed_bytes: 0,
+                        initiator_transcript: None,
+                        responder_transcript: None,
+                    },
+                );
+                Ok(())
+            }
+            Event::OverlapAccepted(a) => {
+                let s = statement(a.acceptance, "overlap acceptance")?.statement;
+                let o = self
+                    .overlaps
+                    .get_mut(&s.session)
+                    .ok_or_else(|| format!("acceptance of overlap session {}, which was never proposed", s.session))?;
+                if s.step != crate::overlap::Step::Accept
+                    || o.initiator != s.initiator.as_str()
+                    || o.responder != s.responder.as_str()
+                {
+                    return Err(format!("overlap session {}: the acceptance is not the responder's", s.session));
+                }
+                if o.accepted_at.is_some() {
+                    return Err(format!("overlap session {} is accepted twice", s.session));
+                }
+                o.responder_size = s.set_size;
+                o.responder_legal_basis = basis_text(&s);
+                o.accepted_at = Some(logged_at);
+                Ok(())
+            }
+            Event::OverlapRelayed(r) => {
+                let h = crate::overlap::ChunkHeader::try_from(r.header.ok_or("relayed chunk without a header")?)
+                    .map_err(|e| format!("relayed chunk: {e}"))?;
+                let o = self
+                    .overlaps
+                    .get_mut(&h.session)
+                    .ok_or_else(|| format!("chunk of overlap session {}, which was never proposed", h.session))?;
+                if o.accepted_at.is_none() {
+                    return Err(format!(
+                        "overlap session {}: a chunk was relayed before both sides accepted",
+                        h.session
+                    ));
+                }
+                let parties = [o.initiator.as_str(), o.responder.as_str()];
+                if !parties.contains(&h.sender.as_str()) || !parties.contains(&h.recipient.as_str()) {
+                    return Err(format!("overlap session {}: a chunk between agencies outside the session", h.session));
+                }
+                o.chunks += 1;
+                o.sealed_bytes += u64::from(r.payload_length);
+                Ok(())
+            }
+            Event::OverlapFinished(f) => {
+                let s = statement(f.finish, "overlap finish")?.statement;
+                let o = self
+                    .overlaps
+                    .get_mut(&s.session)
+                    .ok_or_else(|| format!("finish of overlap session {}, which was never proposed", s.session))?;
+                if o.accepted_at.is_none() {
+                    return Err(format!("overlap session {} finished before it was accepted", s.session));
+                }
+                let hash = s.transcript_hash.map(|d| d.to_hex());
+                let slot = if s.signer.as_str() == o.initiator {
+                    &mut o.initiator_transcript
+                } else {
+                    &mut o.responder_transcript
+                };
+                if slot.is_some() {
+                    return Err(format!("overlap session {}: {} finished twice", s.session, s.signer));
+                }
+                *slot = hash;
+                Ok(())
+            }
         }
     }
 
@@ -429,6 +580,7 @@ impl<'d> LogChecker<'d> {
             rejections: self.rejections,
             failures: self.failures,
             failure_count: self.failure_count,
+            overlaps: self.overlaps.into_values().collect(),
             blocks: self.blocks,
             checkpoint_root: self.checkpoint_root,
         }
@@ -477,6 +629,31 @@ pub fn verify_signatures(directory: &Directory, event: &Event, logged_at: Timest
                 .map_err(|e| format!("acknowledgement: {e}"))?;
             let id = ack.statement.message_id;
             ack.verify_at(directory, logged_at).map(drop).map_err(|e| format!("acknowledgement of message {id}: {e}"))
+        }
+        Event::OverlapProposed(pb::OverlapProposed { proposal: p, .. })
+        | Event::OverlapAccepted(pb::OverlapAccepted { acceptance: p, .. })
+        | Event::OverlapFinished(pb::OverlapFinished { finish: p, .. }) => {
+            let s = statement(p.clone(), "overlap statement")?;
+            s.verify(directory, logged_at).map(drop).map_err(|e| {
+                format!("overlap session {}: the {}'s signature: {e}", s.statement.session, s.statement.signer)
+            })
+        }
+        Event::OverlapRelayed(r) => {
+            let h = crate::overlap::ChunkHeader::try_from(r.header.clone().ok_or("relayed chunk without a header")?)
+                .map_err(|e| format!("relayed chunk: {e}"))?;
+            let payload = Digest::from_slice(&r.payload_digest).ok_or("payload digest is not 32 bytes")?;
+            let key = directory.agency(&h.sender).and_then(|a| a.key(&h.sender_key_id)).ok_or_else(|| {
+                format!("overlap session {}: sender key {} is not in the directory", h.session, h.sender_key_id)
+            })?;
+            if !key.valid_at(logged_at) {
+                return Err(format!(
+                    "overlap session {}: sender key {} was not valid at {logged_at}",
+                    h.session, key.key_id
+                ));
+            }
+            key.signing
+                .verify(&crate::overlap::chunk_signing_input(&h, &payload), &r.signature)
+                .map_err(|_| format!("overlap session {}: a chunk's signature does not verify", h.session))
         }
         _ => Ok(()),
     }
