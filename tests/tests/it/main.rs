@@ -42,6 +42,8 @@ mod log_growth;
 mod operations;
 /// The admin endpoint's token, private backups, key file modes.
 mod operator;
+/// The blind overlap check through the broker: results, privacy, refusals.
+mod overlap;
 /// A power loss at random moments loses nothing; the broker starts by itself.
 mod power_loss;
 /// No personal data in logs or on disk.
