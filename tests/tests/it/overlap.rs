@@ -439,3 +439,90 @@ async fn large_sets_travel_in_chunks() {
     let v = verify_log(&h).await;
     assert_eq!(v.report.overlaps[0].chunks, 2 + 1 + 1 + 3);
 }
+
+#[tokio::test]
+async fn the_command_line_starts_accepts_lists_and_shows_results() {
+    use tokio::io::AsyncBufReadExt as _;
+    let h = Harness::start().await;
+    let exe = crate::support::exe();
+    let police_file = h.dir().join("police-subjects.txt");
+    let social_file = h.dir().join("social-subjects.txt");
+    std::fs::write(&police_file, format!("# police\n{}\n{}\n\n{}\n", number(1), number(2), number(3))).unwrap();
+    std::fs::write(&social_file, format!("{}\n{}\n", &number(3)[2..], number(9))).unwrap();
+    let police_profile = h.profile(POLICE_SYSTEM);
+    let social_profile = h.profile(SOCIAL_SYSTEM);
+    let input = |file: &std::path::Path| {
+        vec![
+            "--subjects".to_owned(),
+            file.display().to_string(),
+            "--legal-basis".into(),
+            "osl_10_18c".into(),
+            "--citation".into(),
+            "OSL 10 kap. 18 c §".into(),
+            "--timeout".into(),
+            "60".into(),
+        ]
+    };
+    let mut start = tokio::process::Command::new(exe)
+        .arg("agency-client")
+        .args(["--profile", police_profile.to_str().unwrap(), "--json", "overlap", "start", "--with", SOCIAL])
+        .args(input(&police_file))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(start.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(first["event"], "proposed");
+    let session = first["session"].as_str().unwrap().to_owned();
+    // Social services sees the proposal, with the police's size and legal basis.
+    let social = |args: Vec<String>| {
+        let mut all = vec!["--profile".to_owned(), social_profile.display().to_string(), "--json".into()];
+        all.extend(args);
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            run_tool(exe, "agency-client", &refs).await
+        }
+    };
+    let (code, out, err) = social(vec!["overlap".into(), "list".into()]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(listed["session"], session.as_str());
+    assert_eq!(listed["state"], "proposed");
+    assert_eq!(listed["proposal"]["set_size"], 4);
+    assert_eq!(listed["proposal"]["legal_basis"], "osl_10_18c");
+    let mut args = vec!["overlap".to_owned(), "accept".into(), session.clone()];
+    args.extend(input(&social_file));
+    let (code, out, err) = social(args).await;
+    assert_eq!(code, 0, "{err}");
+    let accepted: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(accepted["matches"], json_list(&[&number(3)]));
+    let police_result: serde_json::Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert!(start.wait().await.unwrap().success());
+    assert_eq!(police_result["matches"], json_list(&[&number(3)]));
+    assert_eq!(police_result["transcript"], accepted["transcript"]);
+    // The result again, and as a referral template pre-filled with the subject.
+    let (code, out, _) = social(vec!["overlap".into(), "result".into(), session.clone()]).await;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(out.trim()).unwrap(), accepted);
+    let (code, out, _) =
+        social(vec!["overlap".into(), "result".into(), session.clone(), "--referral-template".into()]).await;
+    assert_eq!(code, 0);
+    let t: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(t["to"], POLICE);
+    assert_eq!(t["referral"]["subject"]["personal_identity_number"], number(3));
+    // Bad input: a number that is not one names its line, never its content.
+    std::fs::write(&social_file, "198001011234\n").unwrap();
+    let mut args = vec!["overlap".to_owned(), "accept".into(), session.clone()];
+    args.extend(input(&social_file));
+    let (code, _, err) = social(args).await;
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("subjects line 1: the check digit is wrong"), "{err}");
+    assert!(!err.contains("198001011234"), "{err}");
+    let (code, _, err) = social(vec!["overlap".into(), "result".into(), MessageId::generate(1).to_string()]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no result of session"), "{err}");
+}
+
+fn json_list(v: &[&str]) -> serde_json::Value {
+    serde_json::Value::Array(v.iter().map(|s| serde_json::Value::String((*s).to_owned())).collect())
+}
