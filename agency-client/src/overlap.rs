@@ -132,12 +132,13 @@ impl Client {
         &self,
         step: Step,
         session: MessageId,
-        initiator: &AgencyId,
-        responder: &AgencyId,
-        set_size: u32,
-        basis: Option<&LegalBasis>,
-        transcript_hash: Option<Digest>,
+        (initiator, responder): (&AgencyId, &AgencyId),
+        body: Body<'_>,
     ) -> Result<SignedStatement, ClientError> {
+        let (set_size, basis, transcript_hash) = match body {
+            Body::Input(n, basis) => (n, Some(basis), None),
+            Body::Transcript(d) => (0, None, Some(d)),
+        };
         self.with_bundle(|b| {
             Statement {
                 step,
@@ -183,7 +184,7 @@ impl Client {
         let (party, set) = Party::start(session, subjects, &mut referral_proto::seal::getrandom_rng())
             .map_err(|e| err(session, e.to_string()))?;
         let own_size = set.len() as u32;
-        let s = self.sign_statement(Step::Propose, session, &me, with, own_size, Some(basis), None)?;
+        let s = self.sign_statement(Step::Propose, session, (&me, with), Body::Input(own_size, basis))?;
         self.overlap_rpc().propose(pb::SignedOverlapStatement::from(&s)).await?;
         Ok(OverlapRun {
             session,
@@ -217,7 +218,7 @@ impl Client {
         let (party, set) = Party::start(session, subjects, &mut referral_proto::seal::getrandom_rng())
             .map_err(|e| err(session, e.to_string()))?;
         let own_size = set.len() as u32;
-        let s = self.sign_statement(Step::Accept, session, &p.initiator, &me, own_size, Some(basis), None)?;
+        let s = self.sign_statement(Step::Accept, session, (&p.initiator, &me), Body::Input(own_size, basis))?;
         self.overlap_rpc().accept(pb::SignedOverlapStatement::from(&s)).await?;
         Ok(OverlapRun {
             session,
@@ -320,6 +321,14 @@ impl Client {
         })?;
         serde_json::from_str(&text).map_err(|e| ClientError::State { path, message: e.to_string() })
     }
+}
+
+/// What a statement carries besides its step, session and agencies.
+enum Body<'a> {
+    /// Propose, accept: the signer's padded size and legal basis.
+    Input(u32, &'a LegalBasis),
+    /// Finish: the transcript hash.
+    Transcript(Digest),
 }
 
 fn distinct(subjects: &[PersonalIdentityNumber]) -> usize {
@@ -431,7 +440,7 @@ impl OverlapRun {
             Role::Initiator => (me, self.peer.clone()),
             Role::Responder => (self.peer.clone(), me),
         };
-        let s = client.sign_statement(Step::Finish, session, &initiator, &responder, 0, None, Some(transcript))?;
+        let s = client.sign_statement(Step::Finish, session, (&initiator, &responder), Body::Transcript(transcript))?;
         client.overlap_rpc().finish(pb::SignedOverlapStatement::from(&s)).await?;
         let result = OverlapResult {
             session: session.to_string(),

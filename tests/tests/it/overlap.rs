@@ -183,7 +183,7 @@ async fn the_broker_keeps_nothing_an_identifier_could_be_recomputed_from() {
         let hashed = hash_to_ristretto255(p.as_str().as_bytes(), dst.as_bytes()).unwrap();
         needles.push(("hash_to_ristretto255 output".into(), hashed.compress().as_bytes().to_vec()));
         needles.push(("personal identity number".into(), p.as_str().as_bytes().to_vec()));
-        needles.push(("ten-digit number".into(), p.as_str()[2..].as_bytes().to_vec()));
+        needles.push(("ten-digit number".into(), p.as_str().as_bytes()[2..].to_vec()));
         needles.push(("hyphenated number".into(), format!("{}-{}", &p.as_str()[2..8], &p.as_str()[8..]).into_bytes()));
     }
     for run in [&a, &b] {
