@@ -1028,6 +1028,15 @@ acked_retention = "7d"
     }
 
     #[test]
+    fn overlap_settings_default_and_are_checked() {
+        let c = Config::parse(MINIMAL, Path::new("/"), &[]).unwrap();
+        assert_eq!(c.overlap, OverlapConfig { sessions_per_pair_per_day: 4, max_set_size: 16_384 });
+        let text = format!("{MINIMAL}\n[overlap]\nmax_set_size = 1000\n");
+        let err = Config::parse(&text, Path::new("/"), &[]).unwrap_err();
+        assert_eq!(err.0, vec!["overlap.max_set_size must be a power of two from 1 to 65536".to_owned()]);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("3d"), Some(Duration::from_secs(259_200)));
@@ -1052,9 +1061,9 @@ mod example_tests {
         assert_eq!(admin.token_file, Path::new("/etc/referral-broker/admin.token"));
         let table: toml::Table = text.parse().unwrap();
         let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
-        // 38 = the fields of the Raw* structs above; unknown keys are refused by parsing.
+        // 40 = the fields of the Raw* structs above; unknown keys are refused by parsing.
         assert_eq!(
-            keys, 38,
+            keys, 40,
             "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
         );
     }
