@@ -327,3 +327,76 @@ pub fn peer_of(rec: &OverlapRecord, agency: &AgencyId) -> Option<AgencyId> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use referral_proto::notice::LegalBasisKind;
+    use referral_proto::overlap::Statement;
+    use referral_proto::test_vectors;
+    use referral_proto::time::Timestamp;
+
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::config::AckDeadlines;
+    use crate::store::Store;
+    use crate::store::memory::MemoryStore;
+    use crate::store::tables::Tables;
+
+    const DAY: i64 = 86_400_000;
+    const LIMITS: OverlapConfig = OverlapConfig { sessions_per_pair_per_day: 2, max_set_size: 64 };
+
+    fn timing() -> super::super::Timing {
+        let d = AckDeadlines { immediate_ms: 1, urgent_ms: 1, routine_ms: 1 };
+        super::super::Timing { ack_deadlines: d, unacked_retention_ms: 1, acked_retention_ms: 1 }
+    }
+
+    /// Proposals from the sender of the vectors, at `now`, `n` per batch, in
+    /// `batches` batches; the reason codes of the answers.
+    fn propose(now: Timestamp, per_batch: &[usize]) -> Vec<Result<(), &'static str>> {
+        let v = test_vectors::build();
+        let store = MemoryStore::default();
+        let mut log = AuditLog::default();
+        let counters = HashMap::new();
+        let mut out = Vec::new();
+        let mut seq = 0u8;
+        for (b, n) in per_batch.iter().enumerate() {
+            let at = Timestamp(now.0 + b as i64 * DAY / 2);
+            let mut step = Step::new(Tables(&store), &log, &counters, &v.directory, timing(), at);
+            for _ in 0..*n {
+                seq += 1;
+                let mut id = *v.message_id.as_bytes();
+                id[15] = seq;
+                let s = Statement {
+                    step: StatementStep::Propose,
+                    session: MessageId::from_bytes(&id).unwrap(),
+                    initiator: v.sender.agency().clone(),
+                    responder: v.recipient.agency().clone(),
+                    signer: v.sender.agency().clone(),
+                    signer_key_id: v.sender.key_id(),
+                    signed_at: at,
+                    set_size: 8,
+                    legal_basis: Some(LegalBasisKind::Osl10_18c),
+                    legal_citation: "OSL 10 kap. 18 c §".into(),
+                    transcript_hash: None,
+                }
+                .sign(&v.sender);
+                out.push(step.overlap_propose(s, "p", LIMITS).map(drop).map_err(|e| e.reason()));
+            }
+            let t = step.finish().unwrap();
+            store.commit(&t.writes.into_batch()).unwrap();
+            log = t.log;
+        }
+        out
+    }
+
+    #[test]
+    fn the_daily_limit_counts_within_a_batch_across_batches_and_resets_each_utc_day() {
+        // 2026-11-29T00:00:00Z plus a little: batches at +0 h, +12 h, +24 h, +36 h.
+        let midnight = Timestamp(test_vectors::CREATED_AT.0 - test_vectors::CREATED_AT.0.rem_euclid(DAY) + 1);
+        let r = propose(midnight, &[3, 1, 2, 1]);
+        let limit = Err("overlap_daily_limit");
+        assert_eq!(r, vec![Ok(()), Ok(()), limit, limit, Ok(()), Ok(()), limit]);
+    }
+}
