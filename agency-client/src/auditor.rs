@@ -925,7 +925,8 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
             if json {
                 out!(
                     "{}",
-                    json!({"tree_size": head.tree_size, "root": head.root_hash.to_hex(), "signed_at": head.timestamp.to_string(), "rows": rows})
+                    json!({"tree_size": head.tree_size, "root": head.root_hash.to_hex(), "signed_at": head.timestamp.to_string(), "rows": rows,
+                           "overlaps": run.verification.report.overlaps})
                 );
             } else if csv {
                 for line in crate::report::csv(&rows) {
@@ -943,6 +944,24 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
                 );
                 for line in crate::report::text(&rows) {
                     out!("{line}");
+                }
+                let overlaps = &run.verification.report.overlaps;
+                if !overlaps.is_empty() {
+                    out!("blind overlap sessions (padded set sizes and each side's stated legal basis):");
+                }
+                for o in overlaps {
+                    out!(
+                        "  {} {} {} ({}, {}) <-> {} ({}, {}): {}",
+                        o.proposed_at,
+                        o.session,
+                        o.initiator,
+                        o.initiator_size,
+                        crate::display::safe(&o.initiator_legal_basis),
+                        o.responder,
+                        o.responder_size,
+                        crate::display::safe(&o.responder_legal_basis),
+                        if o.completed() { "completed" } else { "not completed" }
+                    );
                 }
             }
             Ok(true)

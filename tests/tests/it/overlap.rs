@@ -521,6 +521,33 @@ async fn the_command_line_starts_accepts_lists_and_shows_results() {
     let (code, _, err) = social(vec!["overlap".into(), "result".into(), MessageId::generate(1).to_string()]).await;
     assert_ne!(code, 0);
     assert!(err.contains("no result of session"), "{err}");
+    // The auditor's report and replay show the session: sizes and legal bases, no subject.
+    let auditor = h.profile(AUDITOR);
+    let state = h.dir().join("auditor.state");
+    let (a, s) = (auditor.to_str().unwrap(), state.to_str().unwrap());
+    let (code, out, err) =
+        run_tool(exe, "agency-client", &["--profile", a, "--json", "audit", "report", "--state", s]).await;
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let o = &report["overlaps"][0];
+    assert_eq!(
+        (o["session"].as_str(), o["initiator_size"].as_u64(), o["responder_size"].as_u64()),
+        (Some(session.as_str()), Some(4), Some(2))
+    );
+    assert_eq!(o["responder_legal_basis"], "osl_10_18c: OSL 10 kap. 18 c §");
+    let (code, out, _) = run_tool(exe, "agency-client", &["--profile", a, "audit", "report", "--state", s]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("{session} {POLICE} (4, osl_10_18c: OSL 10 kap. 18 c §) <-> {SOCIAL} (2, ")),
+        "{out}"
+    );
+    assert!(out.contains(": completed"), "{out}");
+    let (code, out, _) = run_tool(exe, "agency-client", &["--profile", a, "audit", "replay"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("overlap_relayed") && out.contains("overlap_finished"), "{out}");
+    for n in [1, 2, 3, 9] {
+        assert!(!out.contains(&number(n)[2..]), "no subject in the replay");
+    }
 }
 
 fn json_list(v: &[&str]) -> serde_json::Value {
