@@ -726,3 +726,106 @@ mod tests {
         assert!(f[0].starts_with("entry 1: ") && f[0].contains("before the broker accepted it"), "{f:?}");
     }
 }
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+    use crate::notice::LegalBasisKind;
+    use crate::overlap::{Kind, Statement, Step, seal_message};
+    use crate::test_vectors::{CREATED_AT, TestRng, build, message_id};
+
+    fn entry(index: u64, event: Event) -> Vec<u8> {
+        encode_entry(&pb::AuditEntry {
+            format_version: AUDIT_ENTRY_FORMAT_VERSION,
+            index,
+            logged_at_ms: CREATED_AT.0 + 10,
+            event: Some(event),
+        })
+    }
+
+    /// A proposal, an acceptance and one relayed set chunk, as the broker logs them.
+    fn events(mutate: impl FnOnce(&mut Vec<Event>)) -> Vec<String> {
+        let v = build();
+        let (police, social) = (&v.sender, &v.recipient);
+        let statement = |step, signer: &crate::keys::AgencyKeyBundle, size| Statement {
+            step,
+            session: message_id(),
+            initiator: police.agency().clone(),
+            responder: social.agency().clone(),
+            signer: signer.agency().clone(),
+            signer_key_id: signer.key_id(),
+            signed_at: CREATED_AT,
+            set_size: size,
+            legal_basis: Some(LegalBasisKind::Osl10_18c),
+            legal_citation: "OSL 10 kap. 18 c §".into(),
+            transcript_hash: None,
+        };
+        let proposal = statement(Step::Propose, police, 1).sign(police);
+        let acceptance = statement(Step::Accept, social, 2).sign(social);
+        let chunk = seal_message(
+            message_id(),
+            Kind::Set,
+            &[7; 32],
+            police,
+            v.directory.agency(social.agency()).unwrap(),
+            CREATED_AT,
+            &mut TestRng::new(1),
+        )
+        .unwrap()
+        .remove(0);
+        let mut list = vec![
+            Event::OverlapProposed(pb::OverlapProposed { proposal: Some((&proposal).into()), principal: "p".into() }),
+            Event::OverlapAccepted(pb::OverlapAccepted {
+                acceptance: Some((&acceptance).into()),
+                principal: "s".into(),
+            }),
+            Event::OverlapRelayed(pb::OverlapRelayed {
+                header: Some((&chunk.header).into()),
+                payload_digest: chunk.payload_digest().0.to_vec(),
+                signature: chunk.signature.to_vec(),
+                payload_length: chunk.payload_len() as u32,
+                principal: "p".into(),
+            }),
+        ];
+        mutate(&mut list);
+        let mut c = LogChecker::new(&v.directory, None);
+        for (i, e) in list.into_iter().enumerate() {
+            c.push(i as u64, &entry(i as u64, e));
+        }
+        let report = c.finish();
+        report.failures.into_iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn an_honest_session_checks_out_and_is_summarised() {
+        assert_eq!(events(|_| {}), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_chunk_relayed_before_acceptance_is_caught() {
+        let f = events(|l| {
+            l.remove(1);
+        });
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("a chunk was relayed before both sides accepted"), "{f:?}");
+    }
+
+    #[test]
+    fn an_altered_size_legal_basis_or_chunk_is_caught() {
+        let f = events(|l| {
+            if let Event::OverlapProposed(p) = &mut l[0] {
+                p.proposal.as_mut().unwrap().statement.as_mut().unwrap().set_size = 1024;
+            }
+            if let Event::OverlapAccepted(a) = &mut l[1] {
+                a.acceptance.as_mut().unwrap().statement.as_mut().unwrap().legal_citation = "nothing".into();
+            }
+            if let Event::OverlapRelayed(r) = &mut l[2] {
+                r.payload_digest[0] ^= 1;
+            }
+        });
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(f[0].starts_with("entry 0: ") && f[0].contains("signature"), "{f:?}");
+        assert!(f[1].starts_with("entry 1: ") && f[1].contains("signature"), "{f:?}");
+        assert!(f[2].starts_with("entry 2: ") && f[2].contains("does not verify"), "{f:?}");
+    }
+}
