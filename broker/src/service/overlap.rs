@@ -141,6 +141,8 @@ impl OverlapService {
         let span =
             tracing::info_span!("overlap", rpc = rpc.name(), principal = %p, session = ?session.map(|s| s.to_string()));
         async {
+            // Rate and in-flight limits of a submit: each call costs a signature check.
+            let _permit = self.state.limiter.submit(&p.uri())?;
             let s = match self.check_statement(&p, raw, step) {
                 Ok(s) => s,
                 Err(e) => return Err(self.rejected(&p, e).await),
@@ -192,6 +194,7 @@ impl Overlap for OverlapService {
         let p = identity.principal;
         let span = tracing::info_span!("overlap_send", principal = %p);
         async {
+            let _permit = self.state.limiter.submit(&p.uri())?;
             let checked = (|| {
                 let chunk =
                     Chunk::try_from(req.into_inner()).map_err(|e| BrokerError::MalformedOverlap(e.to_string()))?;
