@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/referral/v1/directory.proto",
         "proto/referral/v1/notice.proto",
         "proto/referral/v1/broker.proto",
+        "proto/referral/v1/overlap.proto",
         "proto/referral/v1/audit.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;

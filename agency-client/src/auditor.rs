@@ -503,6 +503,37 @@ pub fn entry_json(e: &pb::AuditEntry) -> serde_json::Value {
             json!({"event": "rejection_summary", "principal": r.principal, "reason": r.reason, "count": r.count,
                    "from": Timestamp(r.from_ms).to_string(), "to": Timestamp(r.to_ms).to_string()})
         }
+        Some(pb::audit_entry::Event::OverlapProposed(pb::OverlapProposed { proposal: st, principal }))
+        | Some(pb::audit_entry::Event::OverlapAccepted(pb::OverlapAccepted { acceptance: st, principal }))
+        | Some(pb::audit_entry::Event::OverlapFinished(pb::OverlapFinished { finish: st, principal })) => {
+            let signed = st.clone().unwrap_or_default();
+            let s = signed.statement.clone().unwrap_or_default();
+            let event = match e.event {
+                Some(pb::audit_entry::Event::OverlapProposed(_)) => "overlap_proposed",
+                Some(pb::audit_entry::Event::OverlapAccepted(_)) => "overlap_accepted",
+                _ => "overlap_finished",
+            };
+            let basis = referral_proto::overlap::Step::from_code(s.step)
+                .filter(|st| *st != referral_proto::overlap::Step::Finish)
+                .and_then(|_| {
+                    referral_proto::overlap::SignedStatement::try_from(signed.clone()).ok()?.statement.legal_basis
+                })
+                .map(referral_proto::overlap::basis_name);
+            json!({"event": event, "session_id": id_text(&s.session_id), "initiator": s.initiator, "responder": s.responder,
+                   "signer": s.signer, "signer_key_id": hex::encode(&s.signer_key_id),
+                   "signed_at": Timestamp(s.signed_at_ms).to_string(), "set_size": s.set_size,
+                   "legal_basis": basis, "legal_citation": s.legal_citation,
+                   "transcript_hash": hex::encode(&s.transcript_hash), "signature": hex::encode(&signed.signature),
+                   "principal": principal})
+        }
+        Some(pb::audit_entry::Event::OverlapRelayed(r)) => {
+            let h = r.header.clone().unwrap_or_default();
+            let kind = referral_proto::overlap::Kind::from_code(h.kind).map(|k| k.as_str());
+            json!({"event": "overlap_relayed", "session_id": id_text(&h.session_id), "sender": h.sender, "recipient": h.recipient,
+                   "kind": kind, "index": h.index, "count": h.count, "created_at": Timestamp(h.created_at_ms).to_string(),
+                   "payload_digest": hex::encode(&r.payload_digest), "payload_length": r.payload_length,
+                   "signature": hex::encode(&r.signature), "principal": r.principal})
+        }
         None => json!({"event": null}),
     };
     let mut v = json!({"index": e.index, "logged_at": at});
@@ -530,6 +561,29 @@ fn entry_line(e: &pb::AuditEntry) -> String {
         "acknowledged" => format!("{} by {} ({})", s("message_id"), s("acknowledged_by"), s("principal")),
         "escalated" => format!("{} deadline {} contact {}", s("message_id"), s("deadline"), s("contact")),
         "expired" | "purged" => s("message_id"),
+        "overlap_proposed" | "overlap_accepted" => format!(
+            "session {} {} -> {}: {} signs {} elements on {} ({})",
+            s("session_id"),
+            s("initiator"),
+            s("responder"),
+            s("signer"),
+            j["set_size"],
+            s("legal_basis"),
+            s("legal_citation")
+        ),
+        "overlap_relayed" => format!(
+            "session {} {} {} -> {} chunk {}/{} ({} sealed bytes)",
+            s("session_id"),
+            s("kind"),
+            s("sender"),
+            s("recipient"),
+            j["index"],
+            j["count"],
+            j["payload_length"]
+        ),
+        "overlap_finished" => {
+            format!("session {} {} transcript {}", s("session_id"), s("signer"), s("transcript_hash"))
+        }
         _ => String::new(),
     };
     format!("#{:<8} {} {:<12} {detail}", e.index, s("logged_at"), s("event"))
@@ -556,6 +610,26 @@ pub(crate) fn print_report(v: &Verification, json: bool) -> anyhow::Result<()> {
     }
     for (reason, n) in &r.rejections {
         out!("  rejected for {reason}: {n}");
+    }
+    for o in &r.overlaps {
+        let finished = match (&o.initiator_transcript, &o.responder_transcript) {
+            (Some(a), Some(b)) if a == b => format!("finished, transcript {a}"),
+            (Some(_), Some(_)) => "finished with DIFFERENT transcripts".to_owned(),
+            (None, None) if o.accepted_at.is_none() => "never accepted".to_owned(),
+            _ => "incomplete".to_owned(),
+        };
+        out!(
+            "  overlap {} {} ({} elements, {}) <-> {} ({} elements, {}): {} chunks, {} sealed bytes; {finished}",
+            o.session,
+            o.initiator,
+            o.initiator_size,
+            crate::display::safe(&o.initiator_legal_basis),
+            o.responder,
+            o.responder_size,
+            crate::display::safe(&o.responder_legal_basis),
+            o.chunks,
+            o.sealed_bytes
+        );
     }
     if let (Some(p), Some(c)) = (v.previous_size, v.consistency_proof) {
         out!(
@@ -646,6 +720,19 @@ impl Filter {
             Some(Event::Escalated(x)) => (id(&x.message_id), None),
             Some(Event::Expired(x)) => (id(&x.message_id), None),
             Some(Event::Purged(p)) => (id(&p.message_id), None),
+            Some(Event::OverlapProposed(pb::OverlapProposed { proposal: st, principal }))
+            | Some(Event::OverlapAccepted(pb::OverlapAccepted { acceptance: st, principal }))
+            | Some(Event::OverlapFinished(pb::OverlapFinished { finish: st, principal })) => {
+                let s = st.as_ref().and_then(|s| s.statement.as_ref());
+                let m = s.and_then(|s| id(&s.session_id));
+                if let (Some(m), Some(s)) = (m, s) {
+                    self.parties.entry(m).or_insert((s.initiator.clone(), s.responder.clone()));
+                }
+                (m, Some(principal.as_str()))
+            }
+            Some(Event::OverlapRelayed(r)) => {
+                (r.header.as_ref().and_then(|h| id(&h.session_id)), Some(r.principal.as_str()))
+            }
             None => (None, None),
         };
         let at = Timestamp(e.logged_at_ms);
@@ -838,7 +925,8 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
             if json {
                 out!(
                     "{}",
-                    json!({"tree_size": head.tree_size, "root": head.root_hash.to_hex(), "signed_at": head.timestamp.to_string(), "rows": rows})
+                    json!({"tree_size": head.tree_size, "root": head.root_hash.to_hex(), "signed_at": head.timestamp.to_string(), "rows": rows,
+                           "overlaps": run.verification.report.overlaps})
                 );
             } else if csv {
                 for line in crate::report::csv(&rows) {
@@ -856,6 +944,24 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
                 );
                 for line in crate::report::text(&rows) {
                     out!("{line}");
+                }
+                let overlaps = &run.verification.report.overlaps;
+                if !overlaps.is_empty() {
+                    out!("blind overlap sessions (padded set sizes and each side's stated legal basis):");
+                }
+                for o in overlaps {
+                    out!(
+                        "  {} {} {} ({}, {}) <-> {} ({}, {}): {}",
+                        o.proposed_at,
+                        o.session,
+                        o.initiator,
+                        o.initiator_size,
+                        crate::display::safe(&o.initiator_legal_basis),
+                        o.responder,
+                        o.responder_size,
+                        crate::display::safe(&o.responder_legal_basis),
+                        if o.completed() { "completed" } else { "not completed" }
+                    );
                 }
             }
             Ok(true)

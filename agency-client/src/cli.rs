@@ -119,6 +119,10 @@ pub enum Command {
     /// Auditor commands: verify, replay and prove the broker's log.
     #[command(subcommand)]
     Audit(crate::auditor::AuditCommand),
+    /// The blind overlap check: find which of this agency's subjects another
+    /// agency also knows, without either side (or the broker) seeing the rest.
+    #[command(subcommand)]
+    Overlap(OverlapCommand),
     /// Print shell completions for agency-client (needs no profile).
     Completions {
         /// The shell: bash, elvish, fish, powershell or zsh.
@@ -129,6 +133,59 @@ pub enum Command {
         /// Folder for the pages (created if missing).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+/// What a side states for its input: the same kinds as a referral's legal basis.
+#[derive(Debug, clap::Args)]
+pub struct OverlapInput {
+    /// This agency's subjects: one personal identity or coordination number
+    /// per line (any common form; `#` starts a comment line).
+    #[arg(long)]
+    subjects: PathBuf,
+    /// The legal basis for this agency's input: consent, osl_10_18c,
+    /// child_concern_report or other. The broker and the audit log see it.
+    #[arg(long)]
+    legal_basis: String,
+    /// The provision relied on, e.g. "OSL 10 kap. 18 c §" (no personal data).
+    #[arg(long)]
+    citation: String,
+    /// How long to wait for the other agency at each step, in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OverlapCommand {
+    /// Propose a session to another agency and run it to the end (the other
+    /// agency runs `overlap accept ID`). Prints the session id at once, then
+    /// this agency's matches.
+    Start {
+        /// The other agency's id, e.g. huddinge-socialtjanst.
+        #[arg(long = "with")]
+        with: String,
+        #[command(flatten)]
+        input: OverlapInput,
+    },
+    /// Accept a session proposed to this agency and run it to the end.
+    Accept {
+        /// The session id (`overlap list` shows proposals).
+        id: String,
+        #[command(flatten)]
+        input: OverlapInput,
+    },
+    /// The sessions this agency takes part in, as the broker records them.
+    List,
+    /// This agency's result of a session it ran: its own subjects the other
+    /// agency also holds.
+    Result {
+        /// The session id.
+        id: String,
+        /// Print, for each match, a referral notice to the other agency
+        /// pre-filled with the subject's number (JSON; fill in the rest
+        /// before `send --referral`).
+        #[arg(long)]
+        referral_template: bool,
     },
 }
 
@@ -337,6 +394,7 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
             }
         }
         Command::Audit(cmd) => return crate::auditor::run(&client, cmd, json).await,
+        Command::Overlap(cmd) => overlap(&client, cmd, json).await?,
         Command::Completions { .. } | Command::Manpages { .. } | Command::Validate { .. } => {
             unreachable!("answered by run without connecting")
         }
@@ -460,6 +518,140 @@ fn receipt_line(r: &Receipt) -> String {
         line.push_str(&format!("; {}", safe(&s.detail)));
     }
     line
+}
+
+fn overlap_input(
+    input: &OverlapInput,
+) -> anyhow::Result<(Vec<referral_proto::psi::PersonalIdentityNumber>, crate::overlap::LegalBasis)> {
+    let text = std::fs::read_to_string(&input.subjects)
+        .with_context(|| format!("cannot read the subjects file {}", input.subjects.display()))?;
+    let subjects = crate::overlap::read_subjects(&text)?;
+    let Some(kind) = referral_proto::overlap::parse_basis(&input.legal_basis) else {
+        return Err(crate::ClientError::Invalid(format!(
+            "--legal-basis {:?} is not consent, osl_10_18c, child_concern_report or other",
+            input.legal_basis
+        ))
+        .into());
+    };
+    Ok((subjects, crate::overlap::LegalBasis { kind, citation: input.citation.clone() }))
+}
+
+fn print_overlap_result(r: &crate::overlap::OverlapResult, json: bool) -> anyhow::Result<()> {
+    if json {
+        out!("{}", json_line(&serde_json::to_value(r)?));
+        return Ok(());
+    }
+    out!(
+        "session {}: {} of this agency's {} subjects are also known to {} (sets of {} and {} elements; transcript {})",
+        r.session,
+        r.matches.len(),
+        r.own_subjects,
+        safe(&r.peer),
+        r.own_size,
+        r.peer_size,
+        r.transcript
+    );
+    for m in &r.matches {
+        out!("  {m}");
+    }
+    Ok(())
+}
+
+fn session_json(s: &referral_proto::pb::OverlapSession) -> serde_json::Value {
+    let state = match referral_proto::pb::OverlapState::try_from(s.state) {
+        Ok(referral_proto::pb::OverlapState::Proposed) => "proposed",
+        Ok(referral_proto::pb::OverlapState::Accepted) => "accepted",
+        Ok(referral_proto::pb::OverlapState::Finished) => "finished",
+        _ => "unknown",
+    };
+    let st = |p: &Option<referral_proto::pb::SignedOverlapStatement>| {
+        let raw = p.as_ref()?;
+        let s = raw.statement.clone()?;
+        let basis = referral_proto::overlap::SignedStatement::try_from(raw.clone())
+            .ok()
+            .and_then(|x| x.statement.legal_basis)
+            .map(referral_proto::overlap::basis_name);
+        Some(json!({"signer": s.signer, "set_size": s.set_size, "legal_basis": basis, "citation": s.legal_citation,
+               "signed_at": referral_proto::time::Timestamp(s.signed_at_ms).to_string()}))
+    };
+    json!({
+        "session": MessageId::from_bytes(&s.session_id).map(|m| m.to_string()).unwrap_or_default(),
+        "initiator": s.initiator, "responder": s.responder, "state": state,
+        "proposal": st(&s.proposal), "acceptance": st(&s.acceptance),
+        "proposed_at": referral_proto::time::Timestamp(s.proposed_at_ms).to_string(),
+    })
+}
+
+async fn overlap(client: &Client, cmd: OverlapCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        OverlapCommand::Start { with, input } => {
+            let (subjects, basis) = overlap_input(&input)?;
+            let run = client.overlap_propose(&AgencyId::new(with)?, &subjects, &basis).await?;
+            if json {
+                out!(
+                    "{}",
+                    json_line(
+                        &json!({"event": "proposed", "session": run.session().to_string(), "with": run.peer().to_string()})
+                    )
+                );
+            } else {
+                out!(
+                    "proposed session {} to {}; waiting for it to run `agency-client overlap accept {}`",
+                    run.session(),
+                    safe(run.peer().as_str()),
+                    run.session()
+                );
+            }
+            let r = run.run(client, std::time::Duration::from_secs(input.timeout)).await?;
+            print_overlap_result(&r, json)?;
+        }
+        OverlapCommand::Accept { id, input } => {
+            let (subjects, basis) = overlap_input(&input)?;
+            let id: MessageId = id.parse().context("the session id is not a UUID")?;
+            let run = client.overlap_accept(id, &subjects, &basis).await?;
+            let r = run.run(client, std::time::Duration::from_secs(input.timeout)).await?;
+            print_overlap_result(&r, json)?;
+        }
+        OverlapCommand::List => {
+            for s in client.overlap_sessions().await? {
+                let j = session_json(&s);
+                if json {
+                    out!("{}", json_line(&j));
+                } else {
+                    let size = |k: &str| j[k]["set_size"].as_u64().map_or("-".to_owned(), |n| n.to_string());
+                    out!(
+                        "{} {} {} -> {} ({} / {} elements)",
+                        j["session"].as_str().unwrap_or(""),
+                        j["state"].as_str().unwrap_or(""),
+                        safe(&s.initiator),
+                        safe(&s.responder),
+                        size("proposal"),
+                        size("acceptance")
+                    );
+                }
+            }
+        }
+        OverlapCommand::Result { id, referral_template } => {
+            let id: MessageId = id.parse().context("the session id is not a UUID")?;
+            let r = client.overlap_result(id)?;
+            if !referral_template {
+                return print_overlap_result(&r, json);
+            }
+            let mut base: serde_json::Value = serde_json::from_str(include_str!("../examples/referral.json"))?;
+            for m in &r.matches {
+                base["subject"]["personal_identity_number"] = json!(m);
+                base["subject"]["name"] = json!("");
+                base["free_text"] = json!(format!("Found by overlap session {} with {}.", r.session, r.peer));
+                let template = json!({"to": r.peer, "referral": base});
+                if json {
+                    out!("{}", json_line(&template));
+                } else {
+                    out!("{}", serde_json::to_string_pretty(&template)?);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn receipt_json(r: &Receipt) -> serde_json::Value {

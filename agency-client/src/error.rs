@@ -47,6 +47,9 @@ pub enum ClientError {
     State { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+    /// A blind overlap session that cannot go on; never names a subject.
+    #[error("overlap session {session}: {message}")]
+    Overlap { session: MessageId, message: String },
 }
 
 /// Agencies named in an error at most; a national directory has hundreds.

@@ -117,7 +117,7 @@ fn of_client_error(e: &ClientError) -> (Class, Option<String>) {
         }
         E::NotWaiting(_) => (Class::Data, Some("not_waiting".into())),
         E::Expired { .. } => (Class::Data, Some("expired".into())),
-        E::Seal(_) | E::Open { .. } | E::Ack(_) | E::Invalid(_) => (Class::Data, None),
+        E::Seal(_) | E::Open { .. } | E::Ack(_) | E::Invalid(_) | E::Overlap { .. } => (Class::Data, None),
         E::State { .. } => (Class::Io, None),
     }
 }

@@ -19,6 +19,8 @@
 //!   needs the recipient's signed ack); answers must match what was asked.
 //! - [`outbox`]: sealed envelopes kept until answered, so a resend is
 //!   byte-identical.
+//! - [`overlap`]: the blind overlap check: propose or accept a session and
+//!   run it through the broker.
 //! - [`display`]: remote text made safe for a terminal.
 //! - [`cli`]: the command-line interface over all of it.
 
@@ -29,6 +31,7 @@ pub mod display;
 pub mod error;
 pub mod exit;
 pub mod outbox;
+pub mod overlap;
 pub mod proof;
 pub mod report;
 pub mod restore;

@@ -92,7 +92,14 @@ impl ReportBuilder {
             }
             Event::Escalated(e) => (&e.message_id, |r, _| r.escalated = true),
             Event::Expired(e) => (&e.message_id, |r, _| r.expired = true),
-            Event::Rejected(_) | Event::RejectionSummary(_) | Event::Purged(_) => return,
+            // Overlap sessions are not referrals; `audit verify` lists them.
+            Event::Rejected(_)
+            | Event::RejectionSummary(_)
+            | Event::Purged(_)
+            | Event::OverlapProposed(_)
+            | Event::OverlapAccepted(_)
+            | Event::OverlapRelayed(_)
+            | Event::OverlapFinished(_) => return,
         };
         if let Some(r) = self.referrals.get_mut(id) {
             f(r, at);

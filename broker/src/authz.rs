@@ -23,10 +23,16 @@ pub enum Rpc {
     AuditInclusionProof,
     AuditConsistencyProof,
     AuditDirectory,
+    OverlapPropose,
+    OverlapAccept,
+    OverlapSend,
+    OverlapReceive,
+    OverlapFinish,
+    OverlapSessions,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 13] = [
+    pub const ALL: [Rpc; 19] = [
         Rpc::Submit,
         Rpc::SubmitStream,
         Rpc::Subscribe,
@@ -40,6 +46,12 @@ impl Rpc {
         Rpc::AuditInclusionProof,
         Rpc::AuditConsistencyProof,
         Rpc::AuditDirectory,
+        Rpc::OverlapPropose,
+        Rpc::OverlapAccept,
+        Rpc::OverlapSend,
+        Rpc::OverlapReceive,
+        Rpc::OverlapFinish,
+        Rpc::OverlapSessions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +69,12 @@ impl Rpc {
             Rpc::AuditInclusionProof => "Auditor.InclusionProof",
             Rpc::AuditConsistencyProof => "Auditor.ConsistencyProof",
             Rpc::AuditDirectory => "Auditor.GetDirectory",
+            Rpc::OverlapPropose => "Overlap.Propose",
+            Rpc::OverlapAccept => "Overlap.Accept",
+            Rpc::OverlapSend => "Overlap.Send",
+            Rpc::OverlapReceive => "Overlap.Receive",
+            Rpc::OverlapFinish => "Overlap.Finish",
+            Rpc::OverlapSessions => "Overlap.Sessions",
         }
     }
 
@@ -74,7 +92,8 @@ impl Rpc {
 
 /// The role x RPC matrix.
 ///
-/// - `system`: submit as its own agency (one by one or on a stream), subscribe, fetch and ack for it, read its receipts, read the directory;
+/// - `system`: submit as its own agency (one by one or on a stream), subscribe, fetch and ack for it, read its receipts, read the directory,
+///   and run the blind overlap check (the `Overlap` service) for it: only an agency's system holds the set;
 /// - `oncall`: subscribe, fetch and ack for its own agency, read the directory (to check signatures);
 /// - `auditor`: the audit RPCs and nothing else.
 pub fn allowed(role: Role, rpc: Rpc) -> bool {
@@ -113,14 +132,24 @@ pub fn check_route(
             sender: header.sender.clone(),
         });
     }
+    check_pair(&header.sender, &header.recipient, directory, allow_same_kind)
+}
+
+/// The routing policy for a pair: the sender is in the directory, the
+/// recipient exists, and the two are of different kinds (police and
+/// municipality) or explicitly allowed. Referrals and overlap sessions
+/// follow the same rule: who may refer to whom may compare sets.
+pub fn check_pair(
+    from: &AgencyId,
+    to: &AgencyId,
+    directory: &Directory,
+    allow_same_kind: &[(AgencyId, AgencyId)],
+) -> Result<(), BrokerError> {
     let sender = directory
-        .agency(&header.sender)
-        .ok_or_else(|| BrokerError::AgencyNotInDirectory { agency: header.sender.clone(), action: "send" })?;
-    let recipient =
-        directory.agency(&header.recipient).ok_or_else(|| BrokerError::UnknownRecipient(header.recipient.clone()))?;
-    let allowed_pair = allow_same_kind.iter().any(|(a, b)| {
-        (a == &header.sender && b == &header.recipient) || (b == &header.sender && a == &header.recipient)
-    });
+        .agency(from)
+        .ok_or_else(|| BrokerError::AgencyNotInDirectory { agency: from.clone(), action: "send" })?;
+    let recipient = directory.agency(to).ok_or_else(|| BrokerError::UnknownRecipient(to.clone()))?;
+    let allowed_pair = allow_same_kind.iter().any(|(a, b)| (a == from && b == to) || (b == from && a == to));
     if sender.kind == recipient.kind && !allowed_pair {
         let kind = |k: AgencyKind| k.as_str();
         return Err(BrokerError::PolicyForbids {
@@ -146,7 +175,20 @@ mod tests {
                 (role, rpc),
                 (
                     Role::System,
-                    Submit | SubmitStream | Subscribe | Ack | Fetch | GetReceipts | WatchReceipts | GetDirectory
+                    Submit
+                        | SubmitStream
+                        | Subscribe
+                        | Ack
+                        | Fetch
+                        | GetReceipts
+                        | WatchReceipts
+                        | GetDirectory
+                        | OverlapPropose
+                        | OverlapAccept
+                        | OverlapSend
+                        | OverlapReceive
+                        | OverlapFinish
+                        | OverlapSessions
                 ) | (Role::Oncall, Subscribe | Ack | Fetch | GetDirectory)
                     | (
                         Role::Auditor,
@@ -161,7 +203,7 @@ mod tests {
                 allowed_count += usize::from(allowed(role, rpc));
             }
         }
-        assert_eq!(allowed_count, 8 + 4 + 5);
+        assert_eq!(allowed_count, 14 + 4 + 5);
         // Fetch hands out what Subscribe does, so exactly the same roles may call it.
         for role in Role::ALL {
             assert_eq!(allowed(role, Fetch), allowed(role, Subscribe), "{role}");

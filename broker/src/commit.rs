@@ -35,15 +35,19 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditLog;
 pub use crate::audit::restore_frontier;
 use crate::clock::Clock;
+use crate::config::OverlapConfig;
 use crate::directory::DirectoryState;
 use crate::error::BrokerError;
 use crate::hub::Hub;
+pub use crate::ledger::overlap::RelayOutcome;
 pub use crate::ledger::{AckOutcome, DeliveryOutcome, SubmitOutcome, Timing};
 use crate::ledger::{Effect, Step, Transition};
 use crate::refusals::{Refusal, RejectionCounter};
 use crate::store::keys::meta;
+use crate::store::records::OverlapRecord;
 use crate::store::tables::Tables;
 use crate::store::{Store, StoreError};
+use referral_proto::overlap::{Chunk, SignedStatement};
 
 /// Most jobs folded into one commit.
 const MAX_BATCH_JOBS: usize = 1024;
@@ -107,6 +111,28 @@ enum Job {
     Barrier {
         reply: oneshot::Sender<()>,
     },
+    Overlap {
+        command: OverlapCommand,
+        principal: String,
+        reply: Reply<OverlapAnswer>,
+    },
+}
+
+/// A change to an overlap session (see [`crate::ledger::overlap`]); the
+/// service has checked its form, route and signature.
+#[derive(Debug)]
+pub enum OverlapCommand {
+    Propose(SignedStatement, OverlapConfig),
+    Accept(SignedStatement, OverlapConfig),
+    Relay(Box<Chunk>),
+    Finish(SignedStatement),
+}
+
+/// What an overlap command answers once durable.
+#[derive(Debug, Clone)]
+pub enum OverlapAnswer {
+    Session(Box<OverlapRecord>),
+    Relayed(RelayOutcome),
 }
 
 /// A cheap handle for sending jobs to the committer.
@@ -218,6 +244,11 @@ impl Committer {
         ask(&self.tx, |reply| Job::Probe { reply }).await
     }
 
+    /// Carries out an overlap command; answers once it is durable.
+    pub async fn overlap(&self, command: OverlapCommand, principal: String) -> Result<OverlapAnswer, BrokerError> {
+        ask(&self.tx, |reply| Job::Overlap { command, principal, reply }).await
+    }
+
     /// Returns once every job sent before it is committed.
     pub async fn barrier(&self) {
         let (reply, rx) = oneshot::channel();
@@ -320,6 +351,7 @@ enum Pending {
     Unit(Reply<()>, Result<(), BrokerError>, bool),
     Delivered(Reply<DeliveryOutcome>, Result<DeliveryOutcome, BrokerError>, bool, Option<Handoff>),
     Barrier(oneshot::Sender<()>),
+    Overlap(Reply<OverlapAnswer>, Result<OverlapAnswer, BrokerError>, bool),
 }
 
 impl Core {
@@ -447,6 +479,18 @@ impl Core {
                 }
                 Job::Backup { dir, reply } => backups.push((dir, reply)),
                 Job::Barrier { reply } => pending.push(Pending::Barrier(reply)),
+                Job::Overlap { command, principal, reply } => {
+                    let session = |r: OverlapRecord| OverlapAnswer::Session(Box::new(r));
+                    let r = match command {
+                        OverlapCommand::Propose(s, limits) => step.overlap_propose(s, &principal, limits).map(session),
+                        OverlapCommand::Accept(s, limits) => step.overlap_accept(s, &principal, limits).map(session),
+                        OverlapCommand::Relay(chunk) => {
+                            step.overlap_relay(&chunk, &principal).map(OverlapAnswer::Relayed)
+                        }
+                        OverlapCommand::Finish(s) => step.overlap_finish(s, &principal).map(session),
+                    };
+                    pending.push(Pending::Overlap(reply, r, step.writes() > mark));
+                }
             }
         }
         let deadlines_ran = due_deadlines(&*self.deps.store, self.next_deadline, &mut step, now);
@@ -484,6 +528,9 @@ impl Core {
                 }
                 Pending::Barrier(reply) => {
                     let _ = reply.send(());
+                }
+                Pending::Overlap(reply, r, wrote) => {
+                    let _ = reply.send(settle(r, wrote, &failed));
                 }
             }
         }

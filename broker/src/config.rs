@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub audit: AuditConfig,
     pub policy: PolicyConfig,
+    pub overlap: OverlapConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
 }
@@ -147,6 +148,17 @@ pub struct PolicyConfig {
     pub allow_same_kind: Vec<(AgencyId, AgencyId)>,
 }
 
+/// `[overlap]`: what the broker allows of the blind overlap check
+/// (PROTOCOL.md 13.8). Stuffing a set with guessed numbers cannot be
+/// prevented; these bound it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlapConfig {
+    /// Sessions one pair of agencies may start per UTC day (either side proposing).
+    pub sessions_per_pair_per_day: u32,
+    /// The largest padded set (a power of two) either side may declare.
+    pub max_set_size: u32,
+}
+
 /// `[log]`: the format and filter of the broker's own log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -196,6 +208,7 @@ struct Raw {
     limits: Option<RawLimits>,
     audit: Option<RawAudit>,
     policy: Option<RawPolicy>,
+    overlap: Option<RawOverlap>,
     log: Option<RawLog>,
     admin: Option<RawAdmin>,
 }
@@ -276,6 +289,13 @@ struct RawAudit {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     allow_same_kind: Option<Vec<Vec<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverlap {
+    sessions_per_pair_per_day: Option<u32>,
+    max_set_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,6 +435,7 @@ impl Config {
         let limits = c.limits(raw.limits.unwrap_or_default(), max_connections);
         let audit = c.audit(raw.audit.unwrap_or_default());
         let policy = c.policy(raw.policy.unwrap_or_default());
+        let overlap = c.overlap(raw.overlap.unwrap_or_default());
         let log = c.log(raw.log.unwrap_or_default());
         let admin = c.admin(raw.admin);
         let sections = || {
@@ -427,6 +448,7 @@ impl Config {
                 limits,
                 audit,
                 policy,
+                overlap,
                 log,
                 admin: admin?,
             })
@@ -671,6 +693,18 @@ impl Checker<'_> {
             }
         }
         PolicyConfig { allow_same_kind }
+    }
+
+    fn overlap(&mut self, o: RawOverlap) -> OverlapConfig {
+        let max = referral_proto::psi::MAX_SET_SIZE as u32;
+        let c = OverlapConfig {
+            sessions_per_pair_per_day: o.sessions_per_pair_per_day.unwrap_or(4),
+            max_set_size: o.max_set_size.unwrap_or(16_384),
+        };
+        if c.max_set_size == 0 || !c.max_set_size.is_power_of_two() || c.max_set_size > max {
+            self.problems.push(format!("overlap.max_set_size must be a power of two from 1 to {max}"));
+        }
+        c
     }
 
     fn log(&mut self, l: RawLog) -> LogConfig {
@@ -1081,6 +1115,15 @@ acked_retention = "7d"
     }
 
     #[test]
+    fn overlap_settings_default_and_are_checked() {
+        let c = Config::parse(MINIMAL, Path::new("/"), &[]).unwrap();
+        assert_eq!(c.overlap, OverlapConfig { sessions_per_pair_per_day: 4, max_set_size: 16_384 });
+        let text = format!("{MINIMAL}\n[overlap]\nmax_set_size = 1000\n");
+        let err = Config::parse(&text, Path::new("/"), &[]).unwrap_err();
+        assert_eq!(err.0, vec!["overlap.max_set_size must be a power of two from 1 to 65536".to_owned()]);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("3d"), Some(Duration::from_secs(259_200)));
@@ -1105,11 +1148,11 @@ mod example_tests {
         assert_eq!(admin.token_file, Path::new("/etc/referral-broker/admin.token"));
         let table: toml::Table = text.parse().unwrap();
         let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
-        // 39 = the fields of the Raw* structs above but the four PostgreSQL
+        // 41 = the fields of the Raw* structs above but the four PostgreSQL
         // ones, which are refused with engine = "sled" and so are shown
         // commented out; unknown keys are refused by parsing.
         assert_eq!(
-            keys, 39,
+            keys, 41,
             "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
         );
         for key in ["postgres_url", "postgres_ca", "postgres_password_file", "postgres_pool_size"] {

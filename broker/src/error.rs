@@ -77,6 +77,30 @@ pub enum BrokerError {
     AckAfterExpiry(MessageId),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+
+    // --- the blind overlap check ---
+    #[error("malformed overlap request: {0}")]
+    MalformedOverlap(String),
+    #[error("overlap request rejected: {0}")]
+    OverlapSignature(String),
+    #[error("overlap session {0} is not known to the broker")]
+    UnknownOverlap(MessageId),
+    #[error("overlap session {0} already exists with another proposal")]
+    OverlapExists(MessageId),
+    #[error("agency {agency} takes no part in overlap session {session}")]
+    OverlapNotParty { session: MessageId, agency: AgencyId },
+    #[error("overlap session {0} has not been accepted by both sides; nothing blinded is relayed before that")]
+    OverlapNotAccepted(MessageId),
+    #[error("overlap session {session}: {what}")]
+    OverlapOutOfOrder { session: MessageId, what: String },
+    #[error("overlap session {session}: {what}")]
+    OverlapChunkMismatch { session: MessageId, what: String },
+    #[error(
+        "{a} and {b} have started {limit} overlap sessions today (UTC), the broker's daily limit for a pair; try again tomorrow"
+    )]
+    OverlapDailyLimit { a: AgencyId, b: AgencyId, limit: u32 },
+    #[error("an overlap set of {size} (padded) elements is over the broker's cap of {max}")]
+    OverlapSetTooLarge { size: u32, max: u32 },
     #[error("{0}")]
     OutOfRange(String),
 
@@ -135,7 +159,8 @@ impl BrokerError {
             | E::AgencyNotInDirectory { .. }
             | E::PolicyForbids { .. }
             | E::AckForOtherAgency { .. }
-            | E::AckerMismatch { .. } => Code::PermissionDenied,
+            | E::AckerMismatch { .. }
+            | E::OverlapNotParty { .. } => Code::PermissionDenied,
             E::Missing(_)
             | E::MalformedEnvelope(_)
             | E::EnvelopeSignature(_)
@@ -145,16 +170,21 @@ impl BrokerError {
             | E::MalformedAck(_)
             | E::AckSignature(_)
             | E::AckDigestMismatch { .. }
-            | E::InvalidRequest(_) => Code::InvalidArgument,
+            | E::InvalidRequest(_)
+            | E::MalformedOverlap(_)
+            | E::OverlapSignature(_)
+            | E::OverlapChunkMismatch { .. } => Code::InvalidArgument,
             E::OutOfRange(_) => Code::OutOfRange,
-            E::UnknownRecipient(_) | E::UnknownMessage(_) => Code::NotFound,
-            E::DuplicateConflict(_) => Code::AlreadyExists,
-            E::AckAfterExpiry(_) => Code::FailedPrecondition,
+            E::UnknownRecipient(_) | E::UnknownMessage(_) | E::UnknownOverlap(_) => Code::NotFound,
+            E::DuplicateConflict(_) | E::OverlapExists(_) => Code::AlreadyExists,
+            E::AckAfterExpiry(_) | E::OverlapNotAccepted(_) | E::OverlapOutOfOrder { .. } => Code::FailedPrecondition,
             E::Oversize { .. }
             | E::RateLimited { .. }
             | E::TooManyConcurrent { .. }
             | E::SubmitWindowExceeded { .. }
             | E::SubscriberStalled(_)
+            | E::OverlapDailyLimit { .. }
+            | E::OverlapSetTooLarge { .. }
             | E::StorageFull => Code::ResourceExhausted,
             E::SubscriberLagged => Code::Aborted,
             E::StorageFailed | E::ShuttingDown | E::DirectoryStale { .. } => Code::Unavailable,
@@ -192,6 +222,16 @@ impl BrokerError {
             E::UnknownMessage(_) => "unknown_message",
             E::AckAfterExpiry(_) => "ack_after_expiry",
             E::InvalidRequest(_) => "invalid_request",
+            E::MalformedOverlap(_) => "malformed_overlap",
+            E::OverlapSignature(_) => "overlap_bad_signature",
+            E::UnknownOverlap(_) => "unknown_overlap",
+            E::OverlapExists(_) => "overlap_exists",
+            E::OverlapNotParty { .. } => "overlap_not_party",
+            E::OverlapNotAccepted(_) => "overlap_not_accepted",
+            E::OverlapOutOfOrder { .. } => "overlap_out_of_order",
+            E::OverlapChunkMismatch { .. } => "overlap_chunk_mismatch",
+            E::OverlapDailyLimit { .. } => "overlap_daily_limit",
+            E::OverlapSetTooLarge { .. } => "overlap_set_too_large",
             E::OutOfRange(_) => "out_of_range",
             E::RateLimited { .. } => "rate_limited",
             E::TooManyConcurrent { .. } => "too_many_concurrent",

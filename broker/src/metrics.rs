@@ -15,6 +15,8 @@ pub const ACKS: &str = "broker_acks_total";
 pub const ESCALATIONS: &str = "broker_escalations_total";
 pub const EXPIRIES: &str = "broker_expiries_total";
 pub const PURGES: &str = "broker_purges_total";
+/// Overlap sessions proposed (and recorded).
+pub const OVERLAP_SESSIONS: &str = "broker_overlap_sessions_total";
 pub const COMMIT_SECONDS: &str = "broker_commit_seconds";
 pub const COMMIT_JOBS: &str = "broker_commit_batch_jobs";
 pub const COMMIT_FAILURES: &str = "broker_commit_failures_total";

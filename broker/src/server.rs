@@ -21,6 +21,7 @@ use crate::error::BrokerError;
 use crate::hub::Hub;
 use crate::limits::Limiter;
 use crate::service::auditor::AuditorService;
+use crate::service::overlap::OverlapService;
 use crate::service::referral::ReferralService;
 use crate::state::BrokerState;
 use crate::store::Store;
@@ -313,6 +314,8 @@ pub async fn start_wrapped(
     let referral =
         ReferralBrokerServer::new(ReferralService::new(state.clone())).max_decoding_message_size(MAX_DECODING_BYTES);
     let auditor = AuditorServer::new(AuditorService::new(state.clone())).max_decoding_message_size(MAX_DECODING_BYTES);
+    let overlap = referral_proto::pb::overlap_server::OverlapServer::new(OverlapService::new(state.clone()))
+        .max_decoding_message_size(MAX_DECODING_BYTES);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for service in crate::health::SERVICES {
         health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
@@ -357,6 +360,7 @@ pub async fn start_wrapped(
         .layer(crate::service::gate::GateLayer::new(state.clone()))
         .add_service(referral)
         .add_service(auditor)
+        .add_service(overlap)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

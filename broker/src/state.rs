@@ -110,9 +110,17 @@ impl BrokerState {
         authz::check(&identity.principal, rpc, &current.directory).inspect_err(counted)?;
         // A stale directory may list keys the federation has since withdrawn:
         // nothing is verified against it (PROTOCOL.md 9.4).
-        if matches!(rpc, Rpc::Submit | Rpc::SubmitStream | Rpc::Ack)
-            && let Err(referral_proto::directory::DirectoryError::Expired { version, valid_until, .. }) =
-                current.directory.check_fresh(self.clock.now())
+        if matches!(
+            rpc,
+            Rpc::Submit
+                | Rpc::SubmitStream
+                | Rpc::Ack
+                | Rpc::OverlapPropose
+                | Rpc::OverlapAccept
+                | Rpc::OverlapSend
+                | Rpc::OverlapFinish
+        ) && let Err(referral_proto::directory::DirectoryError::Expired { version, valid_until, .. }) =
+            current.directory.check_fresh(self.clock.now())
         {
             let e = BrokerError::DirectoryStale { version, valid_until };
             counted(&e);

@@ -31,10 +31,14 @@ pub enum EventKind {
     Expired,
     Purged,
     RejectionSummary,
+    OverlapProposed,
+    OverlapAccepted,
+    OverlapRelayed,
+    OverlapFinished,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Submitted,
         EventKind::Rejected,
         EventKind::Delivered,
@@ -43,6 +47,10 @@ impl EventKind {
         EventKind::Expired,
         EventKind::Purged,
         EventKind::RejectionSummary,
+        EventKind::OverlapProposed,
+        EventKind::OverlapAccepted,
+        EventKind::OverlapRelayed,
+        EventKind::OverlapFinished,
     ];
 
     pub fn of(event: &Event) -> Self {
@@ -55,6 +63,10 @@ impl EventKind {
             Event::Expired(_) => EventKind::Expired,
             Event::Purged(_) => EventKind::Purged,
             Event::RejectionSummary(_) => EventKind::RejectionSummary,
+            Event::OverlapProposed(_) => EventKind::OverlapProposed,
+            Event::OverlapAccepted(_) => EventKind::OverlapAccepted,
+            Event::OverlapRelayed(_) => EventKind::OverlapRelayed,
+            Event::OverlapFinished(_) => EventKind::OverlapFinished,
         }
     }
 
@@ -68,6 +80,10 @@ impl EventKind {
             EventKind::Expired => "expired",
             EventKind::Purged => "purged",
             EventKind::RejectionSummary => "rejection_summary",
+            EventKind::OverlapProposed => "overlap_proposed",
+            EventKind::OverlapAccepted => "overlap_accepted",
+            EventKind::OverlapRelayed => "overlap_relayed",
+            EventKind::OverlapFinished => "overlap_finished",
         }
     }
 }
@@ -141,6 +157,47 @@ struct MessageInfo {
     ended: bool,
 }
 
+/// One overlap session as the log shows it: metadata only (PROTOCOL.md 13.8).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OverlapSummary {
+    pub session: String,
+    pub initiator: String,
+    pub responder: String,
+    /// Padded set sizes each side signed (0 until the responder accepts).
+    pub initiator_size: u32,
+    pub responder_size: u32,
+    /// The legal basis each side stated, as `kind: citation`.
+    pub initiator_legal_basis: String,
+    pub responder_legal_basis: String,
+    pub proposed_at: Timestamp,
+    pub accepted_at: Option<Timestamp>,
+    /// Chunks relayed, and their total sealed bytes.
+    pub chunks: u64,
+    pub sealed_bytes: u64,
+    /// Transcript hashes each side reported (hex), when it has.
+    pub initiator_transcript: Option<String>,
+    pub responder_transcript: Option<String>,
+}
+
+impl OverlapSummary {
+    /// Both sides finished and reported the same transcript.
+    pub fn completed(&self) -> bool {
+        self.initiator_transcript.is_some() && self.initiator_transcript == self.responder_transcript
+    }
+}
+
+fn basis_text(s: &crate::overlap::Statement) -> String {
+    match s.legal_basis {
+        Some(k) => format!("{}: {}", crate::overlap::basis_name(k), s.legal_citation),
+        None => String::new(),
+    }
+}
+
+fn statement(p: Option<pb::SignedOverlapStatement>, what: &str) -> Result<crate::overlap::SignedStatement, String> {
+    crate::overlap::SignedStatement::try_from(p.ok_or_else(|| format!("{what} without its signed statement"))?)
+        .map_err(|e| format!("{what}: {e}"))
+}
+
 /// Most failures kept in full; the rest are only counted.
 const MAX_FAILURES: usize = 1000;
 
@@ -160,6 +217,7 @@ pub struct LogChecker<'d> {
     blocks: Vec<Digest>,
     checkpoint: Option<u64>,
     checkpoint_root: Option<Digest>,
+    overlaps: BTreeMap<MessageId, OverlapSummary>,
 }
 
 /// What a replay found.
@@ -174,6 +232,8 @@ pub struct LogReport {
     pub rejections: BTreeMap<String, u64>,
     pub failures: Vec<Failure>,
     pub failure_count: u64,
+    /// Every overlap session, in session id (so time) order.
+    pub overlaps: Vec<OverlapSummary>,
     /// Roots of each complete block of [`BLOCK_ENTRIES`] entries.
     #[serde(skip)]
     pub blocks: Vec<Digest>,
@@ -203,6 +263,7 @@ impl<'d> LogChecker<'d> {
             blocks: Vec::new(),
             checkpoint,
             checkpoint_root: None,
+            overlaps: BTreeMap::new(),
         };
         if checkpoint == Some(0) {
             c.checkpoint_root = Some(crate::merkle::empty_root());
@@ -414,6 +475,96 @@ impl<'d> LogChecker<'d> {
                 }
                 Ok(())
             }
+            Event::OverlapProposed(p) => {
+                let s = statement(p.proposal, "overlap proposal")?.statement;
+                if s.step != crate::overlap::Step::Propose {
+                    return Err(format!("overlap session {}: the proposal entry holds another step", s.session));
+                }
+                if self.overlaps.contains_key(&s.session) {
+                    return Err(format!("overlap session {} is proposed twice", s.session));
+                }
+                self.overlaps.insert(
+                    s.session,
+                    OverlapSummary {
+                        session: s.session.to_string(),
+                        initiator: s.initiator.to_string(),
+                        responder: s.responder.to_string(),
+                        initiator_size: s.set_size,
+                        responder_size: 0,
+                        initiator_legal_basis: basis_text(&s),
+                        responder_legal_basis: String::new(),
+                        proposed_at: logged_at,
+                        accepted_at: None,
+                        chunks: 0,
+                        sealed_bytes: 0,
+                        initiator_transcript: None,
+                        responder_transcript: None,
+                    },
+                );
+                Ok(())
+            }
+            Event::OverlapAccepted(a) => {
+                let s = statement(a.acceptance, "overlap acceptance")?.statement;
+                let o = self
+                    .overlaps
+                    .get_mut(&s.session)
+                    .ok_or_else(|| format!("acceptance of overlap session {}, which was never proposed", s.session))?;
+                if s.step != crate::overlap::Step::Accept
+                    || o.initiator != s.initiator.as_str()
+                    || o.responder != s.responder.as_str()
+                {
+                    return Err(format!("overlap session {}: the acceptance is not the responder's", s.session));
+                }
+                if o.accepted_at.is_some() {
+                    return Err(format!("overlap session {} is accepted twice", s.session));
+                }
+                o.responder_size = s.set_size;
+                o.responder_legal_basis = basis_text(&s);
+                o.accepted_at = Some(logged_at);
+                Ok(())
+            }
+            Event::OverlapRelayed(r) => {
+                let h = crate::overlap::ChunkHeader::try_from(r.header.ok_or("relayed chunk without a header")?)
+                    .map_err(|e| format!("relayed chunk: {e}"))?;
+                let o = self
+                    .overlaps
+                    .get_mut(&h.session)
+                    .ok_or_else(|| format!("chunk of overlap session {}, which was never proposed", h.session))?;
+                if o.accepted_at.is_none() {
+                    return Err(format!(
+                        "overlap session {}: a chunk was relayed before both sides accepted",
+                        h.session
+                    ));
+                }
+                let parties = [o.initiator.as_str(), o.responder.as_str()];
+                if !parties.contains(&h.sender.as_str()) || !parties.contains(&h.recipient.as_str()) {
+                    return Err(format!("overlap session {}: a chunk between agencies outside the session", h.session));
+                }
+                o.chunks += 1;
+                o.sealed_bytes += u64::from(r.payload_length);
+                Ok(())
+            }
+            Event::OverlapFinished(f) => {
+                let s = statement(f.finish, "overlap finish")?.statement;
+                let o = self
+                    .overlaps
+                    .get_mut(&s.session)
+                    .ok_or_else(|| format!("finish of overlap session {}, which was never proposed", s.session))?;
+                if o.accepted_at.is_none() {
+                    return Err(format!("overlap session {} finished before it was accepted", s.session));
+                }
+                let hash = s.transcript_hash.map(|d| d.to_hex());
+                let slot = if s.signer.as_str() == o.initiator {
+                    &mut o.initiator_transcript
+                } else {
+                    &mut o.responder_transcript
+                };
+                if slot.is_some() {
+                    return Err(format!("overlap session {}: {} finished twice", s.session, s.signer));
+                }
+                *slot = hash;
+                Ok(())
+            }
         }
     }
 
@@ -429,6 +580,7 @@ impl<'d> LogChecker<'d> {
             rejections: self.rejections,
             failures: self.failures,
             failure_count: self.failure_count,
+            overlaps: self.overlaps.into_values().collect(),
             blocks: self.blocks,
             checkpoint_root: self.checkpoint_root,
         }
@@ -477,6 +629,31 @@ pub fn verify_signatures(directory: &Directory, event: &Event, logged_at: Timest
                 .map_err(|e| format!("acknowledgement: {e}"))?;
             let id = ack.statement.message_id;
             ack.verify_at(directory, logged_at).map(drop).map_err(|e| format!("acknowledgement of message {id}: {e}"))
+        }
+        Event::OverlapProposed(pb::OverlapProposed { proposal: p, .. })
+        | Event::OverlapAccepted(pb::OverlapAccepted { acceptance: p, .. })
+        | Event::OverlapFinished(pb::OverlapFinished { finish: p, .. }) => {
+            let s = statement(p.clone(), "overlap statement")?;
+            s.verify(directory, logged_at).map(drop).map_err(|e| {
+                format!("overlap session {}: the {}'s signature: {e}", s.statement.session, s.statement.signer)
+            })
+        }
+        Event::OverlapRelayed(r) => {
+            let h = crate::overlap::ChunkHeader::try_from(r.header.clone().ok_or("relayed chunk without a header")?)
+                .map_err(|e| format!("relayed chunk: {e}"))?;
+            let payload = Digest::from_slice(&r.payload_digest).ok_or("payload digest is not 32 bytes")?;
+            let key = directory.agency(&h.sender).and_then(|a| a.key(&h.sender_key_id)).ok_or_else(|| {
+                format!("overlap session {}: sender key {} is not in the directory", h.session, h.sender_key_id)
+            })?;
+            if !key.valid_at(logged_at) {
+                return Err(format!(
+                    "overlap session {}: sender key {} was not valid at {logged_at}",
+                    h.session, key.key_id
+                ));
+            }
+            key.signing
+                .verify(&crate::overlap::chunk_signing_input(&h, &payload), &r.signature)
+                .map_err(|_| format!("overlap session {}: a chunk's signature does not verify", h.session))
         }
         _ => Ok(()),
     }
@@ -547,5 +724,108 @@ mod tests {
         let f = failures(ACKED_AT.0 + 1000, ACKED_AT.0 + 2000);
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(f[0].starts_with("entry 1: ") && f[0].contains("before the broker accepted it"), "{f:?}");
+    }
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+    use crate::notice::LegalBasisKind;
+    use crate::overlap::{Kind, Statement, Step, seal_message};
+    use crate::test_vectors::{CREATED_AT, TestRng, build, message_id};
+
+    fn entry(index: u64, event: Event) -> Vec<u8> {
+        encode_entry(&pb::AuditEntry {
+            format_version: AUDIT_ENTRY_FORMAT_VERSION,
+            index,
+            logged_at_ms: CREATED_AT.0 + 10,
+            event: Some(event),
+        })
+    }
+
+    /// A proposal, an acceptance and one relayed set chunk, as the broker logs them.
+    fn events(mutate: impl FnOnce(&mut Vec<Event>)) -> Vec<String> {
+        let v = build();
+        let (police, social) = (&v.sender, &v.recipient);
+        let statement = |step, signer: &crate::keys::AgencyKeyBundle, size| Statement {
+            step,
+            session: message_id(),
+            initiator: police.agency().clone(),
+            responder: social.agency().clone(),
+            signer: signer.agency().clone(),
+            signer_key_id: signer.key_id(),
+            signed_at: CREATED_AT,
+            set_size: size,
+            legal_basis: Some(LegalBasisKind::Osl10_18c),
+            legal_citation: "OSL 10 kap. 18 c §".into(),
+            transcript_hash: None,
+        };
+        let proposal = statement(Step::Propose, police, 1).sign(police);
+        let acceptance = statement(Step::Accept, social, 2).sign(social);
+        let chunk = seal_message(
+            message_id(),
+            Kind::Set,
+            &[7; 32],
+            police,
+            v.directory.agency(social.agency()).unwrap(),
+            CREATED_AT,
+            &mut TestRng::new(1),
+        )
+        .unwrap()
+        .remove(0);
+        let mut list = vec![
+            Event::OverlapProposed(pb::OverlapProposed { proposal: Some((&proposal).into()), principal: "p".into() }),
+            Event::OverlapAccepted(pb::OverlapAccepted {
+                acceptance: Some((&acceptance).into()),
+                principal: "s".into(),
+            }),
+            Event::OverlapRelayed(pb::OverlapRelayed {
+                header: Some((&chunk.header).into()),
+                payload_digest: chunk.payload_digest().0.to_vec(),
+                signature: chunk.signature.to_vec(),
+                payload_length: chunk.payload_len() as u32,
+                principal: "p".into(),
+            }),
+        ];
+        mutate(&mut list);
+        let mut c = LogChecker::new(&v.directory, None);
+        for (i, e) in list.into_iter().enumerate() {
+            c.push(i as u64, &entry(i as u64, e));
+        }
+        let report = c.finish();
+        report.failures.into_iter().map(|f| f.to_string()).collect()
+    }
+
+    #[test]
+    fn an_honest_session_checks_out_and_is_summarised() {
+        assert_eq!(events(|_| {}), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_chunk_relayed_before_acceptance_is_caught() {
+        let f = events(|l| {
+            l.remove(1);
+        });
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("a chunk was relayed before both sides accepted"), "{f:?}");
+    }
+
+    #[test]
+    fn an_altered_size_legal_basis_or_chunk_is_caught() {
+        let f = events(|l| {
+            if let Event::OverlapProposed(p) = &mut l[0] {
+                p.proposal.as_mut().unwrap().statement.as_mut().unwrap().set_size = 1024;
+            }
+            if let Event::OverlapAccepted(a) = &mut l[1] {
+                a.acceptance.as_mut().unwrap().statement.as_mut().unwrap().legal_citation = "nothing".into();
+            }
+            if let Event::OverlapRelayed(r) = &mut l[2] {
+                r.payload_digest[0] ^= 1;
+            }
+        });
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(f[0].starts_with("entry 0: ") && f[0].contains("signature"), "{f:?}");
+        assert!(f[1].starts_with("entry 1: ") && f[1].contains("signature"), "{f:?}");
+        assert!(f[2].starts_with("entry 2: ") && f[2].contains("does not verify"), "{f:?}");
     }
 }

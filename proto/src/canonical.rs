@@ -75,6 +75,11 @@ pub mod label {
     pub const SIGNING_KEY_ID: &str = "referral.v1/signing-key-id";
     pub const PSI_SET: &str = "referral.v1/psi-set";
     pub const PSI_TRANSCRIPT: &str = "referral.v1/psi-transcript";
+    pub const OVERLAP_STATEMENT: &str = "referral.v1/overlap-statement";
+    pub const OVERLAP_CHUNK_HEADER: &str = "referral.v1/overlap-chunk-header";
+    pub const OVERLAP_HPKE_INFO: &str = "referral.v1/overlap-hpke-info";
+    pub const OVERLAP_CHUNK_SIGNATURE: &str = "referral.v1/overlap-chunk-signature";
+    pub const OVERLAP_CHUNK_DIGEST: &str = "referral.v1/overlap-chunk-digest";
 }
 
 #[cfg(test)]

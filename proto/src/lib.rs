@@ -23,6 +23,8 @@
 //! - [`audit`]: audit log entries: decoding and what an auditor checks about each.
 //! - [`psi`]: the blind overlap check: RFC 9380 hash to ristretto255, identity number
 //!   normalisation, and the two-party set intersection as pure functions.
+//! - [`overlap`]: the overlap check through the broker: signed statements (propose,
+//!   accept, finish) and sealed, signed chunks of blinded sets and answers.
 //! - [`test_vectors`]: the fixed inputs and outputs PROTOCOL.md publishes.
 //! - [`text`]: what every text field may hold: no controls, no bidirectional overrides.
 //! - [`time`]: Unix-millisecond timestamps and their RFC 3339 form.
@@ -36,6 +38,7 @@ pub mod ids;
 pub mod keys;
 pub mod merkle;
 pub mod notice;
+pub mod overlap;
 pub mod psi;
 pub mod receipt;
 pub mod seal;

@@ -130,7 +130,10 @@ pub fn seal(
     seal_with_rng(notice, sender, recipient, message_id, now, &mut getrandom_rng())
 }
 
-fn getrandom_rng() -> impl rand_core::CryptoRng {
+/// The operating system's generator: what every caller outside known-answer
+/// tests passes where a `rand_core::CryptoRng` is asked for (sealing, the
+/// overlap check's scalars, padding and shuffle).
+pub fn getrandom_rng() -> impl rand_core::CryptoRng {
     rand_core::UnwrapErr(getrandom::SysRng)
 }
 

@@ -16,6 +16,7 @@
 //! error, nothing of the batch is written, and every command that would
 //! have written is answered with that error.
 
+pub mod overlap;
 #[cfg(test)]
 mod tests;
 
@@ -114,6 +115,9 @@ pub struct Step<'a> {
     messages: HashMap<MessageId, MessageRecord>,
     receipts: HashMap<(MessageId, u8), pb::Receipt>,
     deliveries: HashSet<(MessageId, String)>,
+    /// Overlap sessions changed by this batch, and its sessions per pair and day.
+    overlaps: HashMap<MessageId, crate::store::records::OverlapRecord>,
+    overlap_days: HashMap<Vec<u8>, u64>,
     effects: Vec<Effect>,
     poisoned: Option<StoreError>,
 }
@@ -168,6 +172,8 @@ impl<'a> Step<'a> {
             messages: HashMap::new(),
             receipts: HashMap::new(),
             deliveries: HashSet::new(),
+            overlaps: HashMap::new(),
+            overlap_days: HashMap::new(),
             effects: Vec::new(),
             poisoned: None,
         }
@@ -189,6 +195,9 @@ impl<'a> Step<'a> {
         }
         for (key, value) in &self.counters {
             self.writes.counter(key.clone(), *value);
+        }
+        for (id, rec) in &self.overlaps {
+            self.writes.overlap(id, rec);
         }
         if self.log.size() != self.logged_before {
             self.log.record_size(&mut self.writes);

@@ -5,5 +5,6 @@
 
 pub mod auditor;
 pub mod gate;
+pub mod overlap;
 pub mod referral;
 pub mod streams;

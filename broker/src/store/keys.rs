@@ -111,6 +111,49 @@ pub fn delivery(id: &MessageId, principal: &str) -> Vec<u8> {
     k
 }
 
+/// Keys of the overlaps table, each starting with a byte that says what it holds.
+pub mod overlap {
+    use referral_proto::ids::{AgencyId, MessageId};
+
+    /// Session id -> `OverlapRecord`.
+    pub fn session(id: &MessageId) -> Vec<u8> {
+        [b"s".as_slice(), id.as_bytes()].concat()
+    }
+
+    /// Session id, sending side (0 initiator, 1 responder), kind, index -> encoded chunk.
+    pub fn chunk(id: &MessageId, side: u8, kind: u8, index: u32) -> Vec<u8> {
+        [b"c".as_slice(), id.as_bytes(), &[side, kind], &index.to_be_bytes()].concat()
+    }
+
+    /// Every chunk key of a session.
+    pub fn chunks_prefix(id: &MessageId) -> Vec<u8> {
+        [b"c".as_slice(), id.as_bytes()].concat()
+    }
+
+    /// Agency, session id -> nothing: the sessions an agency takes part in,
+    /// oldest first (session ids are UUIDv7).
+    pub fn by_agency(agency: &AgencyId, id: &MessageId) -> Vec<u8> {
+        [by_agency_prefix(agency).as_slice(), id.as_bytes()].concat()
+    }
+
+    pub fn by_agency_prefix(agency: &AgencyId) -> Vec<u8> {
+        let b = agency.as_str().as_bytes();
+        [b"a".as_slice(), &[b.len() as u8], b].concat()
+    }
+
+    /// UTC day, the pair (in sorted order) -> sessions proposed that day.
+    pub fn pair_day(day: i64, a: &AgencyId, b: &AgencyId) -> Vec<u8> {
+        let (x, y) = if a <= b { (a, b) } else { (b, a) };
+        let mut k = vec![b'd'];
+        k.extend_from_slice(&day.to_be_bytes());
+        for agency in [x, y] {
+            k.push(agency.as_str().len() as u8);
+            k.extend_from_slice(agency.as_str().as_bytes());
+        }
+        k
+    }
+}
+
 /// Meta keys.
 pub mod meta {
     use referral_proto::ids::AgencyId;

@@ -43,10 +43,13 @@ pub enum Table {
     MerkleNodes,
     /// message id, principal -> nothing: who has been sent the message.
     Deliveries,
+    /// The blind overlap check: sessions, sealed chunks until the session
+    /// finishes, sessions per agency, sessions per pair and day.
+    Overlaps,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Meta,
         Table::Messages,
         Table::Envelopes,
@@ -57,6 +60,7 @@ impl Table {
         Table::Audit,
         Table::MerkleNodes,
         Table::Deliveries,
+        Table::Overlaps,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Table {
             Table::Audit => "audit",
             Table::MerkleNodes => "merkle_nodes",
             Table::Deliveries => "deliveries",
+            Table::Overlaps => "overlaps",
         }
     }
 }

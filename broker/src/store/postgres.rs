@@ -136,6 +136,7 @@ fn table_id(t: Table) -> i16 {
         Table::Audit => 7,
         Table::MerkleNodes => 8,
         Table::Deliveries => 9,
+        Table::Overlaps => 10,
     }
 }
 

@@ -74,6 +74,47 @@ pub struct FeedEntry {
     pub receipt: u8,
 }
 
+/// Where an overlap session stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverlapState {
+    Proposed,
+    Accepted,
+    /// Both sides reported their transcript hash; the chunks are deleted.
+    Finished,
+}
+
+/// A chunk the broker relayed: which, whose, and the audit entry that records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedChunk {
+    /// 0 initiator, 1 responder.
+    pub side: u8,
+    pub kind: u8,
+    pub index: u32,
+    pub count: u32,
+    pub digest: [u8; 32],
+    pub log_index: u64,
+}
+
+/// Everything the broker knows about an overlap session: metadata, the
+/// signed statements (as received, encoded), and which chunks it relayed.
+/// Each part cites its audit entry, so readers show only durable parts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlapRecord {
+    pub initiator: String,
+    pub responder: String,
+    pub state: OverlapState,
+    pub initiator_size: u32,
+    pub responder_size: u32,
+    pub proposed_at_ms: i64,
+    pub accepted_at_ms: i64,
+    /// (encoded `SignedOverlapStatement`, audit index) of each statement.
+    pub proposal: (Vec<u8>, u64),
+    pub acceptance: Option<(Vec<u8>, u64)>,
+    pub initiator_finish: Option<(Vec<u8>, u64)>,
+    pub responder_finish: Option<(Vec<u8>, u64)>,
+    pub chunks: Vec<RelayedChunk>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

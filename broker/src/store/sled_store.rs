@@ -54,6 +54,7 @@ fn table_byte(t: Table) -> u8 {
         Table::Audit => 7,
         Table::MerkleNodes => 8,
         Table::Deliveries => 9,
+        Table::Overlaps => 10,
     }
 }
 

@@ -15,7 +15,7 @@ use referral_proto::ids::{AgencyId, MessageId};
 use referral_proto::pb;
 
 use super::keys::{self, DeadlineKind, meta};
-use super::records::{self, FeedEntry, MessageRecord};
+use super::records::{self, FeedEntry, MessageRecord, OverlapRecord};
 use super::{Batch, Store, StoreError, Table};
 
 /// A stored deadline: when, what, for which message.
@@ -176,6 +176,41 @@ impl<'a> Tables<'a> {
     pub fn merkle_node(&self, level: u32, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.0.get(Table::MerkleNodes, &keys::merkle(level, index))
     }
+
+    pub fn overlap(&self, id: &MessageId) -> Result<Option<OverlapRecord>, StoreError> {
+        self.0.get(Table::Overlaps, &keys::overlap::session(id))?.map(|b| records::decode("overlap", &b)).transpose()
+    }
+
+    /// A relayed chunk as received (protobuf bytes); None once deleted.
+    pub fn overlap_chunk(
+        &self,
+        id: &MessageId,
+        side: u8,
+        kind: u8,
+        index: u32,
+    ) -> Result<Option<pb::OverlapChunk>, StoreError> {
+        self.0
+            .get(Table::Overlaps, &keys::overlap::chunk(id, side, kind, index))?
+            .map(|b| prost::Message::decode(b.as_slice()).map_err(|_| corrupt(format!("overlap chunk of {id}"))))
+            .transpose()
+    }
+
+    /// Sessions proposed for the pair on `day` (UTC days since the epoch).
+    pub fn overlap_pair_day(&self, day: i64, a: &AgencyId, b: &AgencyId) -> Result<u64, StoreError> {
+        let key = keys::overlap::pair_day(day, a, b);
+        self.0.get(Table::Overlaps, &key)?.map(|v| decode_u64(&key, &v)).transpose().map(Option::unwrap_or_default)
+    }
+
+    /// The ids of the last `limit` sessions `agency` takes part in, oldest first.
+    pub fn overlaps_of(&self, agency: &AgencyId, limit: usize) -> Result<Vec<MessageId>, StoreError> {
+        let prefix = keys::overlap::by_agency_prefix(agency);
+        let rows = self.0.prefix(Table::Overlaps, &prefix, usize::MAX)?;
+        let skip = rows.len().saturating_sub(limit);
+        rows.into_iter()
+            .skip(skip)
+            .map(|(k, _)| MessageId::from_bytes(&k[prefix.len()..]).map_err(|_| corrupt("overlap agency index")))
+            .collect()
+    }
 }
 
 /// Typed writes, gathered into one [`Batch`] for [`Store::commit`].
@@ -260,6 +295,26 @@ impl Writes {
         self.batch.put(Table::MerkleNodes, keys::merkle(level, index), hash.to_vec());
     }
 
+    pub fn overlap(&mut self, id: &MessageId, rec: &OverlapRecord) {
+        self.batch.put(Table::Overlaps, keys::overlap::session(id), records::encode(rec));
+    }
+
+    pub fn overlap_chunk(&mut self, id: &MessageId, side: u8, kind: u8, index: u32, encoded: Vec<u8>) {
+        self.batch.put(Table::Overlaps, keys::overlap::chunk(id, side, kind, index), encoded);
+    }
+
+    pub fn delete_overlap_chunk(&mut self, id: &MessageId, side: u8, kind: u8, index: u32) {
+        self.batch.delete(Table::Overlaps, keys::overlap::chunk(id, side, kind, index));
+    }
+
+    pub fn overlap_of(&mut self, agency: &AgencyId, id: &MessageId) {
+        self.batch.put(Table::Overlaps, keys::overlap::by_agency(agency, id), vec![]);
+    }
+
+    pub fn overlap_pair_day(&mut self, day: i64, a: &AgencyId, b: &AgencyId, count: u64) {
+        self.batch.put(Table::Overlaps, keys::overlap::pair_day(day, a, b), count.to_be_bytes().to_vec());
+    }
+
     pub fn audit_size(&mut self, size: u64) {
         self.counter(meta::AUDIT_SIZE.to_vec(), size);
     }
@@ -292,6 +347,41 @@ impl<'a> Durable<'a> {
             return Ok(None);
         }
         Ok(Some((rec, durable)))
+    }
+}
+
+impl<'a> Durable<'a> {
+    /// An overlap session with only its durable parts (statements and
+    /// chunks whose audit entry lies below the log size); None when unknown
+    /// or its proposal is not yet durable. The state is recomputed from the
+    /// durable parts.
+    pub fn overlap(&self, id: &MessageId) -> Result<Option<OverlapRecord>, StoreError> {
+        use super::records::OverlapState;
+        let Some(mut rec) = self.tables.overlap(id)? else { return Ok(None) };
+        let n = self.log_size;
+        if rec.proposal.1 >= n {
+            return Ok(None);
+        }
+        let keep = |p: &mut Option<(Vec<u8>, u64)>| {
+            if p.as_ref().is_some_and(|(_, i)| *i >= n) {
+                *p = None;
+            }
+        };
+        keep(&mut rec.acceptance);
+        keep(&mut rec.initiator_finish);
+        keep(&mut rec.responder_finish);
+        rec.chunks.retain(|c| c.log_index < n);
+        rec.state = match (&rec.acceptance, &rec.initiator_finish, &rec.responder_finish) {
+            (None, _, _) => OverlapState::Proposed,
+            (Some(_), Some(_), Some(_)) => OverlapState::Finished,
+            _ => OverlapState::Accepted,
+        };
+        Ok(Some(rec))
+    }
+
+    /// Tables without the durability filter, for records read after [`Durable::overlap`] vouched for them.
+    pub fn tables(&self) -> Tables<'a> {
+        self.tables
     }
 }
 

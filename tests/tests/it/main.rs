@@ -44,6 +44,8 @@ mod log_growth;
 mod operations;
 /// The admin endpoint's token, private backups, key file modes.
 mod operator;
+/// The blind overlap check through the broker: results, privacy, refusals.
+mod overlap;
 /// The PostgreSQL engine: the exchange, restarts, TLS, schema versions, a killed database.
 mod postgres;
 /// A power loss at random moments loses nothing; the broker starts by itself.

@@ -140,20 +140,23 @@ async fn the_role_table_holds_over_the_wire() {
         "Auditor.InclusionProof",
         "Auditor.ConsistencyProof",
         "Auditor.GetDirectory",
+        "Overlap.Propose",
+        "Overlap.Accept",
+        "Overlap.Send",
+        "Overlap.Receive",
+        "Overlap.Finish",
+        "Overlap.Sessions",
     ];
-    let table: [(&str, &str, [bool; 13]); 3] = [
-        (POLICE_SYSTEM, "system", [true, true, true, true, true, true, true, true, false, false, false, false, false]),
-        (
-            SOCIAL_ONCALL,
-            "oncall",
-            [false, false, true, true, true, false, false, true, false, false, false, false, false],
-        ),
-        (AUDITOR, "auditor", [false, false, false, false, false, false, false, false, true, true, true, true, true]),
+    let (t, f) = (true, false);
+    let table: [(&str, &str, [bool; 19]); 3] = [
+        (POLICE_SYSTEM, "system", [t, t, t, t, t, t, t, t, f, f, f, f, f, t, t, t, t, t, t]),
+        (SOCIAL_ONCALL, "oncall", [f, f, t, t, t, f, f, t, f, f, f, f, f, f, f, f, f, f, f]),
+        (AUDITOR, "auditor", [f, f, f, f, f, f, f, f, t, t, t, t, t, f, f, f, f, f, f]),
     ];
     for (who, role, allowed) in table {
         let c = h.client(who).await;
-        let (mut b, mut a) = (c.broker(), c.auditor_rpc());
-        let outcomes: [Result<(), tonic::Status>; 13] = [
+        let (mut b, mut a, mut o) = (c.broker(), c.auditor_rpc(), c.overlap_rpc());
+        let outcomes: [Result<(), tonic::Status>; 19] = [
             b.submit(pb::SubmitRequest { envelope: None }).await.map(drop),
             b.submit_stream(futures_util::stream::empty::<pb::SubmitStreamRequest>()).await.map(drop),
             b.subscribe(pb::SubscribeRequest {}).await.map(drop),
@@ -167,6 +170,12 @@ async fn the_role_table_holds_over_the_wire() {
             a.inclusion_proof(pb::InclusionProofRequest::default()).await.map(drop),
             a.consistency_proof(pb::ConsistencyProofRequest { first: 0, second: 0 }).await.map(drop),
             a.get_directory(pb::GetDirectoryRequest {}).await.map(drop),
+            o.propose(pb::SignedOverlapStatement::default()).await.map(drop),
+            o.accept(pb::SignedOverlapStatement::default()).await.map(drop),
+            o.send(pb::OverlapChunk::default()).await.map(drop),
+            o.receive(pb::OverlapReceiveRequest::default()).await.map(drop),
+            o.finish(pb::SignedOverlapStatement::default()).await.map(drop),
+            o.sessions(pb::OverlapSessionsRequest {}).await.map(drop),
         ];
         for ((rpc, outcome), allowed) in rpcs.iter().zip(outcomes).zip(allowed) {
             if allowed {
