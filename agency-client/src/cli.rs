@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::Client;
 use crate::alerts::{AlertEvent, Fetched, IncomingReferral};
-use crate::present::Presenter;
 use crate::display::{json_line, safe, safe_block};
+use crate::present::Presenter;
 
 /// Standard output was closed by its reader (`agency-client … | head -1`).
 /// Not a failure: the command stops quietly with exit code 0.
@@ -255,9 +255,7 @@ async fn run_connected(
             let id: MessageId = id.parse()?;
             let p = Presenter::new(lang);
             match client.fetch(id).await {
-                Err(crate::ClientError::Rpc(s))
-                    if crate::error::reason(&s).as_deref() == Some("unknown_message") =>
-                {
+                Err(crate::ClientError::Rpc(s)) if crate::error::reason(&s).as_deref() == Some("unknown_message") => {
                     return Err(crate::ClientError::NotWaiting(id).into());
                 }
                 Err(e) => return Err(e.into()),

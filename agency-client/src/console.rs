@@ -68,7 +68,8 @@ pub const COOKIE: &str = "console_session";
 
 /// Exact refusals, one per rule (the attack tests check each).
 pub mod refusal {
-    pub const FOREIGN_HOST: &str = "refused: the Host header does not name this console (127.0.0.1 or localhost on its port)";
+    pub const FOREIGN_HOST: &str =
+        "refused: the Host header does not name this console (127.0.0.1 or localhost on its port)";
     pub const FOREIGN_ORIGIN: &str = "refused: the request comes from another site (Origin or Sec-Fetch-Site)";
     pub const NO_ORIGIN: &str = "refused: an action must carry the Origin header of this console";
     pub const NO_SESSION: &str =
@@ -483,11 +484,7 @@ async fn login(State(s): State<Arc<Shared>>, Path(token): Path<String>) -> Respo
     let session = Session { id: random_token(), csrf: random_token() };
     let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", session.id);
     *s.session.lock().expect("session lock") = Some(session);
-    (
-        StatusCode::SEE_OTHER,
-        [(header::LOCATION, "/".to_owned()), (header::SET_COOKIE, cookie)],
-        "logged in\n",
-    )
+    (StatusCode::SEE_OTHER, [(header::LOCATION, "/".to_owned()), (header::SET_COOKIE, cookie)], "logged in\n")
         .into_response()
 }
 
@@ -599,10 +596,8 @@ fn list_html(s: &Shared) -> String {
         ));
         for r in list {
             let f = flags(r, now);
-            let tags: String = f
-                .iter()
-                .map(|f| format!(r#"<span class="flag {}">{}</span> "#, f.code(), esc(p.flag(*f))))
-                .collect();
+            let tags: String =
+                f.iter().map(|f| format!(r#"<span class="flag {}">{}</span> "#, f.code(), esc(p.flag(*f)))).collect();
             out.push_str(&format!(
                 r#"<tr class="urgency-{u}" data-message-id="{id}"><td><span class="urgency">{ul}</span></td><td>{from}</td><td>{left}<br><span class="time">{at}</span></td><td>{tags}</td><td><a href="/referral/{id}">{open}</a></td></tr>"#,
                 u = r.urgency.as_str(),
@@ -617,7 +612,10 @@ fn list_html(s: &Shared) -> String {
         out.push_str("</tbody></table>");
     }
     if !v.unreadable.is_empty() {
-        out.push_str(&format!(r#"<h2>{}</h2><ul class="unreadable">"#, t("Kunde inte verifieras", "Failed verification")));
+        out.push_str(&format!(
+            r#"<h2>{}</h2><ul class="unreadable">"#,
+            t("Kunde inte verifieras", "Failed verification")
+        ));
         for line in &v.unreadable {
             out.push_str(&format!("<li>{}</li>", esc(line)));
         }
@@ -731,7 +729,13 @@ async fn referral_page(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> 
             Ok(crate::alerts::Fetched::Acknowledged(r)) => {
                 if let Some(a) = &r.ack {
                     let mut v = s.view.lock().expect("view lock");
-                    s.settle(&mut v, id, a.statement.acknowledged_by.clone(), a.statement.acknowledged_at, String::new());
+                    s.settle(
+                        &mut v,
+                        id,
+                        a.statement.acknowledged_by.clone(),
+                        a.statement.acknowledged_at,
+                        String::new(),
+                    );
                 }
             }
             Ok(crate::alerts::Fetched::Expired(r)) => {
@@ -740,7 +744,8 @@ async fn referral_page(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> 
             Err(e) => message = crate::error_chain(&e),
         }
     }
-    let main = format!(r#"<div data-live="referral" data-message-id="{id}">{}</div>"#, referral_html(&s, id, None, &message));
+    let main =
+        format!(r#"<div data-live="referral" data-message-id="{id}">{}</div>"#, referral_html(&s, id, None, &message));
     html(page(&s, title, &main))
 }
 
@@ -778,11 +783,10 @@ async fn ack(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) 
                 "The name must not contain a personal identity number: it is kept in the permanent log.",
             )
             .to_owned(),
-            crate::ClientError::Ack(_) => t(
-                "Skriv ett namn eller jour-id, 1 till 64 tecken.",
-                "Write a name or on-call id, 1 to 64 characters.",
-            )
-            .to_owned(),
+            crate::ClientError::Ack(_) => {
+                t("Skriv ett namn eller jour-id, 1 till 64 tecken.", "Write a name or on-call id, 1 to 64 characters.")
+                    .to_owned()
+            }
             e => crate::error_chain(&e),
         }),
     };

@@ -152,7 +152,10 @@ pub async fn run(
                         for line in summary(&waiting, &unreadable, profile, &p, limit, now) {
                             out!("{line}");
                         }
-                        out!("{}", event_text(&AlertEvent::CaughtUp { sequence: 0 }, profile, &p, now).unwrap_or_default());
+                        out!(
+                            "{}",
+                            event_text(&AlertEvent::CaughtUp { sequence: 0 }, profile, &p, now).unwrap_or_default()
+                        );
                     }
                     (Some(_), _) => {}
                     (None, AlertEvent::Referral(r)) => {

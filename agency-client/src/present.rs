@@ -359,14 +359,14 @@ impl Presenter {
             row(self.t("Mottagen", "Sent"), self.local_time(r.created_at)),
         ];
         if let Some(t) = n.respond_by {
-            head.push(row(self.t("Avsändaren vill ha svar senast", "The sender asks for an answer by"), self.local_time(t)));
+            head.push(row(
+                self.t("Avsändaren vill ha svar senast", "The sender asks for an answer by"),
+                self.local_time(t),
+            ));
         }
         let f = flags(r, now);
         if !f.is_empty() {
-            head.push(row(
-                self.t("Observera", "Note"),
-                f.iter().map(|f| self.flag(*f)).collect::<Vec<_>>().join(", "),
-            ));
+            head.push(row(self.t("Observera", "Note"), f.iter().map(|f| self.flag(*f)).collect::<Vec<_>>().join(", ")));
         }
         head.push(row(self.t("Meddelande-id", "Message id"), r.message_id.to_string()));
         out.push(Section { title: self.t("Hänvisning", "Referral"), rows: head });
@@ -394,7 +394,10 @@ impl Presenter {
                 format!("{}, {} {}", s.street_address, s.postal_code, s.city).trim().to_owned(),
             ));
         }
-        person.push(row(self.t("Känner till hänvisningen", "Aware of the referral"), self.victim_aware(n.victim_aware).into()));
+        person.push(row(
+            self.t("Känner till hänvisningen", "Aware of the referral"),
+            self.victim_aware(n.victim_aware).into(),
+        ));
         out.push(Section { title: self.t("Den utsatta", "The person at risk"), rows: person });
 
         let mut contact = vec![row(self.t("Kanal", "Channel"), self.channel(c.channel).to_owned())];
@@ -598,8 +601,14 @@ mod tests {
             en.summary_head(&[&late], now),
             "1 referral waiting for acknowledgement: 1 immediate, 0 urgent, 0 routine; 1 past the deadline"
         );
-        assert_eq!(en.already_acknowledged("jour-1", Timestamp(NOON_UTC)), "already acknowledged by jour-1 at 2026-12-02 13:00 CET");
-        assert_eq!(sv.already_acknowledged("jour-1", Timestamp(NOON_UTC)), "redan kvitterad av jour-1 2026-12-02 13:00 CET");
+        assert_eq!(
+            en.already_acknowledged("jour-1", Timestamp(NOON_UTC)),
+            "already acknowledged by jour-1 at 2026-12-02 13:00 CET"
+        );
+        assert_eq!(
+            sv.already_acknowledged("jour-1", Timestamp(NOON_UTC)),
+            "redan kvitterad av jour-1 2026-12-02 13:00 CET"
+        );
     }
 
     #[test]

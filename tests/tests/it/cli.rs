@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use agency_client::present::{Lang, Presenter};
+
 use crate::support::{client, exe};
 use integration_tests::*;
 
@@ -30,21 +32,72 @@ async fn send_listen_ack_status_and_directory() {
     assert_eq!(events[0]["notice"]["subject"]["name"], "Testperson Andersson");
     assert_eq!(events.last().unwrap()["event"], "caught_up");
 
-    // The readable form for a person on call.
-    let (code, out, _) = client(&h, SOCIAL_ONCALL, &["listen", "--once"]).await;
-    assert_eq!(code, 0);
-    assert!(
-        out.contains("URGENT referral") && out.contains("Legal basis:") && out.contains(&format!("ack {id}")),
-        "{out}"
-    );
+    // The readable form for a person on call: a sorted summary, human
+    // labels, local time and time left (English here, Swedish by default).
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let r = match oncall.fetch(id.parse().unwrap()).await.unwrap() {
+        agency_client::alerts::Fetched::Waiting(agency_client::alerts::AlertEvent::Referral(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let p = h.profile(SOCIAL_ONCALL).display().to_string();
+    let summary = |lang: Lang, now| {
+        let pr = Presenter::new(lang);
+        let tail = match lang {
+            Lang::En => format!("-- open one: agency-client --profile {p} show MESSAGE-ID"),
+            Lang::Sv => format!("-- öppna en: agency-client --profile {p} show MEDDELANDE-ID"),
+        };
+        format!("{}\n  {}\n{tail}\n", pr.summary_head(&[&*r], now), pr.summary_line(&r, now))
+    };
+    for (lang, args) in [(Lang::En, &["--lang", "en", "listen", "--once"][..]), (Lang::Sv, &["listen", "--once"][..])] {
+        let before = certs::now();
+        let (code, out, err) = client(&h, SOCIAL_ONCALL, args).await;
+        assert_eq!(code, 0, "{err}");
+        // The time left is in whole minutes: the run may straddle one.
+        assert!(out == summary(lang, before) || out == summary(lang, certs::now()), "{out}");
+    }
+    let (code, out, err) = client(&h, SOCIAL_ONCALL, &["--lang", "en", "show", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    for (i, line) in [
+        "   [Referral]",
+        "   [Safe way to make contact]",
+        "   [The person at risk]",
+        "   [Risk]",
+        "   [Children in the household]",
+        "   [Support requested]",
+        "   [Legal basis and consent]",
+        &*format!("     {:<32}{}", "Consent:", "Consent given"),
+        &*format!("     {:<32}{}", "Level:", "HIGH RISK"),
+        &*format!("     {:<32}{}", "Children:", "4 years; present: yes; witnessed the violence: yes"),
+        &*format!("   to acknowledge: agency-client --profile {p} ack {id} --by NAME"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(out.lines().any(|l| l == *line), "line {i} {line:?} missing:\n{out}");
+    }
+    for code_name in ["NotAware", "NotSoughtUnsafe", "Osl10_18c", "SaraSv", "Some(", "None"] {
+        assert!(!out.contains(code_name), "{code_name} shown:\n{out}");
+    }
 
     let (code, out, err) = client(&h, SOCIAL_ONCALL, &["ack", &id, "--by", "jour-3"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("acknowledged {id} as jour-3")), "{out}");
-    // Acknowledged already: said so, with who, and nothing more is done.
-    let (code, out, err) = client(&h, SOCIAL_SYSTEM, &["ack", &id]).await;
+    // Acknowledged already: said so, with who and when, and nothing more is done.
+    let police = h.client(POLICE_SYSTEM).await;
+    let receipts = police.receipts(&[id.parse().unwrap()]).await.unwrap();
+    let at = receipts[0].1.iter().find_map(|r| r.ack.as_ref()).unwrap().statement.acknowledged_at;
+    let (code, out, err) = client(&h, SOCIAL_SYSTEM, &["--lang", "en", "ack", &id]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("{id} was already acknowledged by jour-3; nothing more to do")), "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "{id}: already acknowledged by jour-3 at {}; nothing more to do\n",
+            Presenter::new(Lang::En).local_time(at)
+        )
+    );
+    let (code, out, err) = client(&h, SOCIAL_SYSTEM, &["show", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{id}: redan kvitterad av jour-3 {}\n", Presenter::new(Lang::Sv).local_time(at)));
     let unknown = referral_proto::ids::MessageId::generate(certs::now().0).to_string();
     let (code, _, err) = client(&h, SOCIAL_ONCALL, &["ack", &unknown]).await;
     assert_eq!(code, 65, "a permanent refusal");

@@ -10,6 +10,8 @@ mod audit;
 mod auditor_cli;
 /// The command-line tools as people use them.
 mod cli;
+/// The on-call web console: attacks on the page, and a referral from the police to the page and back.
+mod console;
 /// SIGKILL at random moments loses nothing.
 mod crash;
 /// Deadlines, escalation, expiry, purge on a moved clock.
