@@ -480,3 +480,96 @@ async fn validate_checks_a_referral_offline() {
         assert_eq!(code, 0, "{number}: {err}");
     }
 }
+
+/// `listen` left running: a broker restart is said out loud and survived,
+/// and a referral from an agency added to the directory after `listen`
+/// started is opened (the directory is fetched again), not refused.
+#[tokio::test]
+async fn listen_reconnects_after_a_broker_restart_and_reads_agencies_added_after_it_started() {
+    use referral_proto::directory::AgencyKind;
+    use referral_proto::ids::{AgencyId, Principal, Role};
+    use tokio::io::AsyncBufReadExt as _;
+
+    let mut h = Harness::start().await;
+    let p = h.profile(SOCIAL_ONCALL).display().to_string();
+    let mut child = tokio::process::Command::new(exe())
+        .args(["agency-client", "--profile", &p, "--lang", "en", "listen"])
+        .env_remove("AGENCY_CLIENT_PROFILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut until = async |want: &dyn Fn(&str) -> bool| -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("waited in vain after {seen:?}"))
+                .unwrap()
+                .expect("listen keeps running");
+            let done = want(&line);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    };
+    let start = until(&|l| l.starts_with("-- all waiting referrals shown")).await;
+    assert_eq!(
+        start,
+        [
+            "0 referrals waiting for acknowledgement: 0 immediate, 0 urgent, 0 routine; 0 past the deadline",
+            "-- all waiting referrals shown; listening for new ones"
+        ]
+    );
+
+    h.stop().await;
+    let down = until(&|l| l.starts_with("!! CONNECTION TO THE BROKER IS DOWN (")).await;
+    assert!(down.last().unwrap().ends_with("); new referrals are not shown; retrying in 0.5 s"), "{down:?}");
+    h.restart().await;
+    until(&|l| l == "-- connected to the broker again; fetching what waits").await;
+
+    // A new agency joins the federation after listen fetched the directory.
+    let now = certs::now();
+    let mut fed = h.federation();
+    let town = AgencyId::new("polisen-botkyrka").unwrap();
+    fed.add_agency(&town, AgencyKind::Police, "Polisen, lokalpolisområde Botkyrka", None).unwrap();
+    let key = h.dir().join("botkyrka.key");
+    let (_, files) =
+        certs::keygen::generate(&town, &key, now.plus_millis(-60_000), now.plus_millis(86_400_000), false).unwrap();
+    fed.add_agency_key(&certs::keygen::read_public(&files.public).unwrap()).unwrap();
+    fed.publish_directory(now).unwrap();
+    h.reload();
+    let system = Principal::new(fed.trust_domain(), town.clone(), Role::System, "system").unwrap();
+    let profile = h.dir().join("botkyrka-system");
+    let (code, _, err) = run_tool(
+        exe(),
+        "certs",
+        &[
+            "issue",
+            "--dir",
+            h.dev.federation_dir().to_str().unwrap(),
+            "--principal",
+            &system.uri(),
+            "--out",
+            profile.to_str().unwrap(),
+            "--broker",
+            &format!("https://{}", h.addr),
+            "--agency-keys",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let botkyrka = agency_client::Client::connect_dir(&profile).await.unwrap();
+    let sent = botkyrka.send(&AgencyId::new(SOCIAL).unwrap(), &referral_proto::notice::example_notice()).await.unwrap();
+    let shown = until(&|l| l.starts_with("== ") || l.starts_with("!! message")).await;
+    let head = shown.last().unwrap();
+    assert!(
+        head.starts_with("== URGENT | Polisen, lokalpolisområde Botkyrka | ")
+            && head.contains(&sent.message_id.to_string()),
+        "{shown:?}"
+    );
+}
