@@ -452,7 +452,10 @@ async fn guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Respon
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not no-referrer: with it Chromium sends `Origin: null` on the page's own
+    // form posts, which the Origin check must refuse. same-origin still sends
+    // nothing to any other site.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
     answer
@@ -518,7 +521,7 @@ fn page(s: &Shared, title: &str, main: &str) -> String {
 <link rel="stylesheet" href="/static/console.css">
 <script src="/static/console.js" defer></script>
 </head>
-<body data-notify-title="{notify}" data-notify-body="{notify_body}" data-console-down="{console_down}">
+<body data-notify-title="{notify}" data-notify-body="{notify_body}" data-console-down="{console_down}" data-broker-down="{broker_down}">
 <a class="skip" href="#main">{skip}</a>
 <header>
 <p class="agency">{agency}</p>
@@ -539,6 +542,10 @@ fn page(s: &Shared, title: &str, main: &str) -> String {
         console_down = esc(t(
             "Konsolen svarar inte: kör agency-client console igen",
             "The console does not answer: run agency-client console again"
+        )),
+        broker_down = esc(t(
+            "Förbindelsen med brokern är nere: nya hänvisningar syns inte. Återansluter automatiskt.",
+            "The connection to the broker is down: new referrals are not shown. Reconnecting automatically."
         )),
         skip = t("Till innehållet", "Skip to content"),
         agency = esc(&format!("{} – {}", t("Jourkonsol", "On-call console"), s.client.principal().agency)),

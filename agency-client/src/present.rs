@@ -356,7 +356,7 @@ impl Presenter {
                 format!("{} – {}", self.local_time(deadline(r)), self.time_left(deadline(r), now)),
             ),
             row(self.t("Kvittens senast", "Acknowledge by"), self.local_time(r.ack_deadline)),
-            row(self.t("Mottagen", "Sent"), self.local_time(r.created_at)),
+            row(self.t("Skickad", "Sent"), self.local_time(r.created_at)),
         ];
         if let Some(t) = n.respond_by {
             head.push(row(

@@ -65,10 +65,14 @@
     });
   }
 
-  function consoleDown(down) {
+  function showBanner(text) {
     if (!banner) return;
-    banner.hidden = !down;
-    banner.textContent = down ? body.dataset.consoleDown : '';
+    banner.hidden = !text;
+    banner.textContent = text || '';
+  }
+
+  function consoleDown(down) {
+    showBanner(down ? body.dataset.consoleDown : null);
   }
 
   if (!window.EventSource) return;
@@ -88,14 +92,23 @@
     alertNew(urgency);
     reloadList();
   });
-  ['changed', 'link'].forEach(function (kind) {
-    events.addEventListener(kind, function () {
-      if (live && live.dataset.live === 'referral') {
-        if (kind === 'link') window.location.reload();
-      } else {
-        reloadList();
-      }
-    });
+  // The list reloads (it carries the broker banner); an opened referral
+  // only shows or hides the banner, so what is being read never moves.
+  events.addEventListener('link', function (e) {
+    let up = true;
+    try {
+      up = JSON.parse(e.data).up;
+    } catch (err) {}
+    if (live && live.dataset.live === 'referral') {
+      const rendered = document.getElementById('link-state');
+      if (rendered) rendered.hidden = up;
+      showBanner(up ? null : body.dataset.brokerDown);
+    } else {
+      reloadList();
+    }
+  });
+  events.addEventListener('changed', function () {
+    if (!live || live.dataset.live !== 'referral') reloadList();
   });
   events.addEventListener('settled', function (e) {
     let id = '';

@@ -256,7 +256,7 @@ async fn the_console_refuses_foreign_hosts_and_origins_requests_without_session_
     assert_eq!(page.header("content-security-policy"), Some(CSP));
     assert_eq!(page.header("cache-control"), Some("no-store"));
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
-    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("referrer-policy"), Some("same-origin"));
     assert!(!page.body.contains("<script>") && !has_inline_handler(&page.body), "no inline script or handler");
     assert!(page.body.contains(r#"<script src="/static/console.js" defer></script>"#));
 
