@@ -197,6 +197,18 @@ async fn next_of(rx: &mut tokio::sync::mpsc::UnboundedReceiver<SseEvent>, kind: 
     .unwrap_or_else(|_| panic!("no {kind} event with {data}"))
 }
 
+/// The paging command's output once it has `n` lines (it runs beside the console).
+async fn paged_lines(file: &std::path::Path, n: usize) -> String {
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.lines().count() >= n {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the paging command never wrote {n} lines");
+}
+
 /// Polls the list until `want` holds (the view follows the alert stream).
 async fn list_until(c: &Console, cookie: &str, want: impl Fn(&str) -> bool) -> String {
     for _ in 0..600 {
@@ -305,8 +317,15 @@ async fn the_console_refuses_foreign_hosts_and_origins_requests_without_session_
 
     // The session ends with the console.
     c.stop.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", c.port)).await.is_err(), "nothing listens any more");
+    let mut closed = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", c.port)).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "nothing listens any more");
 }
 
 #[tokio::test]
@@ -362,7 +381,7 @@ async fn a_referral_appears_live_is_opened_and_taken_a_second_console_sees_who_a
         };
         agency_client::present::deadline(&r)
     };
-    let paged = std::fs::read_to_string(&pages).unwrap();
+    let paged = paged_lines(&pages, 1).await;
     assert_eq!(paged, format!("{id} urgent {deadline} {POLICE}\n"));
 
     // A second console of the same agency has the referral open too.
@@ -417,6 +436,10 @@ async fn a_referral_appears_live_is_opened_and_taken_a_second_console_sees_who_a
     let mut resumed = c.events(&cookie, Some(1)).await;
     let ev = next_of(&mut resumed, "referral", "").await;
     assert_eq!((ev.id, ev.data.contains(&id2)), (Some(2), true), "{ev:?}");
-    let paged = std::fs::read_to_string(&pages).unwrap();
+    let paged = paged_lines(&pages, 2).await;
     assert_eq!(paged.lines().count(), 2, "paged once per referral: {paged}");
+    assert!(paged.lines().nth(1).unwrap().starts_with(&format!("{id2} urgent ")), "{paged}");
+    // And no more: the redelivery after the restart paged nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(std::fs::read_to_string(&pages).unwrap(), paged);
 }
