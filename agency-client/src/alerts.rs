@@ -170,9 +170,14 @@ impl Client {
         let mut result = open(&envelope, dir, &bundles);
         if matches!(
             result,
-            Err(OpenError::Verify(VerifyError::UnknownSenderKey { .. } | VerifyError::UnknownRecipientKey { .. }))
+            Err(OpenError::Verify(
+                VerifyError::UnknownSender(_)
+                    | VerifyError::UnknownSenderKey { .. }
+                    | VerifyError::UnknownRecipientKey { .. }
+            ))
         ) {
-            // The sender may use a key published after our copy of the directory.
+            // The sender may be an agency, or use a key, published after our
+            // copy of the directory.
             *dir = self.refresh_directory().await?;
             result = open(&envelope, dir, &bundles);
         }

@@ -7,15 +7,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use referral_proto::envelope::Urgency;
 use referral_proto::ids::{AgencyId, MessageId};
 use referral_proto::notice::ReferralNotice;
 use referral_proto::receipt::Receipt;
 use serde_json::json;
 
 use crate::Client;
-use crate::alerts::{AlertEvent, IncomingReferral};
+use crate::alerts::{AlertEvent, Fetched, IncomingReferral};
 use crate::display::{json_line, safe, safe_block};
+use crate::present::Presenter;
 
 /// Standard output was closed by its reader (`agency-client … | head -1`).
 /// Not a failure: the command stops quietly with exit code 0.
@@ -54,6 +54,10 @@ pub struct Cli {
     /// Machine-readable output (JSON; one object per line for streams).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Language of what on-call staff read (`listen`, `show`, `console`):
+    /// sv (Swedish, the default) or en (English).
+    #[arg(long, global = true, env = "AGENCY_CLIENT_LANG", default_value = "sv")]
+    pub lang: crate::present::Lang,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,12 +82,25 @@ pub enum Command {
         #[arg(long)]
         message_id: Option<String>,
     },
-    /// Show alerts for this agency as they come (waiting ones first).
+    /// Show alerts for this agency as they come: first a summary of the
+    /// waiting ones (most urgent, then nearest deadline, first), then each
+    /// new one in full. Reconnects by itself when the broker goes away.
     Listen {
-        /// Stop after the messages waiting now have been shown.
+        /// Print the summary of what waits now, then stop.
         #[arg(long)]
         once: bool,
+        /// At most this many waiting referrals in the summary (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
+    /// Show one referral for this agency in full, by message id.
+    Show {
+        /// The message id.
+        id: String,
+    },
+    /// Serve the on-call web console on loopback (see OPERATIONS.md,
+    /// "The on-call console"): prints a one-time login address.
+    Console(crate::console::ConsoleArgs),
     /// Acknowledge a referral with this agency's signature.
     Ack {
         /// The message id.
@@ -234,13 +251,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             if let Command::Audit(crate::auditor::AuditCommand::CheckProof { file }) = &command {
                 return crate::auditor::check_proof(&profile, file, cli.json);
             }
-            run_connected(&profile, cli.json, command).await
+            run_connected(&profile, cli.json, cli.lang, command).await
         }
     }
 }
 
 /// Carries out a command that talks to the broker as the profile's principal.
-async fn run_connected(profile: &std::path::Path, json: bool, command: Command) -> anyhow::Result<bool> {
+async fn run_connected(
+    profile: &std::path::Path,
+    json: bool,
+    lang: crate::present::Lang,
+    command: Command,
+) -> anyhow::Result<bool> {
     let client = Client::connect_dir(profile).await?;
     match command {
         Command::Send { to, bulk: Some(bulk), .. } => {
@@ -283,20 +305,48 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
                 );
             }
         }
-        Command::Listen { once } => {
-            let mut alerts = client.subscribe().await?;
-            let me = client.principal().uri();
-            while let Some(ev) = alerts.next().await? {
-                if json {
-                    out!("{}", json_line(&event_json(&ev)));
-                } else if let Some(text) = event_text(&ev, profile, &me) {
-                    out!("{text}");
+        Command::Listen { once, limit } => {
+            return crate::listen::run(&client, profile, json, lang, once, limit).await;
+        }
+        Command::Show { id } => {
+            let id: MessageId = id.parse()?;
+            let p = Presenter::new(lang);
+            match client.fetch(id).await {
+                Err(crate::ClientError::Rpc(s)) if crate::error::reason(&s).as_deref() == Some("unknown_message") => {
+                    return Err(crate::ClientError::NotWaiting(id).into());
                 }
-                if once && matches!(ev, AlertEvent::CaughtUp { .. }) {
-                    break;
+                Err(e) => return Err(e.into()),
+                Ok(Fetched::Waiting(ev)) => {
+                    if json {
+                        out!("{}", json_line(&event_json(&ev)));
+                    } else if let AlertEvent::Referral(r) = &ev {
+                        out!("{}", referral_text(r, profile, &p, certs::now()).trim_end());
+                    } else if let Some(text) = event_text(&ev, profile, &p, certs::now()) {
+                        out!("{text}");
+                    }
+                }
+                Ok(Fetched::Acknowledged(r)) => {
+                    let (by, at) = r
+                        .ack
+                        .as_ref()
+                        .map(|a| (a.statement.acknowledged_by.clone(), a.statement.acknowledged_at))
+                        .unwrap_or_default();
+                    if json {
+                        out!("{}", json_line(&json!({"message_id": id.to_string(), "receipt": receipt_json(&r)})));
+                    } else {
+                        out!("{id}: {}", p.already_acknowledged(&safe(&by), at));
+                    }
+                }
+                Ok(Fetched::Expired(r)) => {
+                    if json {
+                        out!("{}", json_line(&json!({"message_id": id.to_string(), "receipt": receipt_json(&r)})));
+                    } else {
+                        out!("{id}: {}", crate::ClientError::Expired { message_id: id, at: r.statement.at });
+                    }
                 }
             }
         }
+        Command::Console(args) => return crate::console::run(client, lang, args).await,
         Command::Ack { id, by } => {
             let id: MessageId = id.parse()?;
             let by = by.unwrap_or_else(|| client.principal().name.clone());
@@ -309,8 +359,18 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
                     )
                 );
             } else if acked.already_acknowledged {
-                let by = acked.receipt.ack.as_ref().map(|a| a.statement.acknowledged_by.clone()).unwrap_or_default();
-                out!("{id} was already acknowledged by {}; nothing more to do", safe(&by));
+                let (by, at) = acked
+                    .receipt
+                    .ack
+                    .as_ref()
+                    .map(|a| (a.statement.acknowledged_by.clone(), a.statement.acknowledged_at))
+                    .unwrap_or_default();
+                let p = Presenter::new(lang);
+                let nothing = match lang {
+                    crate::present::Lang::Sv => "inget mer att göra",
+                    crate::present::Lang::En => "nothing more to do",
+                };
+                out!("{id}: {}; {nothing}", p.already_acknowledged(&safe(&by), at));
             } else {
                 out!("acknowledged {id} as {}", safe(&by));
                 out!("  {}", receipt_line(&acked.receipt));
@@ -671,7 +731,7 @@ fn receipt_json(r: &Receipt) -> serde_json::Value {
     })
 }
 
-fn event_json(ev: &AlertEvent) -> serde_json::Value {
+pub(crate) fn event_json(ev: &AlertEvent) -> serde_json::Value {
     match ev {
         AlertEvent::Referral(r) => json!({
             "event": "referral", "message_id": r.message_id.to_string(), "sender": r.sender.to_string(),
@@ -694,136 +754,75 @@ fn event_json(ev: &AlertEvent) -> serde_json::Value {
     }
 }
 
-fn event_text(ev: &AlertEvent, profile: &std::path::Path, me: &str) -> Option<String> {
+/// An event of the alert stream as text for a person on call.
+pub(crate) fn event_text(
+    ev: &AlertEvent,
+    profile: &std::path::Path,
+    p: &Presenter,
+    now: referral_proto::time::Timestamp,
+) -> Option<String> {
     match ev {
-        AlertEvent::Referral(r) => Some(referral_text(r, profile)),
+        AlertEvent::Referral(r) => Some(referral_text(r, profile, p, now)),
         AlertEvent::Unreadable { message_id, sequence, error } => Some(format!(
             "!! message {} (queue position {sequence}) failed verification and is not shown: {}",
             message_id.map_or("?".into(), |m| m.to_string()),
             safe(error)
         )),
         AlertEvent::Settled { message_id, acknowledged_by, at, .. } => {
-            Some(format!("-- {message_id} was acknowledged by {} at {at}", safe(acknowledged_by)))
+            Some(format!("-- {message_id}: {}", p.already_acknowledged(&safe(acknowledged_by), *at)))
         }
-        AlertEvent::Escalation { message_id, sender, deadline, urgency, .. } => Some(format!(
-            "!! ESCALATION: {} referral {message_id} from {} was not acknowledged by {deadline}{}",
-            urgency.map_or("", |u| u.as_str()),
-            safe(sender),
-            if me.is_empty() { "" } else { "; please take it now" }
-        )),
-        AlertEvent::CaughtUp { .. } => Some("-- all waiting referrals shown; listening for new ones".into()),
+        AlertEvent::Escalation { message_id, sender, deadline, urgency, .. } => Some(match p.lang {
+            crate::present::Lang::Sv => format!(
+                "!! ESKALERING: {} hänvisning {message_id} från {} kvitterades inte före {}; ta den nu",
+                urgency.map_or("", |u| p.urgency(u)),
+                safe(sender),
+                p.local_time(*deadline)
+            ),
+            crate::present::Lang::En => format!(
+                "!! ESCALATION: {} referral {message_id} from {} was not acknowledged by {}; please take it now",
+                urgency.map_or("", |u| p.urgency(u)),
+                safe(sender),
+                p.local_time(*deadline)
+            ),
+        }),
+        AlertEvent::CaughtUp { .. } => Some(match p.lang {
+            crate::present::Lang::Sv => "-- alla väntande hänvisningar visade; lyssnar efter nya".into(),
+            crate::present::Lang::En => "-- all waiting referrals shown; listening for new ones".into(),
+        }),
         AlertEvent::Heartbeat { .. } => None,
     }
 }
 
-fn yes_no(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
-}
-
-fn or_dash(s: &str) -> &str {
-    if s.trim().is_empty() { "-" } else { s }
-}
-
-/// The full referral, for the on-call person at the recipient agency.
-fn referral_text(r: &IncomingReferral, profile: &std::path::Path) -> String {
-    let n = &r.notice;
-    let s = &n.subject;
-    let c = &n.safe_contact;
-    let urgency = match r.urgency {
-        Urgency::Immediate => "IMMEDIATE",
-        Urgency::Urgent => "URGENT",
-        Urgency::Routine => "routine",
+/// The full referral, for the on-call person at the recipient agency:
+/// every field under a human label, in local time. Every value passes
+/// through `safe_block`: the notice was validated on open, but what
+/// reaches a terminal is neutralised here all the same, and a free-text
+/// line is indented under its label so it can never pass for a field line
+/// of its own.
+pub(crate) fn referral_text(
+    r: &IncomingReferral,
+    profile: &std::path::Path,
+    p: &Presenter,
+    now: referral_proto::time::Timestamp,
+) -> String {
+    let mut out = format!("== {}\n", safe(&p.summary_line(r, now)));
+    for section in p.sections(r, now) {
+        out.push_str(&format!("   [{}]\n", section.title));
+        for row in &section.rows {
+            let label = if row.label.is_empty() { String::new() } else { format!("{}:", row.label) };
+            out.push_str(&format!("     {label:<32}{}\n", safe_block(&row.value, &" ".repeat(37))));
+        }
+    }
+    let verb = match p.lang {
+        crate::present::Lang::Sv => "kvittera",
+        crate::present::Lang::En => "to acknowledge",
     };
-    let mut out = format!(
-        "== {urgency} referral {} from {} (queue position {}){}{}\n   acknowledge by {}\n",
+    out.push_str(&format!(
+        "   {verb}: agency-client --profile {} ack {} --by {}\n",
+        profile.display(),
         r.message_id,
-        safe(if r.sender_name.is_empty() { r.sender.as_str() } else { &r.sender_name }),
-        r.sequence,
-        if r.redelivery { ", shown before" } else { "" },
-        if r.escalated { ", ESCALATED" } else { "" },
-        r.ack_deadline
-    );
-    // Every value passes through `safe_block`: the notice was validated on
-    // open, but what reaches a terminal is neutralised here all the same,
-    // and a free-text line is indented under its label so it can never
-    // pass for a field line of its own.
-    let mut field = |name: &str, value: String| {
-        out.push_str(&format!("   {name:<16}{}\n", safe_block(&value, &" ".repeat(19))));
-    };
-    field(
-        "Subject:",
-        format!(
-            "{}, {} (protected identity: {})",
-            s.name,
-            or_dash(&s.personal_identity_number),
-            yes_no(s.protected_identity)
-        ),
-    );
-    let has_address = !(s.street_address.is_empty() && s.city.is_empty());
-    if has_address && !s.protected_identity {
-        field("Address:", format!("{}, {} {}", s.street_address, s.postal_code, s.city));
-    }
-    field(
-        "Safe contact:",
-        format!(
-            "{:?} {}; best time {}; leave a message: {}; language {}{}",
-            c.channel,
-            or_dash(&c.address),
-            or_dash(&c.best_time),
-            yes_no(c.safe_to_leave_message),
-            or_dash(&c.language),
-            if c.interpreter_needed { "; interpreter needed" } else { "" }
-        ),
-    );
-    field("Legal basis:", format!("{:?}, {}: {}", n.legal_basis.kind, n.legal_basis.citation, n.legal_basis.reason));
-    field(
-        "Consent:",
-        format!(
-            "{:?}{}",
-            n.consent.state,
-            n.consent.obtained_at.map(|t| format!(" (by {} at {t})", n.consent.obtained_by)).unwrap_or_default()
-        ),
-    );
-    field("Victim aware:", format!("{:?}", n.victim_aware));
-    field(
-        "Risk:",
-        format!(
-            "{:?} {}{}",
-            n.risk.tool,
-            n.risk.level.map(|l| format!("{l:?}")).unwrap_or_default(),
-            n.risk.assessed_at.map(|t| format!(" (assessed {t})")).unwrap_or_default()
-        ),
-    );
-    if !n.children.is_empty() {
-        let kids: Vec<String> = n
-            .children
-            .iter()
-            .map(|k| {
-                format!(
-                    "{} y{}{}",
-                    k.age,
-                    if k.present { ", present" } else { "" },
-                    if k.witnessed { ", witnessed" } else { "" }
-                )
-            })
-            .collect();
-        field("Children:", kids.join("; "));
-    }
-    if !n.requested_support.is_empty() {
-        field("Requested:", format!("{:?}", n.requested_support));
-    }
-    if let Some(t) = n.respond_by {
-        field("Respond by:", t.to_string());
-    }
-    let p = &n.sender_contact;
-    field(
-        "Sender case:",
-        format!("{}; contact {} ({}) {} {}", n.sender_case_reference, p.name, or_dash(&p.title), p.phone, p.email),
-    );
-    if !n.free_text.is_empty() {
-        field("Notes:", n.free_text.clone());
-    }
-    out.push_str(&format!("   to acknowledge: agency-client --profile {} ack {}\n", profile.display(), r.message_id));
+        if p.lang == crate::present::Lang::Sv { "NAMN" } else { "NAME" }
+    ));
     out
 }
 

@@ -22,16 +22,24 @@
 //! - [`overlap`]: the blind overlap check: propose or accept a session and
 //!   run it through the broker.
 //! - [`display`]: remote text made safe for a terminal.
+//! - [`present`]: labels, local times, flags and triage order for people on
+//!   call, shared by `listen` and the console.
+//! - [`live`]: the alert stream kept up across broker restarts.
+//! - [`listen`]: the terminal view of it; [`console`]: the loopback web page.
 //! - [`cli`]: the command-line interface over all of it.
 
 pub mod alerts;
 pub mod auditor;
 pub mod cli;
+pub mod console;
 pub mod display;
 pub mod error;
 pub mod exit;
+pub mod listen;
+pub mod live;
 pub mod outbox;
 pub mod overlap;
+pub mod present;
 pub mod proof;
 pub mod report;
 pub mod restore;

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use agency_client::present::{Lang, Presenter};
+
 use crate::support::{client, exe};
 use integration_tests::*;
 
@@ -30,21 +32,72 @@ async fn send_listen_ack_status_and_directory() {
     assert_eq!(events[0]["notice"]["subject"]["name"], "Testperson Andersson");
     assert_eq!(events.last().unwrap()["event"], "caught_up");
 
-    // The readable form for a person on call.
-    let (code, out, _) = client(&h, SOCIAL_ONCALL, &["listen", "--once"]).await;
-    assert_eq!(code, 0);
-    assert!(
-        out.contains("URGENT referral") && out.contains("Legal basis:") && out.contains(&format!("ack {id}")),
-        "{out}"
-    );
+    // The readable form for a person on call: a sorted summary, human
+    // labels, local time and time left (English here, Swedish by default).
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let r = match oncall.fetch(id.parse().unwrap()).await.unwrap() {
+        agency_client::alerts::Fetched::Waiting(agency_client::alerts::AlertEvent::Referral(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let p = h.profile(SOCIAL_ONCALL).display().to_string();
+    let summary = |lang: Lang, now| {
+        let pr = Presenter::new(lang);
+        let tail = match lang {
+            Lang::En => format!("-- open one: agency-client --profile {p} show MESSAGE-ID"),
+            Lang::Sv => format!("-- öppna en: agency-client --profile {p} show MEDDELANDE-ID"),
+        };
+        format!("{}\n  {}\n{tail}\n", pr.summary_head(&[&*r], now), pr.summary_line(&r, now))
+    };
+    for (lang, args) in [(Lang::En, &["--lang", "en", "listen", "--once"][..]), (Lang::Sv, &["listen", "--once"][..])] {
+        let before = certs::now();
+        let (code, out, err) = client(&h, SOCIAL_ONCALL, args).await;
+        assert_eq!(code, 0, "{err}");
+        // The time left is in whole minutes: the run may straddle one.
+        assert!(out == summary(lang, before) || out == summary(lang, certs::now()), "{out}");
+    }
+    let (code, out, err) = client(&h, SOCIAL_ONCALL, &["--lang", "en", "show", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    for (i, line) in [
+        "   [Referral]",
+        "   [Safe way to make contact]",
+        "   [The person at risk]",
+        "   [Risk]",
+        "   [Children in the household]",
+        "   [Support requested]",
+        "   [Legal basis and consent]",
+        &*format!("     {:<32}{}", "Consent:", "Consent given"),
+        &*format!("     {:<32}{}", "Level:", "HIGH RISK"),
+        &*format!("     {:<32}{}", "Children:", "4 years; present: yes; witnessed the violence: yes"),
+        &*format!("   to acknowledge: agency-client --profile {p} ack {id} --by NAME"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(out.lines().any(|l| l == *line), "line {i} {line:?} missing:\n{out}");
+    }
+    for code_name in ["NotAware", "NotSoughtUnsafe", "Osl10_18c", "SaraSv", "Some(", "None"] {
+        assert!(!out.contains(code_name), "{code_name} shown:\n{out}");
+    }
 
     let (code, out, err) = client(&h, SOCIAL_ONCALL, &["ack", &id, "--by", "jour-3"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("acknowledged {id} as jour-3")), "{out}");
-    // Acknowledged already: said so, with who, and nothing more is done.
-    let (code, out, err) = client(&h, SOCIAL_SYSTEM, &["ack", &id]).await;
+    // Acknowledged already: said so, with who and when, and nothing more is done.
+    let police = h.client(POLICE_SYSTEM).await;
+    let receipts = police.receipts(&[id.parse().unwrap()]).await.unwrap();
+    let at = receipts[0].1.iter().find_map(|r| r.ack.as_ref()).unwrap().statement.acknowledged_at;
+    let (code, out, err) = client(&h, SOCIAL_SYSTEM, &["--lang", "en", "ack", &id]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("{id} was already acknowledged by jour-3; nothing more to do")), "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "{id}: already acknowledged by jour-3 at {}; nothing more to do\n",
+            Presenter::new(Lang::En).local_time(at)
+        )
+    );
+    let (code, out, err) = client(&h, SOCIAL_SYSTEM, &["show", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{id}: redan kvitterad av jour-3 {}\n", Presenter::new(Lang::Sv).local_time(at)));
     let unknown = referral_proto::ids::MessageId::generate(certs::now().0).to_string();
     let (code, _, err) = client(&h, SOCIAL_ONCALL, &["ack", &unknown]).await;
     assert_eq!(code, 65, "a permanent refusal");
@@ -426,4 +479,97 @@ async fn validate_checks_a_referral_offline() {
         let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", &file]).await;
         assert_eq!(code, 0, "{number}: {err}");
     }
+}
+
+/// `listen` left running: a broker restart is said out loud and survived,
+/// and a referral from an agency added to the directory after `listen`
+/// started is opened (the directory is fetched again), not refused.
+#[tokio::test]
+async fn listen_reconnects_after_a_broker_restart_and_reads_agencies_added_after_it_started() {
+    use referral_proto::directory::AgencyKind;
+    use referral_proto::ids::{AgencyId, Principal, Role};
+    use tokio::io::AsyncBufReadExt as _;
+
+    let mut h = Harness::start().await;
+    let p = h.profile(SOCIAL_ONCALL).display().to_string();
+    let mut child = tokio::process::Command::new(exe())
+        .args(["agency-client", "--profile", &p, "--lang", "en", "listen"])
+        .env_remove("AGENCY_CLIENT_PROFILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut until = async |want: &dyn Fn(&str) -> bool| -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("waited in vain after {seen:?}"))
+                .unwrap()
+                .expect("listen keeps running");
+            let done = want(&line);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    };
+    let start = until(&|l| l.starts_with("-- all waiting referrals shown")).await;
+    assert_eq!(
+        start,
+        [
+            "0 referrals waiting for acknowledgement: 0 immediate, 0 urgent, 0 routine; 0 past the deadline",
+            "-- all waiting referrals shown; listening for new ones"
+        ]
+    );
+
+    h.stop().await;
+    let down = until(&|l| l.starts_with("!! CONNECTION TO THE BROKER IS DOWN (")).await;
+    assert!(down.last().unwrap().ends_with("); new referrals are not shown; retrying in 0.5 s"), "{down:?}");
+    h.restart().await;
+    until(&|l| l == "-- connected to the broker again; fetching what waits").await;
+
+    // A new agency joins the federation after listen fetched the directory.
+    let now = certs::now();
+    let mut fed = h.federation();
+    let town = AgencyId::new("polisen-botkyrka").unwrap();
+    fed.add_agency(&town, AgencyKind::Police, "Polisen, lokalpolisområde Botkyrka", None).unwrap();
+    let key = h.dir().join("botkyrka.key");
+    let (_, files) =
+        certs::keygen::generate(&town, &key, now.plus_millis(-60_000), now.plus_millis(86_400_000), false).unwrap();
+    fed.add_agency_key(&certs::keygen::read_public(&files.public).unwrap()).unwrap();
+    fed.publish_directory(now).unwrap();
+    h.reload();
+    let system = Principal::new(fed.trust_domain(), town.clone(), Role::System, "system").unwrap();
+    let profile = h.dir().join("botkyrka-system");
+    let (code, _, err) = run_tool(
+        exe(),
+        "certs",
+        &[
+            "issue",
+            "--dir",
+            h.dev.federation_dir().to_str().unwrap(),
+            "--principal",
+            &system.uri(),
+            "--out",
+            profile.to_str().unwrap(),
+            "--broker",
+            &format!("https://{}", h.addr),
+            "--agency-keys",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let botkyrka = agency_client::Client::connect_dir(&profile).await.unwrap();
+    let sent = botkyrka.send(&AgencyId::new(SOCIAL).unwrap(), &referral_proto::notice::example_notice()).await.unwrap();
+    let shown = until(&|l| l.starts_with("== ") || l.starts_with("!! message")).await;
+    let head = shown.last().unwrap();
+    assert!(
+        head.starts_with("== URGENT | Polisen, lokalpolisområde Botkyrka | ")
+            && head.contains(&sent.message_id.to_string()),
+        "{shown:?}"
+    );
 }

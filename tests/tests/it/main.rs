@@ -10,6 +10,10 @@ mod audit;
 mod auditor_cli;
 /// The command-line tools as people use them.
 mod cli;
+/// The on-call web console: attacks on the page, and a referral from the police to the page and back.
+mod console;
+/// The on-call web console in headless Chromium over WebDriver: live list, keyboard, accessibility (axe-core), screenshots.
+mod console_browser;
 /// SIGKILL at random moments loses nothing.
 mod crash;
 /// Deadlines, escalation, expiry, purge on a moved clock.
