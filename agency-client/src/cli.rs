@@ -1,7 +1,7 @@
 //! The `agency-client` command line, for agency systems' operators, on-call
-//! staff and auditors. Every command but `completions` and `manpages` takes
-//! `--profile DIR` (a folder made by `certs`) and prints for people, or JSON
-//! with `--json`.
+//! staff and auditors. Every command but `completions`, `manpages`,
+//! `schema` and `validate` takes `--profile DIR` (a folder made by `certs`)
+//! and prints for people, or JSON with `--json`.
 
 use std::path::PathBuf;
 
@@ -116,6 +116,10 @@ pub enum Command {
         #[arg(long)]
         referral: PathBuf,
     },
+    /// Print the referral form's JSON Schema (draft 2020-12), generated from
+    /// the types `send` and `validate` read (needs no profile). The same file
+    /// is agency-client/schema/referral.schema.json in the source.
+    Schema,
     /// Auditor commands: verify, replay and prove the broker's log.
     #[command(subcommand)]
     Audit(crate::auditor::AuditCommand),
@@ -146,6 +150,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             for page in certs::tool_docs::write_man_page(<Cli as clap::CommandFactory>::command(), &out)? {
                 out!("{}", page.display());
             }
+            Ok(true)
+        }
+        Command::Schema => {
+            out!("{}", crate::form::schema_text().trim_end());
             Ok(true)
         }
         // Offline and without a profile: an agency system checks its output.
@@ -337,7 +345,7 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
             }
         }
         Command::Audit(cmd) => return crate::auditor::run(&client, cmd, json).await,
-        Command::Completions { .. } | Command::Manpages { .. } | Command::Validate { .. } => {
+        Command::Completions { .. } | Command::Manpages { .. } | Command::Validate { .. } | Command::Schema => {
             unreachable!("answered by run without connecting")
         }
     }
@@ -350,7 +358,7 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
 fn read_bulk(path: &std::path::Path) -> anyhow::Result<Vec<(String, ReferralNotice)>> {
     let parse = |source: String, text: &str| -> anyhow::Result<(String, ReferralNotice)> {
         let notice: ReferralNotice =
-            serde_json::from_str(text).with_context(|| format!("{source} is not a valid referral notice"))?;
+            crate::form::parse(text).with_context(|| format!("{source} is not a valid referral notice"))?;
         if let Err(e) = notice.validate() {
             bail!("{source}: {e}");
         }
@@ -438,7 +446,7 @@ async fn send_bulk(client: &Client, to: &AgencyId, path: &std::path::Path, json:
 fn read_referral(path: &std::path::Path) -> anyhow::Result<ReferralNotice> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let notice: ReferralNotice =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid referral notice", path.display()))?;
+        crate::form::parse(&text).with_context(|| format!("{} is not a valid referral notice", path.display()))?;
     notice.validate().with_context(|| path.display().to_string())?;
     Ok(notice)
 }

@@ -138,7 +138,10 @@ pub fn classify(e: &anyhow::Error) -> (Class, String) {
             Some((of_status(s), crate::error::reason(s)))
         } else if cause.is::<certs::profile::ProfileError>() {
             Some((Class::Config, None))
-        } else if cause.is::<serde_json::Error>() || cause.is::<referral_proto::notice::ValidationErrors>() {
+        } else if cause.is::<crate::form::FormError>()
+            || cause.is::<serde_json::Error>()
+            || cause.is::<referral_proto::notice::ValidationErrors>()
+        {
             Some((Class::Data, Some("invalid_referral".into())))
         } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;

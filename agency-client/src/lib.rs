@@ -20,6 +20,8 @@
 //! - [`outbox`]: sealed envelopes kept until answered, so a resend is
 //!   byte-identical.
 //! - [`display`]: remote text made safe for a terminal.
+//! - [`form`]: referral files read without quoting values in errors, and
+//!   the form's JSON Schema.
 //! - [`cli`]: the command-line interface over all of it.
 
 pub mod alerts;
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod display;
 pub mod error;
 pub mod exit;
+pub mod form;
 pub mod outbox;
 pub mod proof;
 pub mod report;

@@ -384,6 +384,20 @@ async fn exit_codes_tell_a_script_what_to_do() {
     assert!(err.starts_with("error: cannot reach the broker at https://"), "{err}");
 }
 
+/// `agency-client schema` prints the referral form's JSON Schema, the file
+/// committed in the source (agency-client's unit tests check that file
+/// against the types and the examples).
+#[tokio::test]
+async fn schema_prints_the_published_referral_schema() {
+    let (code, out, err) = run_tool(exe(), "agency-client", &["schema"]).await;
+    assert_eq!(code, 0, "{err}");
+    let committed = include_str!("../../../agency-client/schema/referral.schema.json");
+    assert_eq!(out, committed);
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(schema["title"], "ReferralNotice");
+}
+
 /// `validate` checks a referral file offline, with no profile and no broker.
 #[tokio::test]
 async fn validate_checks_a_referral_offline() {
@@ -416,6 +430,39 @@ async fn validate_checks_a_referral_offline() {
     assert!(!err.contains("19850312"), "errors never echo personal data: {err}");
     let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", "/nonexistent.json"]).await;
     assert_eq!(code, 66, "{err}");
+
+    // A value of the wrong type (a personal identity number where a number
+    // belongs, and one as a number where text belongs) is named by its field
+    // and expected type; the value is never shown, in text or in JSON.
+    let mut v = serde_json::to_value(referral_proto::notice::example_notice()).unwrap();
+    v["children"][0]["age"] = serde_json::json!("19850312-2387");
+    v["subject"]["personal_identity_number"] = serde_json::json!(198503122387_u64);
+    std::fs::write(&bad_file, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let bad = bad_file.to_str().unwrap();
+    let (code, out, err) = run_tool(exe(), "agency-client", &["validate", "--referral", bad]).await;
+    assert_eq!((code, out.as_str()), (65, ""), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: {bad} is not a valid referral notice: field children[0].age: wrong type: \
+             expected u32, found a string (not shown) at line 4 column 28"
+        )
+    );
+    let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--json", "--referral", bad]).await;
+    assert_eq!(code, 65);
+    let e: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!((&e["class"], &e["reason"]), (&"data".into(), &"invalid_referral".into()));
+    v["children"][0]["age"] = serde_json::json!(4);
+    std::fs::write(&bad_file, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", bad]).await;
+    assert_eq!(code, 65);
+    assert!(
+        err.contains(
+            "field subject.personal_identity_number: wrong type: expected a string, found an integer (not shown)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("19850312") && !err.contains("198503122387"), "errors never echo personal data: {err}");
 
     // Sweden's short service numbers are phone numbers too.
     for number in ["112", "114 14"] {
