@@ -190,12 +190,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
-/// Carries out a command that talks to the broker as the profile's principal.
+/// Carries out a command that talks to the broker as the profile's
+/// principal. A failure that was really the broker refusing this profile's
+/// certificate is reported as that (see [`Client::certificate_refusal`]).
 async fn run_connected(profile: &std::path::Path, json: bool, command: Command) -> anyhow::Result<bool> {
     let client = Client::connect_dir(profile).await?;
+    match run_command(&client, profile, json, command).await {
+        Err(e) => {
+            // The status of a failed call, whether or not the library wrapped it.
+            let status = e.chain().find_map(|c| {
+                c.downcast_ref::<crate::ClientError>()
+                    .and_then(crate::ClientError::status)
+                    .or_else(|| c.downcast_ref::<tonic::Status>())
+            });
+            let failed = crate::ClientError::Rpc(match status {
+                Some(s) => s.clone(),
+                None => return Err(e),
+            });
+            match client.certificate_refusal(&failed).await {
+                Some(refused) => Err(crate::ClientError::CertificateRefused(refused).into()),
+                None => Err(e),
+            }
+        }
+        done => done,
+    }
+}
+
+async fn run_command(client: &Client, profile: &std::path::Path, json: bool, command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Send { to, bulk: Some(bulk), .. } => {
-            return send_bulk(&client, &AgencyId::new(to)?, &bulk, json).await;
+            return send_bulk(client, &AgencyId::new(to)?, &bulk, json).await;
         }
         Command::Send { to, referral, message_id, .. } => {
             let Some(referral) = referral else {
@@ -344,7 +368,7 @@ async fn run_connected(profile: &std::path::Path, json: bool, command: Command) 
                 }
             }
         }
-        Command::Audit(cmd) => return crate::auditor::run(&client, cmd, json).await,
+        Command::Audit(cmd) => return crate::auditor::run(client, cmd, json).await,
         Command::Completions { .. } | Command::Manpages { .. } | Command::Validate { .. } | Command::Schema => {
             unreachable!("answered by run without connecting")
         }
