@@ -474,3 +474,73 @@ async fn validate_checks_a_referral_offline() {
         assert_eq!(code, 0, "{number}: {err}");
     }
 }
+
+/// `--json` means the same in all three tools and goes before or after the
+/// subcommand: JSON output where the verb has one, and an error as one JSON
+/// object on standard error.
+#[tokio::test]
+async fn json_is_accepted_before_and_after_the_subcommand_by_all_three_tools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fed = tmp.path().join("fed");
+    let d = fed.to_str().unwrap();
+    assert_eq!(run_tool(exe(), "certs", &["dev", "--dir", d]).await.0, 0);
+    let config = fed.join("broker.toml");
+    std::fs::write(
+        &config,
+        broker::config::dev_config_text("127.0.0.1:7443".parse().unwrap(), &tmp.path().join("data")),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let federation = fed.join("federation");
+    let f = federation.to_str().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../agency-client/examples/referral.json");
+    let parse = |text: &str| -> serde_json::Value {
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not one JSON object ({e}): {text}"))
+    };
+    for (tool, before, after, key, value) in [
+        (
+            "certs",
+            vec!["--json", "show", "--dir", f],
+            vec!["show", "--dir", f, "--json"],
+            "trust_domain",
+            "igor.example.se",
+        ),
+        (
+            "broker",
+            vec!["--json", "check-config", "--config", c],
+            vec!["check-config", "--config", c, "--json"],
+            "listen",
+            "127.0.0.1:7443",
+        ),
+        (
+            "agency-client",
+            vec!["--json", "validate", "--referral", example],
+            vec!["validate", "--referral", example, "--json"],
+            "urgency",
+            "urgent",
+        ),
+    ] {
+        for args in [before, after] {
+            let (code, out, err) = run_tool(exe(), tool, &args).await;
+            assert_eq!(code, 0, "{tool} {args:?}: {err}");
+            assert_eq!(parse(&out)[key], value, "{tool} {args:?}");
+        }
+    }
+    // Errors: one JSON object with the exit code and the message.
+    for (tool, args, code, message) in [
+        ("certs", vec!["show", "--dir", "/nonexistent", "--json"], 1, "/nonexistent"),
+        ("broker", vec!["--json", "check-config", "--config", "/nonexistent.toml"], 1, "cannot read /nonexistent.toml"),
+        (
+            "agency-client",
+            vec!["validate", "--json", "--referral", "/nonexistent.json"],
+            66,
+            "cannot read /nonexistent.json",
+        ),
+    ] {
+        let (got, out, err) = run_tool(exe(), tool, &args).await;
+        assert_eq!((got, out.as_str()), (code, ""), "{tool}: {err}");
+        let e = parse(&err);
+        assert_eq!(e["exit_code"], code, "{tool}: {err}");
+        assert!(e["message"].as_str().unwrap().contains(message), "{tool}: {err}");
+    }
+}
