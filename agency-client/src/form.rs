@@ -55,49 +55,11 @@ fn without_value(e: &serde_json::Error, field: Option<String>) -> FormError {
     let full = e.to_string();
     let message = full.strip_suffix(&at).unwrap_or(&full);
     let problem = match e.classify() {
-        Category::Data => data_problem(message),
+        Category::Data => referral_proto::text::serde_problem_without_value(message),
         Category::Syntax | Category::Eof | Category::Io => message.to_owned(),
     };
     let field = if matches!(e.classify(), Category::Data) { field } else { None };
     FormError { field, problem: format!("{problem}{at}") }
-}
-
-/// The serde data error `message` without the value it quotes. Serde's own
-/// messages have fixed shapes ("invalid type: {found}, expected {what}");
-/// any other (a custom one) is replaced whole, since it might quote.
-fn data_problem(message: &str) -> String {
-    // What was expected comes last and is written by our types, never by
-    // the input: the last ", expected " starts it even if the value holds one.
-    let expected = message.rfind(", expected ").map(|i| &message[i + ", expected ".len()..]);
-    if let Some(found) = message.strip_prefix("invalid type: ") {
-        // "string \"…\"", "integer `5`", "boolean `true`", "map", "sequence", "null".
-        let kind = found.split([' ', ',']).next().unwrap_or("value");
-        let kind = if found.starts_with("floating point") { "floating point number" } else { kind };
-        let a = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
-        return match expected {
-            Some(what) => format!("wrong type: expected {what}, found {a} {kind} (not shown)"),
-            None => format!("wrong type: found {a} {kind} (not shown)"),
-        };
-    }
-    if message.starts_with("invalid value: ") {
-        return match expected {
-            Some(what) => format!("invalid value (not shown): expected {what}"),
-            None => "invalid value (not shown)".into(),
-        };
-    }
-    if message.starts_with("unknown variant ") {
-        return match expected {
-            Some(what) => format!("not one of the choices (value not shown): expected {what}"),
-            None => "not one of the choices (value not shown)".into(),
-        };
-    }
-    // The input's keys are the form's field names, or a misspelling of one.
-    for quotes_a_field_name in ["missing field `", "unknown field `", "duplicate field `", "invalid length "] {
-        if message.starts_with(quotes_a_field_name) {
-            return message.to_owned();
-        }
-    }
-    "invalid value (not shown)".into()
 }
 
 /// The referral form's JSON Schema (draft 2020-12), from the Rust types.

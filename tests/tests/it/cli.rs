@@ -199,13 +199,17 @@ async fn check_config_reports_every_problem_at_once() {
     std::fs::remove_file(dir.join("federation/crl.pem")).unwrap();
     for (setting, problem) in [
         ("subscriber_buffer = 0", "delivery.subscriber_buffer must be 1 to 10000"),
-        ("subscriber_buffer = \"lots\"", "invalid type: string \"lots\""),
+        (
+            "subscriber_buffer = \"lots\"",
+            "delivery.subscriber_buffer: wrong type: expected usize, found a string (not shown)",
+        ),
     ] {
         std::fs::write(&config, text.replace("[delivery]", &format!("[delivery]\n{setting}"))).unwrap();
         let (code, _, err) = check().await;
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("3 problem(s)"), "{err}");
         assert!(err.contains(problem), "{err}");
+        assert!(!err.contains("lots"), "the wrong-typed value is not quoted: {err}");
         assert!(err.contains("tls.certificate = \"broker/server.pem\""), "{err}");
         assert!(err.contains("tls.crl = \"federation/crl.pem\""), "{err}");
     }
