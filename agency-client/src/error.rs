@@ -161,10 +161,10 @@ pub fn certificate_refusal(e: &(dyn std::error::Error + 'static)) -> Option<Cert
             return of_rustls(r);
         }
         // io::Error's `source` skips the error it wraps: look inside.
-        if let Some(r) = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(r) = r.downcast_ref::<rustls::Error>() {
-                return of_rustls(r);
-            }
+        if let Some(r) = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+            && let Some(r) = r.downcast_ref::<rustls::Error>()
+        {
+            return of_rustls(r);
         }
         // tokio-rustls hands hyper a received alert as text only
         // ("received fatal alert: CertificateRevoked").
