@@ -1,7 +1,7 @@
 //! The `agency-client` command line, for agency systems' operators, on-call
-//! staff and auditors. Every command but `completions` and `manpages` takes
-//! `--profile DIR` (a folder made by `certs`) and prints for people, or JSON
-//! with `--json`.
+//! staff and auditors. Every command but `completions`, `manpages`,
+//! `schema` and `validate` takes `--profile DIR` (a folder made by `certs`)
+//! and prints for people, or JSON with `--json`.
 
 use std::path::PathBuf;
 
@@ -133,6 +133,10 @@ pub enum Command {
         #[arg(long)]
         referral: PathBuf,
     },
+    /// Print the referral form's JSON Schema (draft 2020-12), generated from
+    /// the types `send` and `validate` read (needs no profile). The same file
+    /// is agency-client/schema/referral.schema.json in the source.
+    Schema,
     /// Auditor commands: verify, replay and prove the broker's log.
     #[command(subcommand)]
     Audit(crate::auditor::AuditCommand),
@@ -222,6 +226,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::Schema => {
+            out!("{}", crate::form::schema_text().trim_end());
+            Ok(true)
+        }
         // Offline and without a profile: an agency system checks its output.
         Command::Validate { referral } => {
             let notice = read_referral(&referral)?;
@@ -256,7 +264,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
-/// Carries out a command that talks to the broker as the profile's principal.
+/// Carries out a command that talks to the broker as the profile's
+/// principal. A failure that was really the broker refusing this profile's
+/// certificate is reported as that (see [`Client::certificate_refusal`]).
 async fn run_connected(
     profile: &std::path::Path,
     json: bool,
@@ -264,9 +274,41 @@ async fn run_connected(
     command: Command,
 ) -> anyhow::Result<bool> {
     let client = Client::connect_dir(profile).await?;
+    // The console keeps the connection for as long as it runs.
+    if let Command::Console(args) = command {
+        return crate::console::run(client, lang, args).await;
+    }
+    match run_command(&client, profile, json, lang, command).await {
+        Err(e) => {
+            // The status of a failed call, whether or not the library wrapped it.
+            let status = e.chain().find_map(|c| {
+                c.downcast_ref::<crate::ClientError>()
+                    .and_then(crate::ClientError::status)
+                    .or_else(|| c.downcast_ref::<tonic::Status>())
+            });
+            let failed = crate::ClientError::Rpc(match status {
+                Some(s) => s.clone(),
+                None => return Err(e),
+            });
+            match client.certificate_refusal(&failed).await {
+                Some(refused) => Err(crate::ClientError::CertificateRefused(refused).into()),
+                None => Err(e),
+            }
+        }
+        done => done,
+    }
+}
+
+async fn run_command(
+    client: &Client,
+    profile: &std::path::Path,
+    json: bool,
+    lang: crate::present::Lang,
+    command: Command,
+) -> anyhow::Result<bool> {
     match command {
         Command::Send { to, bulk: Some(bulk), .. } => {
-            return send_bulk(&client, &AgencyId::new(to)?, &bulk, json).await;
+            return send_bulk(client, &AgencyId::new(to)?, &bulk, json).await;
         }
         Command::Send { to, referral, message_id, .. } => {
             let Some(referral) = referral else {
@@ -306,7 +348,7 @@ async fn run_connected(
             }
         }
         Command::Listen { once, limit } => {
-            return crate::listen::run(&client, profile, json, lang, once, limit).await;
+            return crate::listen::run(client, profile, json, lang, once, limit).await;
         }
         Command::Show { id } => {
             let id: MessageId = id.parse()?;
@@ -346,7 +388,7 @@ async fn run_connected(
                 }
             }
         }
-        Command::Console(args) => return crate::console::run(client, lang, args).await,
+        Command::Console(_) => unreachable!("run_connected runs the console"),
         Command::Ack { id, by } => {
             let id: MessageId = id.parse()?;
             let by = by.unwrap_or_else(|| client.principal().name.clone());
@@ -453,9 +495,9 @@ async fn run_connected(
                 }
             }
         }
-        Command::Audit(cmd) => return crate::auditor::run(&client, cmd, json).await,
-        Command::Overlap(cmd) => overlap(&client, cmd, json).await?,
-        Command::Completions { .. } | Command::Manpages { .. } | Command::Validate { .. } => {
+        Command::Audit(cmd) => return crate::auditor::run(client, cmd, json).await,
+        Command::Overlap(cmd) => overlap(client, cmd, json).await?,
+        Command::Completions { .. } | Command::Manpages { .. } | Command::Validate { .. } | Command::Schema => {
             unreachable!("answered by run without connecting")
         }
     }
@@ -468,7 +510,7 @@ async fn run_connected(
 fn read_bulk(path: &std::path::Path) -> anyhow::Result<Vec<(String, ReferralNotice)>> {
     let parse = |source: String, text: &str| -> anyhow::Result<(String, ReferralNotice)> {
         let notice: ReferralNotice =
-            serde_json::from_str(text).with_context(|| format!("{source} is not a valid referral notice"))?;
+            crate::form::parse(text).with_context(|| format!("{source} is not a valid referral notice"))?;
         if let Err(e) = notice.validate() {
             bail!("{source}: {e}");
         }
@@ -556,7 +598,7 @@ async fn send_bulk(client: &Client, to: &AgencyId, path: &std::path::Path, json:
 fn read_referral(path: &std::path::Path) -> anyhow::Result<ReferralNotice> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let notice: ReferralNotice =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid referral notice", path.display()))?;
+        crate::form::parse(&text).with_context(|| format!("{} is not a valid referral notice", path.display()))?;
     notice.validate().with_context(|| path.display().to_string())?;
     Ok(notice)
 }

@@ -10,6 +10,10 @@ pub enum ClientError {
     Profile(#[from] certs::profile::ProfileError),
     #[error("cannot reach the broker at {broker}: {message}")]
     Connect { broker: String, message: String },
+    /// A TLS handshake refused a certificate: which one, and why as far as
+    /// TLS tells (see [`certificate_refusal`]).
+    #[error(transparent)]
+    CertificateRefused(#[from] CertificateRefusal),
     #[error("the broker refused: {}", refusal(.0))]
     Rpc(tonic::Status),
     #[error("the broker's directory is not acceptable: {0}")]
@@ -100,8 +104,135 @@ pub fn code_name(c: tonic::Code) -> &'static str {
 }
 
 impl From<tonic::Status> for ClientError {
+    /// A status that is really a refused TLS handshake (the gRPC layer
+    /// reports it as "transport error") becomes [`ClientError::CertificateRefused`].
     fn from(s: tonic::Status) -> Self {
-        ClientError::Rpc(s)
+        match certificate_refusal(&s) {
+            Some(r) => ClientError::CertificateRefused(r),
+            None => ClientError::Rpc(s),
+        }
+    }
+}
+
+/// Whose certificate a TLS handshake refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The broker refused this profile's certificate (it sent an alert).
+    Ours,
+    /// This client refused the broker's certificate.
+    Brokers,
+}
+
+/// A certificate refused in the TLS handshake, with the cause TLS gives:
+/// for our certificate, the alert the broker sent (`certificate_revoked`,
+/// `certificate_expired`, `unknown_ca`, `bad_certificate`); for the
+/// broker's, what our own check found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct CertificateRefusal {
+    pub whose: Refused,
+    /// Stable, for scripts (`--json`'s `reason`): `certificate_revoked`,
+    /// `certificate_expired`, `unknown_ca`, `bad_certificate`,
+    /// `certificate_refused`; for the broker's certificate the same with a
+    /// `broker_` prefix, and `broker_certificate_wrong_name`.
+    pub reason: &'static str,
+    /// What the reason means, for people.
+    pub cause: String,
+}
+
+impl CertificateRefusal {
+    fn message(&self) -> String {
+        match self.whose {
+            Refused::Ours => format!(
+                "your certificate was refused by the broker: {}; ask the federation operator for a new certificate",
+                self.cause
+            ),
+            Refused::Brokers => format!(
+                "the broker's certificate was refused: {}; check the profile's broker address, server_name and ca.pem",
+                self.cause
+            ),
+        }
+    }
+}
+
+/// The certificate refusal somewhere in `e`'s chain of causes: a rustls
+/// error (directly, or inside the I/O error hyper and tonic wrap it in).
+pub fn certificate_refusal(e: &(dyn std::error::Error + 'static)) -> Option<CertificateRefusal> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return of_rustls(r);
+        }
+        // io::Error's `source` skips the error it wraps: look inside.
+        if let Some(r) = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
+            && let Some(r) = r.downcast_ref::<rustls::Error>()
+        {
+            return of_rustls(r);
+        }
+        // tokio-rustls hands hyper a received alert as text only
+        // ("received fatal alert: CertificateRevoked").
+        if let Some(name) = c.to_string().strip_prefix("received fatal alert: ") {
+            let alert = ALERTS.iter().find(|a| format!("{a:?}") == name.trim());
+            if let Some(r) = alert.and_then(|a| of_rustls(&rustls::Error::AlertReceived(*a))) {
+                return Some(r);
+            }
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// The alerts that refuse a certificate (the ones [`of_rustls`] names).
+const ALERTS: [rustls::AlertDescription; 9] = {
+    use rustls::AlertDescription as A;
+    [
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::UnknownCA,
+        A::BadCertificate,
+        A::DecryptError,
+        A::UnsupportedCertificate,
+        A::CertificateUnknown,
+        A::CertificateRequired,
+        A::AccessDenied,
+    ]
+};
+
+fn of_rustls(e: &rustls::Error) -> Option<CertificateRefusal> {
+    use rustls::AlertDescription as A;
+    use rustls::CertificateError as C;
+    let ours = |reason, cause: &str| Some(CertificateRefusal { whose: Refused::Ours, reason, cause: cause.into() });
+    let theirs = |reason, cause: String| Some(CertificateRefusal { whose: Refused::Brokers, reason, cause });
+    match e {
+        rustls::Error::AlertReceived(alert) => match alert {
+            A::CertificateRevoked => ours("certificate_revoked", "revoked"),
+            A::CertificateExpired => ours("certificate_expired", "expired, or not valid yet (TLS does not tell which)"),
+            A::UnknownCA => ours("unknown_ca", "not issued by the federation's CA"),
+            A::BadCertificate => ours("bad_certificate", "not acceptable (bad certificate)"),
+            // A certificate whose issuer has the federation CA's name but
+            // whose signature does not verify (another CA of the same name).
+            A::DecryptError => ours("bad_certificate", "its signature does not verify against the federation's CA"),
+            A::UnsupportedCertificate | A::CertificateUnknown | A::CertificateRequired | A::AccessDenied => {
+                ours("certificate_refused", &format!("refused ({alert:?})"))
+            }
+            _ => None,
+        },
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Revoked => theirs("broker_certificate_revoked", "revoked".into()),
+            C::Expired | C::ExpiredContext { .. } => theirs("broker_certificate_expired", "expired".into()),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                theirs("broker_certificate_expired", "not valid yet".into())
+            }
+            // BadSignature: issued by another CA with the same name.
+            C::UnknownIssuer | C::BadSignature => {
+                theirs("broker_unknown_ca", "not issued by the CA in the profile's ca.pem".into())
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                theirs("broker_certificate_wrong_name", "not issued for the profile's server_name".into())
+            }
+            other => theirs("broker_bad_certificate", format!("not acceptable ({other})")),
+        },
+        _ => None,
     }
 }
 

@@ -44,10 +44,13 @@ pub enum Class {
     /// 76 (EX_PROTOCOL): the broker's answer does not check out (a receipt,
     /// directory or proof that fails verification).
     Protocol,
-    /// 77 (EX_NOPERM): not allowed (PERMISSION_DENIED, UNAUTHENTICATED).
+    /// 77 (EX_NOPERM): not allowed (PERMISSION_DENIED, UNAUTHENTICATED), or
+    /// the broker refused this profile's certificate in the TLS handshake
+    /// (revoked, expired, not from the federation's CA).
     Permission,
     /// 78 (EX_CONFIG): the profile folder is missing, incomplete, expired
-    /// or unsafe (a key others may read).
+    /// or unsafe (a key others may read), or the broker's certificate does
+    /// not check out against it (another CA, another name, expired).
     Config,
 }
 
@@ -110,6 +113,10 @@ fn of_client_error(e: &ClientError) -> (Class, Option<String>) {
     match e {
         E::Rpc(s) => (of_status(s), crate::error::reason(s)),
         E::Connect { .. } => (Class::TryAgain, Some("unreachable".into())),
+        E::CertificateRefused(r) => match r.whose {
+            crate::error::Refused::Ours => (Class::Permission, Some(r.reason.into())),
+            crate::error::Refused::Brokers => (Class::Config, Some(r.reason.into())),
+        },
         E::Profile(_) | E::NoValidKey(_) => (Class::Config, None),
         E::UnknownAgency { .. } => (Class::UnknownAgency, None),
         E::Directory(_) | E::Receipt(_) | E::Untrusted(_) | E::Incomplete(_) | E::ProofForAnotherEntry { .. } => {
@@ -135,10 +142,16 @@ pub fn classify(e: &anyhow::Error) -> (Class, String) {
         } else if let Some(c) = cause.downcast_ref::<ClientError>() {
             Some(of_client_error(c))
         } else if let Some(s) = cause.downcast_ref::<tonic::Status>() {
-            Some((of_status(s), crate::error::reason(s)))
+            Some(match crate::error::certificate_refusal(s) {
+                Some(r) => of_client_error(&ClientError::CertificateRefused(r)),
+                None => (of_status(s), crate::error::reason(s)),
+            })
         } else if cause.is::<certs::profile::ProfileError>() {
             Some((Class::Config, None))
-        } else if cause.is::<serde_json::Error>() || cause.is::<referral_proto::notice::ValidationErrors>() {
+        } else if cause.is::<crate::form::FormError>()
+            || cause.is::<serde_json::Error>()
+            || cause.is::<referral_proto::notice::ValidationErrors>()
+        {
             Some((Class::Data, Some("invalid_referral".into())))
         } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;

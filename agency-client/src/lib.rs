@@ -26,6 +26,8 @@
 //!   call, shared by `listen` and the console.
 //! - [`live`]: the alert stream kept up across broker restarts.
 //! - [`listen`]: the terminal view of it; [`console`]: the loopback web page.
+//! - [`form`]: referral files read without quoting values in errors, and
+//!   the form's JSON Schema.
 //! - [`cli`]: the command-line interface over all of it.
 
 pub mod alerts;
@@ -35,6 +37,7 @@ pub mod console;
 pub mod display;
 pub mod error;
 pub mod exit;
+pub mod form;
 pub mod listen;
 pub mod live;
 pub mod outbox;
@@ -89,6 +92,7 @@ pub fn is_retryable(s: &tonic::Status) -> bool {
         s.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
     ) && !s.message().contains("certificate")
+        && error::certificate_refusal(s).is_none()
 }
 
 /// Whether the broker answered a submit for good: with a receipt, or with a
@@ -126,6 +130,44 @@ fn check_submitted(
     };
     let receipt = check_receipt(dir, response.receipt, &expect)?;
     Ok(Sent { message_id: h.message_id, envelope_digest: domain.digest(), receipt, duplicate: response.duplicate })
+}
+
+/// One TLS handshake with the profile's identity, then a read: a refused
+/// certificate shows as the broker's alert (see
+/// [`Client::certificate_refusal`]). Anything else (a timeout, the
+/// session tickets of an accepted handshake) says nothing.
+async fn probe_handshake(p: &Profile) -> Option<error::CertificateRefusal> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt as _;
+    const WAIT: Duration = Duration::from_secs(2);
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(p.ca_pem.as_bytes()) {
+        roots.add(ca.ok()?).ok()?;
+    }
+    let chain = CertificateDer::pem_slice_iter(p.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().ok()?;
+    let key = PrivateKeyDer::from_pem_slice(p.key_pem.as_bytes()).ok()?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .ok()?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let address = p.broker.strip_prefix("https://")?.trim_end_matches('/');
+    let tcp = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(address)).await.ok()?.ok()?;
+    let name = ServerName::try_from(p.server_name.clone()).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = match tokio::time::timeout(WAIT, connector.connect(name, tcp)).await.ok()? {
+        Ok(tls) => tls,
+        Err(e) => return error::certificate_refusal(&e),
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(WAIT, tls.read(&mut byte)).await {
+        Ok(Err(e)) => error::certificate_refusal(&e),
+        _ => None,
+    }
 }
 
 /// A referral as sent.
@@ -185,7 +227,10 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| err(error_chain(&e)))?;
+        let channel = endpoint.connect().await.map_err(|e| match error::certificate_refusal(&e) {
+            Some(refused) => ClientError::CertificateRefused(refused),
+            None => err(error_chain(&e)),
+        })?;
         let bundles = RwLock::new(Arc::new(std::mem::take(&mut profile.bundles)));
         Ok(Self {
             profile,
@@ -195,6 +240,26 @@ impl Client {
             retry: RetryPolicy::default(),
             directory_max_age: Duration::from_secs(300),
         })
+    }
+
+    /// Whether `e`, a call that failed in the transport without a word from
+    /// the broker, was the broker refusing this profile's certificate, and
+    /// why. With TLS 1.3 the broker's alert (certificate revoked, expired,
+    /// from another CA) comes after the client's handshake has finished, and
+    /// the call often fails first ("operation was canceled", or a reset)
+    /// without it; so one more handshake is made, reading until the broker's
+    /// first word, which is then the alert. None when nothing was refused.
+    pub async fn certificate_refusal(&self, e: &ClientError) -> Option<error::CertificateRefusal> {
+        match e {
+            ClientError::CertificateRefused(r) => Some(r.clone()),
+            ClientError::Rpc(s)
+                if error::reason(s).is_none()
+                    && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable) =>
+            {
+                probe_handshake(&self.profile).await
+            }
+            _ => None,
+        }
     }
 
     pub fn principal(&self) -> &Principal {

@@ -15,6 +15,11 @@ use crate::server::{StartOptions, start};
 #[derive(Debug, Parser)]
 #[command(name = "broker", version)]
 pub struct Cli {
+    /// Machine-readable output: JSON from check-config, status, backup,
+    /// restore and admin-token, and an error as one JSON object on standard
+    /// error (serve's logs follow `[log] format`). Before or after the subcommand.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -57,9 +62,6 @@ pub enum Command {
         /// The broker's configuration file (TOML; see packaging/broker.toml).
         #[arg(long, short)]
         config: PathBuf,
-        /// Print the status as one JSON object.
-        #[arg(long)]
-        json: bool,
     },
     /// Write a consistent, verified copy of the store to a new folder
     /// (through the admin endpoint while the broker serves, directly when it is stopped).
@@ -196,6 +198,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Carries out a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(&config)?;
@@ -216,33 +219,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let found = crate::server::check_files(&config).map_err(|problems| {
                 anyhow::anyhow!("{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))
             })?;
-            match &found.database {
-                None => println!(
-                    "configuration ok: listening on {}, directory version {} with {} agencies, data in {}",
-                    config.listen.address,
-                    found.directory_version,
-                    found.agencies,
-                    config.storage.data_dir.display()
-                ),
-                Some(db) => println!(
-                    "configuration ok: listening on {}, directory version {} with {} agencies, data in {} ({}), \
-                     checkpoint in {}",
-                    config.listen.address,
-                    found.directory_version,
-                    found.agencies,
-                    db.target,
-                    db.describe_schema(),
-                    config.storage.data_dir.display()
-                ),
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": true, "listen": config.listen.address.to_string(),
+                        "directory_version": found.directory_version, "agencies": found.agencies,
+                        "data_dir": config.storage.data_dir,
+                        "database": found.database.as_ref().map(|db| serde_json::json!({
+                            "target": db.target, "schema_version": db.schema_version,
+                        })),
+                    })
+                );
+            } else {
+                match &found.database {
+                    None => println!(
+                        "configuration ok: listening on {}, directory version {} with {} agencies, data in {}",
+                        config.listen.address,
+                        found.directory_version,
+                        found.agencies,
+                        config.storage.data_dir.display()
+                    ),
+                    Some(db) => println!(
+                        "configuration ok: listening on {}, directory version {} with {} agencies, data in {} ({}), \
+                         checkpoint in {}",
+                        config.listen.address,
+                        found.directory_version,
+                        found.agencies,
+                        db.target,
+                        db.describe_schema(),
+                        config.storage.data_dir.display()
+                    ),
+                }
             }
             Ok(())
         }
         Command::AdminToken { out, force } => {
             crate::admin::AdminToken::generate(&out, force)?;
-            println!("admin token written to {} (mode 0600); name it in [admin] token_file", out.display());
+            if json {
+                println!("{}", serde_json::json!({"token_file": out}));
+            } else {
+                println!("admin token written to {} (mode 0600); name it in [admin] token_file", out.display());
+            }
             Ok(())
         }
-        Command::Status { config, json } => {
+        Command::Status { config } => {
             let config = load_config(&config)?;
             let live = match admin_request(&config, "GET", "/status", None).await? {
                 Some((200, body)) => Some(body),
@@ -291,13 +312,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => crate::backup::offline(&config.storage.data_dir, &to)?,
             };
-            println!(
-                "backup written to {} and verified: {} records, audit log of {} entries with root {}",
-                to.display(),
-                report.records,
-                report.audit_log_entries,
-                report.root
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "backup": to, "records": report.records,
+                        "audit_log_entries": report.audit_log_entries, "root": report.root.to_string(),
+                    })
+                );
+            } else {
+                println!(
+                    "backup written to {} and verified: {} records, audit log of {} entries with root {}",
+                    to.display(),
+                    report.records,
+                    report.audit_log_entries,
+                    report.root
+                );
+            }
             Ok(())
         }
         Command::Restore { config, from } => {
@@ -311,6 +342,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{}", crate::store::postgres::NO_BROKER_BACKUP);
             }
             let r = crate::backup::restore(&from, &config.storage.data_dir)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "restored": r.records, "data_dir": config.storage.data_dir,
+                        "audit_log_entries": r.audit_log_entries, "root": r.root.to_string(),
+                    })
+                );
+                return Ok(());
+            }
             println!(
                 "restored {} records into {}; audit log of {} entries with root {} verified",
                 r.records,
@@ -338,6 +379,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// fresh runtime, and prints an error with its causes (escaped: they can
 /// quote files and answers from elsewhere) with exit code 1.
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
+    let json = cli.json;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -348,6 +390,10 @@ pub fn main_with(cli: Cli) -> std::process::ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if json => {
+            eprintln!("{}", serde_json::json!({"exit_code": 1, "message": format!("{e:#}")}));
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {}", referral_proto::text::escape_block(&format!("{e:#}"), "  "));
             std::process::ExitCode::FAILURE

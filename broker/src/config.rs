@@ -391,6 +391,20 @@ fn missing_files(table: &toml::Table, base: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A TOML syntax error by line and column, without the quoted line toml's
+/// own message shows.
+fn toml_syntax(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {}", e.message().trim_end())
+        }
+        None => format!("TOML syntax error: {}", e.message().trim_end()),
+    }
+}
+
 impl Config {
     /// Reads `path`, applies overrides from `env` (pairs of name and value),
     /// and validates. Relative paths are relative to the file's folder.
@@ -412,12 +426,16 @@ impl Config {
 
     /// Parses configuration text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError(vec![e.to_string()]))?;
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError(vec![toml_syntax(text, &e)]))?;
         let mut problems = apply_env(&mut table, env);
-        let raw: Raw = match Raw::deserialize(toml::Value::Table(table)) {
+        let raw: Raw = match serde_path_to_error::deserialize(toml::Value::Table(table)) {
             Ok(r) => r,
             Err(e) => {
-                problems.push(e.to_string());
+                // The setting and what it must be, never the value found
+                // (it could be a secret pasted into the wrong setting).
+                let problem = referral_proto::text::serde_problem_without_value(e.inner().message());
+                problems.push(format!("{}: {problem}", e.path()));
                 return Err(ConfigError(problems));
             }
         };
@@ -819,6 +837,21 @@ acked_retention = "7d"
         assert_eq!(c.delivery.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.admin.endpoint, None, "no [admin] section, no admin endpoint");
+    }
+
+    /// TOML errors name the setting or the place, never the text found
+    /// there (a secret pasted into the wrong setting, say).
+    #[test]
+    fn toml_errors_never_quote_the_value() {
+        let secret = "hunter2-secret";
+        let wrong_type = MINIMAL.replace("[delivery]", &format!("[delivery]\nsubscriber_buffer = \"{secret}\""));
+        let err = Config::parse(&wrong_type, Path::new("/"), &[]).unwrap_err();
+        assert_eq!(err.0, ["delivery.subscriber_buffer: wrong type: expected usize, found a string (not shown)"]);
+        let syntax = MINIMAL.replace("[storage]", &format!("[storage]\ndata_dir = {secret} {secret}"));
+        let err = Config::parse(&syntax, Path::new("/"), &[]).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(err.0[0].starts_with("TOML syntax error at line 14, column 12: "), "{err:?}");
+        assert!(!err.0[0].contains(secret), "{err:?}");
     }
 
     #[test]

@@ -17,6 +17,10 @@ const DAY_MS: i64 = 86_400_000;
 #[derive(Debug, Parser)]
 #[command(name = "certs", version)]
 pub struct Cli {
+    /// Machine-readable output: JSON from show and revoke, and an error as
+    /// one JSON object on standard error. Before or after the subcommand.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -247,6 +251,7 @@ pub enum Command {
 /// Carries out a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let now = now();
+    let json = cli.json;
     match cli.command {
         Command::Completions { shell } => {
             crate::tool_docs::completions(shell, <Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
@@ -381,7 +386,12 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Revoke { dir, target } => {
             let mut fed = Federation::open(&dir)?;
-            for serial in fed.revoke(&target, now)? {
+            let revoked = fed.revoke(&target, now)?;
+            if json {
+                println!("{}", serde_json::json!({"revoked": revoked, "crl": dir.join("crl.pem")}));
+                return Ok(());
+            }
+            for serial in revoked {
                 println!("revoked {serial}");
             }
             println!("CRL written to {}; the broker picks it up on reload (SIGHUP)", dir.join("crl.pem").display());
@@ -403,6 +413,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Show { dir } => {
             let fed = Federation::open(&dir)?;
             let s = fed.state();
+            if json {
+                println!("{}", serde_json::to_string(s)?);
+                return Ok(());
+            }
             println!(
                 "trust domain {}, directory version {}, CRL number {}",
                 s.trust_domain, s.directory_version, s.crl_number
@@ -424,8 +438,13 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Runs the CLI and turns the outcome into an exit code, printing errors.
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
+    let json = cli.json;
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if json => {
+            eprintln!("{}", serde_json::json!({"exit_code": 1, "message": format!("{e:#}")}));
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

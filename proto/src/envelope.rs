@@ -13,6 +13,7 @@ use crate::{Digest, MAX_ENVELOPE_BYTES, NOTICE_CONTENT_TYPE, NOTICE_CONTENT_VERS
 
 /// How soon the recipient must acknowledge.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Urgency {
     Immediate,

@@ -21,6 +21,7 @@ const MAX_SHORT_TEXT_CHARS: usize = 200;
 const MAX_CHILDREN: usize = 20;
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReferralNotice {
     pub subject: Subject,
@@ -43,6 +44,7 @@ pub struct ReferralNotice {
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Subject {
     pub name: String,
@@ -60,6 +62,7 @@ pub struct Subject {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ContactChannel {
     Phone,
@@ -69,6 +72,7 @@ pub enum ContactChannel {
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SafeContact {
     pub channel: ContactChannel,
@@ -85,6 +89,7 @@ pub struct SafeContact {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LegalBasisKind {
     Consent,
@@ -95,6 +100,7 @@ pub enum LegalBasisKind {
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LegalBasis {
     pub kind: LegalBasisKind,
@@ -103,6 +109,7 @@ pub struct LegalBasis {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentState {
     Given,
@@ -112,6 +119,7 @@ pub enum ConsentState {
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Consent {
     pub state: ConsentState,
@@ -122,6 +130,7 @@ pub struct Consent {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VictimAwareness {
     Aware,
@@ -129,6 +138,7 @@ pub enum VictimAwareness {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RiskTool {
     None,
@@ -142,6 +152,7 @@ pub enum RiskTool {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RiskLevel {
     Low,
@@ -150,6 +161,7 @@ pub enum RiskLevel {
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RiskAssessment {
     pub tool: RiskTool,
@@ -160,8 +172,12 @@ pub struct RiskAssessment {
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Child {
+    // The schema says what serde enforces for a u32 (its "uint32" format is
+    // not one validators check).
+    #[cfg_attr(feature = "schema", schemars(range(max = 4_294_967_295_u32)))]
     pub age: u32,
     #[serde(default)]
     pub present: bool,
@@ -170,6 +186,7 @@ pub struct Child {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SupportKind {
     TransportToInterview,
@@ -181,6 +198,7 @@ pub enum SupportKind {
 }
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContactPerson {
     pub name: String,

@@ -93,6 +93,46 @@ fn escape<'a>(s: &'a str, forbidden: impl Fn(char) -> bool, newline: &str) -> Co
     Cow::Owned(out)
 }
 
+/// A serde data error's `message` without the value it quotes (a value in
+/// the wrong field, of a referral or a configuration, can be personal data or
+/// a secret): the kind of value found and what was expected. Serde's own
+/// messages have fixed shapes ("invalid type: {found}, expected {what}");
+/// any other (a custom one) is replaced whole, since it might quote.
+pub fn serde_problem_without_value(message: &str) -> String {
+    // What was expected comes last and is written by our types, never by
+    // the input: the last ", expected " starts it even if the value holds one.
+    let expected = message.rfind(", expected ").map(|i| &message[i + ", expected ".len()..]);
+    if let Some(found) = message.strip_prefix("invalid type: ") {
+        // "string \"…\"", "integer `5`", "boolean `true`", "map", "sequence", "null".
+        let kind = found.split([' ', ',']).next().unwrap_or("value");
+        let kind = if found.starts_with("floating point") { "floating point number" } else { kind };
+        let a = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+        return match expected {
+            Some(what) => format!("wrong type: expected {what}, found {a} {kind} (not shown)"),
+            None => format!("wrong type: found {a} {kind} (not shown)"),
+        };
+    }
+    if message.starts_with("invalid value: ") {
+        return match expected {
+            Some(what) => format!("invalid value (not shown): expected {what}"),
+            None => "invalid value (not shown)".into(),
+        };
+    }
+    if message.starts_with("unknown variant ") {
+        return match expected {
+            Some(what) => format!("not one of the choices (value not shown): expected {what}"),
+            None => "not one of the choices (value not shown)".into(),
+        };
+    }
+    // The input's keys are the form's field names, or a misspelling of one.
+    for quotes_a_field_name in ["missing field `", "unknown field `", "duplicate field `", "invalid length "] {
+        if message.starts_with(quotes_a_field_name) {
+            return message.to_owned();
+        }
+    }
+    "invalid value (not shown)".into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,7 +153,29 @@ impl serde::Serialize for Timestamp {
 impl<'de> serde::Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+        // Never quote the text: a value in the wrong field can be personal data.
+        Timestamp::parse_rfc3339(&s).map_err(|_| {
+            serde::de::Error::invalid_value(
+                serde::de::Unexpected::Other("text that is not an RFC 3339 time"),
+                &"an RFC 3339 time such as 2026-11-29T08:15:00Z",
+            )
+        })
+    }
+}
+
+/// On the wire (JSON) a time is what `Serialize` writes: an RFC 3339 string.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date-time",
+            "description": "An RFC 3339 time such as 2026-11-29T08:15:00Z (a UTC offset such as +01:00 is accepted).",
+        })
     }
 }
 

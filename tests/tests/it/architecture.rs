@@ -244,7 +244,8 @@ fn broker_client_dependency_rule(metadata: &serde_json::Value) -> Vec<String> {
 /// What `proto` may depend on: encoding, the generated service types, and
 /// cryptography. None of them is used for I/O by proto's own code (tonic's
 /// generated clients and servers are driven by the broker and the client).
-const PROTO_DEPENDENCIES: [&str; 15] = [
+/// schemars (optional, feature `schema`) only describes the notice's JSON.
+const PROTO_DEPENDENCIES: [&str; 16] = [
     "prost",
     "tonic",
     "tonic-prost",
@@ -260,6 +261,7 @@ const PROTO_DEPENDENCIES: [&str; 15] = [
     "uuid",
     "rand_core",
     "getrandom",
+    "schemars",
 ];
 
 fn proto_dependency_rule(metadata: &serde_json::Value) -> Vec<String> {

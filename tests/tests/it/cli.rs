@@ -252,13 +252,17 @@ async fn check_config_reports_every_problem_at_once() {
     std::fs::remove_file(dir.join("federation/crl.pem")).unwrap();
     for (setting, problem) in [
         ("subscriber_buffer = 0", "delivery.subscriber_buffer must be 1 to 10000"),
-        ("subscriber_buffer = \"lots\"", "invalid type: string \"lots\""),
+        (
+            "subscriber_buffer = \"lots\"",
+            "delivery.subscriber_buffer: wrong type: expected usize, found a string (not shown)",
+        ),
     ] {
         std::fs::write(&config, text.replace("[delivery]", &format!("[delivery]\n{setting}"))).unwrap();
         let (code, _, err) = check().await;
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("3 problem(s)"), "{err}");
         assert!(err.contains(problem), "{err}");
+        assert!(!err.contains("lots"), "the wrong-typed value is not quoted: {err}");
         assert!(err.contains("tls.certificate = \"broker/server.pem\""), "{err}");
         assert!(err.contains("tls.crl = \"federation/crl.pem\""), "{err}");
     }
@@ -437,6 +441,20 @@ async fn exit_codes_tell_a_script_what_to_do() {
     assert!(err.starts_with("error: cannot reach the broker at https://"), "{err}");
 }
 
+/// `agency-client schema` prints the referral form's JSON Schema, the file
+/// committed in the source (agency-client's unit tests check that file
+/// against the types and the examples).
+#[tokio::test]
+async fn schema_prints_the_published_referral_schema() {
+    let (code, out, err) = run_tool(exe(), "agency-client", &["schema"]).await;
+    assert_eq!(code, 0, "{err}");
+    let committed = include_str!("../../../agency-client/schema/referral.schema.json");
+    assert_eq!(out, committed);
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(schema["title"], "ReferralNotice");
+}
+
 /// `validate` checks a referral file offline, with no profile and no broker.
 #[tokio::test]
 async fn validate_checks_a_referral_offline() {
@@ -469,6 +487,39 @@ async fn validate_checks_a_referral_offline() {
     assert!(!err.contains("19850312"), "errors never echo personal data: {err}");
     let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", "/nonexistent.json"]).await;
     assert_eq!(code, 66, "{err}");
+
+    // A value of the wrong type (a personal identity number where a number
+    // belongs, and one as a number where text belongs) is named by its field
+    // and expected type; the value is never shown, in text or in JSON.
+    let mut v = serde_json::to_value(referral_proto::notice::example_notice()).unwrap();
+    v["children"][0]["age"] = serde_json::json!("19850312-2387");
+    v["subject"]["personal_identity_number"] = serde_json::json!(198503122387_u64);
+    std::fs::write(&bad_file, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let bad = bad_file.to_str().unwrap();
+    let (code, out, err) = run_tool(exe(), "agency-client", &["validate", "--referral", bad]).await;
+    assert_eq!((code, out.as_str()), (65, ""), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: {bad} is not a valid referral notice: field children[0].age: wrong type: \
+             expected u32, found a string (not shown) at line 4 column 28"
+        )
+    );
+    let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--json", "--referral", bad]).await;
+    assert_eq!(code, 65);
+    let e: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!((&e["class"], &e["reason"]), (&"data".into(), &"invalid_referral".into()));
+    v["children"][0]["age"] = serde_json::json!(4);
+    std::fs::write(&bad_file, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let (code, _, err) = run_tool(exe(), "agency-client", &["validate", "--referral", bad]).await;
+    assert_eq!(code, 65);
+    assert!(
+        err.contains(
+            "field subject.personal_identity_number: wrong type: expected a string, found an integer (not shown)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("19850312") && !err.contains("198503122387"), "errors never echo personal data: {err}");
 
     // Sweden's short service numbers are phone numbers too.
     for number in ["112", "114 14"] {
@@ -572,4 +623,74 @@ async fn listen_reconnects_after_a_broker_restart_and_reads_agencies_added_after
             && head.contains(&sent.message_id.to_string()),
         "{shown:?}"
     );
+}
+
+/// `--json` means the same in all three tools and goes before or after the
+/// subcommand: JSON output where the verb has one, and an error as one JSON
+/// object on standard error.
+#[tokio::test]
+async fn json_is_accepted_before_and_after_the_subcommand_by_all_three_tools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fed = tmp.path().join("fed");
+    let d = fed.to_str().unwrap();
+    assert_eq!(run_tool(exe(), "certs", &["dev", "--dir", d]).await.0, 0);
+    let config = fed.join("broker.toml");
+    std::fs::write(
+        &config,
+        broker::config::dev_config_text("127.0.0.1:7443".parse().unwrap(), &tmp.path().join("data")),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let federation = fed.join("federation");
+    let f = federation.to_str().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../agency-client/examples/referral.json");
+    let parse = |text: &str| -> serde_json::Value {
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not one JSON object ({e}): {text}"))
+    };
+    for (tool, before, after, key, value) in [
+        (
+            "certs",
+            vec!["--json", "show", "--dir", f],
+            vec!["show", "--dir", f, "--json"],
+            "trust_domain",
+            "igor.example.se",
+        ),
+        (
+            "broker",
+            vec!["--json", "check-config", "--config", c],
+            vec!["check-config", "--config", c, "--json"],
+            "listen",
+            "127.0.0.1:7443",
+        ),
+        (
+            "agency-client",
+            vec!["--json", "validate", "--referral", example],
+            vec!["validate", "--referral", example, "--json"],
+            "urgency",
+            "urgent",
+        ),
+    ] {
+        for args in [before, after] {
+            let (code, out, err) = run_tool(exe(), tool, &args).await;
+            assert_eq!(code, 0, "{tool} {args:?}: {err}");
+            assert_eq!(parse(&out)[key], value, "{tool} {args:?}");
+        }
+    }
+    // Errors: one JSON object with the exit code and the message.
+    for (tool, args, code, message) in [
+        ("certs", vec!["show", "--dir", "/nonexistent", "--json"], 1, "/nonexistent"),
+        ("broker", vec!["--json", "check-config", "--config", "/nonexistent.toml"], 1, "cannot read /nonexistent.toml"),
+        (
+            "agency-client",
+            vec!["validate", "--json", "--referral", "/nonexistent.json"],
+            66,
+            "cannot read /nonexistent.json",
+        ),
+    ] {
+        let (got, out, err) = run_tool(exe(), tool, &args).await;
+        assert_eq!((got, out.as_str()), (code, ""), "{tool}: {err}");
+        let e = parse(&err);
+        assert_eq!(e["exit_code"], code, "{tool}: {err}");
+        assert!(e["message"].as_str().unwrap().contains(message), "{tool}: {err}");
+    }
 }

@@ -8,6 +8,8 @@ mod architecture;
 mod audit;
 /// The auditor's command line: accept-restore after a real restore, replay filters, saved proofs, the report.
 mod auditor_cli;
+/// A refused certificate says whose, why, and exits with its own code.
+mod certificate_refusals;
 /// The command-line tools as people use them.
 mod cli;
 /// The on-call web console: attacks on the page, and a referral from the police to the page and back.

@@ -183,6 +183,10 @@ async fn every_command_in_operations_md_works() {
                 let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
                 assert_eq!(out.status.success(), expect_ok, "{line}\nstdout:\n{stdout}\nstderr:\n{stderr}");
                 // A few outcomes worth checking beyond the exit code.
+                if line.trim_end().ends_with("agency-client schema") {
+                    let committed = std::fs::read_to_string(root.join("agency-client/schema/referral.schema.json"));
+                    assert_eq!(stdout, committed.unwrap(), "the schema printed is the published one");
+                }
                 if line.contains(" status 0192") {
                     assert!(stdout.contains("ACKNOWLEDGED") && stdout.contains("jour-1"), "{stdout}");
                 }
