@@ -273,7 +273,11 @@ async fn run_connected(
     lang: crate::present::Lang,
     command: Command,
 ) -> anyhow::Result<bool> {
-    let client = Client::connect_dir(profile).await?;
+    // The watchers start without the broker and retry until it answers
+    // (they say so); every other command needs it now.
+    let watching = matches!(command, Command::Console(_) | Command::Listen { once: false, .. });
+    let client =
+        if watching { Client::connect_dir_waiting(profile).await? } else { Client::connect_dir(profile).await? };
     // The console keeps the connection for as long as it runs.
     if let Command::Console(args) = command {
         return crate::console::run(client, lang, args).await;

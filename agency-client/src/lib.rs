@@ -212,7 +212,23 @@ impl Client {
     }
 
     /// Connects with a loaded profile.
-    pub async fn connect(mut profile: Profile) -> Result<Self, ClientError> {
+    pub async fn connect(profile: Profile) -> Result<Self, ClientError> {
+        Self::connect_with(profile, false).await
+    }
+
+    /// For the commands that watch the queue for hours (`console`, `listen`):
+    /// loads the profile and connects, but a broker that cannot be reached
+    /// now is not an error. The client is returned all the same with a
+    /// channel that connects on first use and again after every break, so
+    /// that the watcher can start, say that the connection is down, and
+    /// retry ([`crate::live`]). A profile that does not load, or a
+    /// certificate the broker refuses, is still an error at once: no retry
+    /// cures those.
+    pub async fn connect_dir_waiting(dir: &Path) -> Result<Self, ClientError> {
+        Self::connect_with(Profile::load(dir, now())?, true).await
+    }
+
+    async fn connect_with(mut profile: Profile, wait_for_broker: bool) -> Result<Self, ClientError> {
         let err = |message: String| ClientError::Connect { broker: profile.broker.clone(), message };
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&profile.ca_pem))
@@ -227,10 +243,14 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| match error::certificate_refusal(&e) {
-            Some(refused) => ClientError::CertificateRefused(refused),
-            None => err(error_chain(&e)),
-        })?;
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => match error::certificate_refusal(&e) {
+                Some(refused) => return Err(ClientError::CertificateRefused(refused)),
+                None if wait_for_broker => endpoint.connect_lazy(),
+                None => return Err(err(error_chain(&e))),
+            },
+        };
         let bundles = RwLock::new(Arc::new(std::mem::take(&mut profile.bundles)));
         Ok(Self {
             profile,

@@ -694,3 +694,55 @@ async fn json_is_accepted_before_and_after_the_subcommand_by_all_three_tools() {
         assert!(e["message"].as_str().unwrap().contains(message), "{tool}: {err}");
     }
 }
+
+/// `listen` started while the broker is down: it says so, keeps retrying,
+/// and shows what waits once the broker is up (`listen --once` still
+/// refuses at once: it answers "what waits now?").
+#[tokio::test]
+async fn listen_started_while_the_broker_is_down_says_so_and_shows_what_waits_when_it_comes_up() {
+    use referral_proto::ids::AgencyId;
+    use tokio::io::AsyncBufReadExt as _;
+
+    let mut h = Harness::start().await;
+    let police = h.client(POLICE_SYSTEM).await;
+    police.send(&AgencyId::new(SOCIAL).unwrap(), &referral_proto::notice::example_notice()).await.unwrap();
+    h.stop().await;
+    let p = h.profile(SOCIAL_ONCALL).display().to_string();
+    let (code, _, err) = run_tool(exe(), "agency-client", &["--profile", &p, "listen", "--once"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot reach the broker at "), "{err}");
+
+    let mut child = tokio::process::Command::new(exe())
+        .args(["agency-client", "--profile", &p, "--lang", "en", "listen"])
+        .env_remove("AGENCY_CLIENT_PROFILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut until = async |want: &dyn Fn(&str) -> bool| -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("waited in vain after {seen:?}"))
+                .unwrap()
+                .expect("listen keeps running");
+            let done = want(&line);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    };
+    let down = until(&|l| l.starts_with("!! CONNECTION TO THE BROKER IS DOWN (")).await;
+    assert_eq!(down.len(), 1, "the first line says the broker is down: {down:?}");
+    assert!(down[0].ends_with("); new referrals are not shown; retrying in 0.5 s"), "{down:?}");
+    h.restart().await;
+    let up = until(&|l| l.starts_with("-- all waiting referrals shown")).await;
+    assert!(
+        up.iter().any(|l| l.starts_with("1 referral waiting for acknowledgement: 0 immediate, 1 urgent, 0 routine")),
+        "{up:?}"
+    );
+}
