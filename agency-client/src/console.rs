@@ -57,8 +57,12 @@ pub struct ConsoleArgs {
     #[arg(long, default_value_t = 0)]
     pub port: u16,
     /// The agency's paging command (SMS, phone gateway), run through
-    /// `sh -c` for each new referral with four arguments and nothing else:
-    /// message id, urgency, deadline (RFC 3339, UTC) and sender agency id.
+    /// `sh -c` with no personal data. For each referral that arrives while
+    /// the console runs: four arguments, message id, urgency, deadline
+    /// (RFC 3339, UTC) and sender agency id. Once at start, when referrals
+    /// already wait: five, an empty message id, the most pressing urgency,
+    /// the earliest deadline, the sender agency id (or `several`) and how
+    /// many wait. What waited before the start is never paged one by one.
     #[arg(long, value_name = "COMMAND")]
     pub on_alert: Option<String>,
 }
@@ -92,9 +96,6 @@ pub enum Link {
 pub struct Taken {
     pub by: String,
     pub at: Timestamp,
-    /// A note typed here with the acknowledgement: kept in this process
-    /// only (it is not part of the signed acknowledgement).
-    pub note: String,
     pub urgency: Urgency,
     pub sender: String,
 }
@@ -118,6 +119,9 @@ pub struct View {
     pub link: Option<Link>,
     /// New referrals' updates, for `Last-Event-ID` catch-up.
     log: VecDeque<Update>,
+    /// Whether the first catch-up of the alert stream has ended: what
+    /// arrives afterwards and was not seen before is paged one by one.
+    caught_up: bool,
 }
 
 const LOG_KEEP: usize = 20_000;
@@ -317,7 +321,7 @@ impl Shared {
                     "message_id": id.to_string(), "urgency": self.p.urgency(r.urgency),
                 })
                 .to_string();
-                if new {
+                if new && v.caught_up {
                     self.page(&r);
                 }
                 let seq = r.sequence;
@@ -330,7 +334,7 @@ impl Shared {
                 }
             }
             LiveEvent::Alert(AlertEvent::Settled { message_id, acknowledged_by, at, .. }) => {
-                self.settle(&mut v, message_id, acknowledged_by, at, String::new());
+                self.settle(&mut v, message_id, acknowledged_by, at);
             }
             LiveEvent::Alert(AlertEvent::Escalation { message_id, .. }) => {
                 if let Some(r) = v.waiting.get_mut(&message_id) {
@@ -349,15 +353,20 @@ impl Shared {
                     self.send(&mut v, Update { id: None, kind: "changed", data: "{}".into() });
                 }
             }
-            LiveEvent::Alert(AlertEvent::CaughtUp { .. } | AlertEvent::Heartbeat { .. }) => {}
+            LiveEvent::Alert(AlertEvent::CaughtUp { .. }) => {
+                if !v.caught_up {
+                    v.caught_up = true;
+                    if let Some(args) = summary_page(&v.waiting) {
+                        self.run_on_alert(args, "the waiting referrals".into());
+                    }
+                }
+            }
+            LiveEvent::Alert(AlertEvent::Heartbeat { .. }) => {}
         }
     }
 
-    fn settle(&self, v: &mut View, id: MessageId, by: String, at: Timestamp, note: String) {
-        if let Some(t) = v.taken.get_mut(&id) {
-            if t.note.is_empty() {
-                t.note = note;
-            }
+    fn settle(&self, v: &mut View, id: MessageId, by: String, at: Timestamp) {
+        if v.taken.contains_key(&id) {
             return;
         }
         let (urgency, sender) = v
@@ -365,7 +374,7 @@ impl Shared {
             .remove(&id)
             .map(|r| (r.urgency, Presenter::sender(&r).to_owned()))
             .unwrap_or((Urgency::Routine, String::new()));
-        v.taken.insert(id, Taken { by, at, note, urgency, sender });
+        v.taken.insert(id, Taken { by, at, urgency, sender });
         let data = serde_json::json!({"message_id": id.to_string()}).to_string();
         self.send(v, Update { id: None, kind: "settled", data });
     }
@@ -373,18 +382,20 @@ impl Shared {
     /// Runs the agency's paging command for a new referral: message id,
     /// urgency, deadline and sender agency, never anything from the notice.
     fn page(&self, r: &IncomingReferral) {
+        let args = vec![
+            r.message_id.to_string(),
+            r.urgency.as_str().to_owned(),
+            deadline(r).to_string(),
+            r.sender.as_str().to_owned(),
+        ];
+        self.run_on_alert(args, r.message_id.to_string());
+    }
+
+    /// Runs `--on-alert` with `args` (`id` names the page in warnings).
+    fn run_on_alert(&self, args: Vec<String>, id: String) {
         let Some(command) = &self.on_alert else { return };
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(command)
-            .arg("on-alert")
-            .arg(r.message_id.to_string())
-            .arg(r.urgency.as_str())
-            .arg(deadline(r).to_string())
-            .arg(r.sender.as_str())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(false);
-        let id = r.message_id;
+        cmd.arg("-c").arg(command).arg("on-alert").args(args).stdin(std::process::Stdio::null()).kill_on_drop(false);
         match cmd.spawn() {
             Ok(mut child) => {
                 tokio::spawn(async move {
@@ -402,6 +413,25 @@ impl Shared {
     fn csrf(&self) -> String {
         self.session.lock().expect("session lock").as_ref().map(|s| s.csrf.clone()).unwrap_or_default()
     }
+}
+
+/// The one page at start for what already waits (none when nothing
+/// waits): an empty message id, the most pressing urgency, the earliest
+/// deadline, the sender agency id when all come from one (else `several`)
+/// and how many wait. No referral's id, and nothing from any notice.
+pub fn summary_page(waiting: &BTreeMap<MessageId, IncomingReferral>) -> Option<Vec<String>> {
+    let urgency = waiting.values().map(|r| r.urgency).min()?;
+    let earliest = waiting.values().map(deadline).min()?;
+    let mut senders = waiting.values().map(|r| r.sender.as_str());
+    let first = senders.next()?;
+    let sender = if senders.all(|s| s == first) { first } else { "several" };
+    Some(vec![
+        String::new(),
+        urgency.as_str().to_owned(),
+        earliest.to_string(),
+        sender.to_owned(),
+        waiting.len().to_string(),
+    ])
 }
 
 fn refuse(status: StatusCode, text: &'static str) -> Response {
@@ -668,9 +698,6 @@ fn referral_html(s: &Shared, id: MessageId, r: Option<&IncomingReferral>, messag
             r#"<p class="taken" id="taken" role="status">{}</p>"#,
             esc(&p.already_acknowledged(&tk.by, tk.at))
         ));
-        if !tk.note.is_empty() {
-            out.push_str(&format!(r#"<p class="note">{}: {}</p>"#, t("Anteckning", "Note"), esc(&tk.note)));
-        }
     }
     let Some(r) = r.or_else(|| v.waiting.get(&id)) else {
         if !v.taken.contains_key(&id) {
@@ -701,8 +728,6 @@ fn referral_html(s: &Shared, id: MessageId, r: Option<&IncomingReferral>, messag
 <label for="by">{by}</label>
 <input id="by" name="by" required maxlength="64" autocomplete="off" aria-describedby="by-help">
 <p id="by-help" class="help">{help}</p>
-<label for="note">{note}</label>
-<textarea id="note" name="note" rows="2" maxlength="500"></textarea>
 <button type="submit" id="ack">{ack}</button>
 </form>"#,
             h = t("Kvittera", "Acknowledge"),
@@ -712,7 +737,6 @@ fn referral_html(s: &Shared, id: MessageId, r: Option<&IncomingReferral>, messag
                 "Sparas i den permanenta loggen: skriv inget personnummer.",
                 "Kept in the permanent log: no personal identity number."
             ),
-            note = t("Anteckning (valfri, stannar i denna konsol)", "Note (optional, stays in this console)"),
             ack = t("Jag tar den", "I take it"),
         ));
     }
@@ -736,13 +760,7 @@ async fn referral_page(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> 
             Ok(crate::alerts::Fetched::Acknowledged(r)) => {
                 if let Some(a) = &r.ack {
                     let mut v = s.view.lock().expect("view lock");
-                    s.settle(
-                        &mut v,
-                        id,
-                        a.statement.acknowledged_by.clone(),
-                        a.statement.acknowledged_at,
-                        String::new(),
-                    );
+                    s.settle(&mut v, id, a.statement.acknowledged_by.clone(), a.statement.acknowledged_at);
                 }
             }
             Ok(crate::alerts::Fetched::Expired(r)) => {
@@ -767,16 +785,16 @@ async fn ack(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) 
         return refuse(StatusCode::NOT_FOUND, "not found: that is not a message id");
     };
     let by = fields.get("by").map(|b| b.trim().to_owned()).unwrap_or_default();
-    let note = fields.get("note").map(|b| b.trim().to_owned()).unwrap_or_default();
     let t = |sv: &'static str, en: &'static str| if s.p.lang == Lang::Sv { sv } else { en };
-    let problem = if note.chars().count() > 500 || !referral_proto::text::free_text_ok(&note) {
-        Some(t(
-            "Anteckningen är för lång (högst 500 tecken) eller innehåller styrtecken.",
-            "The note is too long (500 characters at most) or holds control characters.",
-        ))
-    } else {
-        None
-    };
+    // The signed acknowledgement has no place for a note (its one text
+    // field, the staff label, stays in the permanent audit log): a form
+    // that sends one (an old page) is told so, and nothing is signed.
+    let problem = fields.get("note").is_some_and(|n| !n.trim().is_empty()).then(|| {
+        t(
+            "En anteckning kan inte skickas med kvittensen: skriv den i er verksamhets ärendesystem.",
+            "A note cannot be sent with the acknowledgement: write it in your agency's case system.",
+        )
+    });
     let digest = s.view.lock().expect("view lock").waiting.get(&id).map(|r| r.envelope_digest);
     let result = match problem {
         Some(p) => Err(p.to_owned()),
@@ -807,8 +825,7 @@ async fn ack(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) 
                 .unwrap_or_default();
             {
                 let mut v = s.view.lock().expect("view lock");
-                let note = if acked.already_acknowledged { String::new() } else { note };
-                s.settle(&mut v, id, who.clone(), at, note);
+                s.settle(&mut v, id, who.clone(), at);
             }
             if acked.already_acknowledged {
                 let main = format!(
@@ -876,5 +893,42 @@ mod tests {
         assert_eq!(f["note"], "ring först!");
         assert_eq!(f["x"], "%zz");
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+
+    fn referral(sender: &str, urgency: Urgency, ack_deadline: i64) -> IncomingReferral {
+        let mut notice = referral_proto::notice::example_notice();
+        notice.respond_by = None;
+        IncomingReferral {
+            message_id: MessageId::generate(ack_deadline),
+            sender: referral_proto::ids::AgencyId::new(sender).unwrap(),
+            sender_name: "Namn".into(),
+            sequence: 1,
+            urgency,
+            created_at: Timestamp(0),
+            ack_deadline: Timestamp(ack_deadline),
+            redelivery: false,
+            escalated: false,
+            envelope_digest: referral_proto::Digest([0; 32]),
+            notice,
+        }
+    }
+
+    /// The summary page at start: most pressing urgency, earliest deadline,
+    /// one sender or `several`, the count; none when nothing waits.
+    #[test]
+    fn the_summary_page_names_no_referral() {
+        let mut waiting = BTreeMap::new();
+        assert_eq!(summary_page(&waiting), None);
+        for r in [
+            referral("polisen-huddinge", Urgency::Routine, 1_800_000_000_000),
+            referral("polisen-huddinge", Urgency::Urgent, 1_900_000_000_000),
+        ] {
+            waiting.insert(r.message_id, r);
+        }
+        let early = Timestamp(1_800_000_000_000).to_string();
+        assert_eq!(summary_page(&waiting).unwrap(), ["", "urgent", early.as_str(), "polisen-huddinge", "2"]);
+        let r = referral("polisen-botkyrka", Urgency::Routine, 1_850_000_000_000);
+        waiting.insert(r.message_id, r);
+        assert_eq!(summary_page(&waiting).unwrap(), ["", "urgent", early.as_str(), "several", "3"]);
     }
 }

@@ -49,7 +49,12 @@ impl Drop for Console {
 }
 
 async fn start_console(h: &Harness, profile: &str, on_alert: Option<String>) -> Console {
-    let client = Arc::new(h.client(profile).await);
+    console_with(h.client(profile).await, on_alert).await
+}
+
+/// A console on `client` (connected, or waiting for the broker).
+async fn console_with(client: agency_client::Client, on_alert: Option<String>) -> Console {
+    let client = Arc::new(client);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stop = CancellationToken::new();
     let running =
@@ -389,9 +394,25 @@ async fn a_referral_appears_live_is_opened_and_taken_a_second_console_sees_who_a
     let cookie2 = c2.log_in().await;
     let csrf2 = c2.csrf(&id, &cookie2).await;
 
-    // Taken, with a note: the police see ACKNOWLEDGED by that person.
+    // A note cannot travel with the signed acknowledgement: the page has
+    // no field for one, and a form that sends one is told so, nothing signed.
     let csrf = c.csrf(&id, &cookie).await;
+    let page = c.get(&format!("/referral/{id}"), &cookie).await.body;
+    assert!(!page.contains(r#"name="note""#), "no note field: {page}");
     let a = c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1&note=ringer+kl+8")).await;
+    assert_eq!(a.status, 422);
+    assert!(
+        a.body.contains(
+            r#"<p class="message" role="alert" id="message">A note cannot be sent with the acknowledgement: write it in your agency&#39;s case system.</p>"#
+        ),
+        "{}",
+        a.body
+    );
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    assert_eq!(waiting(&oncall).await, [sent.message_id], "nothing was signed");
+
+    // Taken: the police see ACKNOWLEDGED by that person.
+    let a = c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1")).await;
     assert_eq!((a.status, a.header("location")), (303, Some(format!("/referral/{id}").as_str())), "{a:?}");
     let receipts = police.receipts(&[sent.message_id]).await.unwrap();
     let acked = receipts[0].1.iter().find(|r| r.statement.status == ReceiptStatus::Acknowledged).expect("ACKNOWLEDGED");
@@ -400,7 +421,7 @@ async fn a_referral_appears_live_is_opened_and_taken_a_second_console_sees_who_a
     let taken = Presenter::new(Lang::En).already_acknowledged("jour-1", ack.statement.acknowledged_at);
     let page = c.get(&format!("/referral/{id}"), &cookie).await.body;
     assert!(page.contains(&format!(r#"<p class="taken" id="taken" role="status">{taken}</p>"#)), "{page}");
-    assert!(page.contains("ringer kl 8") && !page.contains(r#"action="/referral/"#), "{page}");
+    assert!(!page.contains(r#"action="/referral/"#), "no form once taken: {page}");
 
     // The second console: its ack is told who was first, and so is its page.
     let a = c2.ack(&id, &cookie2, &format!("csrf={csrf2}&by=jour-2")).await;
@@ -442,4 +463,87 @@ async fn a_referral_appears_live_is_opened_and_taken_a_second_console_sees_who_a
     // And no more: the redelivery after the restart paged nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(std::fs::read_to_string(&pages).unwrap(), paged);
+}
+
+/// Started while the broker is down: the console starts all the same,
+/// prints its login address, shows the banner, keeps retrying, and fills
+/// in when the broker comes up.
+#[tokio::test]
+async fn a_console_started_while_the_broker_is_down_shows_the_banner_and_fills_in_when_it_comes_up() {
+    let mut h = Harness::start().await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    let id = sent.message_id.to_string();
+    h.stop().await;
+
+    // The commands that only answer once still refuse at once.
+    let e = agency_client::Client::connect_dir(&h.profile(SOCIAL_ONCALL)).await.unwrap_err();
+    assert!(e.to_string().starts_with("cannot reach the broker at "), "{e}");
+    let client = agency_client::Client::connect_dir_waiting(&h.profile(SOCIAL_ONCALL)).await.unwrap();
+    let c = console_with(client, None).await;
+    let cookie = c.log_in().await;
+    let down = list_until(&c, &cookie, |l| l.contains(r#"data-state="down""#)).await;
+    assert!(
+        down.contains(
+            r#"data-state="down"><strong>The connection to the broker is down: new referrals are not shown.</strong>"#
+        ),
+        "{down}"
+    );
+    assert!(!down.contains(&id), "{down}");
+
+    h.restart().await;
+    let list = list_until(&c, &cookie, |l| l.contains(&id)).await;
+    assert!(!list.contains("data-state="), "no banner once connected: {list}");
+    assert!(list.contains("1 referral waiting for acknowledgement: 0 immediate, 1 urgent, 0 routine"), "{list}");
+}
+
+/// `--on-alert` pages each referral that arrives while the console runs,
+/// and what already waited at start with one summary page, never one by
+/// one (a restarted console does not page the backlog again).
+#[tokio::test]
+async fn on_alert_pages_new_referrals_one_by_one_and_what_waited_at_start_once_as_a_summary() {
+    use referral_proto::envelope::Urgency;
+    let h = Harness::start().await;
+    let pages = h.dir().join("pages.txt");
+    let pager = format!("printf '<%s>' \"$@\" >> {0}; echo >> {0}", pages.display());
+    let police = h.client(POLICE_SYSTEM).await;
+    let social = AgencyId::new(SOCIAL).unwrap();
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let deadline_of = async |id| match oncall.fetch(id).await.unwrap() {
+        agency_client::alerts::Fetched::Waiting(agency_client::alerts::AlertEvent::Referral(r)) => {
+            agency_client::present::deadline(&r)
+        }
+        other => panic!("{other:?}"),
+    };
+
+    // Nothing waits: no page at start.
+    let c = start_console(&h, SOCIAL_ONCALL, Some(pager.clone())).await;
+    let cookie = c.log_in().await;
+    list_until(&c, &cookie, |l| l.contains("0 referrals waiting")).await;
+    let urgent = police.send(&social, &example_notice()).await.unwrap();
+    let paged = paged_lines(&pages, 1).await;
+    assert_eq!(paged, format!("<{}><urgent><{}><{POLICE}>\n", urgent.message_id, deadline_of(urgent.message_id).await));
+    drop(c);
+
+    // One more while no console runs; a new console pages once for both.
+    let mut notice = example_notice();
+    notice.urgency = Urgency::Immediate;
+    let immediate = police.send(&social, &notice).await.unwrap();
+    let earliest = deadline_of(urgent.message_id).await.min(deadline_of(immediate.message_id).await);
+    let c = start_console(&h, SOCIAL_ONCALL, Some(pager.clone())).await;
+    let cookie = c.log_in().await;
+    list_until(&c, &cookie, |l| l.contains("2 referrals waiting")).await;
+    let paged = paged_lines(&pages, 2).await;
+    assert_eq!(paged.lines().nth(1).unwrap(), format!("<><immediate><{earliest}><{POLICE}><2>"), "{paged}");
+    // A referral that arrives now is paged by itself, with its own fields.
+    let third = police.send(&social, &example_notice()).await.unwrap();
+    let paged = paged_lines(&pages, 3).await;
+    assert_eq!(
+        paged.lines().nth(2).unwrap(),
+        format!("<{}><urgent><{}><{POLICE}>", third.message_id, deadline_of(third.message_id).await),
+        "{paged}"
+    );
+    list_until(&c, &cookie, |l| l.contains("3 referrals waiting")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(std::fs::read_to_string(&pages).unwrap(), paged, "nothing from the backlog paged one by one");
 }

@@ -223,11 +223,9 @@ async fn in_a_browser_a_referral_appears_is_taken_from_the_keyboard_and_a_broker
     screenshot(&b, "console-referral.png").await;
     assert_eq!(axe(&b, &axe_js).await, Vec::<String>::new(), "the opened referral");
 
-    // Taken from the keyboard: the name, a note, Enter on the button.
+    // Taken from the keyboard: the name, Enter on the button.
     tab_to(&b, "#by").await;
     b.active_element().await.unwrap().send_keys("jour-1").await.unwrap();
-    tab_to(&b, "#note").await;
-    b.active_element().await.unwrap().send_keys("ringer kl 8").await.unwrap();
     tab_to(&b, "#ack").await;
     b.active_element().await.unwrap().send_keys(&Key::Enter.to_string()).await.unwrap();
     let taken = text_of(&b, "#taken").await;
