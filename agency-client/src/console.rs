@@ -713,6 +713,16 @@ fn referral_html(s: &Shared, id: MessageId, r: Option<&IncomingReferral>, messag
         esc(p.urgency(r.urgency)),
         esc(&format!("{} {}", t("hänvisning från", "referral from"), Presenter::sender(r)))
     ));
+    if r.escalated {
+        out.push_str(&format!(
+            r#"<p class="escalation" id="escalation" role="status"><span class="flag escalated">{}</span> {}</p>"#,
+            esc(p.flag(crate::present::Flag::Escalated)),
+            esc(t(
+                "Kvittenstiden har gått ut: avsändaren och eskaleringskontakten har fått besked. Den kan fortfarande kvitteras.",
+                "The acknowledgement deadline has passed: the sender and the escalation contact have been told. It can still be acknowledged.",
+            ))
+        ));
+    }
     for section in p.sections(r, now) {
         out.push_str(&format!("<section><h2>{}</h2><dl>", esc(section.title)));
         for row in &section.rows {

@@ -547,3 +547,36 @@ async fn on_alert_pages_new_referrals_one_by_one_and_what_waited_at_start_once_a
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(std::fs::read_to_string(&pages).unwrap(), paged, "nothing from the backlog paged one by one");
 }
+
+/// A referral past its acknowledgement deadline escalates (on the broker's
+/// manual clock): the list flags it and the opened referral says so.
+#[tokio::test]
+async fn an_escalated_referral_is_flagged_in_the_list_and_said_in_the_opened_referral() {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let h = Harness::start_with(Options { manual_clock: true, ..Options::default() }).await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    let id = sent.message_id.to_string();
+    // The on-call principal is the directory's escalation contact.
+    let c = start_console(&h, SOCIAL_ONCALL, None).await;
+    let cookie = c.log_in().await;
+    let flag = r#"<span class="flag escalated">Escalated</span>"#;
+    let list = list_until(&c, &cookie, |l| l.contains(&id)).await;
+    assert!(!list.contains(flag), "not escalated yet: {list}");
+    let page = c.get(&format!("/referral/{id}"), &cookie).await.body;
+    assert!(!page.contains(r#"id="escalation""#), "not escalated yet: {page}");
+
+    // An urgent referral's acknowledgement deadline is 4 h.
+    h.advance(4 * HOUR - Duration::from_secs(60));
+    h.state().committer.barrier().await;
+    h.advance(2 * Duration::from_secs(60));
+    let list = list_until(&c, &cookie, |l| l.contains(flag)).await;
+    assert!(list.contains(&format!(r#"data-message-id="{id}""#)), "{list}");
+    let page = c.get(&format!("/referral/{id}"), &cookie).await.body;
+    assert!(
+        page.contains(&format!(
+            r#"<p class="escalation" id="escalation" role="status">{flag} The acknowledgement deadline has passed: the sender and the escalation contact have been told. It can still be acknowledged.</p>"#
+        )),
+        "{page}"
+    );
+}
