@@ -267,11 +267,7 @@ const OVERLAP_COLUMNS: [&str; 12] = [
 fn field(s: &str) -> String {
     let s = crate::display::safe(s);
     let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.into_owned() };
-    if s.contains([',', '"']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
+    if s.contains([',', '"']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
 }
 
 /// The blind overlap sessions of the verified log as CSV, with a header
