@@ -932,6 +932,15 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
                 for line in crate::report::csv(&rows) {
                     out!("{line}");
                 }
+                // The overlap sessions are a second table: after a blank
+                // line, with its own header (only when the log holds any).
+                let overlaps = &run.verification.report.overlaps;
+                if !overlaps.is_empty() {
+                    out!("");
+                    for line in crate::report::overlaps_csv(overlaps) {
+                        out!("{line}");
+                    }
+                }
             } else {
                 out!(
                     "referrals in the verified log of {} entries (root {}, signed at {}), by agency and month of acceptance (UTC);",

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use referral_proto::audit::OverlapSummary;
 use referral_proto::pb;
 use referral_proto::pb::audit_entry::Event;
 use referral_proto::time::Timestamp;
@@ -241,6 +242,62 @@ pub fn csv(rows: &[Row]) -> Vec<String> {
     lines
 }
 
+const OVERLAP_COLUMNS: [&str; 12] = [
+    "proposed_at",
+    "session",
+    "initiator",
+    "initiator_size",
+    "initiator_legal_basis",
+    "responder",
+    "responder_size",
+    "responder_legal_basis",
+    "accepted_at",
+    "chunks",
+    "sealed_bytes",
+    "status",
+];
+
+/// One CSV field (RFC 4180) of text an agency signed: control and
+/// bidirectional formatting characters shown as `\u{..}` (as the text
+/// report shows them, so every record stays one line a terminal cannot be
+/// steered by), quoted when it holds a comma or a quote, quotes doubled.
+/// A field a spreadsheet would run as a formula (starting with `=`, `+`,
+/// `-` or `@`) gets a leading `'`, so a citation can never become a
+/// formula in the officer's spreadsheet.
+fn field(s: &str) -> String {
+    let s = crate::display::safe(s);
+    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.into_owned() };
+    if s.contains([',', '"']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
+}
+
+/// The blind overlap sessions of the verified log as CSV, with a header
+/// line: when and between whom, the padded set sizes and legal bases each
+/// side signed, what the broker relayed, and whether both sides finished
+/// with the same transcript (`completed`) or not (`not completed`).
+pub fn overlaps_csv(overlaps: &[OverlapSummary]) -> Vec<String> {
+    let mut lines = vec![OVERLAP_COLUMNS.join(",")];
+    for o in overlaps {
+        lines.push(
+            [
+                o.proposed_at.to_string(),
+                o.session.clone(),
+                field(&o.initiator),
+                o.initiator_size.to_string(),
+                field(&o.initiator_legal_basis),
+                field(&o.responder),
+                o.responder_size.to_string(),
+                field(&o.responder_legal_basis),
+                o.accepted_at.map_or(String::new(), |t| t.to_string()),
+                o.chunks.to_string(),
+                o.sealed_bytes.to_string(),
+                (if o.completed() { "completed" } else { "not completed" }).to_owned(),
+            ]
+            .join(","),
+        );
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +375,56 @@ mod tests {
                 "delivered": 2, "acknowledged": 2, "escalated": 1, "expired": 0,
                 "ack_median_seconds": 65, "ack_p90_seconds": 3600})
         );
+    }
+
+    #[test]
+    fn overlap_sessions_as_csv() {
+        let mut o = OverlapSummary {
+            session: "0192f5e0-0000-7000-8000-000000000001".into(),
+            initiator: "polisen".into(),
+            responder: "soc".into(),
+            initiator_size: 8,
+            responder_size: 4,
+            initiator_legal_basis: "osl_10_18c: OSL 10 kap. 18 c §".into(),
+            responder_legal_basis: "other: =HYPERLINK(\"x\"), \"quoted\"\nnext".into(),
+            proposed_at: Timestamp(NOV),
+            accepted_at: Some(Timestamp(NOV + 1000)),
+            chunks: 4,
+            sealed_bytes: 1234,
+            initiator_transcript: Some("ab".into()),
+            responder_transcript: Some("ab".into()),
+        };
+        let open = OverlapSummary {
+            session: "0192f5e0-0000-7000-8000-000000000002".into(),
+            initiator_legal_basis: "=1+1".into(),
+            responder_legal_basis: String::new(),
+            responder_size: 0,
+            accepted_at: None,
+            chunks: 0,
+            sealed_bytes: 0,
+            responder_transcript: None,
+            ..o.clone()
+        };
+        assert_eq!(
+            overlaps_csv(&[o.clone(), open]),
+            [
+                "proposed_at,session,initiator,initiator_size,initiator_legal_basis,responder,responder_size,\
+                 responder_legal_basis,accepted_at,chunks,sealed_bytes,status",
+                &format!(
+                    "{},0192f5e0-0000-7000-8000-000000000001,polisen,8,osl_10_18c: OSL 10 kap. 18 c §,soc,4,\
+                     \"other: =HYPERLINK(\"\"x\"\"), \"\"quoted\"\"\\u{{a}}next\",{},4,1234,completed",
+                    Timestamp(NOV),
+                    Timestamp(NOV + 1000)
+                ),
+                &format!(
+                    "{},0192f5e0-0000-7000-8000-000000000002,polisen,8,'=1+1,soc,0,,,0,0,not completed",
+                    Timestamp(NOV)
+                ),
+            ]
+        );
+        o.responder_transcript = Some("cd".into());
+        assert!(overlaps_csv(&[o])[1].ends_with(",not completed"), "transcripts differ");
+        assert_eq!(overlaps_csv(&[]), [OVERLAP_COLUMNS.join(",")]);
     }
 
     #[test]

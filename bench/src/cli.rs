@@ -1,4 +1,4 @@
-//! The `loadgen` command line: `run`, `streams` and `acks` measure; the hidden
+//! The `loadgen` command line: `run`, `streams`, `acks` and `overlap` measure; the hidden
 //! `serve-broker` and `serve-ceiling` are the servers under test, which
 //! `run` and `streams` start as child processes of this same executable.
 
@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::acks::{AcksArgs, acks};
+use crate::overlap::{OverlapArgs, overlap};
 use crate::run::{RunArgs, run};
 use crate::streams::{StreamsArgs, streams};
 
@@ -28,6 +29,8 @@ pub enum Command {
     Streams(StreamsArgs),
     /// The cost of acknowledging one referral by id at several queue lengths.
     Acks(AcksArgs),
+    /// Time and bytes of the blind overlap check through the broker, beside its core.
+    Overlap(OverlapArgs),
     /// The real broker (`broker serve --config FILE`); started by `run` and `streams`.
     #[command(hide = true)]
     ServeBroker {
@@ -80,6 +83,17 @@ async fn acks_command(args: AcksArgs) -> anyhow::Result<()> {
     }
 }
 
+async fn overlap_command(args: OverlapArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let report = overlap(args).await?;
+    if json {
+        print_json(&report)
+    } else {
+        print!("{}", report.to_table());
+        Ok(())
+    }
+}
+
 /// Runs a measuring command on a fresh runtime with the ring TLS provider.
 fn measure(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     agency_client::cli::run_program(command, |()| ExitCode::SUCCESS)
@@ -106,5 +120,6 @@ pub fn main_with(cli: Cli) -> ExitCode {
         Command::Run(args) => measure(run_command(args)),
         Command::Streams(args) => measure(streams_command(args)),
         Command::Acks(args) => measure(acks_command(args)),
+        Command::Overlap(args) => measure(overlap_command(args)),
     }
 }

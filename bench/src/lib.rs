@@ -27,6 +27,7 @@
 //! - [`run`]: the `run` command: one or both targets, end to end.
 //! - [`streams`]: the `streams` command: many idle subscriptions and what they cost.
 //! - [`acks`]: the `acks` command: acknowledging one referral by id at several queue lengths.
+//! - [`overlap`]: the `overlap` command: the blind overlap check through the broker beside its core.
 //! - [`report`]: the figures, as a human-readable table or as JSON.
 
 pub mod acks;
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod fill;
 pub mod load;
 pub mod metrics;
+pub mod overlap;
 pub mod process;
 pub mod procfs;
 pub mod redis;

@@ -535,6 +535,28 @@ async fn the_command_line_starts_accepts_lists_and_shows_results() {
         (Some(session.as_str()), Some(4), Some(2))
     );
     assert_eq!(o["responder_legal_basis"], "osl_10_18c: OSL 10 kap. 18 c §");
+    // CSV: the referral table (none here), a blank line, then the sessions with their own header.
+    let (code, out, err) =
+        run_tool(exe, "agency-client", &["--profile", a, "audit", "report", "--csv", "--state", s]).await;
+    assert_eq!(code, 0, "{err}");
+    let basis = |side: &str| o[format!("{side}_legal_basis")].as_str().unwrap().to_owned();
+    assert_eq!(
+        out,
+        format!(
+            "month,agency,direction,referrals,delivered,acknowledged,escalated,expired,ack_median_seconds,ack_p90_seconds\n\
+             \n\
+             proposed_at,session,initiator,initiator_size,initiator_legal_basis,responder,responder_size,\
+             responder_legal_basis,accepted_at,chunks,sealed_bytes,status\n\
+             {},{session},{POLICE},4,{},{SOCIAL},2,{},{},{},{},completed\n",
+            o["proposed_at"].as_str().unwrap(),
+            basis("initiator"),
+            basis("responder"),
+            o["accepted_at"].as_str().unwrap(),
+            o["chunks"],
+            o["sealed_bytes"],
+        )
+    );
+    assert!(o["chunks"].as_u64().unwrap() > 0 && o["sealed_bytes"].as_u64().unwrap() > 0);
     let (code, out, _) = run_tool(exe, "agency-client", &["--profile", a, "audit", "report", "--state", s]).await;
     assert_eq!(code, 0);
     assert!(
