@@ -63,6 +63,24 @@ impl Table {
         Table::Overlaps,
     ];
 
+    /// The table's code in stored keys (sled's key prefix, PostgreSQL's
+    /// `tbl` column). Stored data depends on it: never renumber.
+    pub fn code(self) -> u8 {
+        match self {
+            Table::Meta => 0,
+            Table::Messages => 1,
+            Table::Envelopes => 2,
+            Table::Queue => 3,
+            Table::Deadlines => 4,
+            Table::Receipts => 5,
+            Table::ReceiptFeed => 6,
+            Table::Audit => 7,
+            Table::MerkleNodes => 8,
+            Table::Deliveries => 9,
+            Table::Overlaps => 10,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Table::Meta => "meta",

@@ -124,20 +124,9 @@ fn read_password(path: &Path) -> Result<String, String> {
     Ok(password.to_owned())
 }
 
+/// The `tbl` column: the table's stored code.
 fn table_id(t: Table) -> i16 {
-    match t {
-        Table::Meta => 0,
-        Table::Messages => 1,
-        Table::Envelopes => 2,
-        Table::Queue => 3,
-        Table::Deadlines => 4,
-        Table::Receipts => 5,
-        Table::ReceiptFeed => 6,
-        Table::Audit => 7,
-        Table::MerkleNodes => 8,
-        Table::Deliveries => 9,
-        Table::Overlaps => 10,
-    }
+    i16::from(t.code())
 }
 
 /// A database error as the operator should see it: PostgreSQL's message

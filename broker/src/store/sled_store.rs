@@ -42,25 +42,9 @@ pub struct SledStore {
     path: PathBuf,
 }
 
-fn table_byte(t: Table) -> u8 {
-    match t {
-        Table::Meta => 0,
-        Table::Messages => 1,
-        Table::Envelopes => 2,
-        Table::Queue => 3,
-        Table::Deadlines => 4,
-        Table::Receipts => 5,
-        Table::ReceiptFeed => 6,
-        Table::Audit => 7,
-        Table::MerkleNodes => 8,
-        Table::Deliveries => 9,
-        Table::Overlaps => 10,
-    }
-}
-
 fn key(t: Table, k: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + k.len());
-    out.push(table_byte(t));
+    out.push(t.code());
     out.extend_from_slice(k);
     out
 }
