@@ -217,13 +217,7 @@ impl SignedStatement {
         key_valid_at: Timestamp,
     ) -> Result<&'d AgencyPublicKey, VerifyError> {
         let s = &self.statement;
-        let agency = directory.agency(&s.signer).ok_or_else(|| VerifyError::UnknownSender(s.signer.clone()))?;
-        let key = agency
-            .key(&s.signer_key_id)
-            .ok_or_else(|| VerifyError::UnknownSenderKey { agency: s.signer.clone(), key_id: s.signer_key_id })?;
-        if !key.valid_at(key_valid_at) {
-            return Err(VerifyError::SenderKeyNotValid { key_id: key.key_id, at: key_valid_at });
-        }
+        let key = crate::seal::signer_key(directory, &s.signer, s.signer_key_id, key_valid_at)?;
         key.signing
             .verify(&s.signing_input(), &self.signature)
             .map_err(|BadSignature| VerifyError::BadSignature(key.key_id))?;

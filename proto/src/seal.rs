@@ -208,6 +208,22 @@ pub fn verify_envelope<'d>(envelope: &Envelope, directory: &'d Directory) -> Res
     verify_envelope_at(envelope, directory, envelope.header.created_at)
 }
 
+/// The directory's key `key_id` of agency `signer`, which must be valid at
+/// `key_valid_at`: the first check of every signed message.
+pub(crate) fn signer_key<'d>(
+    directory: &'d Directory,
+    signer: &crate::ids::AgencyId,
+    key_id: crate::ids::KeyId,
+    key_valid_at: Timestamp,
+) -> Result<&'d AgencyPublicKey, VerifyError> {
+    let agency = directory.agency(signer).ok_or_else(|| VerifyError::UnknownSender(signer.clone()))?;
+    let key = agency.key(&key_id).ok_or_else(|| VerifyError::UnknownSenderKey { agency: signer.clone(), key_id })?;
+    if !key.valid_at(key_valid_at) {
+        return Err(VerifyError::SenderKeyNotValid { key_id: key.key_id, at: key_valid_at });
+    }
+    Ok(key)
+}
+
 /// [`verify_envelope`] with the sender's key required to be valid at
 /// `key_valid_at`.
 pub fn verify_envelope_at<'d>(
@@ -216,13 +232,7 @@ pub fn verify_envelope_at<'d>(
     key_valid_at: Timestamp,
 ) -> Result<&'d AgencyPublicKey, VerifyError> {
     let h = &envelope.header;
-    let sender = directory.agency(&h.sender).ok_or_else(|| VerifyError::UnknownSender(h.sender.clone()))?;
-    let key = sender
-        .key(&h.sender_key_id)
-        .ok_or_else(|| VerifyError::UnknownSenderKey { agency: h.sender.clone(), key_id: h.sender_key_id })?;
-    if !key.valid_at(key_valid_at) {
-        return Err(VerifyError::SenderKeyNotValid { key_id: key.key_id, at: key_valid_at });
-    }
+    let key = signer_key(directory, &h.sender, h.sender_key_id, key_valid_at)?;
     let recipient = directory.agency(&h.recipient).ok_or_else(|| VerifyError::UnknownRecipient(h.recipient.clone()))?;
     if recipient.key(&h.recipient_key_id).is_none() {
         return Err(VerifyError::UnknownRecipientKey { agency: h.recipient.clone(), key_id: h.recipient_key_id });
