@@ -526,6 +526,10 @@ pub fn entry_json(e: &pb::AuditEntry) -> serde_json::Value {
                    "transcript_hash": hex::encode(&s.transcript_hash), "signature": hex::encode(&signed.signature),
                    "principal": principal})
         }
+        Some(pb::audit_entry::Event::OverlapExpired(x)) => {
+            json!({"event": "overlap_expired", "session_id": id_text(&x.session_id),
+                   "due": Timestamp(x.due_ms).to_string(), "chunks_deleted": x.chunks_deleted})
+        }
         Some(pb::audit_entry::Event::OverlapRelayed(r)) => {
             let h = r.header.clone().unwrap_or_default();
             let kind = referral_proto::overlap::Kind::from_code(h.kind).map(|k| k.as_str());
@@ -584,6 +588,9 @@ fn entry_line(e: &pb::AuditEntry) -> String {
         "overlap_finished" => {
             format!("session {} {} transcript {}", s("session_id"), s("signer"), s("transcript_hash"))
         }
+        "overlap_expired" => {
+            format!("session {} due {}, {} sealed chunks deleted", s("session_id"), s("due"), j["chunks_deleted"])
+        }
         _ => String::new(),
     };
     format!("#{:<8} {} {:<12} {detail}", e.index, s("logged_at"), s("event"))
@@ -615,6 +622,7 @@ pub(crate) fn print_report(v: &Verification, json: bool) -> anyhow::Result<()> {
         let finished = match (&o.initiator_transcript, &o.responder_transcript) {
             (Some(a), Some(b)) if a == b => format!("finished, transcript {a}"),
             (Some(_), Some(_)) => "finished with DIFFERENT transcripts".to_owned(),
+            _ if o.expired_at.is_some() => format!("expired at {}, unfinished", o.expired_at.unwrap_or_default()),
             (None, None) if o.accepted_at.is_none() => "never accepted".to_owned(),
             _ => "incomplete".to_owned(),
         };
@@ -733,6 +741,7 @@ impl Filter {
             Some(Event::OverlapRelayed(r)) => {
                 (r.header.as_ref().and_then(|h| id(&h.session_id)), Some(r.principal.as_str()))
             }
+            Some(Event::OverlapExpired(x)) => (id(&x.session_id), None),
             None => (None, None),
         };
         let at = Timestamp(e.logged_at_ms);
@@ -969,7 +978,7 @@ pub async fn run(client: &Client, cmd: AuditCommand, json: bool) -> anyhow::Resu
                         o.responder,
                         o.responder_size,
                         crate::display::safe(&o.responder_legal_basis),
-                        if o.completed() { "completed" } else { "not completed" }
+                        o.status()
                     );
                 }
             }

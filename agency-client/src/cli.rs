@@ -668,6 +668,7 @@ fn session_json(s: &referral_proto::pb::OverlapSession) -> serde_json::Value {
         Ok(referral_proto::pb::OverlapState::Proposed) => "proposed",
         Ok(referral_proto::pb::OverlapState::Accepted) => "accepted",
         Ok(referral_proto::pb::OverlapState::Finished) => "finished",
+        Ok(referral_proto::pb::OverlapState::Expired) => "expired",
         _ => "unknown",
     };
     let st = |p: &Option<referral_proto::pb::SignedOverlapStatement>| {

@@ -247,7 +247,15 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok((r.session.ok_or(ClientError::Incomplete("session"))?, r.chunks))
+        let view = r.session.ok_or(ClientError::Incomplete("session"))?;
+        if view.state == pb::OverlapState::Expired as i32 {
+            // Nothing more can come: the broker deleted the chunks.
+            return Err(err(
+                session,
+                "the broker expired the session: it was not finished within the broker's session timeout; start a new one",
+            ));
+        }
+        Ok((view, r.chunks))
     }
 
     /// Seals `bytes` to `peer` in chunks and sends them; returns their count.

@@ -100,7 +100,8 @@ impl ReportBuilder {
             | Event::OverlapProposed(_)
             | Event::OverlapAccepted(_)
             | Event::OverlapRelayed(_)
-            | Event::OverlapFinished(_) => return,
+            | Event::OverlapFinished(_)
+            | Event::OverlapExpired(_) => return,
         };
         if let Some(r) = self.referrals.get_mut(id) {
             f(r, at);
@@ -290,7 +291,7 @@ pub fn overlaps_csv(overlaps: &[OverlapSummary]) -> Vec<String> {
                 o.accepted_at.map_or(String::new(), |t| t.to_string()),
                 o.chunks.to_string(),
                 o.sealed_bytes.to_string(),
-                (if o.completed() { "completed" } else { "not completed" }).to_owned(),
+                o.status().to_owned(),
             ]
             .join(","),
         );
@@ -393,6 +394,7 @@ mod tests {
             sealed_bytes: 1234,
             initiator_transcript: Some("ab".into()),
             responder_transcript: Some("ab".into()),
+            expired_at: None,
         };
         let open = OverlapSummary {
             session: "0192f5e0-0000-7000-8000-000000000002".into(),
@@ -423,7 +425,10 @@ mod tests {
             ]
         );
         o.responder_transcript = Some("cd".into());
-        assert!(overlaps_csv(&[o])[1].ends_with(",not completed"), "transcripts differ");
+        assert!(overlaps_csv(&[o.clone()])[1].ends_with(",not completed"), "transcripts differ");
+        o.responder_transcript = None;
+        o.expired_at = Some(Timestamp(NOV + 86_400_000));
+        assert!(overlaps_csv(&[o])[1].ends_with(",expired"), "the broker ended it unfinished");
         assert_eq!(overlaps_csv(&[]), [OVERLAP_COLUMNS.join(",")]);
     }
 

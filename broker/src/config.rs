@@ -157,6 +157,9 @@ pub struct OverlapConfig {
     pub sessions_per_pair_per_day: u32,
     /// The largest padded set (a power of two) either side may declare.
     pub max_set_size: u32,
+    /// How long after its proposal a session may take to finish; then the
+    /// broker deletes its sealed chunks and refuses the rest.
+    pub session_timeout: Duration,
 }
 
 /// `[log]`: the format and filter of the broker's own log.
@@ -296,6 +299,7 @@ struct RawPolicy {
 struct RawOverlap {
     sessions_per_pair_per_day: Option<u32>,
     max_set_size: Option<u32>,
+    session_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -718,6 +722,11 @@ impl Checker<'_> {
         let c = OverlapConfig {
             sessions_per_pair_per_day: o.sessions_per_pair_per_day.unwrap_or(4),
             max_set_size: o.max_set_size.unwrap_or(16_384),
+            session_timeout: self.duration(
+                o.session_timeout.as_ref(),
+                "overlap.session_timeout",
+                Some(Duration::from_secs(86_400)),
+            ),
         };
         if c.max_set_size == 0 || !c.max_set_size.is_power_of_two() || c.max_set_size > max {
             self.problems.push(format!("overlap.max_set_size must be a power of two from 1 to {max}"));
@@ -1150,7 +1159,14 @@ acked_retention = "7d"
     #[test]
     fn overlap_settings_default_and_are_checked() {
         let c = Config::parse(MINIMAL, Path::new("/"), &[]).unwrap();
-        assert_eq!(c.overlap, OverlapConfig { sessions_per_pair_per_day: 4, max_set_size: 16_384 });
+        assert_eq!(
+            c.overlap,
+            OverlapConfig {
+                sessions_per_pair_per_day: 4,
+                max_set_size: 16_384,
+                session_timeout: Duration::from_secs(86_400)
+            }
+        );
         let text = format!("{MINIMAL}\n[overlap]\nmax_set_size = 1000\n");
         let err = Config::parse(&text, Path::new("/"), &[]).unwrap_err();
         assert_eq!(err.0, vec!["overlap.max_set_size must be a power of two from 1 to 65536".to_owned()]);
@@ -1181,11 +1197,11 @@ mod example_tests {
         assert_eq!(admin.token_file, Path::new("/etc/referral-broker/admin.token"));
         let table: toml::Table = text.parse().unwrap();
         let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
-        // 41 = the fields of the Raw* structs above but the four PostgreSQL
+        // 42 = the fields of the Raw* structs above but the four PostgreSQL
         // ones, which are refused with engine = "sled" and so are shown
         // commented out; unknown keys are refused by parsing.
         assert_eq!(
-            keys, 41,
+            keys, 42,
             "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
         );
         for key in ["postgres_url", "postgres_ca", "postgres_password_file", "postgres_pool_size"] {

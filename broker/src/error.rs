@@ -91,6 +91,10 @@ pub enum BrokerError {
     OverlapNotParty { session: MessageId, agency: AgencyId },
     #[error("overlap session {0} has not been accepted by both sides; nothing blinded is relayed before that")]
     OverlapNotAccepted(MessageId),
+    #[error(
+        "overlap session {session} expired at {at}: it was not finished within the broker's session timeout, and its sealed chunks are deleted; start a new session"
+    )]
+    OverlapExpired { session: MessageId, at: referral_proto::time::Timestamp },
     #[error("overlap session {session}: {what}")]
     OverlapOutOfOrder { session: MessageId, what: String },
     #[error("overlap session {session}: {what}")]
@@ -177,7 +181,10 @@ impl BrokerError {
             E::OutOfRange(_) => Code::OutOfRange,
             E::UnknownRecipient(_) | E::UnknownMessage(_) | E::UnknownOverlap(_) => Code::NotFound,
             E::DuplicateConflict(_) | E::OverlapExists(_) => Code::AlreadyExists,
-            E::AckAfterExpiry(_) | E::OverlapNotAccepted(_) | E::OverlapOutOfOrder { .. } => Code::FailedPrecondition,
+            E::AckAfterExpiry(_)
+            | E::OverlapNotAccepted(_)
+            | E::OverlapExpired { .. }
+            | E::OverlapOutOfOrder { .. } => Code::FailedPrecondition,
             E::Oversize { .. }
             | E::RateLimited { .. }
             | E::TooManyConcurrent { .. }
@@ -228,6 +235,7 @@ impl BrokerError {
             E::OverlapExists(_) => "overlap_exists",
             E::OverlapNotParty { .. } => "overlap_not_party",
             E::OverlapNotAccepted(_) => "overlap_not_accepted",
+            E::OverlapExpired { .. } => "overlap_expired",
             E::OverlapOutOfOrder { .. } => "overlap_out_of_order",
             E::OverlapChunkMismatch { .. } => "overlap_chunk_mismatch",
             E::OverlapDailyLimit { .. } => "overlap_daily_limit",

@@ -17,6 +17,8 @@ pub const EXPIRIES: &str = "broker_expiries_total";
 pub const PURGES: &str = "broker_purges_total";
 /// Overlap sessions proposed (and recorded).
 pub const OVERLAP_SESSIONS: &str = "broker_overlap_sessions_total";
+/// Overlap sessions the broker ended unfinished (their session timeout).
+pub const OVERLAP_EXPIRED: &str = "broker_overlap_expired_total";
 pub const COMMIT_SECONDS: &str = "broker_commit_seconds";
 pub const COMMIT_JOBS: &str = "broker_commit_batch_jobs";
 pub const COMMIT_FAILURES: &str = "broker_commit_failures_total";

@@ -35,10 +35,11 @@ pub enum EventKind {
     OverlapAccepted,
     OverlapRelayed,
     OverlapFinished,
+    OverlapExpired,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Submitted,
         EventKind::Rejected,
         EventKind::Delivered,
@@ -51,6 +52,7 @@ impl EventKind {
         EventKind::OverlapAccepted,
         EventKind::OverlapRelayed,
         EventKind::OverlapFinished,
+        EventKind::OverlapExpired,
     ];
 
     pub fn of(event: &Event) -> Self {
@@ -67,6 +69,7 @@ impl EventKind {
             Event::OverlapAccepted(_) => EventKind::OverlapAccepted,
             Event::OverlapRelayed(_) => EventKind::OverlapRelayed,
             Event::OverlapFinished(_) => EventKind::OverlapFinished,
+            Event::OverlapExpired(_) => EventKind::OverlapExpired,
         }
     }
 
@@ -84,6 +87,7 @@ impl EventKind {
             EventKind::OverlapAccepted => "overlap_accepted",
             EventKind::OverlapRelayed => "overlap_relayed",
             EventKind::OverlapFinished => "overlap_finished",
+            EventKind::OverlapExpired => "overlap_expired",
         }
     }
 }
@@ -177,12 +181,25 @@ pub struct OverlapSummary {
     /// Transcript hashes each side reported (hex), when it has.
     pub initiator_transcript: Option<String>,
     pub responder_transcript: Option<String>,
+    /// When the broker ended it unfinished (its session timeout).
+    pub expired_at: Option<Timestamp>,
 }
 
 impl OverlapSummary {
     /// Both sides finished and reported the same transcript.
     pub fn completed(&self) -> bool {
         self.initiator_transcript.is_some() && self.initiator_transcript == self.responder_transcript
+    }
+
+    /// "completed", "expired" (the broker ended it unfinished) or "not completed".
+    pub fn status(&self) -> &'static str {
+        if self.completed() {
+            "completed"
+        } else if self.expired_at.is_some() {
+            "expired"
+        } else {
+            "not completed"
+        }
     }
 }
 
@@ -499,6 +516,7 @@ impl<'d> LogChecker<'d> {
                         sealed_bytes: 0,
                         initiator_transcript: None,
                         responder_transcript: None,
+                        expired_at: None,
                     },
                 );
                 Ok(())
@@ -518,6 +536,9 @@ impl<'d> LogChecker<'d> {
                 if o.accepted_at.is_some() {
                     return Err(format!("overlap session {} is accepted twice", s.session));
                 }
+                if o.expired_at.is_some() {
+                    return Err(format!("overlap session {} is accepted after it expired", s.session));
+                }
                 o.responder_size = s.set_size;
                 o.responder_legal_basis = basis_text(&s);
                 o.accepted_at = Some(logged_at);
@@ -530,6 +551,9 @@ impl<'d> LogChecker<'d> {
                     .overlaps
                     .get_mut(&h.session)
                     .ok_or_else(|| format!("chunk of overlap session {}, which was never proposed", h.session))?;
+                if o.expired_at.is_some() {
+                    return Err(format!("overlap session {}: a chunk was relayed after it expired", h.session));
+                }
                 if o.accepted_at.is_none() {
                     return Err(format!(
                         "overlap session {}: a chunk was relayed before both sides accepted",
@@ -553,6 +577,9 @@ impl<'d> LogChecker<'d> {
                 if o.accepted_at.is_none() {
                     return Err(format!("overlap session {} finished before it was accepted", s.session));
                 }
+                if o.expired_at.is_some() {
+                    return Err(format!("overlap session {} finished after it expired", s.session));
+                }
                 let hash = s.transcript_hash.map(|d| d.to_hex());
                 let slot = if s.signer.as_str() == o.initiator {
                     &mut o.initiator_transcript
@@ -563,6 +590,29 @@ impl<'d> LogChecker<'d> {
                     return Err(format!("overlap session {}: {} finished twice", s.session, s.signer));
                 }
                 *slot = hash;
+                Ok(())
+            }
+            Event::OverlapExpired(x) => {
+                let id =
+                    MessageId::from_bytes(&x.session_id).map_err(|e| format!("overlap expiry: session id: {e}"))?;
+                let o = self
+                    .overlaps
+                    .get_mut(&id)
+                    .ok_or_else(|| format!("expiry of overlap session {id}, which was never proposed"))?;
+                if o.expired_at.is_some() {
+                    return Err(format!("overlap session {id} expired twice"));
+                }
+                if o.initiator_transcript.is_some() && o.responder_transcript.is_some() {
+                    return Err(format!("overlap session {id} expired after both sides finished"));
+                }
+                if x.due_ms > logged_at.0 || x.due_ms <= o.proposed_at.0 {
+                    return Err(format!(
+                        "overlap session {id} expired at {logged_at} with a due time of {} ms, \
+                         not between its proposal and the entry",
+                        x.due_ms
+                    ));
+                }
+                o.expired_at = Some(logged_at);
                 Ok(())
             }
         }
@@ -734,17 +784,33 @@ mod overlap_tests {
     use crate::overlap::{Kind, Statement, Step, seal_message};
     use crate::test_vectors::{CREATED_AT, TestRng, build, message_id};
 
+    /// Entry `index`, logged at CREATED_AT + 10 + index ms.
     fn entry(index: u64, event: Event) -> Vec<u8> {
         encode_entry(&pb::AuditEntry {
             format_version: AUDIT_ENTRY_FORMAT_VERSION,
             index,
-            logged_at_ms: CREATED_AT.0 + 10,
+            logged_at_ms: CREATED_AT.0 + 10 + index as i64,
             event: Some(event),
         })
     }
 
-    /// A proposal, an acceptance and one relayed set chunk, as the broker logs them.
+    /// The broker's expiry of the session, due `due_after` ms after the proposal was logged.
+    fn expiry(due_after: i64) -> Event {
+        Event::OverlapExpired(pb::OverlapExpired {
+            session_id: message_id().as_bytes().to_vec(),
+            due_ms: CREATED_AT.0 + 10 + due_after,
+            chunks_deleted: 1,
+        })
+    }
+
+    /// The failures found in [`check`]'s log.
     fn events(mutate: impl FnOnce(&mut Vec<Event>)) -> Vec<String> {
+        check(mutate).failures.into_iter().map(|f| f.to_string()).collect()
+    }
+
+    /// A proposal, an acceptance and one relayed set chunk, as the broker
+    /// logs them, changed by `mutate`, then checked.
+    fn check(mutate: impl FnOnce(&mut Vec<Event>)) -> LogReport {
         let v = build();
         let (police, social) = (&v.sender, &v.recipient);
         let statement = |step, signer: &crate::keys::AgencyKeyBundle, size| Statement {
@@ -792,8 +858,36 @@ mod overlap_tests {
         for (i, e) in list.into_iter().enumerate() {
             c.push(i as u64, &entry(i as u64, e));
         }
-        let report = c.finish();
-        report.failures.into_iter().map(|f| f.to_string()).collect()
+        c.finish()
+    }
+
+    #[test]
+    fn an_expiry_after_the_due_time_ends_the_session_and_nothing_may_follow_it() {
+        // Expired at entry 3 (logged 3 ms after the proposal), due 2 ms after it.
+        assert_eq!(events(|l| l.push(expiry(2))), Vec::<String>::new());
+        let o = check(|l| l.push(expiry(2))).overlaps;
+        assert_eq!((o[0].status(), o[0].expired_at), ("expired", Some(Timestamp(CREATED_AT.0 + 13))));
+        // A chunk relayed after the expiry.
+        let f = events(|l| {
+            let chunk = l[2].clone();
+            l.push(expiry(2));
+            l.push(chunk);
+        });
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].starts_with("entry 4: ") && f[0].contains("a chunk was relayed after it expired"), "{f:?}");
+        // Expired twice, or before it was due, or of a session never proposed.
+        let f = events(|l| {
+            l.push(expiry(2));
+            l.push(expiry(2));
+        });
+        assert!(f.len() == 1 && f[0].contains("expired twice"), "{f:?}");
+        let f = events(|l| l.push(expiry(5)));
+        assert!(f.len() == 1 && f[0].contains("not between its proposal and the entry"), "{f:?}");
+        let f = events(|l| {
+            l.truncate(0);
+            l.push(expiry(-20));
+        });
+        assert!(f.len() == 1 && f[0].contains("which was never proposed"), "{f:?}");
     }
 
     #[test]

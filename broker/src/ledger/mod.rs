@@ -561,6 +561,9 @@ impl<'a> Step<'a> {
 
     fn try_deadline(&mut self, d: Deadline) -> Result<(), Failure> {
         self.writes.clear_deadline(d);
+        if d.kind == DeadlineKind::OverlapExpire {
+            return self.overlap_expire(d.message_id, d.due_ms).map_err(Failure::from);
+        }
         let id = d.message_id;
         let Some(mut rec) = self.message(&id)? else {
             return Ok(());

@@ -18,6 +18,7 @@ use crate::config::OverlapConfig;
 use crate::error::BrokerError;
 use crate::refusals::{Evidence, Refusal};
 use crate::store::StoreError;
+use crate::store::keys::DeadlineKind;
 use crate::store::records::{OverlapRecord, OverlapState, RelayedChunk};
 
 /// The answer to a relayed chunk.
@@ -125,6 +126,8 @@ impl Step<'_> {
         };
         self.writes.overlap_of(&t.initiator, &id);
         self.writes.overlap_of(&t.responder, &id);
+        let timeout_ms = i64::try_from(limits.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        self.set_deadline(self.now.0.saturating_add(timeout_ms), DeadlineKind::OverlapExpire, id);
         self.overlaps.insert(id, rec.clone());
         self.effects.push(super::Effect::Count(crate::metrics::OVERLAP_SESSIONS));
         Ok(rec)
@@ -163,6 +166,9 @@ impl Step<'_> {
                 return Ok(rec);
             }
             let e = BrokerError::OverlapOutOfOrder { session: id, what: "the session was already accepted".into() };
+            return Err(Self::refused(principal, e, signed));
+        }
+        if let Some(e) = expired(&id, &rec) {
             return Err(Self::refused(principal, e, signed));
         }
         if let Err(e) = self.key_valid_now("signer", &t.signer, &t.signer_key_id) {
@@ -214,6 +220,7 @@ impl Step<'_> {
             return Err(refuse(BrokerError::OverlapOutOfOrder { session: id, what }));
         }
         match rec.state {
+            OverlapState::Expired { .. } => return Err(refuse(expired(&id, &rec).expect("expired"))),
             OverlapState::Proposed => return Err(refuse(BrokerError::OverlapNotAccepted(id))),
             OverlapState::Finished => {
                 let what = "the session is finished".to_owned();
@@ -282,9 +289,6 @@ impl Step<'_> {
             let e = BrokerError::OverlapNotParty { session: id, agency: t.signer.clone() };
             return Err(Self::refused(principal, e, signed));
         }
-        if rec.state == OverlapState::Proposed {
-            return Err(Self::refused(principal, BrokerError::OverlapNotAccepted(id), signed));
-        }
         let initiator_side = t.signer.as_str() == rec.initiator;
         let slot = if initiator_side { &rec.initiator_finish } else { &rec.responder_finish };
         if let Some((stored, _)) = slot {
@@ -293,6 +297,12 @@ impl Step<'_> {
             }
             let e = BrokerError::OverlapOutOfOrder { session: id, what: "this side has already finished".into() };
             return Err(Self::refused(principal, e, signed));
+        }
+        if let Some(e) = expired(&id, &rec) {
+            return Err(Self::refused(principal, e, signed));
+        }
+        if rec.state == OverlapState::Proposed {
+            return Err(Self::refused(principal, BrokerError::OverlapNotAccepted(id), signed));
         }
         if let Err(e) = self.key_valid_now("signer", &t.signer, &t.signer_key_id) {
             return Err(Self::refused(principal, e, signed));
@@ -314,6 +324,39 @@ impl Step<'_> {
         }
         self.overlaps.insert(id, rec.clone());
         Ok(rec)
+    }
+}
+
+impl Step<'_> {
+    /// The session timeout passed: unless both sides finished, the session
+    /// expires, its sealed chunks are deleted and the log records it.
+    pub(super) fn overlap_expire(&mut self, id: MessageId, due_ms: i64) -> Result<(), StoreError> {
+        let Some(mut rec) = self.overlap(&id)? else { return Ok(()) };
+        if matches!(rec.state, OverlapState::Finished | OverlapState::Expired { .. }) {
+            return Ok(());
+        }
+        let log_index = self.log(Event::OverlapExpired(pb::OverlapExpired {
+            session_id: id.as_bytes().to_vec(),
+            due_ms,
+            chunks_deleted: rec.chunks.len() as u32,
+        }));
+        for c in &rec.chunks {
+            self.writes.delete_overlap_chunk(&id, c.side, c.kind, c.index);
+        }
+        rec.state = OverlapState::Expired { log_index, at_ms: self.now.0 };
+        self.overlaps.insert(id, rec);
+        self.effects.push(super::Effect::Count(crate::metrics::OVERLAP_EXPIRED));
+        Ok(())
+    }
+}
+
+/// The refusal for a command on an expired session, if it is.
+fn expired(id: &MessageId, rec: &OverlapRecord) -> Option<BrokerError> {
+    match rec.state {
+        OverlapState::Expired { at_ms, .. } => {
+            Some(BrokerError::OverlapExpired { session: *id, at: referral_proto::time::Timestamp(at_ms) })
+        }
+        _ => None,
     }
 }
 
@@ -345,7 +388,11 @@ mod tests {
     use crate::store::tables::Tables;
 
     const DAY: i64 = 86_400_000;
-    const LIMITS: OverlapConfig = OverlapConfig { sessions_per_pair_per_day: 2, max_set_size: 64 };
+    const LIMITS: OverlapConfig = OverlapConfig {
+        sessions_per_pair_per_day: 2,
+        max_set_size: 64,
+        session_timeout: std::time::Duration::from_secs(3600),
+    };
 
     fn timing() -> super::super::Timing {
         let d = AckDeadlines { immediate_ms: 1, urgent_ms: 1, routine_ms: 1 };
@@ -398,5 +445,101 @@ mod tests {
         let r = propose(midnight, &[3, 1, 2, 1]);
         let limit = Err("overlap_daily_limit");
         assert_eq!(r, vec![Ok(()), Ok(()), limit, limit, Ok(()), Ok(()), limit]);
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use std::collections::HashMap;
+
+    use referral_proto::notice::LegalBasisKind;
+    use referral_proto::overlap::Statement;
+    use referral_proto::test_vectors;
+    use referral_proto::time::Timestamp;
+
+    use super::*;
+    use crate::audit::AuditLog;
+    use crate::config::AckDeadlines;
+    use crate::store::Store;
+    use crate::store::memory::MemoryStore;
+    use crate::store::tables::Tables;
+
+    const HOUR: i64 = 3_600_000;
+    const LIMITS: OverlapConfig = OverlapConfig {
+        sessions_per_pair_per_day: 4,
+        max_set_size: 64,
+        session_timeout: std::time::Duration::from_secs(3600),
+    };
+
+    /// Runs `f` as one committed batch at `at`.
+    fn batch<T>(store: &MemoryStore, log: &mut AuditLog, at: Timestamp, f: impl FnOnce(&mut Step<'_>) -> T) -> T {
+        let v = test_vectors::build();
+        let counters = HashMap::new();
+        let d = AckDeadlines { immediate_ms: HOUR, urgent_ms: HOUR, routine_ms: HOUR };
+        let timing = super::super::Timing { ack_deadlines: d, unacked_retention_ms: HOUR, acked_retention_ms: HOUR };
+        let mut step = Step::new(Tables(store), log, &counters, &v.directory, timing, at);
+        let out = f(&mut step);
+        let t = step.finish().unwrap();
+        store.commit(&t.writes.into_batch()).unwrap();
+        *log = t.log;
+        out
+    }
+
+    fn statement(step: StatementStep, at: Timestamp) -> SignedStatement {
+        let v = test_vectors::build();
+        let (signer, size, basis) = match step {
+            StatementStep::Accept => (&v.recipient, 2, Some(LegalBasisKind::Osl10_18c)),
+            StatementStep::Propose => (&v.sender, 2, Some(LegalBasisKind::Osl10_18c)),
+            StatementStep::Finish => (&v.sender, 0, None),
+        };
+        Statement {
+            step,
+            session: v.message_id,
+            initiator: v.sender.agency().clone(),
+            responder: v.recipient.agency().clone(),
+            signer: signer.agency().clone(),
+            signer_key_id: signer.key_id(),
+            signed_at: at,
+            set_size: size,
+            legal_basis: basis,
+            legal_citation: if basis.is_some() { "OSL 10 kap. 18 c §".into() } else { String::new() },
+            transcript_hash: (step == StatementStep::Finish).then_some(Digest([3; 32])),
+        }
+        .sign(signer)
+    }
+
+    #[test]
+    fn the_timeout_expires_an_unfinished_session_once_and_later_steps_are_refused() {
+        let store = MemoryStore::default();
+        let mut log = AuditLog::default();
+        let t0 = test_vectors::CREATED_AT;
+        let id = test_vectors::build().message_id;
+        batch(&store, &mut log, t0, |s| {
+            s.overlap_propose(statement(StatementStep::Propose, t0), "p", LIMITS).unwrap();
+            s.overlap_accept(statement(StatementStep::Accept, t0), "s", LIMITS).unwrap();
+        });
+        // Not due yet: nothing happens.
+        let early = Timestamp(t0.0 + HOUR - 1);
+        assert!(Tables(&store).due_deadlines(early.0, 10).unwrap().is_empty());
+        let due = Timestamp(t0.0 + HOUR);
+        let deadlines = Tables(&store).due_deadlines(due.0, 10).unwrap();
+        assert_eq!(deadlines.len(), 1);
+        let size = log.size();
+        batch(&store, &mut log, due, |s| {
+            for d in deadlines {
+                s.deadline(d).unwrap();
+            }
+        });
+        assert_eq!(log.size(), size + 1, "one OverlapExpired entry");
+        let rec = Tables(&store).overlap(&id).unwrap().unwrap();
+        assert_eq!(rec.state, OverlapState::Expired { log_index: size, at_ms: due.0 });
+        assert!(Tables(&store).due_deadlines(due.0 + HOUR, 10).unwrap().is_empty(), "the deadline is gone");
+        // A finish after it: refused with the expiry's time.
+        let later = Timestamp(due.0 + 5);
+        let e = batch(&store, &mut log, later, |s| {
+            s.overlap_finish(statement(StatementStep::Finish, later), "p").unwrap_err()
+        });
+        assert_eq!(e.reason(), "overlap_expired");
+        assert!(e.to_string().contains(&format!("expired at {due}")), "{e}");
     }
 }

@@ -58,6 +58,7 @@ pub fn session_view(id: &MessageId, rec: &OverlapRecord) -> pb::OverlapSession {
             OverlapState::Proposed => pb::OverlapState::Proposed,
             OverlapState::Accepted => pb::OverlapState::Accepted,
             OverlapState::Finished => pb::OverlapState::Finished,
+            OverlapState::Expired { .. } => pb::OverlapState::Expired,
         } as i32,
         proposal: decode_statement(&rec.proposal.0),
         acceptance: st(&rec.acceptance),

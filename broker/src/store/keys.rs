@@ -37,6 +37,9 @@ pub enum DeadlineKind {
     Expire = 2,
     /// The retention after ack: purge the ciphertext.
     Purge = 3,
+    /// An overlap session (its id in the message id's place) not finished
+    /// in time: delete its sealed chunks and log that it expired.
+    OverlapExpire = 4,
 }
 
 impl DeadlineKind {
@@ -45,6 +48,7 @@ impl DeadlineKind {
             1 => Some(Self::Escalate),
             2 => Some(Self::Expire),
             3 => Some(Self::Purge),
+            4 => Some(Self::OverlapExpire),
             _ => None,
         }
     }

@@ -81,6 +81,13 @@ pub enum OverlapState {
     Accepted,
     /// Both sides reported their transcript hash; the chunks are deleted.
     Finished,
+    /// Not finished by `[overlap] session_timeout` after the proposal: the
+    /// chunks are deleted and nothing more is taken. (A variant, not a
+    /// field, so that records written before it still decode.)
+    Expired {
+        log_index: u64,
+        at_ms: i64,
+    },
 }
 
 /// A chunk the broker relayed: which, whose, and the audit entry that records it.

@@ -371,9 +371,10 @@ impl<'a> Durable<'a> {
         keep(&mut rec.initiator_finish);
         keep(&mut rec.responder_finish);
         rec.chunks.retain(|c| c.log_index < n);
-        rec.state = match (&rec.acceptance, &rec.initiator_finish, &rec.responder_finish) {
-            (None, _, _) => OverlapState::Proposed,
-            (Some(_), Some(_), Some(_)) => OverlapState::Finished,
+        rec.state = match (rec.state, &rec.acceptance, &rec.initiator_finish, &rec.responder_finish) {
+            (OverlapState::Expired { log_index, .. }, ..) if log_index < n => rec.state,
+            (_, None, _, _) => OverlapState::Proposed,
+            (_, Some(_), Some(_), Some(_)) => OverlapState::Finished,
             _ => OverlapState::Accepted,
         };
         Ok(Some(rec))

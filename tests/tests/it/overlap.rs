@@ -575,3 +575,78 @@ async fn the_command_line_starts_accepts_lists_and_shows_results() {
 fn json_list(v: &[&str]) -> serde_json::Value {
     serde_json::Value::Array(v.iter().map(|s| serde_json::Value::String((*s).to_owned())).collect())
 }
+
+/// The session timeout: a session left unfinished expires on the broker's
+/// clock; its sealed chunks are deleted, the log records it, every further
+/// step is refused with `overlap_expired`, and a finished session is left alone.
+#[tokio::test]
+async fn an_unfinished_session_expires_its_chunks_are_deleted_and_the_rest_is_refused() {
+    let h = Harness::start_with(Options {
+        manual_clock: true,
+        tweak: Box::new(|c| c.overlap.session_timeout = Duration::from_secs(3600)),
+        ..Options::default()
+    })
+    .await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let social_client = h.client(SOCIAL_SYSTEM).await;
+    let (done, _) = run_pair(&police, &social_client, &pins([1, 2]), &pins([2, 3])).await;
+    let (a, b) = start_pair(&police, &social_client, &pins([4, 5]), &pins([5])).await;
+    let session = a.session();
+    police.overlap_send(session, Kind::Set, &social_id(), a.blinded_set().as_bytes()).await.unwrap();
+    let tables = || broker::store::tables::Tables(&*h.state().store);
+    assert!(tables().overlap_chunk(&session, 0, Kind::Set.code(), 0).unwrap().is_some(), "the chunk is kept");
+
+    h.advance(Duration::from_secs(3600 + 60));
+    let state_of = |sessions: &[pb::OverlapSession], id: MessageId| {
+        sessions.iter().find(|s| s.session_id == id.as_bytes()).map(|s| s.state).unwrap()
+    };
+    let waited = tokio::time::Instant::now();
+    while state_of(&social_client.overlap_sessions().await.unwrap(), session) != pb::OverlapState::Expired as i32 {
+        assert!(waited.elapsed() < WAIT, "the session did not expire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sessions = social_client.overlap_sessions().await.unwrap();
+    let finished: MessageId = done.session.parse().unwrap();
+    assert_eq!(state_of(&sessions, finished), pb::OverlapState::Finished as i32, "a finished session stays so");
+    assert!(tables().overlap_chunk(&session, 0, Kind::Set.code(), 0).unwrap().is_none(), "the chunk is deleted");
+
+    // The responder's set is refused, with when and why.
+    let s = status(b.run(&social_client, WAIT).await.unwrap_err());
+    assert_eq!((s.code(), reason(&s).as_deref()), (Code::FailedPrecondition, Some("overlap_expired")));
+    assert!(
+        s.message().starts_with(&format!("overlap session {session} expired at "))
+            && s.message().ends_with(
+                "it was not finished within the broker's session timeout, and its sealed chunks are deleted; start a new session"
+            ),
+        "{}",
+        s.message()
+    );
+    // The initiator's client stops waiting and says why.
+    let e = a.run(&police, WAIT).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "overlap session {session}: the broker expired the session: it was not finished within the broker's session timeout; start a new one"
+        )
+    );
+    // A finish is refused too (a signed statement the library would not send).
+    let finish = signed(&police, |bundle| Statement {
+        step: Step::Finish,
+        set_size: 0,
+        legal_basis: None,
+        legal_citation: String::new(),
+        transcript_hash: Some(referral_proto::Digest([9; 32])),
+        session,
+        ..proposal(bundle, SOCIAL, 1)
+    });
+    let s = assert_refused(police.overlap_rpc().finish(finish).await, Code::FailedPrecondition, "overlap_expired");
+    assert!(s.message().starts_with(&format!("overlap session {session} expired at ")), "{}", s.message());
+
+    // The auditor sees it ended unfinished, once, and the log checks out.
+    let v = verify_log(&h).await;
+    assert_eq!(v.report.counts.get(&referral_proto::audit::EventKind::OverlapExpired), Some(&1));
+    let o = v.report.overlaps.iter().find(|o| o.session == session.to_string()).unwrap();
+    assert_eq!((o.status(), o.chunks), ("expired", 1));
+    let done = v.report.overlaps.iter().find(|o| o.session == finished.to_string()).unwrap();
+    assert_eq!((done.status(), done.expired_at), ("completed", None));
+}
