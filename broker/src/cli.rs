@@ -374,6 +374,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Parses the command line (`args` includes the program name) and runs it:
+/// what the binary does. A usage error under `--json` is one JSON object
+/// ([`certs::tool_docs::parse_args`]).
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    match certs::tool_docs::parse_args(args) {
+        Ok(cli) => main_with(cli),
+        Err(code) => code,
+    }
+}
+
 /// Runs the CLI to completion and turns the outcome into an exit code:
 /// installs the one TLS crypto provider (ring, never aws-lc-rs), runs on a
 /// fresh runtime, and prints an error with its causes (escaped: they can

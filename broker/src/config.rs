@@ -395,20 +395,6 @@ fn missing_files(table: &toml::Table, base: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A TOML syntax error by line and column, without the quoted line toml's
-/// own message shows.
-fn toml_syntax(text: &str, e: &toml::de::Error) -> String {
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("TOML syntax error at line {line}, column {column}: {}", e.message().trim_end())
-        }
-        None => format!("TOML syntax error: {}", e.message().trim_end()),
-    }
-}
-
 impl Config {
     /// Reads `path`, applies overrides from `env` (pairs of name and value),
     /// and validates. Relative paths are relative to the file's folder.
@@ -430,8 +416,9 @@ impl Config {
 
     /// Parses configuration text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError(vec![toml_syntax(text, &e)]))?;
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError(vec![referral_proto::text::toml_syntax_problem(text, e.span(), e.message())])
+        })?;
         let mut problems = apply_env(&mut table, env);
         let raw: Raw = match serde_path_to_error::deserialize(toml::Value::Table(table)) {
             Ok(r) => r,

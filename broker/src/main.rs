@@ -1,7 +1,5 @@
 //! The `broker` binary: parses the command line and hands it to the library.
 
-use clap::Parser as _;
-
 /// mimalloc: sled allocates and frees node copies at a high rate; glibc's
 /// allocator spent a tenth of the committer's time in malloc and let the
 /// resident set fragment under load.
@@ -9,5 +7,5 @@ use clap::Parser as _;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    broker::cli::main_with(broker::cli::Cli::parse())
+    broker::cli::main_from(std::env::args_os())
 }

@@ -436,6 +436,16 @@ pub fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Parses the command line (`args` includes the program name) and runs it:
+/// what the binary does. A usage error under `--json` is one JSON object
+/// ([`crate::tool_docs::parse_args`]).
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    match crate::tool_docs::parse_args(args) {
+        Ok(cli) => main_with(cli),
+        Err(code) => code,
+    }
+}
+
 /// Runs the CLI and turns the outcome into an exit code, printing errors.
 pub fn main_with(cli: Cli) -> std::process::ExitCode {
     let json = cli.json;

@@ -224,8 +224,8 @@ impl Federation {
             return Err(FederationError::NotAFederation(dir.to_owned()));
         }
         let text = read_text(&state_path)?;
-        let state: State = toml::from_str(&text)
-            .map_err(|e| FederationError::State { path: state_path.clone(), message: e.to_string() })?;
+        let state: State =
+            crate::from_toml(&text).map_err(|message| FederationError::State { path: state_path.clone(), message })?;
         if state.format != 1 {
             return Err(FederationError::State {
                 path: state_path,

@@ -52,8 +52,8 @@ pub fn generate(
 /// Reads a `.pub` file.
 pub fn read_public(path: &Path) -> Result<PublicKeyRecord, FederationError> {
     let text = read_text(path)?;
-    let record: PublicKeyRecord = toml::from_str(&text)
-        .map_err(|e| FederationError::PublicKeyFile { path: path.to_owned(), message: e.to_string() })?;
+    let record: PublicKeyRecord =
+        crate::from_toml(&text).map_err(|message| FederationError::PublicKeyFile { path: path.to_owned(), message })?;
     record.to_key().map_err(|message| FederationError::PublicKeyFile { path: path.to_owned(), message })?;
     Ok(record)
 }

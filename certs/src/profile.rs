@@ -205,7 +205,7 @@ impl Profile {
         }
         let invalid = |path: &Path, message: String| ProfileError::Invalid { path: path.to_owned(), message };
         let text = read_text(&file_path)?;
-        let file: ProfileFile = toml::from_str(&text).map_err(|e| invalid(&file_path, e.to_string()))?;
+        let file: ProfileFile = crate::from_toml(&text).map_err(|e| invalid(&file_path, e))?;
         let principal = Principal::parse_uri(&file.principal).map_err(|e| invalid(&file_path, e.to_string()))?;
         if !file.broker.starts_with("https://") {
             return Err(invalid(&file_path, format!("broker {:?} must be an https:// address", file.broker)));

@@ -120,8 +120,8 @@ pub fn assemble_profile(
     force: bool,
 ) -> Result<Principal, RequestError> {
     let note_path = issued.join(ISSUED);
-    let note: Issued = toml::from_str(&read(&note_path)?)
-        .map_err(|e| RequestError::Invalid { path: note_path.clone(), message: e.to_string() })?;
+    let note: Issued = crate::from_toml(&read(&note_path)?)
+        .map_err(|message| RequestError::Invalid { path: note_path.clone(), message })?;
     let principal = Principal::parse_uri(&note.principal)
         .map_err(|e| RequestError::Invalid { path: note_path.clone(), message: e.to_string() })?;
     let cert_path = issued.join(CERT);

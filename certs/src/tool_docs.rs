@@ -1,5 +1,6 @@
-//! Shell completions and man pages for a command line: each of the three
-//! tools (`certs`, `broker`, `agency-client`) prints its own the same way.
+//! Shell completions, man pages and usage errors for a command line: each of
+//! the three tools (`certs`, `broker`, `agency-client`) prints its own the
+//! same way.
 //!
 //! Here because every tool depends on this crate and on no other tool: a
 //! tool that printed another's would have to depend on it (the broker must
@@ -8,6 +9,30 @@
 use std::path::{Path, PathBuf};
 
 pub use clap_complete::Shell;
+
+/// Parses the command line (`args` includes the program name) as clap does,
+/// except that a usage error under `--json` is one JSON object on standard
+/// error (`{"exit_code": 2, "message": …}`, the shape of the tool's other
+/// errors) instead of clap's text. `Err` holds the exit code: 0 after
+/// `--help` or `--version`, 2 after a usage error.
+pub fn parse_args<C: clap::Parser>(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<C, std::process::ExitCode> {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let e = match C::try_parse_from(&args) {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    let code = e.exit_code();
+    if e.use_stderr() && args.iter().any(|a| a == "--json") {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+        eprintln!("{}", serde_json::json!({"exit_code": code, "message": first}));
+    } else {
+        let _ = e.print();
+    }
+    Err(std::process::ExitCode::from(u8::try_from(code).unwrap_or(2)))
+}
 
 /// Writes the completion script of `cmd` (named after the command) for `shell`.
 pub fn completions(shell: Shell, mut cmd: clap::Command, out: &mut dyn std::io::Write) {

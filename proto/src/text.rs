@@ -133,6 +133,22 @@ pub fn serde_problem_without_value(message: &str) -> String {
     "invalid value (not shown)".into()
 }
 
+/// A TOML syntax error by line and column (from its byte `span` in
+/// `text`), with the parser's `message` but without the quoted line that
+/// the toml crate's own display adds (the line can hold a secret or a
+/// personal identity number typed into the wrong place).
+pub fn toml_syntax_problem(text: &str, span: Option<std::ops::Range<usize>>, message: &str) -> String {
+    match span {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {}", message.trim_end())
+        }
+        None => format!("TOML syntax error: {}", message.trim_end()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

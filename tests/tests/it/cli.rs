@@ -176,6 +176,29 @@ async fn errors_name_the_problem() {
     assert_eq!(code, 78);
     assert!(err.contains("the certificate expired at"), "{err}");
 
+    // A personal identity number typed into profile.toml: the error names
+    // the line, or the setting and its type, never the value or the line.
+    let toml_path = expired_dir.join("profile.toml");
+    let text = std::fs::read_to_string(&toml_path).unwrap();
+    let first = text.lines().next().unwrap().to_owned();
+    for (broken, problem) in [
+        (format!("{first}\nnote = 19850312-2387\n"), "TOML syntax error at line 2, column "),
+        (
+            text.lines()
+                .map(|l| if l.starts_with("server_name") { "server_name = 198503122387" } else { l })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "server_name: wrong type: expected a string, found an integer (not shown)",
+        ),
+    ] {
+        std::fs::write(&toml_path, &broken).unwrap();
+        let (code, _, err) =
+            run_tool(exe(), "agency-client", &["--profile", expired_dir.to_str().unwrap(), "directory"]).await;
+        assert_eq!(code, 78, "{err}");
+        assert!(err.contains(problem), "{err}");
+        assert!(!err.contains("2387"), "errors never echo personal data: {err}");
+    }
+
     // A key file others can read is refused, with the fix.
     let key = h.profile(POLICE_SYSTEM).join("key.pem");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -686,6 +709,10 @@ async fn json_is_accepted_before_and_after_the_subcommand_by_all_three_tools() {
             66,
             "cannot read /nonexistent.json",
         ),
+        // Usage errors too, in each tool's own exit code for them.
+        ("certs", vec!["--json", "show", "--no-such-flag"], 2, "unexpected argument '--no-such-flag'"),
+        ("broker", vec!["check-config", "--json", "--no-such-flag"], 2, "unexpected argument '--no-such-flag'"),
+        ("agency-client", vec!["--json", "validate", "--no-such-flag"], 64, "unexpected argument '--no-such-flag'"),
     ] {
         let (got, out, err) = run_tool(exe(), tool, &args).await;
         assert_eq!((got, out.as_str()), (code, ""), "{tool}: {err}");
