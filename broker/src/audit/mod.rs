@@ -148,7 +148,8 @@ impl TreeHeadSigner {
 }
 
 /// How many receipt signatures [`ReceiptSigner`] remembers: enough for
-/// the receipts of the last few seconds at full load, about 1.3 MB.
+/// the receipts of the last few seconds at full load, about 1.5 MB (each
+/// holds the signed bytes, about 250, once, and the signature).
 pub const RECENT_RECEIPT_SIGNATURES: usize = 4096;
 
 /// Signs the receipts the committer stores unsigned, with the broker's log
@@ -167,9 +168,9 @@ pub struct ReceiptSigner {
 
 #[derive(Debug, Default)]
 struct RecentSignatures {
-    by_input: std::collections::HashMap<Vec<u8>, [u8; 64]>,
-    /// Oldest first, for eviction.
-    order: std::collections::VecDeque<Vec<u8>>,
+    by_input: std::collections::HashMap<Arc<[u8]>, [u8; 64]>,
+    /// Oldest first, for eviction (the same bytes as the map's keys).
+    order: std::collections::VecDeque<Arc<[u8]>>,
 }
 
 impl ReceiptSigner {
@@ -182,11 +183,12 @@ impl ReceiptSigner {
         let statement =
             ReceiptStatement::try_from(stored.statement.clone().ok_or(ReceiptError::Missing("statement"))?)?;
         let input = statement.signing_input();
-        let known = self.recent.lock().expect("receipt signatures lock").by_input.get(&input).copied();
+        let known = self.recent.lock().expect("receipt signatures lock").by_input.get(&input[..]).copied();
         let signature = match known {
             Some(s) => s,
             None => {
                 let s = self.key.sign(&input);
+                let input: Arc<[u8]> = input.into();
                 let mut recent = self.recent.lock().expect("receipt signatures lock");
                 if recent.by_input.insert(input.clone(), s).is_none() {
                     recent.order.push_back(input);
