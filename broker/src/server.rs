@@ -12,7 +12,7 @@ use referral_proto::pb::referral_broker_server::ReferralBrokerServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::TreeHeadSigner;
+use crate::audit::{ReceiptSigner, TreeHeadSigner};
 use crate::clock::Clock;
 use crate::commit::{self, CommitterDeps, Timing};
 use crate::config::{Config, Engine, StorageConfig};
@@ -271,6 +271,7 @@ pub async fn start_wrapped(
         tls: tls.clone(),
         clock: opts.clock,
         tree_heads: TreeHeadSigner::new(log_key.clone()),
+        receipts: ReceiptSigner::new(log_key.clone()),
         log_key,
         latest_tree_head: Default::default(),
         trust_domain: trust_domain.clone(),

@@ -9,7 +9,7 @@ use referral_proto::keys::SigningKey;
 use referral_proto::receipt::SignedTreeHead;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::TreeHeadSigner;
+use crate::audit::{ReceiptSigner, TreeHeadSigner};
 use crate::authz::{self, Rpc};
 use crate::clock::Clock;
 use crate::commit::Committer;
@@ -35,6 +35,8 @@ pub struct BrokerState {
     pub clock: Arc<dyn Clock>,
     pub log_key: Arc<SigningKey>,
     pub tree_heads: TreeHeadSigner,
+    /// Signs receipts as they are sent (once per receipt, not per copy).
+    pub receipts: ReceiptSigner,
     /// The newest tree head issued by the periodic signer.
     pub latest_tree_head: ArcSwapOption<SignedTreeHead>,
     pub trust_domain: TrustDomain,

@@ -16,7 +16,7 @@ use referral_proto::audit::{AUDIT_ENTRY_FORMAT_VERSION, encode_entry};
 use referral_proto::keys::SigningKey;
 use referral_proto::merkle::{Frontier, NodeSource, leaf_hash};
 use referral_proto::pb;
-use referral_proto::receipt::{SignedTreeHead, TreeHead};
+use referral_proto::receipt::{ReceiptError, ReceiptStatement, SignedTreeHead, TreeHead};
 use referral_proto::time::Timestamp;
 
 use crate::store::keys::meta;
@@ -147,7 +147,124 @@ impl TreeHeadSigner {
     }
 }
 
+/// How many receipt signatures [`ReceiptSigner`] remembers: enough for
+/// the receipts of the last few seconds at full load, about 1.5 MB (each
+/// holds the signed bytes, about 250, once, and the signature).
+pub const RECENT_RECEIPT_SIGNATURES: usize = 4096;
+
+/// Signs the receipts the committer stores unsigned, with the broker's log
+/// key, as they are sent; and remembers the last signatures it made. The
+/// same receipt usually goes out more than once: the ACCEPTED receipt in the
+/// `Submit` answer and again in the sender's `WatchReceipts` stream, the
+/// ACKNOWLEDGED one to each acker and to the sender. Ed25519 is
+/// deterministic, so a copy carries the signature made for the first one
+/// (looked up by the exact bytes signed) instead of costing another
+/// signature.
+#[derive(Debug)]
+pub struct ReceiptSigner {
+    key: Arc<SigningKey>,
+    recent: std::sync::Mutex<RecentSignatures>,
+}
+
+#[derive(Debug, Default)]
+struct RecentSignatures {
+    by_input: std::collections::HashMap<Arc<[u8]>, [u8; 64]>,
+    /// Oldest first, for eviction (the same bytes as the map's keys).
+    order: std::collections::VecDeque<Arc<[u8]>>,
+}
+
+impl ReceiptSigner {
+    pub fn new(key: Arc<SigningKey>) -> Self {
+        Self { key, recent: Default::default() }
+    }
+
+    /// `stored` with its broker signature (a stored receipt's signature is empty).
+    pub fn sign(&self, mut stored: pb::Receipt) -> Result<pb::Receipt, ReceiptError> {
+        let statement =
+            ReceiptStatement::try_from(stored.statement.clone().ok_or(ReceiptError::Missing("statement"))?)?;
+        let input = statement.signing_input();
+        let known = self.recent.lock().expect("receipt signatures lock").by_input.get(&input[..]).copied();
+        let signature = match known {
+            Some(s) => s,
+            None => {
+                let s = self.key.sign(&input);
+                let input: Arc<[u8]> = input.into();
+                let mut recent = self.recent.lock().expect("receipt signatures lock");
+                if recent.by_input.insert(input.clone(), s).is_none() {
+                    recent.order.push_back(input);
+                    while recent.order.len() > RECENT_RECEIPT_SIGNATURES {
+                        if let Some(old) = recent.order.pop_front() {
+                            recent.by_input.remove(&old);
+                        }
+                    }
+                }
+                s
+            }
+        };
+        stored.broker_signature = signature.to_vec();
+        Ok(stored)
+    }
+
+    /// How many signatures are remembered.
+    pub fn remembered(&self) -> usize {
+        self.recent.lock().expect("receipt signatures lock").by_input.len()
+    }
+}
+
 /// Reads `count` entries from `from`.
 pub fn read_entries(store: &dyn Store, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     Tables(store).audit_entries(from, to, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use referral_proto::receipt::{Receipt, sign_stored};
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed([7; 32])
+    }
+
+    fn stored(n: u64) -> pb::Receipt {
+        let v = referral_proto::test_vectors::build();
+        let mut p = pb::Receipt::from(&v.receipt);
+        p.statement.as_mut().unwrap().log_index = n;
+        p.broker_signature.clear();
+        p
+    }
+
+    #[test]
+    fn a_receipt_sent_again_carries_the_same_signature_without_signing_again() {
+        let signer = ReceiptSigner::new(Arc::new(key()));
+        let first = signer.sign(stored(7)).unwrap();
+        assert_eq!(first, sign_stored(stored(7), &key()).unwrap(), "the bytes a fresh signature gives");
+        Receipt::try_from(first.clone()).unwrap().verify(&key().verifying_key()).unwrap();
+        assert_eq!(signer.sign(stored(7)).unwrap(), first);
+        assert_eq!(signer.remembered(), 1, "the copy reused the signature");
+        // Another statement is signed on its own, and verifies.
+        let other = signer.sign(stored(8)).unwrap();
+        assert_ne!(other.broker_signature, first.broker_signature);
+        Receipt::try_from(other).unwrap().verify(&key().verifying_key()).unwrap();
+        assert_eq!(signer.remembered(), 2);
+    }
+
+    #[test]
+    fn remembered_signatures_are_bounded_and_a_forgotten_one_is_made_again() {
+        let signer = ReceiptSigner::new(Arc::new(key()));
+        let first = signer.sign(stored(0)).unwrap();
+        for n in 1..=RECENT_RECEIPT_SIGNATURES as u64 {
+            signer.sign(stored(n)).unwrap();
+        }
+        assert_eq!(signer.remembered(), RECENT_RECEIPT_SIGNATURES, "the oldest was forgotten");
+        assert_eq!(signer.sign(stored(0)).unwrap(), first, "signed again, to the same bytes");
+    }
+
+    #[test]
+    fn a_stored_receipt_without_a_statement_is_refused() {
+        let signer = ReceiptSigner::new(Arc::new(key()));
+        let mut p = stored(1);
+        p.statement = None;
+        assert_eq!(signer.sign(p).unwrap_err(), ReceiptError::Missing("statement"));
+        assert_eq!(signer.remembered(), 0);
+    }
 }

@@ -551,11 +551,13 @@ impl<'a> Step<'a> {
             recipient: rec.recipient.clone(),
             principal: principal.to_owned(),
         }));
+        // Only the first delivery changes the record (its DELIVERED receipt);
+        // a later one to another principal leaves it as stored.
         if !rec.delivered {
             rec.delivered = true;
             self.add_receipt(&id, &mut rec, ReceiptStatus::Delivered, principal.to_owned(), None, log_index)?;
+            self.messages.insert(id, rec);
         }
-        self.messages.insert(id, rec);
         Ok(DeliveryOutcome::Sent)
     }
 

@@ -45,6 +45,8 @@ struct Ledger {
     log: AuditLog,
     counters: HashMap<Vec<u8>, u64>,
     now: Timestamp,
+    /// The writes of the last batch.
+    last: crate::store::Batch,
 }
 
 /// One command of a batch.
@@ -73,7 +75,14 @@ impl Ledger {
     fn new() -> Self {
         let v = test_vectors::build();
         let now = Timestamp(test_vectors::CREATED_AT.0 + 1_000);
-        Self { v, store: MemoryStore::default(), log: AuditLog::default(), counters: HashMap::new(), now }
+        Self {
+            v,
+            store: MemoryStore::default(),
+            log: AuditLog::default(),
+            counters: HashMap::new(),
+            now,
+            last: Default::default(),
+        }
     }
 
     fn id(&self, n: u8) -> MessageId {
@@ -139,7 +148,8 @@ impl Ledger {
             }
         }
         let t = step.finish().expect("no read fails in memory");
-        self.store.commit(&t.writes.into_batch()).unwrap();
+        self.last = t.writes.into_batch();
+        self.store.commit(&self.last).unwrap();
         self.log = t.log;
         self.counters.extend(t.counters);
         answers
@@ -175,6 +185,79 @@ fn a_message_is_accepted_delivered_acknowledged_and_purged() {
     // Entries: submitted, delivered, acknowledged, purged; nothing for the repeat delivery.
     assert_eq!(l.log.size(), 4);
     assert_eq!(AuditLog::restore(&l.store).unwrap().root(), l.log.root());
+}
+
+/// The last batch's writes per table: puts, and deletes as `-table`.
+fn written(l: &Ledger) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for op in &l.last.ops {
+        let name = match op {
+            crate::store::Op::Put(t, _, _) => t.name().to_owned(),
+            crate::store::Op::Delete(t, _) => format!("-{}", t.name()),
+        };
+        *out.entry(name).or_default() += 1;
+    }
+    out
+}
+
+fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// What each step of a referral's life writes, table by table (BENCHMARKS.md
+/// counts the store writes per referral from this): nothing twice, and a
+/// later delivery or a repeated ack leaves the message record alone.
+#[test]
+fn each_step_writes_only_what_it_changes() {
+    let mut l = Ledger::new();
+    l.batch(&[Cmd::Submit { n: 1, variant: 0 }], false);
+    // The meta counters: the queue sequence, the receipt cursor, the pending
+    // count and the log size, once per batch.
+    let submit = [
+        ("messages", 1),
+        ("envelopes", 1),
+        ("queue", 1),
+        ("deadlines", 1),
+        ("receipts", 1),
+        ("receipt_feed", 1),
+        ("audit", 1),
+        ("meta", 4),
+    ];
+    assert_eq!(written(&l), counts(&submit));
+    l.batch(&[Cmd::Submit { n: 2, variant: 0 }, Cmd::Submit { n: 3, variant: 0 }], false);
+    let two = [
+        ("messages", 2),
+        ("envelopes", 2),
+        ("queue", 2),
+        ("deadlines", 2),
+        ("receipts", 2),
+        ("receipt_feed", 2),
+        ("audit", 2),
+        ("meta", 4),
+    ];
+    assert_eq!(written(&l), counts(&two), "counters once per batch, not per submit");
+    l.batch(&[Cmd::Deliver { n: 1, p: 1 }], false);
+    let first_delivery =
+        [("deliveries", 1), ("audit", 1), ("messages", 1), ("receipts", 1), ("receipt_feed", 1), ("meta", 2)];
+    assert_eq!(written(&l), counts(&first_delivery));
+    l.batch(&[Cmd::Deliver { n: 1, p: 2 }], false);
+    assert_eq!(written(&l), counts(&[("deliveries", 1), ("audit", 1), ("meta", 1)]), "the record is unchanged");
+    l.batch(&[Cmd::Deliver { n: 1, p: 2 }], false);
+    assert_eq!(written(&l), counts(&[]), "a redelivery records nothing");
+    l.batch(&[Cmd::Ack { n: 1, variant: 0, by_sender: false }], false);
+    let ack = [
+        ("audit", 1),
+        ("messages", 1),
+        ("-queue", 1),
+        ("-deadlines", 1),
+        ("deadlines", 1),
+        ("receipts", 1),
+        ("receipt_feed", 1),
+        ("meta", 3),
+    ];
+    assert_eq!(written(&l), counts(&ack));
+    l.batch(&[Cmd::Ack { n: 1, variant: 0, by_sender: false }], false);
+    assert_eq!(written(&l), counts(&[]), "a repeated ack is answered from the store");
 }
 
 #[test]

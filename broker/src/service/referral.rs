@@ -363,7 +363,7 @@ fn receipt(state: &BrokerState, id: &MessageId, n: u8) -> Result<pb::Receipt, Br
 
 /// Signs a receipt the committer stored unsigned.
 fn signed(state: &BrokerState, r: pb::Receipt) -> Result<pb::Receipt, BrokerError> {
-    referral_proto::receipt::sign_stored(r, &state.log_key).map_err(|_| BrokerError::StorageCorrupt)
+    state.receipts.sign(r).map_err(|_| BrokerError::StorageCorrupt)
 }
 
 /// Builds the delivery of queue entry `seq`; None once the message is
