@@ -1,6 +1,8 @@
 //! End-to-end scenarios over a real broker with real mTLS (see the harness
 //! in `tests/src/lib.rs`). One module per concern:
 
+/// The optional note with an acknowledgement: sealed to the sender, never logged, purged, refused when bad.
+mod ack_note;
 /// ARCHITECTURE.md's rules on what each crate and module may name.
 mod agency_keys;
 mod architecture;
