@@ -648,11 +648,9 @@ fn read_note_file(path: &std::path::Path) -> anyhow::Result<String> {
 fn note_line(client: &Client, r: &Receipt) -> Option<String> {
     let ack = r.ack.as_ref()?;
     match client.open_note(r) {
-        Ok(Some(text)) => Some(format!(
-            "note from {}:\n    {}",
-            safe(&ack.statement.acknowledged_by),
-            safe_block(&text, "    ")
-        )),
+        Ok(Some(text)) => {
+            Some(format!("note from {}:\n    {}", safe(&ack.statement.acknowledged_by), safe_block(&text, "    ")))
+        }
         Ok(None) if ack.statement.note_digest.is_some() => {
             Some("note: no longer held by the broker (purged with the message)".to_owned())
         }

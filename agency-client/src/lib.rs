@@ -619,9 +619,9 @@ impl Client {
         let ack = match note {
             None => self.with_bundle(|b| sign_ack(message_id, envelope_digest, now(), by, b))??,
             Some((text, sender)) => {
-                let agency = dir.agency(sender).ok_or_else(|| {
-                    ClientError::Ack(AckError::Note(NoteError::NoSenderKey(sender.clone())))
-                })?;
+                let agency = dir
+                    .agency(sender)
+                    .ok_or_else(|| ClientError::Ack(AckError::Note(NoteError::NoSenderKey(sender.clone()))))?;
                 self.with_bundle(|b| sign_ack_with_note(message_id, envelope_digest, now(), by, text, agency, b))??
             }
         };

@@ -14,11 +14,11 @@ use crate::directory::{Agency, Directory};
 use crate::envelope::ENCAPSULATED_KEY_LEN;
 use crate::ids::{AgencyId, IdError, KeyId, MessageId};
 use crate::keys::{AgencyKeyBundle, AgencyPublicKey, HpkeAead, HpkeKdf, HpkeKem};
-use crate::seal::AEAD_TAG_LEN;
-use crate::{Digest, PROTOCOL_VERSION};
 use crate::notice::contains_personal_identity_number;
 use crate::pb;
+use crate::seal::AEAD_TAG_LEN;
 use crate::time::Timestamp;
+use crate::{Digest, PROTOCOL_VERSION};
 
 /// What the acknowledging agency signs.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -272,7 +272,8 @@ pub fn sign_ack_with_note_rng(
 ) -> Result<SignedAck, AckError> {
     check_acknowledged_by(acknowledged_by)?;
     check_note(note).map_err(AckError::Note)?;
-    let key = sender.current_key(acknowledged_at).ok_or_else(|| AckError::Note(NoteError::NoSenderKey(sender.id.clone())))?;
+    let key =
+        sender.current_key(acknowledged_at).ok_or_else(|| AckError::Note(NoteError::NoSenderKey(sender.id.clone())))?;
     let mut statement = AckStatement {
         message_id,
         envelope_digest,
@@ -291,9 +292,15 @@ pub fn sign_ack_with_note_rng(
     let aad = note_aad(&statement, &key.key_id);
     let hpke_err = |e: hpke::HpkeError| AckError::Note(NoteError::Hpke(e.to_string()));
     let pk = key.hpke_public().map_err(hpke_err)?;
-    let (enc, ciphertext) =
-        hpke::single_shot_seal_with_rng::<HpkeAead, HpkeKdf, HpkeKem>(&hpke::OpModeS::Base, &pk, &info, &padded, &aad, rng)
-            .map_err(hpke_err)?;
+    let (enc, ciphertext) = hpke::single_shot_seal_with_rng::<HpkeAead, HpkeKdf, HpkeKem>(
+        &hpke::OpModeS::Base,
+        &pk,
+        &info,
+        &padded,
+        &aad,
+        rng,
+    )
+    .map_err(hpke_err)?;
     let mut encapsulated_key = [0u8; ENCAPSULATED_KEY_LEN];
     encapsulated_key.copy_from_slice(&enc.to_bytes());
     let sealed = SealedNote { key_id: key.key_id, encapsulated_key, ciphertext };
@@ -357,8 +364,8 @@ impl SignedAck {
             return Err(NoteError::NotForUs { to: sender.clone(), ours: bundle.agency().clone() });
         }
         let info = note_hpke_info(sender, &s.acker_agency, &s.message_id);
-        let enc = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(&note.encapsulated_key)
-            .map_err(|_| NoteError::Decrypt)?;
+        let enc =
+            <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(&note.encapsulated_key).map_err(|_| NoteError::Decrypt)?;
         let padded = zeroize::Zeroizing::new(
             hpke::single_shot_open::<HpkeAead, HpkeKdf, HpkeKem>(
                 &hpke::OpModeR::Base,
@@ -519,7 +526,12 @@ mod tests {
         assert_eq!(logged.note, None);
         logged.verify(&v.directory).unwrap();
         assert_eq!(logged.open_note(v.sender.agency(), sender).unwrap(), None);
-        assert!(!pb::SignedAck::from(&logged).encode_to_vec().windows(16).any(|w| w == &a.note.as_ref().unwrap().ciphertext[..16]));
+        assert!(
+            !pb::SignedAck::from(&logged)
+                .encode_to_vec()
+                .windows(16)
+                .any(|w| w == &a.note.as_ref().unwrap().ciphertext[..16])
+        );
 
         // A note sealed for message A, moved onto an ack of message B whose
         // acker even re-signs the digest: the HPKE info/aad differ, so the
@@ -601,4 +613,3 @@ mod tests {
         assert_eq!(SignedAck::try_from(short_digest).unwrap_err(), AckError::NoteDigestLength);
     }
 }
-

@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use referral_proto::ack::{
-    AckError, MAX_NOTE_CIPHERTEXT, NoteError, SignedAck, sign_ack, sign_ack_with_note,
-};
+use referral_proto::ack::{AckError, MAX_NOTE_CIPHERTEXT, NoteError, SignedAck, sign_ack, sign_ack_with_note};
 use referral_proto::envelope::Envelope;
 use referral_proto::ids::AgencyId;
 use referral_proto::notice::example_notice;
@@ -126,8 +124,7 @@ async fn ack_note_on_the_command_line_status_shows_it_and_the_audit_log_keeps_on
     h.state().committer.barrier().await;
     let auditor = h.client(AUDITOR).await;
     let size = h.state().hub.tree.borrow().0;
-    let mut stream =
-        auditor.auditor_rpc().replay(pb::ReplayRequest { from: 0, to: size }).await.unwrap().into_inner();
+    let mut stream = auditor.auditor_rpc().replay(pb::ReplayRequest { from: 0, to: size }).await.unwrap().into_inner();
     let mut log = Vec::new();
     let mut logged_ack = None;
     while let Some(e) = stream.message().await.unwrap() {

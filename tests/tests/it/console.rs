@@ -404,7 +404,8 @@ async fn a_referral_appears_live_is_opened_and_taken_a_second_console_sees_who_a
     let a = c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1&note={long}")).await;
     assert_eq!(a.status, 422);
     assert!(
-        a.body.contains(r#"<p class="message" role="alert" id="message">The note is too long: at most 2044 bytes.</p>"#),
+        a.body
+            .contains(r#"<p class="message" role="alert" id="message">The note is too long: at most 2044 bytes.</p>"#),
         "{}",
         a.body
     );
@@ -416,7 +417,8 @@ async fn a_referral_appears_live_is_opened_and_taken_a_second_console_sees_who_a
 
     // Taken: the police see ACKNOWLEDGED by that person.
     // With a note (a personal identity number in it is fine: it is sealed to the sender).
-    let a = c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1&note=Ringer+m%C3%A5ls%C3%A4gande+198503122387+kl+8")).await;
+    let a =
+        c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1&note=Ringer+m%C3%A5ls%C3%A4gande+198503122387+kl+8")).await;
     assert_eq!((a.status, a.header("location")), (303, Some(format!("/referral/{id}").as_str())), "{a:?}");
     let receipts = police.receipts(&[sent.message_id]).await.unwrap();
     let acked = receipts[0].1.iter().find(|r| r.statement.status == ReceiptStatus::Acknowledged).expect("ACKNOWLEDGED");
