@@ -200,8 +200,20 @@ async fn oversized_altered_or_unsealed_notes_are_refused_and_a_moved_note_does_n
     // Message A acknowledged with its note; the note moved onto message B's
     // ack and re-signed there (by an acker, or anyone with its key): the
     // broker cannot tell, but the sender's client cannot open it.
+    let mut alerts =
+        h.client(SOCIAL_SYSTEM).await.broker().subscribe(pb::SubscribeRequest {}).await.unwrap().into_inner();
     let genuine = with_note(&a, "för A");
     send(pb::SignedAck::from(&genuine)).await.unwrap();
+    // The acknowledging agency's own consoles hear of it without the note
+    // (sealed to the sender, no use to them), its signed digest kept.
+    let settled = loop {
+        let alert = tokio::time::timeout(Duration::from_secs(10), alerts.message()).await.unwrap().unwrap().unwrap();
+        if let Some(pb::alert::Event::Settled(s)) = alert.event {
+            break s;
+        }
+    };
+    let settled = SignedAck::try_from(settled.ack.unwrap()).unwrap();
+    assert_eq!((settled.note, settled.statement.note_digest), (None, genuine.statement.note_digest));
     let mut moved = sign_ack(b.header.message_id, b.digest(), now, "jour-1", bundle).unwrap();
     moved.note = genuine.note.clone();
     moved.statement.note_digest = genuine.statement.note_digest;
