@@ -108,6 +108,14 @@ pub enum Command {
         /// Who takes it: a staff identifier (default: this profile's principal name).
         #[arg(long)]
         by: Option<String>,
+        /// A note for the sending agency (at most 2044 bytes; newlines
+        /// allowed). It is encrypted to the sender: the broker never reads
+        /// it and it is not kept in the audit log.
+        #[arg(long, conflicts_with = "note_file")]
+        note: Option<String>,
+        /// Read the note from this file (`-` for standard input).
+        #[arg(long, value_name = "PATH")]
+        note_file: Option<std::path::PathBuf>,
     },
     /// Show the receipts of messages this agency sent.
     Status {
@@ -393,10 +401,19 @@ async fn run_command(
             }
         }
         Command::Console(_) => unreachable!("run_connected runs the console"),
-        Command::Ack { id, by } => {
+        Command::Ack { id, by, note, note_file } => {
             let id: MessageId = id.parse()?;
             let by = by.unwrap_or_else(|| client.principal().name.clone());
-            let acked = client.ack(id, &by).await?;
+            let note = match (note, note_file) {
+                (Some(n), _) => Some(n),
+                (None, Some(path)) => Some(read_note_file(&path)?),
+                (None, None) => None,
+            };
+            // Checked before anything is fetched or signed, naming the rule.
+            if let Some(n) = &note {
+                referral_proto::ack::check_note(n).map_err(|e| crate::ClientError::Invalid(format!("--note: {e}")))?;
+            }
+            let acked = client.ack_with_note(id, &by, note.as_deref()).await?;
             if json {
                 out!(
                     "{}",
@@ -429,13 +446,16 @@ async fn run_command(
                     out!(
                         "{}",
                         json_line(
-                            &json!({"message_id": id.to_string(), "receipts": receipts.iter().map(receipt_json).collect::<Vec<_>>()})
+                            &json!({"message_id": id.to_string(), "receipts": receipts.iter().map(|r| sender_receipt_json(client, r)).collect::<Vec<_>>()})
                         )
                     );
                 } else {
                     out!("{id}");
                     for r in &receipts {
                         out!("  {}", receipt_line(r));
+                        if let Some(n) = note_line(client, r) {
+                            out!("  {n}");
+                        }
                     }
                 }
             }
@@ -454,9 +474,12 @@ async fn run_command(
                 };
                 let Some((cursor, r)) = next else { break };
                 if json {
-                    out!("{}", json_line(&json!({"cursor": cursor, "receipt": receipt_json(&r)})));
+                    out!("{}", json_line(&json!({"cursor": cursor, "receipt": sender_receipt_json(client, &r)})));
                 } else {
                     out!("#{cursor} {} {}", r.statement.message_id, receipt_line(&r));
+                    if let Some(n) = note_line(client, &r) {
+                        out!("  {n}");
+                    }
                 }
             }
         }
@@ -607,6 +630,48 @@ fn read_referral(path: &std::path::Path) -> anyhow::Result<ReferralNotice> {
     Ok(notice)
 }
 
+/// A note file's text (`-`: standard input), without one trailing newline.
+fn read_note_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let mut text = if path == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the note from standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the note file {}", path.display()))?
+    };
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    Ok(text)
+}
+
+/// The acknowledgement's note as the sender sees it (decrypted here, shown,
+/// never logged), or why it cannot be read; None when there is none.
+fn note_line(client: &Client, r: &Receipt) -> Option<String> {
+    let ack = r.ack.as_ref()?;
+    match client.open_note(r) {
+        Ok(Some(text)) => {
+            Some(format!("note from {}:\n    {}", safe(&ack.statement.acknowledged_by), safe_block(&text, "    ")))
+        }
+        Ok(None) if ack.statement.note_digest.is_some() => {
+            Some("note: no longer held by the broker (purged with the message)".to_owned())
+        }
+        Ok(None) => None,
+        Err(e) => Some(format!("note: cannot be read: {e}")),
+    }
+}
+
+/// [`receipt_json`] with the acknowledgement's note opened for the sender:
+/// `note` (text or null) and `note_error` (why it could not be read).
+fn sender_receipt_json(client: &Client, r: &Receipt) -> serde_json::Value {
+    let mut v = receipt_json(r);
+    let (note, error) = match client.open_note(r) {
+        Ok(n) => (n, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    v["note"] = json!(note);
+    v["note_error"] = json!(error);
+    v
+}
+
 fn receipt_line(r: &Receipt) -> String {
     let s = &r.statement;
     let mut line = format!(
@@ -620,6 +685,9 @@ fn receipt_line(r: &Receipt) -> String {
             ack.statement.acker_agency,
             ack.statement.acknowledged_at
         ));
+        if ack.statement.note_digest.is_some() {
+            line.push_str("; with a note for the sender (encrypted to the sending agency)");
+        }
     } else if !s.detail.is_empty() {
         line.push_str(&format!("; {}", safe(&s.detail)));
     }

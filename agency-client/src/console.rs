@@ -738,6 +738,9 @@ fn referral_html(s: &Shared, id: MessageId, r: Option<&IncomingReferral>, messag
 <label for="by">{by}</label>
 <input id="by" name="by" required maxlength="64" autocomplete="off" aria-describedby="by-help">
 <p id="by-help" class="help">{help}</p>
+<label for="note">{note}</label>
+<textarea id="note" name="note" rows="3" maxlength="{max}" autocomplete="off" aria-describedby="note-help"></textarea>
+<p id="note-help" class="help">{note_help}</p>
 <button type="submit" id="ack">{ack}</button>
 </form>"#,
             h = t("Kvittera", "Acknowledge"),
@@ -746,6 +749,12 @@ fn referral_html(s: &Shared, id: MessageId, r: Option<&IncomingReferral>, messag
             help = t(
                 "Sparas i den permanenta loggen: skriv inget personnummer.",
                 "Kept in the permanent log: no personal identity number."
+            ),
+            note = t("Anteckning till avsändaren (frivillig)", "Note to the sender (optional)"),
+            max = referral_proto::ack::MAX_NOTE_BYTES,
+            note_help = t(
+                "Krypteras så att bara den avsändande myndigheten kan läsa den; förmedlaren ser den aldrig och den sparas inte i loggen. Den får därför innehålla personuppgifter, men skriv bara det avsändaren behöver.",
+                "Encrypted so that only the sending agency can read it; the broker never sees it and it is not kept in the log. It may therefore contain personal data, but write only what the sender needs."
             ),
             ack = t("Jag tar den", "I take it"),
         ));
@@ -796,35 +805,39 @@ async fn ack(State(s): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) 
     };
     let by = fields.get("by").map(|b| b.trim().to_owned()).unwrap_or_default();
     let t = |sv: &'static str, en: &'static str| if s.p.lang == Lang::Sv { sv } else { en };
-    // The signed acknowledgement has no place for a note (its one text
-    // field, the staff label, stays in the permanent audit log): a form
-    // that sends one (an old page) is told so, and nothing is signed.
-    let problem = fields.get("note").is_some_and(|n| !n.trim().is_empty()).then(|| {
-        t(
-            "En anteckning kan inte skickas med kvittensen: skriv den i er verksamhets ärendesystem.",
-            "A note cannot be sent with the acknowledgement: write it in your agency's case system.",
+    // The note is sealed to the sending agency (PROTOCOL.md 7.4): only the
+    // sender can read it, and the broker keeps no copy in its log.
+    let note = fields.get("note").map(|n| n.trim_end().to_owned()).filter(|n| !n.trim().is_empty());
+    let waiting = s.view.lock().expect("view lock").waiting.get(&id).map(|r| (r.envelope_digest, r.sender.clone()));
+    let result = match &waiting {
+        Some((d, sender)) => s.client.ack_digest_with_note(id, *d, &by, note.as_deref().map(|n| (n, sender))).await,
+        None => s.client.ack_with_note(id, &by, note.as_deref()).await,
+    }
+    .map_err(|e| match e {
+        crate::ClientError::Ack(referral_proto::ack::AckError::AcknowledgedByPersonalNumber) => t(
+            "Namnet får inte innehålla ett personnummer: det sparas i den permanenta loggen.",
+            "The name must not contain a personal identity number: it is kept in the permanent log.",
         )
-    });
-    let digest = s.view.lock().expect("view lock").waiting.get(&id).map(|r| r.envelope_digest);
-    let result = match problem {
-        Some(p) => Err(p.to_owned()),
-        None => match digest {
-            Some(d) => s.client.ack_digest(id, d, &by).await,
-            None => s.client.ack(id, &by).await,
-        }
-        .map_err(|e| match e {
-            crate::ClientError::Ack(referral_proto::ack::AckError::AcknowledgedByPersonalNumber) => t(
-                "Namnet får inte innehålla ett personnummer: det sparas i den permanenta loggen.",
-                "The name must not contain a personal identity number: it is kept in the permanent log.",
+        .to_owned(),
+        crate::ClientError::Ack(referral_proto::ack::AckError::Note(n)) => match n {
+            referral_proto::ack::NoteError::TooLarge { max, .. } => format!(
+                "{} {max} {}",
+                t("Anteckningen är för lång: högst", "The note is too long: at most"),
+                t("byte.", "bytes.")
+            ),
+            referral_proto::ack::NoteError::Text => t(
+                "Anteckningen innehåller ett styrtecken: skriv vanlig text.",
+                "The note contains a control character: write plain text.",
             )
             .to_owned(),
-            crate::ClientError::Ack(_) => {
-                t("Skriv ett namn eller jour-id, 1 till 64 tecken.", "Write a name or on-call id, 1 to 64 characters.")
-                    .to_owned()
-            }
-            e => crate::error_chain(&e),
-        }),
-    };
+            other => other.to_string(),
+        },
+        crate::ClientError::Ack(_) => {
+            t("Skriv ett namn eller jour-id, 1 till 64 tecken.", "Write a name or on-call id, 1 to 64 characters.")
+                .to_owned()
+        }
+        e => crate::error_chain(&e),
+    });
     match result {
         Ok(acked) => {
             let (who, at) = acked

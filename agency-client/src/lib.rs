@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use certs::profile::Profile;
 use referral_proto::Digest;
-use referral_proto::ack::sign_ack;
+use referral_proto::ack::{AckError, NoteError, sign_ack, sign_ack_with_note};
 use referral_proto::directory::{Directory, SignedDirectory};
 use referral_proto::ids::{AgencyId, MessageId, Principal};
 use referral_proto::keys::AgencyKeyBundle;
@@ -313,6 +313,18 @@ impl Client {
         let n = fresh.len();
         *self.bundles.write().expect("bundles lock") = Arc::new(fresh);
         Ok(n)
+    }
+
+    /// The note of an ACKNOWLEDGED receipt of a message this agency sent,
+    /// opened with this agency's key bundles (`Ok(None)`: no note, or no
+    /// longer held by the broker). Call it on checked receipts only (every
+    /// receipt this client returns is). Show the text to the sender only;
+    /// never log it.
+    pub fn open_note(&self, receipt: &Receipt) -> Result<Option<String>, NoteError> {
+        match &receipt.ack {
+            Some(ack) => ack.open_note(&receipt.statement.sender, &self.bundles()),
+            None => Ok(None),
+        }
     }
 
     /// Runs `f` with the bundle to sign and seal with now: the newest valid one.
@@ -590,8 +602,29 @@ impl Client {
         envelope_digest: Digest,
         by: &str,
     ) -> Result<Acked, ClientError> {
+        self.ack_digest_with_note(message_id, envelope_digest, by, None).await
+    }
+
+    /// [`Client::ack_digest`] with an optional note for the sending agency
+    /// `note.1`: HPKE-sealed to that agency's current key, so only the sender
+    /// can read it (PROTOCOL.md 7.4); the broker relays it and never logs it.
+    pub async fn ack_digest_with_note(
+        &self,
+        message_id: MessageId,
+        envelope_digest: Digest,
+        by: &str,
+        note: Option<(&str, &AgencyId)>,
+    ) -> Result<Acked, ClientError> {
         let dir = self.directory().await?;
-        let ack = self.with_bundle(|b| sign_ack(message_id, envelope_digest, now(), by, b))??;
+        let ack = match note {
+            None => self.with_bundle(|b| sign_ack(message_id, envelope_digest, now(), by, b))??,
+            Some((text, sender)) => {
+                let agency = dir
+                    .agency(sender)
+                    .ok_or_else(|| ClientError::Ack(AckError::Note(NoteError::NoSenderKey(sender.clone()))))?;
+                self.with_bundle(|b| sign_ack_with_note(message_id, envelope_digest, now(), by, text, agency, b))??
+            }
+        };
         let r = self.broker().ack(pb::AckRequest { ack: Some(pb::SignedAck::from(&ack)) }).await?.into_inner();
         // The answer must be the ACKNOWLEDGED receipt of the message acked, to
         // this agency (its ack may be another person's, when one came first).
@@ -614,6 +647,18 @@ impl Client {
     /// would; an expired one is [`ClientError::Expired`]; an unknown one, or
     /// one addressed elsewhere, [`ClientError::NotWaiting`].
     pub async fn ack(&self, message_id: MessageId, by: &str) -> Result<Acked, ClientError> {
+        self.ack_with_note(message_id, by, None).await
+    }
+
+    /// [`Client::ack`] with an optional note for the sender (see
+    /// [`Client::ack_digest_with_note`]). A note on a message someone
+    /// already acknowledged is not sent: the answer is the first ack.
+    pub async fn ack_with_note(
+        &self,
+        message_id: MessageId,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<Acked, ClientError> {
         let fetched = match self.fetch(message_id).await {
             Err(ClientError::Rpc(s)) if error::reason(&s).as_deref() == Some("unknown_message") => {
                 return Err(ClientError::NotWaiting(message_id));
@@ -622,7 +667,7 @@ impl Client {
         };
         match fetched {
             alerts::Fetched::Waiting(alerts::AlertEvent::Referral(r)) => {
-                self.ack_digest(message_id, r.envelope_digest, by).await
+                self.ack_digest_with_note(message_id, r.envelope_digest, by, note.map(|n| (n, &r.sender))).await
             }
             alerts::Fetched::Waiting(alerts::AlertEvent::Unreadable { error, .. }) => Err(ClientError::Invalid(
                 format!("message {message_id} failed verification and must not be acknowledged: {error}"),

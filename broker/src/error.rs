@@ -63,6 +63,8 @@ pub enum BrokerError {
     DuplicateConflict(MessageId),
     #[error("malformed ack: {0}")]
     MalformedAck(String),
+    #[error("ack note ciphertext is {size} bytes; at most {max} are allowed")]
+    NoteTooLarge { size: usize, max: usize },
     #[error("ack rejected: {0}")]
     AckSignature(String),
     #[error("ack is for envelope digest {acked}, but message {message_id} has digest {stored}")]
@@ -172,6 +174,7 @@ impl BrokerError {
             | E::KeyNotValid { .. }
             | E::AckBeforeSubmission { .. }
             | E::MalformedAck(_)
+            | E::NoteTooLarge { .. }
             | E::AckSignature(_)
             | E::AckDigestMismatch { .. }
             | E::InvalidRequest(_)
@@ -224,6 +227,7 @@ impl BrokerError {
             E::AckBeforeSubmission { .. } => "ack_before_submission",
             E::DuplicateConflict(_) => "duplicate_conflict",
             E::MalformedAck(_) => "malformed_ack",
+            E::NoteTooLarge { .. } => "note_too_large",
             E::AckSignature(_) => "ack_bad_signature",
             E::AckDigestMismatch { .. } => "ack_digest_mismatch",
             E::UnknownMessage(_) => "unknown_message",

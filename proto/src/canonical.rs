@@ -68,6 +68,9 @@ pub mod label {
     pub const ENVELOPE_DIGEST: &str = "referral.v1/envelope-digest";
     pub const HPKE_INFO: &str = "referral.v1/hpke-info";
     pub const ACK_SIGNATURE: &str = "referral.v1/ack-signature";
+    pub const ACK_NOTE_HPKE_INFO: &str = "referral.v1/ack-note-hpke-info";
+    pub const ACK_NOTE_AAD: &str = "referral.v1/ack-note-aad";
+    pub const ACK_NOTE_DIGEST: &str = "referral.v1/ack-note-digest";
     pub const DIRECTORY_SIGNATURE: &str = "referral.v1/directory-signature";
     pub const RECEIPT_SIGNATURE: &str = "referral.v1/receipt-signature";
     pub const TREE_HEAD_SIGNATURE: &str = "referral.v1/tree-head-signature";

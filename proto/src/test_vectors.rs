@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::ack::{SignedAck, sign_ack};
+use crate::ack::{SignedAck, note_aad, note_hpke_info, sign_ack, sign_ack_with_note_rng};
 use crate::directory::{Agency, AgencyKind, Directory, EscalationContact, SignedDirectory};
 use crate::envelope::{Envelope, EnvelopeHeader};
 use crate::ids::{AgencyId, MessageId, Principal, TrustDomain};
@@ -45,8 +45,13 @@ pub struct Vectors {
     pub message_id: MessageId,
     pub envelope: Envelope,
     pub ack: SignedAck,
+    /// Vector 6: the same acknowledgement with [`NOTE`] sealed to the sender.
+    pub ack_with_note: SignedAck,
     pub receipt: Receipt,
 }
+
+/// The note of vector 6.
+pub const NOTE: &str = "Vi ringer målsäganden före kl. 10. Kontakt: jour-1, 08-000 000 02.";
 
 pub fn message_id() -> MessageId {
     let mut b = [0u8; 16];
@@ -117,6 +122,17 @@ pub fn build() -> Vectors {
     )
     .expect("the example seals");
     let ack = sign_ack(message_id, envelope.digest(), ACKED_AT, "socialjour-1", &recipient).expect("valid ack");
+    let ack_with_note = sign_ack_with_note_rng(
+        message_id,
+        envelope.digest(),
+        ACKED_AT,
+        "socialjour-1",
+        NOTE,
+        directory.agency(&police).unwrap(),
+        &recipient,
+        &mut FixedIkm::new(counting(0xe0)),
+    )
+    .expect("valid ack with a note");
     let receipt = ReceiptStatement {
         message_id,
         envelope_digest: envelope.digest(),
@@ -139,6 +155,7 @@ pub fn build() -> Vectors {
         message_id,
         envelope,
         ack,
+        ack_with_note,
         receipt,
     }
 }
@@ -252,6 +269,22 @@ pub fn render() -> String {
             .sign(&v.broker_log);
     hex_block(&mut o, "tree head signing input (size 7, at created + 1 s)", &sth.head.signing_input());
     hex_block(&mut o, "tree head signature", &sth.signature);
+
+    o.push_str("\n# Vector 6: acknowledgement with a note, sealed to the sender (same ack as vector 2)\n");
+    let a = &v.ack_with_note;
+    let note = a.note.as_ref().expect("vector 6 has a note");
+    line(&mut o, "note (UTF-8)", NOTE);
+    line(&mut o, "note length", NOTE.len());
+    line(&mut o, "sealed to sender key id", note.key_id);
+    hex_block(&mut o, "note HPKE info", &note_hpke_info(v.sender.agency(), &a.statement.acker_agency, &v.message_id));
+    hex_block(&mut o, "note HPKE aad", &note_aad(&a.statement, &note.key_id));
+    hex_block(&mut o, "note HPKE ikmE", &counting(0xe0));
+    hex_block(&mut o, "note encapsulated key", &note.encapsulated_key);
+    line(&mut o, "note ciphertext length", note.ciphertext.len());
+    line(&mut o, "note ciphertext SHA-256", Digest::of(&note.ciphertext));
+    line(&mut o, "note digest", note.digest());
+    hex_block(&mut o, "signing input", &a.statement.signing_input());
+    hex_block(&mut o, "signature", &a.signature);
     o.push_str("```\n");
     o
 }

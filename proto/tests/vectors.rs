@@ -77,6 +77,9 @@ fn the_checked_in_envelope_verifies_and_opens() {
     verify_envelope(&envelope, &v.directory).unwrap();
     assert_eq!(open(&envelope, &v.directory, &[v.recipient]).unwrap(), example_notice());
     v.ack.verify(&v.directory).unwrap();
+    v.ack_with_note.verify(&v.directory).unwrap();
+    let note = v.ack_with_note.open_note(v.sender.agency(), std::slice::from_ref(&v.sender)).unwrap();
+    assert_eq!(note.as_deref(), Some(referral_proto::test_vectors::NOTE));
     v.receipt.verify(&v.directory.broker_log_key).unwrap();
     assert_eq!(
         v.signed_directory.verify(&v.federation.verifying_key(), None, v.directory.issued_at).unwrap(),

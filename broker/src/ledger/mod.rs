@@ -504,7 +504,11 @@ impl<'a> Step<'a> {
                     return Err(refuse(e));
                 }
                 let recipient = principal.agency.clone();
-                let pb_ack = pb::SignedAck::from(&ack);
+                // The sealed note goes only to the sender, in the receipt
+                // (purged with the payload); the permanent log and the
+                // recipient's own subscribers get the ack with its signed
+                // digest but without the note (PROTOCOL.md 7.4).
+                let pb_ack = pb::SignedAck::from(&ack.without_note());
                 let log_index = self.log(Event::Acknowledged(pb::Acknowledged {
                     ack: Some(pb_ack.clone()),
                     recipient_sequence: rec.sequence,
@@ -587,10 +591,10 @@ impl<'a> Step<'a> {
                 self.effects.push(Effect::Count(crate::metrics::EXPIRIES));
                 self.writes.dequeue(&recipient, rec.sequence);
                 // Reached only after the escalation fired and stored this expiry.
-                self.purge(&id, &mut rec);
+                self.purge(&id, &mut rec)?;
                 self.add_receipt(&id, &mut rec, ReceiptStatus::Expired, String::new(), None, log_index)?;
             }
-            DeadlineKind::Purge => self.purge(&id, &mut rec),
+            DeadlineKind::Purge => self.purge(&id, &mut rec)?,
             // Settled before the deadline came: nothing to do.
             _ => {}
         }
@@ -637,17 +641,38 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
-    fn purge(&mut self, id: &MessageId, rec: &mut MessageRecord) {
+    fn purge(&mut self, id: &MessageId, rec: &mut MessageRecord) -> Result<(), StoreError> {
         if rec.purged {
-            return;
+            return Ok(());
         }
         rec.purged = true;
         self.effects.push(Effect::Count(crate::metrics::PURGES));
         self.writes.purge_envelope(id);
+        self.purge_note(id, rec)?;
         self.log(Event::Purged(pb::Purged {
             message_id: id.as_bytes().to_vec(),
             envelope_digest: rec.envelope_digest.to_vec(),
         }));
+        Ok(())
+    }
+}
+
+impl Step<'_> {
+    /// An acknowledgement's sealed note is kept as long as the payload and
+    /// no longer: the ACKNOWLEDGED receipt is rewritten without it (the ack
+    /// keeps its signed note digest, so it still verifies).
+    fn purge_note(&mut self, id: &MessageId, rec: &MessageRecord) -> Result<(), StoreError> {
+        if !matches!(rec.state, MessageState::Acknowledged { .. }) {
+            return Ok(());
+        }
+        for n in 0..rec.receipt_count {
+            let Some(mut r) = self.receipt(id, n)? else { continue };
+            if r.ack.as_mut().and_then(|a| a.note.take()).is_some() {
+                self.writes.receipt(id, n, &r);
+                self.receipts.insert((*id, n), r);
+            }
+        }
+        Ok(())
     }
 }
 

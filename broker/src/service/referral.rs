@@ -231,9 +231,18 @@ impl ReferralService {
             return Err(self.rejected(principal, BrokerError::Missing("ack"), Evidence::Unsigned).await);
         };
         let ack = match SignedAck::try_from(pb_ack) {
+            // A signed note digest must come with the note: the sender could
+            // never read a note the broker was not given.
+            Ok(a) if a.statement.note_digest.is_some() && a.note.is_none() => {
+                let e = BrokerError::MalformedAck("the ack signs a note_digest but carries no note".into());
+                return Err(self.rejected(principal, e, Evidence::Unsigned).await);
+            }
             Ok(a) => a,
             Err(e) => {
-                let e = BrokerError::MalformedAck(e.to_string());
+                let e = match e {
+                    AckError::NoteTooLarge { size, max } => BrokerError::NoteTooLarge { size, max },
+                    other => BrokerError::MalformedAck(other.to_string()),
+                };
                 return Err(self.rejected(principal, e, Evidence::Unsigned).await);
             }
         };

@@ -394,30 +394,37 @@ async fn a_referral_appears_live_is_opened_and_taken_a_second_console_sees_who_a
     let cookie2 = c2.log_in().await;
     let csrf2 = c2.csrf(&id, &cookie2).await;
 
-    // A note cannot travel with the signed acknowledgement: the page has
-    // no field for one, and a form that sends one is told so, nothing signed.
+    // The page offers a note for the sender and says who can read it.
     let csrf = c.csrf(&id, &cookie).await;
     let page = c.get(&format!("/referral/{id}"), &cookie).await.body;
-    assert!(!page.contains(r#"name="note""#), "no note field: {page}");
-    let a = c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1&note=ringer+kl+8")).await;
+    assert!(page.contains(r#"<textarea id="note" name="note" rows="3" maxlength="2044""#), "a note field: {page}");
+    assert!(page.contains("It may therefore contain personal data"), "{page}");
+    // A note the rules refuse: told why, nothing signed.
+    let long = "x".repeat(2045);
+    let a = c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1&note={long}")).await;
     assert_eq!(a.status, 422);
     assert!(
-        a.body.contains(
-            r#"<p class="message" role="alert" id="message">A note cannot be sent with the acknowledgement: write it in your agency&#39;s case system.</p>"#
-        ),
+        a.body
+            .contains(r#"<p class="message" role="alert" id="message">The note is too long: at most 2044 bytes.</p>"#),
         "{}",
         a.body
     );
+    let a = c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1&note=ring%1B%5B2J")).await;
+    assert_eq!(a.status, 422);
+    assert!(a.body.contains("The note contains a control character: write plain text."), "{}", a.body);
     let oncall = h.client(SOCIAL_ONCALL).await;
     assert_eq!(waiting(&oncall).await, [sent.message_id], "nothing was signed");
 
     // Taken: the police see ACKNOWLEDGED by that person.
-    let a = c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1")).await;
+    // With a note (a personal identity number in it is fine: it is sealed to the sender).
+    let a =
+        c.ack(&id, &cookie, &format!("csrf={csrf}&by=jour-1&note=Ringer+m%C3%A5ls%C3%A4gande+198503122387+kl+8")).await;
     assert_eq!((a.status, a.header("location")), (303, Some(format!("/referral/{id}").as_str())), "{a:?}");
     let receipts = police.receipts(&[sent.message_id]).await.unwrap();
     let acked = receipts[0].1.iter().find(|r| r.statement.status == ReceiptStatus::Acknowledged).expect("ACKNOWLEDGED");
     let ack = acked.ack.as_ref().unwrap();
     assert_eq!(ack.statement.acknowledged_by, "jour-1");
+    assert_eq!(police.open_note(acked).unwrap().as_deref(), Some("Ringer målsägande 198503122387 kl 8"));
     let taken = Presenter::new(Lang::En).already_acknowledged("jour-1", ack.statement.acknowledged_at);
     let page = c.get(&format!("/referral/{id}"), &cookie).await.body;
     assert!(page.contains(&format!(r#"<p class="taken" id="taken" role="status">{taken}</p>"#)), "{page}");

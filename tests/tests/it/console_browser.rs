@@ -2,7 +2,9 @@
 //! driven over WebDriver by chromedriver) against a real broker: a
 //! referral appears without a reload, is opened and taken from the
 //! keyboard, a second console shows who took it, a broker restart shows
-//! the banner and recovers with nothing missed; axe-core (from the npm
+//! the banner and recovers with nothing missed; armed from the keyboard, a
+//! new referral plays a tone and raises a notification that names only its
+//! urgency (recorded in the page through WebDriver); axe-core (from the npm
 //! registry, installed by `.ci/run` into `target/browser-test`) finds no
 //! serious or critical accessibility violation; screenshots of the list and
 //! of an opened referral are saved in `target/screenshots/`, and with
@@ -67,9 +69,14 @@ impl Driver {
 
     async fn browser(&self) -> Browser {
         let mut caps = serde_json::Map::new();
+        // Notifications allowed, as a person on call would allow them for
+        // this page; sound without a gesture is not needed (arming is a click).
         caps.insert(
             "goog:chromeOptions".into(),
-            serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
+            serde_json::json!({
+                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"],
+                "prefs": {"profile.default_content_setting_values.notifications": 1},
+            }),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         ClientBuilder::new(connector).capabilities(caps).connect(&self.url).await.expect("a browser session")
@@ -254,5 +261,94 @@ async fn in_a_browser_a_referral_appears_is_taken_from_the_keyboard_and_a_broker
     let second = police.send(&social, &notice).await.unwrap();
     appears(&b, &format!("tr[data-message-id='{}']", second.message_id)).await;
     disappears(&b, "#link-state").await;
+    b.close().await.unwrap();
+}
+
+/// Records every notification the page raises and every tone it plays,
+/// passing both on to the browser's own. Installed through WebDriver (the
+/// page's CSP forbids inline script, not the driver's). Returns the
+/// browser's notification permission.
+const RECORDER: &str = "
+    window.__rec = { notes: [], tones: [] };
+    const Real = window.Notification;
+    function Recording(title, options) {
+        window.__rec.notes.push({ title: String(title), options: options || {} });
+        try { return new Real(title, options); } catch (e) { return {}; }
+    }
+    Object.defineProperty(Recording, 'permission', { get: function () { return Real.permission; } });
+    Recording.requestPermission = function () { return Real.requestPermission.apply(Real, arguments); };
+    window.Notification = Recording;
+    const start = OscillatorNode.prototype.start;
+    OscillatorNode.prototype.start = function () {
+        window.__rec.tones.push(this.frequency.value);
+        return start.apply(this, arguments);
+    };
+    return Real.permission;";
+
+async fn recorded(b: &Browser) -> serde_json::Value {
+    b.execute("return window.__rec;", vec![]).await.unwrap()
+}
+
+#[tokio::test]
+async fn in_a_browser_arming_from_the_keyboard_gives_a_tone_and_a_notification_without_personal_data() {
+    let h = Harness::start().await;
+    let driver = Driver::start().await;
+    let b = driver.browser().await;
+    let (_port, login, _stop) = start_console(&h, SOCIAL_ONCALL).await;
+    b.goto(&login).await.unwrap();
+    appears(&b, "#summary").await;
+    disappears(&b, "#link-state").await;
+    let permission = b.execute(RECORDER, vec![]).await.unwrap();
+    assert_eq!(permission, "granted", "the profile allows notifications");
+
+    // Not armed: a new referral raises nothing.
+    let police = h.client(POLICE_SYSTEM).await;
+    let social = AgencyId::new(SOCIAL).unwrap();
+    let first = police.send(&social, &example_notice()).await.unwrap();
+    appears(&b, &format!("tr[data-message-id='{}']", first.message_id)).await;
+    assert_eq!(recorded(&b).await, serde_json::json!({"notes": [], "tones": []}), "nothing before arming");
+
+    // Armed from the keyboard: the button says so, and plays one tone to show it works.
+    tab_to(&b, "#arm").await;
+    b.active_element().await.unwrap().send_keys(&Key::Enter.to_string()).await.unwrap();
+    appears(&b, "#arm[aria-pressed='true']").await;
+    assert_eq!(text_of(&b, "#armed").await, "Sound and notifications are on");
+    assert_eq!(recorded(&b).await, serde_json::json!({"notes": [], "tones": [880]}));
+
+    // A referral about a named person with a personal identity number and an address.
+    let mut notice = example_notice();
+    notice.subject.name = "Ingrid Hemligsdotter".into();
+    notice.subject.personal_identity_number = "197904163305".into();
+    let second = police.send(&social, &notice).await.unwrap();
+    appears(&b, &format!("tr[data-message-id='{}']", second.message_id)).await;
+    let mut rec = recorded(&b).await;
+    for _ in 0..100 {
+        if !rec["notes"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rec = recorded(&b).await;
+    }
+    // Exactly one notification, saying a referral came and how urgent it is;
+    // and a second tone.
+    assert_eq!(
+        rec,
+        serde_json::json!({
+            "notes": [{"title": "New referral: Urgent", "options": {"body": "Open the console"}}],
+            "tones": [880, 880],
+        })
+    );
+    let shown = rec["notes"].to_string();
+    for personal in [
+        notice.subject.name.as_str(),
+        "Hemligsdotter",
+        notice.subject.personal_identity_number.as_str(),
+        "7904163305",
+        notice.safe_contact.address.as_str(),
+        "Polisen",
+        &second.message_id.to_string(),
+    ] {
+        assert!(!shown.contains(personal), "{personal:?} in the notification: {shown}");
+    }
     b.close().await.unwrap();
 }

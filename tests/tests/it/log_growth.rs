@@ -31,7 +31,10 @@ async fn a_thousand_garbage_acks_add_one_summary_entry_per_reason() {
         let (req, reason) = if i % 2 == 0 {
             (pb::AckRequest { ack: None }, "missing_field")
         } else {
-            (pb::AckRequest { ack: Some(pb::SignedAck { statement: None, signature: vec![7; 64] }) }, "malformed_ack")
+            (
+                pb::AckRequest { ack: Some(pb::SignedAck { statement: None, signature: vec![7; 64], note: None }) },
+                "malformed_ack",
+            )
         };
         assert_refused(rpc.ack(req).await, Code::InvalidArgument, reason);
     }

@@ -1,6 +1,8 @@
 //! End-to-end scenarios over a real broker with real mTLS (see the harness
 //! in `tests/src/lib.rs`). One module per concern:
 
+/// The optional note with an acknowledgement: sealed to the sender, never logged, purged, refused when bad.
+mod ack_note;
 /// ARCHITECTURE.md's rules on what each crate and module may name.
 mod agency_keys;
 mod architecture;
@@ -14,7 +16,7 @@ mod certificate_refusals;
 mod cli;
 /// The on-call web console: attacks on the page, and a referral from the police to the page and back.
 mod console;
-/// The on-call web console in headless Chromium over WebDriver: live list, keyboard, accessibility (axe-core), screenshots.
+/// The on-call web console in headless Chromium over WebDriver: live list, keyboard, arming (tone, notification without personal data), accessibility (axe-core), screenshots.
 mod console_browser;
 /// SIGKILL at random moments loses nothing.
 mod crash;

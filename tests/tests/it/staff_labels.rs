@@ -44,6 +44,7 @@ async fn an_ack_label_holding_a_personal_identity_number_is_refused_by_client_an
         acker_agency: AgencyId::new(SOCIAL).unwrap(),
         acknowledged_by: "850312-2383".into(),
         signer_key_id: bundle.key_id(),
+        note_digest: None,
     };
     let signature = bundle.sign(&statement.signing_input()).to_vec();
     let ack = pb::SignedAck {
@@ -54,8 +55,10 @@ async fn an_ack_label_holding_a_personal_identity_number_is_refused_by_client_an
             acker_agency: SOCIAL.into(),
             acknowledged_by: statement.acknowledged_by.clone(),
             signer_key_id: statement.signer_key_id.as_bytes().to_vec(),
+            note_digest: vec![],
         }),
         signature,
+        note: None,
     };
     let s = assert_refused(
         oncall.broker().ack(pb::AckRequest { ack: Some(ack) }).await,
