@@ -146,6 +146,9 @@ fn apply(hub: &Weak<Hub>, changes: Option<&[u8]>) -> bool {
     let Some(hub) = hub.upgrade() else { return false };
     match changes.map(decode) {
         Some(Some(c)) => {
+            // The log size first: records are read only below it
+            // (`store::tables::Durable`), so a woken reader finds them.
+            hub.tree_durable(c.tree.0, c.tree.1);
             for (a, seq) in &c.messages {
                 hub.message_durable(a, *seq);
             }
@@ -155,7 +158,6 @@ fn apply(hub: &Weak<Hub>, changes: Option<&[u8]>) -> bool {
             for (a, event) in c.events {
                 hub.publish(&a, event);
             }
-            hub.tree_durable(c.tree.0, c.tree.1);
             return true;
         }
         Some(None) => tracing::error!("another broker node's changes could not be read; re-reading the counters"),
@@ -171,4 +173,39 @@ fn apply(hub: &Weak<Hub>, changes: Option<&[u8]>) -> bool {
 pub fn sink(hub: &Arc<Hub>) -> ChangeSink {
     let hub = Arc::downgrade(hub);
     Box::new(move |changes| apply(&hub, changes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agency(s: &str) -> AgencyId {
+        AgencyId::new(s).unwrap()
+    }
+
+    #[test]
+    fn changes_round_trip_and_carry_no_payload() {
+        let ack = pb::SignedAck { statement: None, signature: vec![7; 64] };
+        let alert = pb::Escalation { message_id: vec![1; 16], sequence: 9, ..Default::default() };
+        let effects = vec![
+            Effect::Message(agency("social-a"), 5),
+            Effect::Receipt(agency("police-b"), 8),
+            Effect::Count("x"),
+            Effect::Event(agency("social-a"), HubEvent::Settled { message_id: [2; 16], sequence: 5, ack }),
+            Effect::Event(agency("police-b"), HubEvent::Escalation { contact: None, alert }),
+            Effect::DeadlineSet(3),
+        ];
+        let bytes = encode(&effects, (42, Digest([3; 32])), true);
+        let c = decode(&bytes).expect("decodes");
+        assert_eq!(c.tree, (42, Digest([3; 32])));
+        assert_eq!(c.messages, vec![(agency("social-a"), 5)]);
+        assert_eq!(c.receipts, vec![(agency("police-b"), 8)]);
+        assert_eq!(c.events.len(), 2);
+        assert!(matches!(&c.events[0], (a, HubEvent::Settled { sequence: 5, .. }) if a == &agency("social-a")));
+        assert!(matches!(&c.events[1], (_, HubEvent::Escalation { contact: None, alert }) if alert.sequence == 9));
+        // Nothing to tell: no bytes; a truncated or foreign record: refused.
+        assert!(encode(&[Effect::Count("x")], (42, Digest([3; 32])), false).is_empty());
+        assert!(decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(decode(&[9, 0, 0]).is_none());
+    }
 }

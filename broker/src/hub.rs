@@ -106,6 +106,9 @@ impl Hub {
     /// Re-reads every known agency's counters and the log's size and root
     /// from the store (after changes of other nodes may have been missed).
     pub fn reread(&self) -> Result<(), StoreError> {
+        // The log size first: records are read only below it.
+        let log = crate::audit::AuditLog::restore(&*self.store)?;
+        self.tree_durable(log.size(), log.root());
         let known: Vec<(AgencyId, Arc<AgencyHub>)> =
             self.agencies.lock().expect("hub lock").iter().map(|(a, h)| (a.clone(), h.clone())).collect();
         for (agency, h) in known {
@@ -114,8 +117,6 @@ impl Hub {
             let cursor = read_u64(&*self.store, &meta::last_cursor(&agency))?;
             h.receipt_cursor.send_modify(|v| *v = (*v).max(cursor));
         }
-        let log = crate::audit::AuditLog::restore(&*self.store)?;
-        self.tree_durable(log.size(), log.root());
         Ok(())
     }
 
