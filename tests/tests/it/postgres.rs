@@ -207,6 +207,43 @@ async fn nodes_write_one_batch_at_a_time_and_each_sees_the_other_under_the_lock(
     b.commit(&audit_entry(4, b"b last")).unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_nodes_changes_arrive_by_notification_and_by_the_poll_when_one_is_lost() {
+    let (_dir, pg) = server();
+    let store = PgStore::open(&pg.settings()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
+    let tx = std::sync::Mutex::new(tx);
+    store.watch_changes(
+        Box::new(move |c| {
+            let _ = tx.lock().unwrap().send(c.map(<[u8]>::to_vec));
+            true
+        }),
+        std::time::Duration::from_millis(300),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // Another node's batch, committed and notified.
+    let other = PgStore::open(&pg.settings()).unwrap();
+    let mut batch = audit_entry(0, b"x");
+    batch.changes = vec![9, 9];
+    other.commit(&batch).unwrap();
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the notified change arrives");
+    assert_eq!(got.as_deref(), Some(&[9u8, 9][..]));
+    // One whose notification was lost (written by hand, no NOTIFY): the poll finds it.
+    pg.psql(
+        "BEGIN; UPDATE broker_writer SET generation = generation + 1; \
+         INSERT INTO broker_changes (generation, node, changes) SELECT generation, 1, '\\x0102'::bytea FROM broker_writer; COMMIT",
+    );
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the poll finds the unannounced change");
+    assert_eq!(got.as_deref(), Some(&[1u8, 2][..]));
+    // This node's own batches are not handed back to it.
+    let mut batch = audit_entry(1, b"y");
+    batch.changes = vec![8];
+    store.commit(&batch).unwrap();
+    assert!(rx.recv_timeout(std::time::Duration::from_millis(1500)).is_err(), "its own change came back");
+    // Each batch with changes has its row, this node's own too.
+    assert_eq!(pg.psql("SELECT count(*) FROM broker_changes"), "3");
+}
+
 /// A second broker node, in this process, on `h`'s database and clock.
 async fn second_node(
     h: &Harness,
