@@ -58,6 +58,8 @@ pub struct Settings {
     pub stream: bool,
     /// The broker was also measured on PostgreSQL.
     pub postgres: bool,
+    /// Broker nodes on the database with --postgres (1, or 2: both measured).
+    pub nodes: u32,
     pub broker_log_level: String,
 }
 
@@ -146,6 +148,9 @@ pub struct RunReport {
     /// The broker on PostgreSQL over the broker on sled, and over Redis.
     pub broker_postgres_over_broker: Option<f64>,
     pub broker_postgres_over_redis: Option<f64>,
+    /// Two broker nodes on one PostgreSQL database over one node, and over sled.
+    pub broker_postgres_2_nodes_over_broker_postgres: Option<f64>,
+    pub broker_postgres_2_nodes_over_broker: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -368,6 +373,8 @@ impl RunReport {
             ("broker_stream / ceiling", self.broker_stream_over_ceiling),
             ("broker_postgres / broker (sled)", self.broker_postgres_over_broker),
             ("broker_postgres / redis", self.broker_postgres_over_redis),
+            ("broker_postgres_2_nodes / broker_postgres", self.broker_postgres_2_nodes_over_broker_postgres),
+            ("broker_postgres_2_nodes / broker (sled)", self.broker_postgres_2_nodes_over_broker),
         ];
         if ratios.iter().any(|(_, r)| r.is_some()) {
             out.push('\n');

@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// (Debian's postgresql; skipped with a line when it is not installed).
     #[arg(long)]
     pub postgres: bool,
+    /// With --postgres: 2 also measures two broker nodes serving at once on
+    /// one database (half the connections to each), after the one node.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub nodes: u32,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -191,6 +195,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     }
     if args.postgres {
         kinds.push(Kind::BrokerPostgres);
+        if args.nodes == 2 {
+            kinds.push(Kind::BrokerPostgres2);
+        }
     }
     let postgres_installed = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| d.flatten().any(|e| e.path().join("bin/postgres").exists()))
@@ -206,7 +213,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             skipped.push(why.to_owned());
             continue;
         }
-        if kind == Kind::BrokerPostgres && !postgres_installed {
+        if matches!(kind, Kind::BrokerPostgres | Kind::BrokerPostgres2) && !postgres_installed {
             let why = "broker_postgres: skipped: PostgreSQL is not installed (on Debian: apt-get install postgresql)";
             eprintln!("{why}");
             skipped.push(why.to_owned());
@@ -236,6 +243,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         (ratio(Kind::BrokerStream, Kind::Ceiling), ratio(Kind::BrokerStream, Kind::Redis));
     let (postgres_over_sled, postgres_over_redis) =
         (ratio(Kind::BrokerPostgres, Kind::Broker), ratio(Kind::BrokerPostgres, Kind::Redis));
+    let (two_over_one, two_over_sled) =
+        (ratio(Kind::BrokerPostgres2, Kind::BrokerPostgres), ratio(Kind::BrokerPostgres2, Kind::Broker));
     Ok(RunReport {
         machine,
         settings: Settings {
@@ -252,6 +261,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             fill: args.fill,
             stream: args.stream,
             postgres: args.postgres,
+            nodes: args.nodes,
             broker_log_level: args.broker_log_level.clone(),
         },
         presealed,
@@ -265,6 +275,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         broker_stream_over_redis: stream_over_redis,
         broker_postgres_over_broker: postgres_over_sled,
         broker_postgres_over_redis: postgres_over_redis,
+        broker_postgres_2_nodes_over_broker_postgres: two_over_one,
+        broker_postgres_2_nodes_over_broker: two_over_sled,
     })
 }
 
@@ -324,14 +336,16 @@ async fn measure(
     // The broker on PostgreSQL: a database of its own for this run, kept
     // until the broker has stopped.
     let mut database = None;
+    // With two nodes: the second node, and the sender's profile for it.
+    let mut second: Option<(ServerProcess, PathBuf)> = None;
     let server = match (kind, redis_exe) {
         (Kind::Redis, Some(exe)) => Running::Redis(RedisServer::start(exe, setup, &sender, &log).await?),
         (Kind::Redis, None) => anyhow::bail!("redis-server is not installed"),
-        (Kind::BrokerPostgres, _) => {
-            let dir = setup.file("postgres");
+        (Kind::BrokerPostgres | Kind::BrokerPostgres2, _) => {
+            let dir = setup.file(&format!("postgres-{}", kind.as_str()));
             let pg = tokio::task::spawn_blocking(move || integration_tests::postgres::PgServer::start(&dir)).await?;
             // Beside broker.toml: its relative paths are relative to its folder.
-            let config = setup.config_path.with_file_name("broker-postgres.toml");
+            let config = setup.config_path.with_file_name(format!("{}.toml", kind.as_str()));
             let s = pg.settings();
             let storage = format!(
                 "[storage]\nengine = \"postgres\"\npostgres_url = \"{}\"\npostgres_ca = \"{}\"\npostgres_password_file = \"{}\"\n",
@@ -342,10 +356,31 @@ async fn measure(
             let data_dir = setup.config.storage.data_dir.display().to_string();
             let text = std::fs::read_to_string(&setup.config_path)?
                 .replacen("[storage]\n", &storage, 1)
-                .replace(&data_dir, &setup.file("data-postgres").display().to_string());
-            std::fs::write(&config, text)?;
+                .replace(&data_dir, &setup.file(&format!("data-{}", kind.as_str())).display().to_string());
+            std::fs::write(&config, &text)?;
             database = Some(pg);
-            Running::Grpc(ServerProcess::start(kind, &config, &log, &sender).await?)
+            let first = ServerProcess::start(kind, &config, &log, &sender).await?;
+            if kind == Kind::BrokerPostgres2 {
+                // The second node: its own port, admin port, data folder and
+                // log; the sender's profile copied and pointed at it.
+                let (addr, admin) = (crate::setup::free_port()?, crate::setup::free_port()?);
+                let text = text
+                    .replace(&setup.addr.to_string(), &addr.to_string())
+                    .replace(&setup.admin.to_string(), &admin.to_string())
+                    .replace(&format!("data-{}", kind.as_str()), &format!("data-{}-b", kind.as_str()));
+                let config_b = setup.config_path.with_file_name(format!("{}-b.toml", kind.as_str()));
+                std::fs::write(&config_b, text)?;
+                let profile_b = setup.file("sender-node-b");
+                copy_dir(&sender, &profile_b)?;
+                let file = profile_b.join("profile.toml");
+                let before = std::fs::read_to_string(&file)?;
+                let text = before.replace(&setup.addr.to_string(), &addr.to_string());
+                anyhow::ensure!(text != before, "{} does not name the first node's address", file.display());
+                std::fs::write(&file, text)?;
+                let log_b = setup.file(&format!("{}-b.log", kind.as_str()));
+                second = Some((ServerProcess::start(kind, &config_b, &log_b, &profile_b).await?, profile_b));
+            }
+            Running::Grpc(first)
         }
         _ => Running::Grpc(ServerProcess::start(kind, &setup.config_path, &log, &sender).await?),
     };
@@ -361,7 +396,16 @@ async fn measure(
     }
     let recipient_queue = redis::queue_key(SOCIAL);
     let (clients, redis_connections) = match &server {
-        Running::Grpc(_) => (load::connect(&sender, args.connections as usize).await?, Vec::new()),
+        Running::Grpc(_) => match &second {
+            // Half the connections to each node (the first gets the odd one).
+            Some((_, profile_b)) => {
+                let n = args.connections as usize;
+                let mut clients = load::connect(&sender, n - n / 2).await?;
+                clients.extend(load::connect(profile_b, n / 2).await?);
+                (clients, Vec::new())
+            }
+            None => (load::connect(&sender, args.connections as usize).await?, Vec::new()),
+        },
         Running::Redis(r) => (Vec::new(), r.connect_many(args.connections as usize).await?),
     };
     let e2e = if subscribers > 0 {
@@ -373,7 +417,11 @@ async fn measure(
     };
     let commits_before =
         if kind.is_broker() { crate::metrics::scrape(setup.admin, &setup.admin_token).await } else { None };
-    let cpu_before = procfs::cpu_seconds(pid)?;
+    let pid_b = second.as_ref().map(|(s, _)| s.pid);
+    let cpu_of = |pid: u32| -> anyhow::Result<f64> {
+        Ok(procfs::cpu_seconds(pid)? + pid_b.map(procfs::cpu_seconds).transpose()?.unwrap_or(0.0))
+    };
+    let cpu_before = cpu_of(pid)?;
     let written_before = procfs::written(pid)?;
     let own_before = procfs::cpu_seconds(std::process::id())?;
     let window = Instant::now();
@@ -403,7 +451,7 @@ async fn measure(
         None => None,
     };
     let window = window.elapsed();
-    let cpu = procfs::cpu_seconds(pid)? - cpu_before;
+    let cpu = cpu_of(pid)? - cpu_before;
     let written = procfs::written(pid)?;
     let own = procfs::cpu_seconds(std::process::id())? - own_before;
     let end_memory = procfs::memory(pid)?;
@@ -421,6 +469,12 @@ async fn measure(
     let ready_after = server.ready_after();
     drop(clients);
     let status = server.stop().await?;
+    if let Some((b, _)) = second {
+        let status = b.stop().await?;
+        if !status.success() {
+            eprintln!("{}: the second node exited with {status}", kind.as_str());
+        }
+    }
     drop(database);
     if !status.success() {
         eprintln!("{}: exited with {status}; see {}", kind.as_str(), log.display());
@@ -472,4 +526,19 @@ fn end_to_end_report(e2e: &EndToEnd, accepted: u64) -> EndToEndReport {
         unreadable: s.unreadable.load(Relaxed),
         stream_errors: s.stream_errors.lock().expect("errors lock").clone(),
     }
+}
+
+/// Copies the folder `from` (files and sub-folders) to `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }

@@ -28,6 +28,9 @@ pub enum Kind {
     BrokerStream,
     /// The real broker on PostgreSQL (`--postgres`), on a fresh database.
     BrokerPostgres,
+    /// Two broker nodes serving at once on one fresh PostgreSQL database
+    /// (`--postgres --nodes 2`): half the connections to each.
+    BrokerPostgres2,
 }
 
 impl Kind {
@@ -38,18 +41,19 @@ impl Kind {
             Kind::Redis => "redis",
             Kind::BrokerStream => "broker_stream",
             Kind::BrokerPostgres => "broker_postgres",
+            Kind::BrokerPostgres2 => "broker_postgres_2_nodes",
         }
     }
 
     /// Whether it is the real broker (unary or streaming).
     pub fn is_broker(self) -> bool {
-        matches!(self, Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres)
+        matches!(self, Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres | Kind::BrokerPostgres2)
     }
 
     /// The hidden subcommand that serves it (Redis is its own program).
     fn subcommand(self) -> Option<&'static str> {
         match self {
-            Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres => Some("serve-broker"),
+            Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres | Kind::BrokerPostgres2 => Some("serve-broker"),
             Kind::Ceiling => Some("serve-ceiling"),
             Kind::Redis => None,
         }
@@ -155,7 +159,7 @@ async fn probe(kind: Kind, profile: &Path) -> bool {
     };
     let answer = client.broker().get_directory(pb::GetDirectoryRequest {}).await;
     match (kind, answer) {
-        (Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres, Ok(_)) => true,
+        (Kind::Broker | Kind::BrokerStream | Kind::BrokerPostgres | Kind::BrokerPostgres2, Ok(_)) => true,
         (Kind::Ceiling, Err(status)) => status.code() == tonic::Code::Unimplemented,
         _ => false,
     }

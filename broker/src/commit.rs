@@ -315,7 +315,15 @@ pub fn start(deps: CommitterDeps) -> Result<(Committer, CommitterThread), StoreE
     let next_deadline = Tables(&*deps.store).next_deadline()?;
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let stop = CancellationToken::new();
-    let mut core = Core { deps, log, counters: HashMap::new(), needs_recovery: false, next_deadline, backoff: false };
+    let mut core = Core {
+        deps,
+        log,
+        counters: HashMap::new(),
+        needs_recovery: false,
+        next_deadline,
+        backoff: false,
+        generation: None,
+    };
     let stopped = stop.clone();
     let thread = std::thread::Builder::new()
         .name("committer".into())
@@ -341,6 +349,9 @@ struct Core {
     /// The last batch failed: deadlines wait a whole tick before the next
     /// try, so that a broken store is not retried in a busy loop.
     backoff: bool,
+    /// On a store several nodes write: the store's write generation that
+    /// `log`, `counters` and `next_deadline` reflect (None: unknown).
+    generation: Option<u64>,
 }
 
 /// An answer held back until the batch is durable; `wrote` says whether the
@@ -413,14 +424,22 @@ impl Core {
     /// Reopens the store after a failed commit and reloads the audit log and
     /// counters from what is on disk. Until it succeeds, each batch tries again.
     fn recover(&mut self) {
-        let reloaded = self.deps.store.recover().and_then(|()| AuditLog::restore(&*self.deps.store));
+        self.reload(true);
+    }
+
+    /// Reloads the audit log, counters and next deadline from the store,
+    /// after reopening it when `reopen` (else reading inside the batch begun).
+    fn reload(&mut self, reopen: bool) {
+        self.generation = None;
+        let reopened = if reopen { self.deps.store.recover() } else { Ok(()) };
+        let reloaded = reopened.and_then(|()| AuditLog::restore(&*self.deps.store));
         match reloaded {
             Ok(log) => {
                 self.log = log;
                 self.counters.clear();
                 self.needs_recovery = false;
                 self.next_deadline = Tables(&*self.deps.store).next_deadline().unwrap_or(self.next_deadline);
-                self.deps.hub.tree.send_replace((self.log.size(), self.log.root()));
+                self.deps.hub.tree_durable(self.log.size(), self.log.root());
             }
             Err(e) => {
                 tracing::error!(error = %e, "reopening the store failed; will retry with the next batch");
@@ -429,10 +448,29 @@ impl Core {
         }
     }
 
+    /// Begins the batch on the store: on a store several nodes write, this
+    /// takes the writer lock and, if another node wrote since this one last
+    /// did, reloads the log, counters and deadlines under it first.
+    fn begin_batch(&mut self) -> Result<Option<u64>, StoreError> {
+        let generation = self.deps.store.begin_batch()?;
+        if let Some(g) = generation
+            && self.generation != Some(g)
+        {
+            self.reload(false);
+            if self.needs_recovery {
+                self.deps.store.end_batch();
+                return Err(StoreError::Io("reloading what another broker node wrote failed".into()));
+            }
+            self.generation = Some(g);
+        }
+        Ok(generation)
+    }
+
     fn process(&mut self, jobs: Vec<Job>) {
         if self.needs_recovery {
             self.recover();
         }
+        let begun = self.begin_batch();
         let jobs_in_batch = jobs.len();
         let now = self.deps.clock.now();
         let directory = self.deps.directory.current();
@@ -494,7 +532,14 @@ impl Core {
             }
         }
         let deadlines_ran = due_deadlines(&*self.deps.store, self.next_deadline, &mut step, now);
-        let committed = step.finish().and_then(|t| self.commit(t, jobs_in_batch, &mut pending));
+        let committed = match begun {
+            Ok(generation) => step.finish().and_then(|t| self.commit(t, generation, jobs_in_batch, &mut pending)),
+            Err(e) => {
+                tracing::error!(error = %e, "beginning a batch failed");
+                Err(e)
+            }
+        };
+        self.deps.store.end_batch();
         let failed = committed.err().map(BrokerError::from);
         self.backoff = failed.is_some();
         if deadlines_ran {
@@ -545,8 +590,21 @@ impl Core {
     }
 
     /// Makes `t` durable, then adopts it and publishes its effects.
-    fn commit(&mut self, t: Transition, jobs: usize, pending: &mut [Pending]) -> Result<(), StoreError> {
-        let batch = t.writes.into_batch();
+    fn commit(
+        &mut self,
+        t: Transition,
+        generation: Option<u64>,
+        jobs: usize,
+        pending: &mut [Pending],
+    ) -> Result<(), StoreError> {
+        let mut batch = t.writes.into_batch();
+        if let Some(g) = generation
+            && !batch.is_empty()
+        {
+            let grew = t.log.size() > self.log.size();
+            batch.changes = crate::cluster::encode(&t.effects, (t.log.size(), t.log.root()), grew);
+            self.generation = Some(g + 1);
+        }
         if !batch.is_empty() {
             let started = std::time::Instant::now();
             if let Err(e) = self.deps.store.commit(&batch) {
@@ -583,7 +641,7 @@ impl Core {
                 }
             }
         }
-        self.deps.hub.tree.send_replace((self.log.size(), self.log.root()));
+        self.deps.hub.tree_durable(self.log.size(), self.log.root());
         if let Some(w) = &mut self.deps.checkpoint {
             w.record(self.log.checkpoint());
         }

@@ -91,6 +91,35 @@ impl Hub {
         }
     }
 
+    /// The audit log reached `size` with `root` (never moves it back: a
+    /// node may hear of another's append before its own older one).
+    pub fn tree_durable(&self, size: u64, root: Digest) {
+        self.tree.send_if_modified(|t| {
+            let grew = size > t.0;
+            if grew {
+                *t = (size, root);
+            }
+            grew
+        });
+    }
+
+    /// Re-reads every known agency's counters and the log's size and root
+    /// from the store (after changes of other nodes may have been missed).
+    pub fn reread(&self) -> Result<(), StoreError> {
+        // The log size first: records are read only below it.
+        let log = crate::audit::AuditLog::restore(&*self.store)?;
+        self.tree_durable(log.size(), log.root());
+        let known: Vec<(AgencyId, Arc<AgencyHub>)> =
+            self.agencies.lock().expect("hub lock").iter().map(|(a, h)| (a.clone(), h.clone())).collect();
+        for (agency, h) in known {
+            let seq = read_u64(&*self.store, &meta::last_seq(&agency))?;
+            h.queue_seq.send_modify(|v| *v = (*v).max(seq));
+            let cursor = read_u64(&*self.store, &meta::last_cursor(&agency))?;
+            h.receipt_cursor.send_modify(|v| *v = (*v).max(cursor));
+        }
+        Ok(())
+    }
+
     /// Open Subscribe streams of `agency` (each watches its queue).
     pub fn live_subscribers(&self, agency: &AgencyId) -> u64 {
         let map = self.agencies.lock().expect("hub lock");

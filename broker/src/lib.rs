@@ -38,6 +38,7 @@ pub mod backup;
 pub use audit::checkpoint;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod commit;
 pub mod config;
 #[cfg(feature = "demo")]

@@ -241,6 +241,8 @@ pub async fn start_wrapped(
         })
     })?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
+    // Other broker nodes on the same store: their commits wake this hub.
+    store.watch_changes(crate::cluster::sink(&hub), std::time::Duration::from_secs(1));
     let rejections = Arc::new(crate::refusals::RejectionCounter::default());
     let (committer, committer_thread) = commit::start(CommitterDeps {
         store: store.clone(),

@@ -108,6 +108,10 @@ pub enum Op {
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub ops: Vec<Op>,
+    /// What other broker nodes on the same store must be told once the
+    /// batch is durable (see [`crate::hub::Changes`]); empty for none.
+    /// Engines that serve one node ignore it.
+    pub changes: Vec<u8>,
 }
 
 impl Batch {
@@ -180,4 +184,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Writes a consistent copy of every table to `dir` (a new store there).
     fn backup_to(&self, dir: &Path) -> Result<u64, StoreError>;
+
+    /// Starts a committer batch on an engine that several broker nodes
+    /// write at once: takes the store's writer lock (other nodes' batches
+    /// wait), after which this thread's reads see every committed batch of
+    /// every node, and the next [`Store::commit`] from this thread writes
+    /// under the same lock and releases it ([`Store::end_batch`] releases
+    /// it when nothing is written). Returns the store's write generation,
+    /// which each commit made under the lock advances by exactly one: when
+    /// it differs from the generation the caller last wrote or loaded,
+    /// another node wrote, and the caller reloads what it derived from the
+    /// store. `None` (the default): this node is the only writer.
+    fn begin_batch(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Ends a batch begun by [`Store::begin_batch`] that was not committed
+    /// (nothing to write, or the batch failed): releases the writer lock.
+    /// Does nothing when no batch is open.
+    fn end_batch(&self) {}
+
+    /// Starts delivering the [`Batch::changes`] other nodes commit to
+    /// `sink`, in commit order, promptly (woken by the engine) and at least
+    /// every `poll` (wake-ups are lost while disconnected); `None` tells
+    /// the sink that changes may have been missed and it must re-read what
+    /// it shows. The sink answers false when it wants no more (its broker
+    /// stopped). Does nothing on a single-node engine.
+    fn watch_changes(&self, _sink: ChangeSink, _poll: std::time::Duration) {}
 }
+
+/// Receives other nodes' changes (see [`Store::watch_changes`]).
+pub type ChangeSink = Box<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>;

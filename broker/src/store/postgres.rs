@@ -12,10 +12,26 @@
 //! flushed to the primary's WAL and, with `synchronous_standby_names`,
 //! to a standby's. Reads see only committed data.
 //!
-//! One node writes at a time: opening the store takes the next writer
-//! epoch in `broker_writer`, and every commit locks that row and checks
-//! the epoch is still its own, so a node that another has replaced (a
-//! standby broker started after it) is fenced and writes nothing more.
+//! Several broker nodes serve at once, one writer at a time: each
+//! committer batch begins ([`Store::begin_batch`]) by locking the one row
+//! of `broker_writer` (`FOR UPDATE`) in a transaction held on a connection
+//! of its own; the committer's reads while it builds the batch go through
+//! that transaction (so they see every batch any node committed before),
+//! and the commit writes in it, advances `broker_writer.generation` by one
+//! and commits, which releases the lock to the next node. A node whose
+//! last known generation is not the one it finds under the lock reloads
+//! what it derived from the store (the audit frontier, counters,
+//! deadlines) before building its batch, so audit indexes, queue
+//! sequences, first-ack-wins and deadlines are decided on the newest
+//! state, by one node at a time. `node` and `since` name the last writer
+//! (for operators); `epoch` counts the nodes' starts.
+//!
+//! What other nodes must announce (see [`Batch::changes`]) is written in
+//! the same transaction to `broker_changes` under its generation, and a
+//! `NOTIFY broker_changes` carrying only that number wakes every node's
+//! listener, which reads the rows it lacks in generation order; it also
+//! polls, since notifications are lost while disconnected. Rows are kept
+//! ten minutes.
 //!
 //! Audit entries are append-only: they are INSERTed, never upserted, so a
 //! batch built on a stale view of the log (another writer appended first)
@@ -47,9 +63,10 @@ use super::{Batch, Entries, Op, Store, StoreError, Table};
 use crate::store::keys::meta;
 
 /// The schema versions this broker knows, in order; each is applied once.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE kv (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE kv (
         tbl smallint NOT NULL,
         k bytea NOT NULL,
         v bytea NOT NULL,
@@ -61,7 +78,31 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         node text NOT NULL,
         since timestamptz NOT NULL
     )",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE broker_writer ADD COLUMN generation bigint NOT NULL DEFAULT 0;
+        CREATE TABLE broker_changes (
+            generation bigint PRIMARY KEY,
+            node bigint NOT NULL,
+            at timestamptz NOT NULL DEFAULT now(),
+            changes bytea NOT NULL
+        )",
+    ),
+];
+
+/// The channel of `NOTIFY`; its payload is a generation number only.
+const CHANNEL: &str = "broker_changes";
+
+/// How long `broker_changes` rows are kept; a listener that could not
+/// read for half of this re-reads everything instead.
+const CHANGES_KEPT: Duration = Duration::from_secs(600);
+
+/// How long a batch waits for another node's batch before it fails, and
+/// how long a node may hold the writer lock idle (a hung or partitioned
+/// node loses its transaction, and so the lock, after this).
+const LOCK_WAIT: &str = "10s";
+const LOCK_IDLE: &str = "30s";
 
 /// Why `broker backup` and `broker restore` refuse this engine.
 pub const NO_BROKER_BACKUP: &str = "the store is PostgreSQL (storage.engine): back it up and restore it with \
@@ -158,9 +199,16 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 
 pub struct PgStore {
     pool: Pool,
-    /// The writer epoch this store took when opened; a commit succeeds
-    /// only while it is still the database's (0: opened to read only).
-    epoch: i64,
+    /// This store's random id in `broker_changes`, so its own rows are
+    /// not announced twice.
+    node_id: i64,
+    /// Host and process, for `broker_writer.node`.
+    node_name: String,
+    /// The batch the committer's thread began, holding the writer lock.
+    held: std::sync::Mutex<Option<Held>>,
+    /// For the listener's own connection.
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// Where the store's tasks run; None only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
     /// The connection string without its password, for messages.
@@ -264,12 +312,12 @@ impl PgStore {
     /// schema, and writes the store format marker into a fresh database.
     pub fn open(settings: &PgSettings) -> Result<Self, StoreError> {
         let refuse = |message: String| StoreError::Refused { path: "storage.postgres".into(), message };
-        let mut store = Self::connect(settings)?;
+        let store = Self::connect(settings)?;
         store.migrate().map_err(|e| match e {
             StoreError::Io(m) => refuse(format!("{}: {m}", store.target)),
             other => other,
         })?;
-        store.epoch = store.take_writer()?;
+        store.register()?;
         match store.get(Table::Meta, meta::FORMAT)? {
             Some(f) if f == STORE_FORMAT => {}
             Some(f) => {
@@ -309,7 +357,11 @@ impl PgStore {
             config.connect_timeout(Duration::from_secs(5));
         }
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(&settings.ca_file).map_err(refuse)?);
-        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Verified });
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Verified },
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pg-store")
@@ -326,7 +378,27 @@ impl PgStore {
                 .build()
                 .map_err(|e| StoreError::Io(format!("postgres: {e}")))?
         };
-        let store = Self { pool, epoch: 0, runtime: Some(runtime), target };
+        let node_id = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish() as i64
+        };
+        let node_name = format!(
+            "{} pid {}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+            std::process::id()
+        );
+        let store = Self {
+            pool,
+            node_id,
+            node_name,
+            held: std::sync::Mutex::new(None),
+            config,
+            tls,
+            runtime: Some(runtime),
+            target,
+        };
         let pool = store.pool.clone();
         store
             .run(async move {
@@ -383,21 +455,17 @@ impl PgStore {
         })
     }
 
-    /// Becomes the database's writer: the next epoch, which fences every
-    /// store opened before this one (their commits fail from now on).
-    fn take_writer(&self) -> Result<i64, StoreError> {
+    /// Records this node's start in `broker_writer` (creating the row
+    /// every batch locks); takes nothing from the nodes already serving.
+    fn register(&self) -> Result<(), StoreError> {
         let pool = self.pool.clone();
-        let node = format!(
-            "{} pid {}",
-            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
-            std::process::id()
-        );
+        let node = self.node_name.clone();
         let epoch = self.run(async move {
             let client = pool.get().await.map_err(pool_err)?;
             let row = client
                 .query_one(
                     "INSERT INTO broker_writer (id, epoch, node, since) VALUES (1, 1, $1, now())
-                     ON CONFLICT (id) DO UPDATE SET epoch = broker_writer.epoch + 1, node = EXCLUDED.node, since = now()
+                     ON CONFLICT (id) DO UPDATE SET epoch = broker_writer.epoch + 1
                      RETURNING epoch",
                     &[&node],
                 )
@@ -405,8 +473,14 @@ impl PgStore {
                 .map_err(db_err)?;
             Ok(row.get::<_, i64>(0))
         })?;
-        tracing::info!(epoch, "writing to the database");
-        Ok(epoch)
+        tracing::info!(start = epoch, "serving on the database");
+        Ok(())
+    }
+
+    /// The batch this thread began, if any.
+    fn held_here(&self) -> Option<Arc<deadpool_postgres::Object>> {
+        let held = self.held.lock().expect("held lock");
+        held.as_ref().filter(|h| h.thread == std::thread::current().id()).map(|h| h.client.clone())
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -445,8 +519,53 @@ impl PgStore {
     }
 }
 
-impl Store for PgStore {
-    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+/// A batch begun by the committer's thread: a connection inside a
+/// transaction that holds the `broker_writer` row lock.
+struct Held {
+    client: Arc<deadpool_postgres::Object>,
+    thread: std::thread::ThreadId,
+    /// The generation found under the lock.
+    generation: i64,
+}
+
+/// Opens a transaction on `client` and locks the writer row; the
+/// generation found. Bounded: waits at most [`LOCK_WAIT`] for the lock.
+async fn lock_writer(client: &tokio_postgres::Client) -> Result<i64, StoreError> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{LOCK_WAIT}'; SET LOCAL idle_in_transaction_session_timeout = '{LOCK_IDLE}'"
+        ))
+        .await
+        .map_err(db_err)?;
+    let row =
+        client.query_one("SELECT generation FROM broker_writer WHERE id = 1 FOR UPDATE", &[]).await.map_err(db_err)?;
+    Ok(row.get::<_, i64>(0))
+}
+
+/// Ends a failed transaction; a connection that cannot even roll back is
+/// closed instead of going back to the pool.
+async fn abandon(client: Arc<deadpool_postgres::Object>) {
+    if client.batch_execute("ROLLBACK").await.is_err()
+        && let Ok(object) = Arc::try_unwrap(client)
+    {
+        drop(deadpool_postgres::Object::take(object));
+    }
+}
+
+/// One batch's writes, grouped by statement.
+#[derive(Default)]
+struct Grouped {
+    ins_k: Vec<Vec<u8>>,
+    ins_v: Vec<Vec<u8>>,
+    put_t: Vec<i16>,
+    put_k: Vec<Vec<u8>>,
+    put_v: Vec<Vec<u8>>,
+    del_t: Vec<i16>,
+    del_k: Vec<Vec<u8>>,
+}
+
+impl Grouped {
+    fn of(batch: &Batch) -> Self {
         // The last write to a key wins, as in a sled batch.
         let mut last: BTreeMap<(i16, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
         let mut appended: Vec<Vec<u8>> = Vec::new();
@@ -465,102 +584,234 @@ impl Store for PgStore {
             }
         }
         let audit = table_id(Table::Audit);
-        let (mut put_t, mut put_k, mut put_v, mut ins_k, mut ins_v, mut del_t, mut del_k) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut g = Grouped::default();
         for ((t, k), v) in last {
             match v {
                 Some(v) if t == audit && appended.contains(&k) => {
-                    ins_k.push(k);
-                    ins_v.push(v);
+                    g.ins_k.push(k);
+                    g.ins_v.push(v);
                 }
                 Some(v) => {
-                    put_t.push(t);
-                    put_k.push(k);
-                    put_v.push(v);
+                    g.put_t.push(t);
+                    g.put_k.push(k);
+                    g.put_v.push(v);
                 }
                 None => {
-                    del_t.push(t);
-                    del_k.push(k);
+                    g.del_t.push(t);
+                    g.del_k.push(k);
                 }
             }
         }
-        let pool = self.pool.clone();
-        let epoch = self.epoch;
-        self.run(async move {
-            let mut client = pool.get().await.map_err(pool_err)?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            // The fence: this node still holds the writer epoch, and no
-            // other node commits until this transaction ends.
-            let row = tx
-                .query_one("SELECT epoch, node, since::text FROM broker_writer WHERE id = 1 FOR UPDATE", &[])
+        g
+    }
+}
+
+/// Who writes a batch and what it tells the other nodes.
+struct Writer {
+    node_id: i64,
+    node_name: String,
+    changes: Vec<u8>,
+}
+
+/// Writes `g` inside the locked transaction on `client` (found at
+/// `generation`), advances the generation, records and announces the
+/// changes, and commits.
+async fn write_locked(
+    client: &tokio_postgres::Client,
+    generation: i64,
+    g: Grouped,
+    who: Writer,
+) -> Result<(), StoreError> {
+    let audit = table_id(Table::Audit);
+    if !g.ins_k.is_empty() {
+        // Append-only, at the indexes the batch expects: a batch built on a
+        // stale view of the log fails whole rather than overwrite an entry.
+        let n = g.ins_k.len() as u64;
+        let inserted = client
+            .execute(
+                "INSERT INTO kv (tbl, k, v) SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS a(k, v)
+                 ON CONFLICT DO NOTHING",
+                &[&audit, &g.ins_k, &g.ins_v],
+            )
+            .await
+            .map_err(db_err)?;
+        if inserted != n {
+            return Err(StoreError::Io(
+                "postgres: another writer appended to the audit log first; the batch was not written".into(),
+            ));
+        }
+    }
+    if !g.put_t.is_empty() {
+        client
+            .execute(
+                "INSERT INTO kv (tbl, k, v) SELECT * FROM unnest($1::int2[], $2::bytea[], $3::bytea[])
+                 ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
+                &[&g.put_t, &g.put_k, &g.put_v],
+            )
+            .await
+            .map_err(db_err)?;
+    }
+    if !g.del_t.is_empty() {
+        client
+            .execute(
+                "DELETE FROM kv WHERE (tbl, k) IN (SELECT * FROM unnest($1::int2[], $2::bytea[]))",
+                &[&g.del_t, &g.del_k],
+            )
+            .await
+            .map_err(db_err)?;
+    }
+    let next = generation + 1;
+    client
+        .execute(
+            "UPDATE broker_writer SET generation = $1, node = $2, since = now() WHERE id = 1",
+            &[&next, &who.node_name],
+        )
+        .await
+        .map_err(db_err)?;
+    if !who.changes.is_empty() {
+        client
+            .execute(
+                "INSERT INTO broker_changes (generation, node, changes) VALUES ($1, $2, $3)",
+                &[&next, &who.node_id, &who.changes],
+            )
+            .await
+            .map_err(db_err)?;
+        // Delivered at commit; only the number, never what changed.
+        client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()]).await.map_err(db_err)?;
+        if next % 256 == 0 {
+            let kept = format!("{} seconds", CHANGES_KEPT.as_secs());
+            client
+                .execute("DELETE FROM broker_changes WHERE at < now() - $1::text::interval", &[&kept])
                 .await
                 .map_err(db_err)?;
-            let (current, node, since): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
-            if current != epoch {
-                return Err(StoreError::Io(format!(
-                    "postgres: fenced: another broker node ({node}, writer epoch {current}) took over writing at \
-                     {since}; this node (epoch {epoch}) writes nothing more"
-                )));
-            }
-            if !ins_k.is_empty() {
-                let n = ins_k.len() as u64;
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO kv (tbl, k, v) SELECT $1, k, v FROM unnest($2::bytea[], $3::bytea[]) AS a(k, v)
-                         ON CONFLICT DO NOTHING",
-                        &[&audit, &ins_k, &ins_v],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                if inserted != n {
-                    return Err(StoreError::Io(
-                        "postgres: another writer appended to the audit log first; the batch was not written".into(),
-                    ));
+        }
+    }
+    client.batch_execute("COMMIT").await.map_err(db_err)
+}
+
+impl Store for PgStore {
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let g = Grouped::of(batch);
+        let who = Writer { node_id: self.node_id, node_name: self.node_name.clone(), changes: batch.changes.clone() };
+        let held = {
+            let mut held = self.held.lock().expect("held lock");
+            match held.take() {
+                Some(h) if h.thread == std::thread::current().id() => Some(h),
+                other => {
+                    *held = other;
+                    None
                 }
             }
-            if !put_t.is_empty() {
-                tx.execute(
-                    "INSERT INTO kv (tbl, k, v) SELECT * FROM unnest($1::int2[], $2::bytea[], $3::bytea[])
-                     ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
-                    &[&put_t, &put_k, &put_v],
-                )
-                .await
-                .map_err(db_err)?;
+        };
+        match held {
+            // The committer's batch: written under the lock it began with.
+            Some(h) => self.run(async move {
+                let out = write_locked(&h.client, h.generation, g, who).await;
+                if out.is_err() {
+                    abandon(h.client).await;
+                }
+                out
+            }),
+            // A batch on its own (start-up, tools): locks, writes, commits.
+            None => {
+                let pool = self.pool.clone();
+                self.run(async move {
+                    let client = Arc::new(pool.get().await.map_err(pool_err)?);
+                    let out = match lock_writer(&client).await {
+                        Ok(generation) => write_locked(&client, generation, g, who).await,
+                        Err(e) => Err(e),
+                    };
+                    if out.is_err() {
+                        abandon(client).await;
+                    }
+                    out
+                })
             }
-            if !del_t.is_empty() {
-                tx.execute(
-                    "DELETE FROM kv WHERE (tbl, k) IN (SELECT * FROM unnest($1::int2[], $2::bytea[]))",
-                    &[&del_t, &del_k],
-                )
-                .await
-                .map_err(db_err)?;
+        }
+    }
+
+    fn begin_batch(&self) -> Result<Option<u64>, StoreError> {
+        self.end_batch();
+        let pool = self.pool.clone();
+        let (client, generation) = self.run(async move {
+            let client = Arc::new(pool.get().await.map_err(pool_err)?);
+            match lock_writer(&client).await {
+                Ok(generation) => Ok((client, generation)),
+                Err(e) => {
+                    abandon(client).await;
+                    Err(e)
+                }
             }
-            tx.commit().await.map_err(db_err)
-        })
+        })?;
+        *self.held.lock().expect("held lock") = Some(Held { client, thread: std::thread::current().id(), generation });
+        Ok(Some(u64::try_from(generation).unwrap_or(0)))
+    }
+
+    fn end_batch(&self) {
+        let held = {
+            let mut held = self.held.lock().expect("held lock");
+            match held.take() {
+                Some(h) if h.thread == std::thread::current().id() => Some(h),
+                other => {
+                    *held = other;
+                    None
+                }
+            }
+        };
+        if let Some(h) = held {
+            // Nothing was written: the lock is released, the pool gets the connection back.
+            let _ = self.run(async move {
+                abandon(h.client).await;
+                Ok(())
+            });
+        }
+    }
+
+    fn watch_changes(&self, sink: super::ChangeSink, poll: Duration) {
+        let Some(runtime) = self.runtime.as_ref() else { return };
+        let (config, tls, own) = (self.config.clone(), self.tls.clone(), self.node_id);
+        runtime.spawn(listen(config, tls, own, sink, poll));
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let pool = self.pool.clone();
+        let held = self.held_here();
         let key = key.to_vec();
         self.run(async move {
-            let client = pool.get().await.map_err(pool_err)?;
-            let stmt = client.prepare_cached("SELECT v FROM kv WHERE tbl = $1 AND k = $2").await.map_err(db_err)?;
-            let row = client.query_opt(&stmt, &[&table_id(table), &key]).await.map_err(db_err)?;
+            let sql = "SELECT v FROM kv WHERE tbl = $1 AND k = $2";
+            let row = match held {
+                Some(client) => {
+                    let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
+                    client.query_opt(&stmt, &[&table_id(table), &key]).await.map_err(db_err)?
+                }
+                None => {
+                    let client = pool.get().await.map_err(pool_err)?;
+                    let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
+                    client.query_opt(&stmt, &[&table_id(table), &key]).await.map_err(db_err)?
+                }
+            };
             Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
         })
     }
 
     fn range(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StoreError> {
         let pool = self.pool.clone();
+        let held = self.held_here();
         let (start, end) = (start.to_vec(), end.to_vec());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(async move {
-            let client = pool.get().await.map_err(pool_err)?;
-            let stmt = client
-                .prepare_cached("SELECT k, v FROM kv WHERE tbl = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4")
-                .await
-                .map_err(db_err)?;
-            let rows = client.query(&stmt, &[&table_id(table), &start, &end, &limit]).await.map_err(db_err)?;
+            let sql = "SELECT k, v FROM kv WHERE tbl = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4";
+            let rows = match held {
+                Some(client) => {
+                    let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
+                    client.query(&stmt, &[&table_id(table), &start, &end, &limit]).await.map_err(db_err)?
+                }
+                None => {
+                    let client = pool.get().await.map_err(pool_err)?;
+                    let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
+                    client.query(&stmt, &[&table_id(table), &start, &end, &limit]).await.map_err(db_err)?
+                }
+            };
             Ok(rows.into_iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1))).collect())
         })
     }
@@ -575,8 +826,9 @@ impl Store for PgStore {
     }
 
     /// A failed PostgreSQL transaction is rolled back whole; the pool
-    /// replaces broken connections itself. Nothing to reopen.
+    /// replaces broken connections itself. Only a batch still open is ended.
     fn recover(&self) -> Result<(), StoreError> {
+        self.end_batch();
         Ok(())
     }
 
@@ -584,4 +836,116 @@ impl Store for PgStore {
     fn backup_to(&self, dir: &Path) -> Result<u64, StoreError> {
         Err(StoreError::Refused { path: dir.display().to_string(), message: NO_BROKER_BACKUP.into() })
     }
+}
+
+/// The listener: its own connection, `LISTEN broker_changes`, and on each
+/// notification or every `poll`, the rows after the last one seen, handed
+/// to `sink` in generation order (other nodes' only). Reconnects after a
+/// second when the connection fails (e.g. to the new primary). Ends when
+/// `sink` answers false (the broker stopped).
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    own: i64,
+    sink: super::ChangeSink,
+    poll: Duration,
+) {
+    let sink = Arc::new(sink);
+    // Start from the present: the hub was built from the store as it is.
+    let mut seen: Option<i64> = None;
+    let mut last_read = tokio::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let connected = config.connect(tls.clone()).await;
+        let (client, mut connection) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %db_err(e), "the change listener cannot reach the database; retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
+        let conn = tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                        let _ = wake_tx.try_send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        let ok: Result<bool, tokio_postgres::Error> = async {
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            loop {
+                let current: i64 =
+                    client.query_one("SELECT generation FROM broker_writer WHERE id = 1", &[]).await?.get(0);
+                let after = match seen {
+                    // Rows may have been pruned: the sink re-reads instead.
+                    Some(s) if last_read.elapsed() < CHANGES_KEPT / 2 => s,
+                    _ => {
+                        if seen.is_some() && !forward(&sink, None).await {
+                            return Ok(false);
+                        }
+                        seen = Some(current);
+                        current
+                    }
+                };
+                let rows = client
+                    .query(
+                        "SELECT generation, node, changes FROM broker_changes WHERE generation > $1 AND generation <= $2
+                         ORDER BY generation LIMIT 1000",
+                        &[&after, &current],
+                    )
+                    .await?;
+                let full = rows.len() == 1000;
+                for row in rows {
+                    let (generation, node, changes): (i64, i64, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+                    if node != own && !forward(&sink, Some(changes)).await {
+                        return Ok(false);
+                    }
+                    seen = Some(generation);
+                }
+                if !full {
+                    seen = Some(current.max(seen.unwrap_or(current)));
+                }
+                last_read = tokio::time::Instant::now();
+                warned = false;
+                if !full {
+                    tokio::select! {
+                        w = wake.recv() => {
+                            if w.is_none() {
+                                return Ok(true);
+                            }
+                        }
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+            }
+        }
+        .await;
+        conn.abort();
+        match ok {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %db_err(e), "the change listener lost the database; reconnecting");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Calls the sink off the runtime's workers (it may read the store).
+async fn forward(sink: &Arc<super::ChangeSink>, changes: Option<Vec<u8>>) -> bool {
+    let sink = sink.clone();
+    tokio::task::spawn_blocking(move || sink(changes.as_deref())).await.unwrap_or(false)
 }

@@ -1,10 +1,12 @@
 //! The PostgreSQL engine (`storage.engine = "postgres"`) against a real
 //! PostgreSQL server on loopback (Debian's, started by the test, TLS only):
 //! the whole exchange, a broker restart, a database killed with SIGKILL,
-//! certificate verification, schema versions, and two writers.
+//! certificate verification, schema versions, and two broker nodes
+//! serving at once (one writer at a time under the writer row lock).
 
 use std::sync::Arc;
 
+use agency_client::alerts::AlertEvent;
 use broker::config::Engine;
 use broker::store::postgres::{PgSettings, PgStore, SCHEMA_VERSION};
 use broker::store::{Batch, Store, StoreError, Table};
@@ -160,39 +162,103 @@ async fn an_audit_entry_is_never_overwritten() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_another_has_replaced_writes_nothing_more() {
+async fn nodes_write_one_batch_at_a_time_and_each_sees_the_other_under_the_lock() {
     let (_dir, pg) = server();
-    let old = Arc::new(PgStore::open(&pg.settings()).unwrap());
-    old.commit(&audit_entry(0, b"old")).unwrap();
-    let new = PgStore::open(&pg.settings()).unwrap();
-    let err = old.commit(&audit_entry(1, b"old again")).unwrap_err().to_string();
-    assert!(err.starts_with("storage I/O failed: postgres: fenced: another broker node ("), "{err}");
-    assert!(
-        err.contains("writer epoch 2) took over writing at ")
-            && err.ends_with("this node (epoch 1) writes nothing more"),
-        "{err}"
+    let a = Arc::new(PgStore::open(&pg.settings()).unwrap());
+    let b = Arc::new(PgStore::open(&pg.settings()).unwrap());
+    // Neither start fenced the other: both write.
+    a.commit(&audit_entry(0, b"a")).unwrap();
+    b.commit(&audit_entry(1, b"b")).unwrap();
+
+    let g = a.begin_batch().unwrap().expect("a shared store has a generation");
+    // B's batch waits for A's to end (the writer row lock) ...
+    let b2 = b.clone();
+    let waiting = std::thread::spawn(move || {
+        let g = b2.begin_batch().unwrap().unwrap();
+        // ... and then reads what A committed, through its own batch.
+        let seen = b2.get(Table::Audit, &2u64.to_be_bytes()).unwrap();
+        b2.commit(&audit_entry(3, b"b again")).unwrap();
+        (g, seen)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "B's batch waits while A holds the writer lock");
+    assert_eq!(a.get(Table::Audit, &2u64.to_be_bytes()).unwrap(), None);
+    a.commit(&audit_entry(2, b"a again")).unwrap();
+    let (g_b, seen) = waiting.join().unwrap();
+    assert_eq!(g_b, g + 1, "each commit advances the generation by one");
+    assert_eq!(seen.as_deref(), Some(&b"a again"[..]));
+    assert_eq!(a.begin_batch().unwrap(), Some(g + 2));
+    a.end_batch();
+    assert_eq!(pg.psql("SELECT generation FROM broker_writer"), (g + 2).to_string());
+    // A batch begun and ended without writing changes nothing and frees the lock.
+    assert_eq!(b.begin_batch().unwrap(), Some(g + 2));
+    b.end_batch();
+
+    // A stale append (index 3 is B's) fails whole, under the lock too.
+    a.begin_batch().unwrap();
+    let err = a.commit(&audit_entry(3, b"stale")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "storage I/O failed: postgres: another writer appended to the audit log first; the batch was not written"
     );
-    assert_eq!(new.get(Table::Audit, &1u64.to_be_bytes()).unwrap(), None, "nothing of the fenced batch was written");
-    new.commit(&audit_entry(1, b"new")).unwrap();
-    // Reading still works for the fenced node (tools, and its clients until it stops).
-    assert_eq!(old.get(Table::Audit, &1u64.to_be_bytes()).unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(a.get(Table::Meta, b"test").unwrap().as_deref(), Some(&b"b again"[..]), "rolled back whole");
+    // The failed batch released the lock: B writes at once.
+    assert_eq!(b.begin_batch().unwrap(), Some(g + 2));
+    b.commit(&audit_entry(4, b"b last")).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_node_replaced_by_another_refuses_writes_and_the_log_stays_whole() {
+async fn other_nodes_changes_arrive_by_notification_and_by_the_poll_when_one_is_lost() {
     let (_dir, pg) = server();
-    let first = Harness::start_with(on(pg.settings())).await;
-    crate::audit::traffic(&first, 2).await;
-    // A second node of the same federation on the same database, as an
-    // operator starts a standby broker: it takes over writing.
-    let mut config = first.config.clone();
-    config.storage.data_dir = first.dir().join("node-2");
+    let store = PgStore::open(&pg.settings()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
+    let tx = std::sync::Mutex::new(tx);
+    store.watch_changes(
+        Box::new(move |c| {
+            let _ = tx.lock().unwrap().send(c.map(<[u8]>::to_vec));
+            true
+        }),
+        std::time::Duration::from_millis(300),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // Another node's batch, committed and notified.
+    let other = PgStore::open(&pg.settings()).unwrap();
+    let mut batch = audit_entry(0, b"x");
+    batch.changes = vec![9, 9];
+    other.commit(&batch).unwrap();
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the notified change arrives");
+    assert_eq!(got.as_deref(), Some(&[9u8, 9][..]));
+    // One whose notification was lost (written by hand, no NOTIFY): the poll finds it.
+    pg.psql(
+        "BEGIN; UPDATE broker_writer SET generation = generation + 1; \
+         INSERT INTO broker_changes (generation, node, changes) SELECT generation, 1, '\\x0102'::bytea FROM broker_writer; COMMIT",
+    );
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the poll finds the unannounced change");
+    assert_eq!(got.as_deref(), Some(&[1u8, 2][..]));
+    // This node's own batches are not handed back to it.
+    let mut batch = audit_entry(1, b"y");
+    batch.changes = vec![8];
+    store.commit(&batch).unwrap();
+    assert!(rx.recv_timeout(std::time::Duration::from_millis(1500)).is_err(), "its own change came back");
+    // Each batch with changes has its row, this node's own too.
+    assert_eq!(pg.psql("SELECT count(*) FROM broker_changes"), "3");
+}
+
+/// A second broker node, in this process, on `h`'s database and clock.
+async fn second_node(
+    h: &Harness,
+) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken, broker::server::Running) {
+    let mut config = h.config.clone();
+    config.storage.data_dir = h.dir().join("node-2");
     config.admin.endpoint = None;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let second_addr = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let clock: Arc<dyn broker::clock::Clock> = Arc::new(broker::clock::SystemClock);
-    let _second = broker::server::start(
+    let clock: Arc<dyn broker::clock::Clock> = match &h.manual_clock {
+        Some(c) => c.clone(),
+        None => Arc::new(broker::clock::SystemClock),
+    };
+    let running = broker::server::start(
         listener,
         config,
         broker::server::StartOptions { clock, sighup: false },
@@ -200,21 +266,185 @@ async fn a_broker_node_replaced_by_another_refuses_writes_and_the_log_stays_whol
     )
     .await
     .unwrap();
+    (addr, shutdown, running)
+}
 
-    let err = first.client(POLICE_SYSTEM).await.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await;
-    let err = err.unwrap_err().to_string();
-    assert!(err.contains("broker storage failed; the request was not carried out, retry later"), "{err}");
+/// `h`'s client `name`, connected to the node at `addr` instead.
+async fn client_on(h: &Harness, addr: std::net::SocketAddr, name: &str) -> agency_client::Client {
+    let mut profile = crate::support::profile(h, name);
+    profile.broker = profile.broker.replace(&h.addr.port().to_string(), &addr.port().to_string());
+    agency_client::Client::connect(profile).await.unwrap()
+}
 
-    let mut profile = crate::support::profile(&first, POLICE_SYSTEM);
-    profile.broker = profile.broker.replace(&first.addr.port().to_string(), &second_addr.port().to_string());
-    let police = agency_client::Client::connect(profile).await.unwrap();
+async fn next_event(alerts: &mut agency_client::alerts::Alerts<'_>) -> AlertEvent {
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), alerts.next())
+            .await
+            .expect("an alert within 10 s")
+            .unwrap()
+            .expect("stream open");
+        match event {
+            AlertEvent::CaughtUp { .. } | AlertEvent::Heartbeat { .. } => {}
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_serve_at_once_a_referral_sent_on_one_is_alerted_and_acked_on_the_other() {
+    let (_dir, pg) = server();
+    let h = Harness::start_with(on(pg.settings())).await;
+    let (b_addr, shutdown, _b) = second_node(&h).await;
+    let police = h.client(POLICE_SYSTEM).await; // on node A
+    let oncall = client_on(&h, b_addr, SOCIAL_ONCALL).await; // on node B
+    let mut alerts = oncall.subscribe().await.unwrap();
+    let mut receipts = police.watch_receipts(0).await.unwrap();
+
+    let started = std::time::Instant::now();
     let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
-    assert_eq!(sent.receipt.statement.recipient_sequence, 3, "the second node continues the queue");
-    let mut auditor = crate::support::profile(&first, AUDITOR);
-    auditor.broker = auditor.broker.replace(&first.addr.port().to_string(), &second_addr.port().to_string());
-    let auditor = agency_client::Client::connect(auditor).await.unwrap();
-    let v = auditor.verify_log(&first.dir().join("auditor-state"), |_, _| {}).await.unwrap();
+    match next_event(&mut alerts).await {
+        AlertEvent::Referral(r) => assert_eq!(r.message_id, sent.message_id),
+        other => panic!("expected the referral, got {other:?}"),
+    }
+    let alerted = started.elapsed();
+    let acked = oncall.ack_digest(sent.message_id, sent.envelope_digest, "jour-1").await.unwrap();
+    assert!(!acked.already_acknowledged);
+    // Node B's subscriber sees the settlement it made; node A's sender the receipt.
+    match next_event(&mut alerts).await {
+        AlertEvent::Settled { message_id, acknowledged_by, .. } => {
+            assert_eq!((message_id, acknowledged_by.as_str()), (sent.message_id, "jour-1"));
+        }
+        other => panic!("expected the settlement, got {other:?}"),
+    }
+    let receipt = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        crate::deadlines::wait_status(&mut receipts, sent.message_id, ReceiptStatus::Acknowledged),
+    )
+    .await
+    .expect("the ACKNOWLEDGED receipt reaches node A's sender within 10 s");
+    assert_eq!(receipt.ack.unwrap().statement.acknowledged_by, "jour-1");
+    eprintln!("alerted on the other node {:.0} ms after the submit", alerted.as_secs_f64() * 1000.0);
+
+    // A subscriber on node A hears of an ack made on node B (the other way round).
+    let system = h.client(SOCIAL_SYSTEM).await;
+    let mut on_a = system.subscribe().await.unwrap();
+    let second = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    assert!(matches!(next_event(&mut on_a).await, AlertEvent::Referral(r) if r.message_id == second.message_id));
+    oncall.ack_digest(second.message_id, second.envelope_digest, "jour-2").await.unwrap();
+    match next_event(&mut on_a).await {
+        AlertEvent::Settled { message_id, acknowledged_by, .. } => {
+            assert_eq!((message_id, acknowledged_by.as_str()), (second.message_id, "jour-2"));
+        }
+        other => panic!("expected the settlement on node A, got {other:?}"),
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_racing_on_two_nodes_one_wins_and_the_other_is_told_already_acknowledged() {
+    let (_dir, pg) = server();
+    let h = Harness::start_with(on(pg.settings())).await;
+    let (b_addr, shutdown, _b) = second_node(&h).await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let on_a = h.client(SOCIAL_ONCALL).await;
+    let on_b = client_on(&h, b_addr, SOCIAL_SYSTEM).await;
+    for round in 0..10 {
+        let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+        let (x, y) = tokio::join!(
+            on_a.ack_digest(sent.message_id, sent.envelope_digest, "jour-a"),
+            on_b.ack_digest(sent.message_id, sent.envelope_digest, "handlaggare-b"),
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_ne!(x.already_acknowledged, y.already_acknowledged, "round {round}: exactly one ack wins");
+        let (won, lost) = if x.already_acknowledged { (y, x) } else { (x, y) };
+        assert_eq!(lost.receipt, won.receipt, "round {round}: the loser gets the winner's receipt");
+    }
+    // One Acknowledged entry per message in the log, and it verifies.
+    let acks = crate::support::audit_entries(&h)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.event, Some(referral_proto::pb::audit_entry::Event::Acknowledged(_))))
+        .count();
+    assert_eq!(acks, 10);
+    let v = crate::audit::verify(&h, &h.dir().join("auditor-state")).await;
     assert!(v.ok, "{}", crate::audit::failures(&v));
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_fires_once_with_two_nodes_running() {
+    let (_dir, pg) = server();
+    let opts = Options { manual_clock: true, ..on(pg.settings()) };
+    let h = Harness::start_with(opts).await;
+    let (b_addr, shutdown, _b) = second_node(&h).await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let mut n = example_notice();
+    n.urgency = referral_proto::envelope::Urgency::Urgent;
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &n).await.unwrap();
+    let mut receipts = client_on(&h, b_addr, POLICE_SYSTEM).await.watch_receipts(0).await.unwrap();
+    // Both nodes' committers look for due deadlines every tick.
+    h.advance(std::time::Duration::from_secs(5 * 3600));
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        crate::deadlines::wait_status(&mut receipts, sent.message_id, ReceiptStatus::Escalated),
+    )
+    .await
+    .expect("escalated within 10 s");
+    // Give the other node several ticks to (wrongly) fire it again.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let escalations = crate::support::audit_entries(&h)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.event, Some(referral_proto::pb::audit_entry::Event::Escalated(_))))
+        .count();
+    assert_eq!(escalations, 1, "the deadline fired exactly once");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_load_on_two_nodes_leaves_one_gap_free_log_that_verifies() {
+    let (_dir, pg) = server();
+    let h = Harness::start_with(on(pg.settings())).await;
+    let (b_addr, shutdown, _b) = second_node(&h).await;
+    let mut senders = Vec::new();
+    for (i, node) in [None, Some(b_addr), None, Some(b_addr)].into_iter().enumerate() {
+        let client = match node {
+            None => h.client(POLICE_SYSTEM).await,
+            Some(addr) => client_on(&h, addr, POLICE_SYSTEM).await,
+        };
+        senders.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..15 {
+                ids.push(client.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap().message_id);
+            }
+            (i, ids)
+        }));
+    }
+    let mut all = Vec::new();
+    for s in senders {
+        all.extend(s.await.unwrap().1);
+    }
+    let oncall = client_on(&h, b_addr, SOCIAL_ONCALL).await;
+    let waiting = crate::support::waiting(&oncall).await;
+    assert_eq!(waiting.len(), 60, "every receipted referral is in the queue once");
+    let mut sorted = waiting.clone();
+    sorted.sort();
+    sorted.dedup();
+    all.sort();
+    assert_eq!(sorted, all);
+    let v = crate::audit::verify(&h, &h.dir().join("auditor-state")).await;
+    assert!(v.ok, "{}", crate::audit::failures(&v));
+    let entries = crate::support::audit_entries(&h).await;
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.index, i as u64, "the log has no gap and no repeated index");
+    }
+    let rows: usize = pg.psql("SELECT count(*) FROM kv WHERE tbl = 7").parse().unwrap();
+    assert_eq!(rows, entries.len(), "one audit row per index");
+    let submitted = entries
+        .iter()
+        .filter(|e| matches!(e.event, Some(referral_proto::pb::audit_entry::Event::Submitted(_))))
+        .count();
+    assert_eq!(submitted, 60);
     shutdown.cancel();
 }
 
