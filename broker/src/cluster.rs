@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn changes_round_trip_and_carry_no_payload() {
-        let ack = pb::SignedAck { statement: None, signature: vec![7; 64] };
+        let ack = pb::SignedAck { statement: None, signature: vec![7; 64], note: None };
         let alert = pb::Escalation { message_id: vec![1; 16], sequence: 9, ..Default::default() };
         let effects = vec![
             Effect::Message(agency("social-a"), 5),
