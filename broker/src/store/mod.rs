@@ -109,7 +109,7 @@ pub enum Op {
 pub struct Batch {
     pub ops: Vec<Op>,
     /// What other broker nodes on the same store must be told once the
-    /// batch is durable (see [`crate::hub::Changes`]); empty for none.
+    /// batch is durable (see [`crate::cluster::Changes`]); empty for none.
     /// Engines that serve one node ignore it.
     pub changes: Vec<u8>,
 }
