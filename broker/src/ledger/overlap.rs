@@ -446,38 +446,14 @@ mod tests {
         let limit = Err("overlap_daily_limit");
         assert_eq!(r, vec![Ok(()), Ok(()), limit, limit, Ok(()), Ok(()), limit]);
     }
-}
-
-#[cfg(test)]
-mod expiry_tests {
-    use std::collections::HashMap;
-
-    use referral_proto::notice::LegalBasisKind;
-    use referral_proto::overlap::Statement;
-    use referral_proto::test_vectors;
-    use referral_proto::time::Timestamp;
-
-    use super::*;
-    use crate::audit::AuditLog;
-    use crate::config::AckDeadlines;
-    use crate::store::Store;
-    use crate::store::memory::MemoryStore;
-    use crate::store::tables::Tables;
 
     const HOUR: i64 = 3_600_000;
-    const LIMITS: OverlapConfig = OverlapConfig {
-        sessions_per_pair_per_day: 4,
-        max_set_size: 64,
-        session_timeout: std::time::Duration::from_secs(3600),
-    };
 
     /// Runs `f` as one committed batch at `at`.
     fn batch<T>(store: &MemoryStore, log: &mut AuditLog, at: Timestamp, f: impl FnOnce(&mut Step<'_>) -> T) -> T {
         let v = test_vectors::build();
         let counters = HashMap::new();
-        let d = AckDeadlines { immediate_ms: HOUR, urgent_ms: HOUR, routine_ms: HOUR };
-        let timing = super::super::Timing { ack_deadlines: d, unacked_retention_ms: HOUR, acked_retention_ms: HOUR };
-        let mut step = Step::new(Tables(store), log, &counters, &v.directory, timing, at);
+        let mut step = Step::new(Tables(store), log, &counters, &v.directory, timing(), at);
         let out = f(&mut step);
         let t = step.finish().unwrap();
         store.commit(&t.writes.into_batch()).unwrap();

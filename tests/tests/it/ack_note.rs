@@ -3,7 +3,7 @@
 //! broker's log, its disk in plaintext, or the audit log; purged with the
 //! payload; refused when oversized, altered or unsigned; useless when moved.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use referral_proto::ack::{AckError, MAX_NOTE_CIPHERTEXT, NoteError, SignedAck, sign_ack, sign_ack_with_note};
@@ -14,26 +14,13 @@ use referral_proto::pb;
 use referral_proto::receipt::ReceiptStatus;
 use tonic::Code;
 
-use crate::support::{client, sealed, submit_raw};
+use crate::support::{client, contains, files, sealed, submit_raw};
 use integration_tests::*;
 
 /// A note holding a name and a personal identity number: allowed, since only
 /// the sender can read it.
 const NOTE: &str = "Ringer Ingrid Hemligsdotter (197904163305) kl 08.\nHembesök bokat.";
 const SECRETS: [&str; 3] = ["Hemligsdotter", "197904163305", "Hembesök bokat"];
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() { out.extend(files(&p)) } else { out.push(p) }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 fn acked_receipt(receipts: &[referral_proto::receipt::Receipt]) -> &referral_proto::receipt::Receipt {
     receipts.iter().find(|r| r.statement.status == ReceiptStatus::Acknowledged).expect("an ACKNOWLEDGED receipt")

@@ -15,6 +15,8 @@ use referral_proto::pb;
 use referral_proto::psi::{PersonalIdentityNumber, hash_to_ristretto255, session_dst};
 use tonic::Code;
 
+use crate::support::{contains, files};
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A valid 12-digit personal identity number born in 1980 + `n / 900`,
@@ -147,24 +149,6 @@ async fn empty_full_and_one_sided_overlaps() {
     verify_log(&h).await;
 }
 
-/// Every file under `dir`, read whole.
-fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push((p.clone(), std::fs::read(&p).unwrap()));
-        }
-    }
-    out
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 #[tokio::test]
 async fn the_broker_keeps_nothing_an_identifier_could_be_recomputed_from() {
     let mut h = Harness::start().await;
@@ -208,7 +192,8 @@ async fn the_broker_keeps_nothing_an_identifier_could_be_recomputed_from() {
     assert!(entries.len() >= 6, "proposal, acceptance, 4 chunks, 2 finishes");
     // Everything on disk, after a clean stop (all flushed).
     h.stop().await;
-    let mut haystacks = files(&h.config.storage.data_dir);
+    let mut haystacks: Vec<_> =
+        files(&h.config.storage.data_dir).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
     haystacks.extend(entries.into_iter().map(|e| (std::path::PathBuf::from("audit entry"), e)));
     assert!(haystacks.iter().map(|(_, b)| b.len()).sum::<usize>() > 10_000, "the store was read");
     for (what, needle) in &needles {

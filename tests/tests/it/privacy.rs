@@ -1,27 +1,16 @@
 //! Personal data never reaches the broker's logs or, in plaintext, its disk.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use agency_client::alerts::AlertEvent;
 use integration_tests::*;
 use referral_proto::ids::AgencyId;
 use referral_proto::notice::example_notice;
 
+use crate::support::{contains, files};
+
 const NAME: &str = "Ingrid Hemligsdotter";
 const PIN: &str = "197904163305";
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() { out.extend(files(&p)) } else { out.push(p) }
-    }
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 #[tokio::test]
 async fn names_and_personal_identity_numbers_never_reach_logs_or_disk() {

@@ -120,3 +120,18 @@ pub async fn client(h: &Harness, profile: &str, args: &[&str]) -> (i32, String, 
     all.extend_from_slice(args);
     integration_tests::run_tool(exe(), "agency-client", &all).await
 }
+
+/// Every file under `dir`, in every subfolder: what a privacy test scans.
+pub fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(files(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
