@@ -425,6 +425,15 @@ impl Core {
     /// counters from what is on disk. Until it succeeds, each batch tries again.
     fn recover(&mut self) {
         self.reload(true);
+        // A commit that reported failure may still have become durable (on
+        // PostgreSQL, a COMMIT whose answer was lost): wake this node's
+        // readers for whatever the store now holds, since no other node's
+        // listener announces this node's own writes.
+        if !self.needs_recovery
+            && let Err(e) = self.deps.hub.reread()
+        {
+            tracing::warn!(error = %e, "re-reading the counters after recovery failed");
+        }
     }
 
     /// Reloads the audit log, counters and next deadline from the store,

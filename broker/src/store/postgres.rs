@@ -480,7 +480,7 @@ impl PgStore {
     /// The batch this thread began, if any.
     fn held_here(&self) -> Option<Arc<deadpool_postgres::Object>> {
         let held = self.held.lock().expect("held lock");
-        held.as_ref().filter(|h| h.thread == std::thread::current().id()).map(|h| h.client.clone())
+        held.as_ref().filter(|h| h.thread == std::thread::current().id()).map(|h| h.client.client().clone())
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -522,7 +522,7 @@ impl PgStore {
 /// A batch begun by the committer's thread: a connection inside a
 /// transaction that holds the `broker_writer` row lock.
 struct Held {
-    client: Arc<deadpool_postgres::Object>,
+    client: InTransaction,
     thread: std::thread::ThreadId,
     /// The generation found under the lock.
     generation: i64,
@@ -542,13 +542,42 @@ async fn lock_writer(client: &tokio_postgres::Client) -> Result<i64, StoreError>
     Ok(row.get::<_, i64>(0))
 }
 
+/// A pooled connection inside a transaction (possibly holding the writer
+/// lock, possibly with writes not yet committed). It goes back to the pool
+/// only through [`InTransaction::ended`]; dropped any other way (a call
+/// that timed out and was cancelled midway, a panic), it is closed, so the
+/// server rolls the transaction back and releases the lock, and no later
+/// borrower can find the transaction open, or commit its half.
+struct InTransaction(Option<Arc<deadpool_postgres::Object>>);
+
+impl InTransaction {
+    fn new(object: deadpool_postgres::Object) -> Self {
+        Self(Some(Arc::new(object)))
+    }
+
+    fn client(&self) -> &Arc<deadpool_postgres::Object> {
+        self.0.as_ref().expect("taken only by ended() and drop")
+    }
+
+    /// The transaction was committed or rolled back: the connection may be reused.
+    fn ended(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take().and_then(|c| Arc::try_unwrap(c).ok()) {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
 /// Ends a failed transaction; a connection that cannot even roll back is
 /// closed instead of going back to the pool.
-async fn abandon(client: Arc<deadpool_postgres::Object>) {
-    if client.batch_execute("ROLLBACK").await.is_err()
-        && let Ok(object) = Arc::try_unwrap(client)
-    {
-        drop(deadpool_postgres::Object::take(object));
+async fn abandon(client: InTransaction) {
+    if client.client().batch_execute("ROLLBACK").await.is_ok() {
+        client.ended();
     }
 }
 
@@ -678,13 +707,14 @@ async fn write_locked(
             .map_err(db_err)?;
         // Delivered at commit; only the number, never what changed.
         client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()]).await.map_err(db_err)?;
-        if next % 256 == 0 {
-            let kept = format!("{} seconds", CHANGES_KEPT.as_secs());
-            client
-                .execute("DELETE FROM broker_changes WHERE at < now() - $1::text::interval", &[&kept])
-                .await
-                .map_err(db_err)?;
-        }
+    }
+    // Every 256th batch, whatever it carries, drops what listeners no longer need.
+    if next % 256 == 0 {
+        let kept = format!("{} seconds", CHANGES_KEPT.as_secs());
+        client
+            .execute("DELETE FROM broker_changes WHERE at < now() - $1::text::interval", &[&kept])
+            .await
+            .map_err(db_err)?;
     }
     client.batch_execute("COMMIT").await.map_err(db_err)
 }
@@ -706,9 +736,10 @@ impl Store for PgStore {
         match held {
             // The committer's batch: written under the lock it began with.
             Some(h) => self.run(async move {
-                let out = write_locked(&h.client, h.generation, g, who).await;
-                if out.is_err() {
-                    abandon(h.client).await;
+                let out = write_locked(h.client.client(), h.generation, g, who).await;
+                match out {
+                    Ok(()) => h.client.ended(),
+                    Err(_) => abandon(h.client).await,
                 }
                 out
             }),
@@ -716,13 +747,14 @@ impl Store for PgStore {
             None => {
                 let pool = self.pool.clone();
                 self.run(async move {
-                    let client = Arc::new(pool.get().await.map_err(pool_err)?);
-                    let out = match lock_writer(&client).await {
-                        Ok(generation) => write_locked(&client, generation, g, who).await,
+                    let client = InTransaction::new(pool.get().await.map_err(pool_err)?);
+                    let out = match lock_writer(client.client()).await {
+                        Ok(generation) => write_locked(client.client(), generation, g, who).await,
                         Err(e) => Err(e),
                     };
-                    if out.is_err() {
-                        abandon(client).await;
+                    match out {
+                        Ok(()) => client.ended(),
+                        Err(_) => abandon(client).await,
                     }
                     out
                 })
@@ -734,8 +766,8 @@ impl Store for PgStore {
         self.end_batch();
         let pool = self.pool.clone();
         let (client, generation) = self.run(async move {
-            let client = Arc::new(pool.get().await.map_err(pool_err)?);
-            match lock_writer(&client).await {
+            let client = InTransaction::new(pool.get().await.map_err(pool_err)?);
+            match lock_writer(client.client()).await {
                 Ok(generation) => Ok((client, generation)),
                 Err(e) => {
                     abandon(client).await;
@@ -851,7 +883,9 @@ async fn listen(
     poll: Duration,
 ) {
     let sink = Arc::new(sink);
-    // Start from the present: the hub was built from the store as it is.
+    // Start from the present, and re-read once there: the hub was built
+    // from the store before this first connection, and what other nodes
+    // wrote in between is in the counters, not in rows after `seen`.
     let mut seen: Option<i64> = None;
     let mut last_read = tokio::time::Instant::now();
     let mut warned = false;
@@ -889,10 +923,10 @@ async fn listen(
                     // Rows may have been pruned: the sink re-reads instead.
                     Some(s) if last_read.elapsed() < CHANGES_KEPT / 2 => s,
                     _ => {
-                        if seen.is_some() && !forward(&sink, None).await {
+                        seen = Some(current);
+                        if !forward(&sink, None).await {
                             return Ok(false);
                         }
-                        seen = Some(current);
                         current
                     }
                 };
@@ -947,5 +981,13 @@ async fn listen(
 /// Calls the sink off the runtime's workers (it may read the store).
 async fn forward(sink: &Arc<super::ChangeSink>, changes: Option<Vec<u8>>) -> bool {
     let sink = sink.clone();
-    tokio::task::spawn_blocking(move || sink(changes.as_deref())).await.unwrap_or(false)
+    match tokio::task::spawn_blocking(move || sink(changes.as_deref())).await {
+        Ok(alive) => alive,
+        // One bad row must not end cross-node wake-ups for good: the poll
+        // and the periodic re-read catch up from the store.
+        Err(e) => {
+            tracing::error!(error = %e, "applying another node's changes failed; the listener goes on");
+            true
+        }
+    }
 }

@@ -146,6 +146,45 @@ fn audit_entry(index: u64, v: &[u8]) -> Batch {
     batch
 }
 
+/// A call that times out midway (the database stops answering while a
+/// batch holds the writer lock) must not hand its connection back to the
+/// pool with the transaction still open: the lock would stay taken for
+/// every node, and a later batch on that connection could commit the half
+/// of the failed one. The connection is closed instead, so the server
+/// rolls the transaction back and frees the lock.
+#[test]
+fn a_batch_whose_database_call_times_out_leaves_no_open_transaction_behind() {
+    let (_dir, pg) = server();
+    let a = PgStore::open(&pg.settings()).unwrap();
+    let b = PgStore::open(&pg.settings()).unwrap();
+    a.commit(&audit_entry(0, b"before")).unwrap();
+    let g = a.begin_batch().unwrap().unwrap();
+    // Freeze the backend serving A's locked transaction, then let A's
+    // commit (on the batch it began, this thread) run into the call timeout.
+    let pid =
+        pg.psql("SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' AND query LIKE '%FOR UPDATE%'");
+    assert!(pid.parse::<u32>().is_ok(), "one backend holds the writer lock: {pid:?}");
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let err = a.commit(&audit_entry(1, b"half")).unwrap_err();
+    signal("-CONT");
+    assert_eq!(err.to_string(), "storage I/O failed: postgres: no answer within 15s");
+    // The lock is free for the other node, and nothing of the failed batch is there.
+    assert_eq!(b.begin_batch().unwrap(), Some(g), "B takes the lock; the failed batch did not advance the generation");
+    assert_eq!(b.get(Table::Audit, &1u64.to_be_bytes()).unwrap(), None, "the failed batch left nothing");
+    b.end_batch();
+    // A goes on: its pool holds no connection stuck in the old transaction.
+    for i in 1..4u64 {
+        assert_eq!(a.begin_batch().unwrap(), Some(g + i - 1));
+        assert_eq!(a.get(Table::Audit, &i.to_be_bytes()).unwrap(), None);
+        a.commit(&audit_entry(i, b"after")).unwrap();
+        assert_eq!(a.get(Table::Meta, b"test").unwrap().as_deref(), Some(&b"after"[..]));
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"), "0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audit_entry_is_never_overwritten() {
     let (_dir, pg) = server();
@@ -220,7 +259,11 @@ async fn other_nodes_changes_arrive_by_notification_and_by_the_poll_when_one_is_
         }),
         std::time::Duration::from_millis(300),
     );
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // Where it starts, it has the hub re-read the store once (what other
+    // nodes wrote between the hub's start and the listener's is in the
+    // counters, not in later rows).
+    let first = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the re-read at the start");
+    assert_eq!(first, None);
     // Another node's batch, committed and notified.
     let other = PgStore::open(&pg.settings()).unwrap();
     let mut batch = audit_entry(0, b"x");
