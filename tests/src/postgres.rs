@@ -60,6 +60,32 @@ fn command(program: &Path) -> Command {
     }
 }
 
+/// The state and parent of process `pid` from /proc ("pid (comm) state ppid ...").
+fn proc_stat(pid: &str) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    Some((fields.next()?.to_owned(), fields.next()?.parse().ok()?))
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let child: u32 = name.parse().ok()?;
+            (proc_stat(&name)?.1 == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// Whether process `pid` still runs (exists and is not a zombie).
+fn running(pid: u32) -> bool {
+    proc_stat(&pid.to_string()).is_some_and(|(state, _)| state != "Z")
+}
+
 fn chown(path: &Path) {
     if let Some((uid, gid)) = run_as() {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
@@ -341,11 +367,22 @@ impl PgServer {
         }
     }
 
-    /// Kills the server at once, as a power cut or an OOM kill would.
+    /// Kills the server at once, as a power cut would: the postmaster and
+    /// every backend together. (Backends are their own process groups, so
+    /// each is named; one left running would still hold the shared memory,
+    /// and the restarted server would refuse to start.)
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            let mut pids = children_of(child.id());
+            pids.push(child.id());
+            let mut kill = Command::new("kill");
+            kill.arg("-KILL").args(pids.iter().map(u32::to_string));
+            let _ = kill.status();
             let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pids.iter().any(|p| running(*p)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
