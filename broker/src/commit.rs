@@ -141,6 +141,17 @@ pub struct Committer {
     tx: mpsc::Sender<Job>,
 }
 
+/// A job in the commit queue, and its answer to come.
+#[derive(Debug)]
+pub struct Queued<T>(oneshot::Receiver<Result<T, BrokerError>>);
+
+impl<T> Queued<T> {
+    /// The job's answer, once the committer has made it.
+    pub async fn outcome(self) -> Result<T, BrokerError> {
+        self.0.await.map_err(|_| BrokerError::ShuttingDown)?
+    }
+}
+
 async fn ask<T>(tx: &mpsc::Sender<Job>, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, BrokerError> {
     let (reply, rx) = oneshot::channel();
     tx.send(make(reply)).await.map_err(|_| BrokerError::ShuttingDown)?;
@@ -200,7 +211,27 @@ impl Committer {
         trusted: CancellationToken,
         handoff: Handoff,
     ) -> Result<DeliveryOutcome, BrokerError> {
-        ask(&self.tx, |reply| Job::Delivered { message_id, principal, trusted, handoff, reply }).await
+        self.delivered_queued(message_id, principal, trusted, handoff).await?.outcome().await
+    }
+
+    /// [`Committer::delivered`] in two halves: when this returns the job is
+    /// in the commit queue, in order with everything queued before it (so
+    /// its handoff runs after theirs); [`Queued::outcome`] then waits for
+    /// its answer. A stream queues a page of deliveries this way and they
+    /// share group commits, instead of one commit round trip each.
+    pub async fn delivered_queued(
+        &self,
+        message_id: MessageId,
+        principal: String,
+        trusted: CancellationToken,
+        handoff: Handoff,
+    ) -> Result<Queued<DeliveryOutcome>, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Delivered { message_id, principal, trusted, handoff, reply })
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        Ok(Queued(rx))
     }
 
     /// Logs a refusal of a signed request (see [`crate::refusals`]).

@@ -105,9 +105,35 @@ pub struct Item<'a> {
 /// One strict verification: ed25519-dalek's `verify_strict`, the rule this
 /// module's batches answer exactly.
 pub fn verify_strict(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> Result<(), BadSignature> {
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&key.0).map_err(|_| BadSignature)?;
+    let key = decompressed(key).ok_or(BadSignature)?;
     let signature = Signature::from_slice(signature).map_err(|_| BadSignature)?;
     key.verify_strict(message, &signature).map_err(|_| BadSignature)
+}
+
+/// Keys remembered by [`decompressed`] before it starts again.
+const KEY_CACHE: usize = 4096;
+
+/// `ed25519_dalek::VerifyingKey::from_bytes(key)`, remembered: decoding a
+/// key takes a square root in the field (about a sixth of a
+/// verification), and a party verifies the same few keys (the directory's
+/// agencies, the broker's log key) over and over. The decoded key is a
+/// pure function of the 32 bytes, so a remembered one answers exactly as a
+/// fresh one; keys that do not decode are not remembered.
+fn decompressed(key: &VerifyingKey) -> Option<ed25519_dalek::VerifyingKey> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], ed25519_dalek::VerifyingKey>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(found) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key.0) {
+        return Some(*found);
+    }
+    let decoded = ed25519_dalek::VerifyingKey::from_bytes(&key.0).ok()?;
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= KEY_CACHE {
+        map.clear();
+    }
+    map.insert(key.0, decoded);
+    Some(decoded)
 }
 
 /// A signature that passed the per-signature checks and waits for the batch
@@ -205,6 +231,41 @@ mod tests {
             assert_eq!(*r, expected, "signature {i}");
             assert_eq!(*r, verify_strict(items[i].key, items[i].message, items[i].signature), "signature {i}");
         }
+    }
+
+    #[test]
+    fn a_remembered_key_answers_exactly_as_a_fresh_one() {
+        let (key, message, signature) = signed(77);
+        let key = key.verifying_key();
+        let mut forged = signature;
+        forged[50] ^= 1;
+        for round in 0..3 {
+            assert_eq!(verify_strict(&key, &message, &signature), Ok(()), "round {round}");
+            assert_eq!(verify_strict(&key, &message, &forged), Err(BadSignature), "round {round}");
+            assert_eq!(verify_strict(&key, b"another message", &signature), Err(BadSignature), "round {round}");
+        }
+        // 32 bytes that are no point on the curve (about half of all y have no x): refused every time, never
+        // remembered.
+        let not_a_point = (2u8..=255)
+            .map(|y| {
+                let mut b = [0u8; 32];
+                b[0] = y;
+                b
+            })
+            .find(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_err())
+            .expect("some small y is not on the curve");
+        for _ in 0..2 {
+            assert_eq!(verify_strict(&VerifyingKey(not_a_point), &message, &signature), Err(BadSignature));
+            assert!(decompressed(&VerifyingKey(not_a_point)).is_none());
+        }
+        // More keys than the cache holds: it starts again, and still answers rightly.
+        for n in 0..(KEY_CACHE as u32 + 2) {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&n.to_be_bytes());
+            assert!(decompressed(&SigningKey::from_seed(seed).verifying_key()).is_some());
+        }
+        assert_eq!(verify_strict(&key, &message, &signature), Ok(()));
+        assert_eq!(verify_strict(&key, &message, &forged), Err(BadSignature));
     }
 
     #[test]

@@ -414,6 +414,29 @@ fn still_trusted(state: &BrokerState, conn: &Connection) -> Result<(), BrokerErr
     conn.check().and_then(|()| state.judge(&conn.identity)).inspect_err(|why| conn.end(why.clone()))
 }
 
+/// Deliveries a subscriber stream has queued in the committer at most.
+const DELIVERIES_IN_FLIGHT: usize = 32;
+
+/// Takes a queued delivery's outcome; false when the stream must end (its
+/// trust ended: the committer recorded and sent nothing, and neither does
+/// anything queued after it).
+fn delivery_done(
+    outcome: DeliveryOutcome,
+    conn: &Connection,
+    out: &Producer<pb::Alert>,
+    heartbeat: &mut tokio::time::Interval,
+) -> bool {
+    match outcome {
+        DeliveryOutcome::Sent => heartbeat.reset(),
+        DeliveryOutcome::NotWaiting => {}
+        DeliveryOutcome::Untrusted => {
+            out.end(conn.check().err().unwrap_or(BrokerError::Revoked).into());
+            return false;
+        }
+    }
+    true
+}
+
 /// The subscriber loop: backlog, then live alerts, heartbeats when idle.
 ///
 /// Each delivery is checked against the connection's trust right before it
@@ -444,6 +467,9 @@ async fn run_subscriber(
                 cursor = watermark;
                 break;
             }
+            // Deliveries queued in the committer and not yet answered: up
+            // to DELIVERIES_IN_FLIGHT share group commits, in queue order.
+            let mut pending = std::collections::VecDeque::new();
             for (seq, id) in page {
                 // Room first, then the state: a message settled while this
                 // stream waited for room is never sent afterwards.
@@ -464,16 +490,21 @@ async fn run_subscriber(
                     let send: crate::commit::Handoff = Box::new(move || {
                         let _ = permit.send(alert(pb::alert::Event::Delivery(d)));
                     });
-                    match state.committer.delivered(id, me.clone(), conn.ended_token(), send).await? {
-                        DeliveryOutcome::Sent => heartbeat.reset(),
-                        DeliveryOutcome::NotWaiting => {}
-                        DeliveryOutcome::Untrusted => {
-                            out.end(conn.check().err().unwrap_or(BrokerError::Revoked).into());
-                            return Ok(());
-                        }
+                    pending
+                        .push_back(state.committer.delivered_queued(id, me.clone(), conn.ended_token(), send).await?);
+                    if pending.len() >= DELIVERIES_IN_FLIGHT
+                        && let Some(first) = pending.pop_front()
+                        && !delivery_done(first.outcome().await?, &conn, &out, &mut heartbeat)
+                    {
+                        return Ok(());
                     }
                 }
                 cursor = seq;
+            }
+            for first in pending {
+                if !delivery_done(first.outcome().await?, &conn, &out, &mut heartbeat) {
+                    return Ok(());
+                }
             }
         }
         if !caught_up {

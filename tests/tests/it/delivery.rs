@@ -101,6 +101,34 @@ async fn unacknowledged_messages_are_redelivered_in_order_after_reconnect() {
     assert!(backlog(&mut alerts).await.iter().all(|r| !r.redelivery));
 }
 
+/// A backlog longer than the deliveries a stream queues with the committer
+/// at a time (32): it still arrives in queue order, each message once, and
+/// each is recorded as delivered exactly once.
+#[tokio::test]
+async fn a_long_backlog_arrives_in_queue_order_each_once_and_each_recorded_once() {
+    let h = Harness::start().await;
+    let police = h.client(POLICE_SYSTEM).await;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap().message_id);
+    }
+    let oncall = h.client(SOCIAL_ONCALL).await;
+    let mut alerts = oncall.subscribe().await.unwrap();
+    let got = backlog(&mut alerts).await;
+    assert_eq!(got.iter().map(|r| r.message_id).collect::<Vec<_>>(), ids);
+    assert_eq!(got.iter().map(|r| r.sequence).collect::<Vec<_>>(), (1..=100).collect::<Vec<u64>>());
+    assert!(got.iter().all(|r| !r.redelivery));
+    // Each was recorded as delivered once: one DELIVERED receipt each.
+    for (id, receipts) in police.receipts(&ids).await.unwrap() {
+        let statuses: Vec<_> = receipts.iter().map(|r| r.statement.status).collect();
+        assert_eq!(
+            statuses,
+            [referral_proto::receipt::ReceiptStatus::Accepted, referral_proto::receipt::ReceiptStatus::Delivered],
+            "message {id}"
+        );
+    }
+}
+
 /// A raw subscription over a connection with 16 KiB HTTP/2 windows, so
 /// that a client that does not read soon fills every buffer on the way.
 async fn tiny_window_subscription(h: &Harness, principal: &str) -> tonic::Streaming<pb::Alert> {
