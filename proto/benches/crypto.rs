@@ -200,6 +200,16 @@ fn signatures(c: &mut Criterion) {
     g.bench_function("dalek_verify_strict", |b| {
         b.iter(|| sigbatch::verify_strict(key, black_box(message), black_box(signature)).expect("ok"))
     });
+    // What `verify_strict` did before it remembered decoded keys.
+    let dalek_signature = ed25519_dalek::Signature::from_bytes(signature);
+    g.bench_function("dalek_verify_strict_decoding_the_key", |b| {
+        b.iter(|| {
+            ed25519_dalek::VerifyingKey::from_bytes(black_box(&key.0))
+                .expect("a key")
+                .verify_strict(black_box(message), &dalek_signature)
+                .expect("ok")
+        })
+    });
     let ring_key = SigningKey::from_seed([1; 32]);
     let dalek_key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
     assert_eq!(ed25519_dalek::Signer::sign(&dalek_key, message).to_bytes(), ring_key.sign(message));
