@@ -152,10 +152,16 @@ impl<T> Queued<T> {
     }
 }
 
-async fn ask<T>(tx: &mpsc::Sender<Job>, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, BrokerError> {
+/// Puts the job `make` builds into the commit queue.
+async fn queue<T>(tx: &mpsc::Sender<Job>, make: impl FnOnce(Reply<T>) -> Job) -> Result<Queued<T>, BrokerError> {
     let (reply, rx) = oneshot::channel();
     tx.send(make(reply)).await.map_err(|_| BrokerError::ShuttingDown)?;
-    rx.await.map_err(|_| BrokerError::ShuttingDown)?
+    Ok(Queued(rx))
+}
+
+/// Queues the job and waits for its answer.
+async fn ask<T>(tx: &mpsc::Sender<Job>, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, BrokerError> {
+    queue(tx, make).await?.outcome().await
 }
 
 impl Committer {
@@ -226,12 +232,7 @@ impl Committer {
         trusted: CancellationToken,
         handoff: Handoff,
     ) -> Result<Queued<DeliveryOutcome>, BrokerError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Delivered { message_id, principal, trusted, handoff, reply })
-            .await
-            .map_err(|_| BrokerError::ShuttingDown)?;
-        Ok(Queued(rx))
+        queue(&self.tx, |reply| Job::Delivered { message_id, principal, trusted, handoff, reply }).await
     }
 
     /// Logs a refusal of a signed request (see [`crate::refusals`]).
