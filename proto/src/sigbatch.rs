@@ -149,7 +149,7 @@ struct Prepared<'a> {
 /// canonical and in the prime-order subgroup (not the identity). Everything
 /// but the equation.
 fn prepare<'a>(index: usize, item: &Item<'a>) -> Option<Prepared<'a>> {
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&item.key.0).ok()?;
+    let key = decompressed(item.key)?;
     let signature = Signature::from_slice(item.signature).ok()?;
     // S must be canonical; dalek's batch checks this too, but a refusal here
     // keeps the batch for signatures that can pass.
