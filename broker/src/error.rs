@@ -125,9 +125,16 @@ pub enum BrokerError {
     SubscriberLagged,
 
     // --- the broker itself ---
-    #[error("broker storage is full; the request was not carried out, retry later")]
+    // A failed commit may still be on disk after the store is reopened
+    // (Store::recover: wholly there or wholly absent), so neither text
+    // says "not done": the retry with the same message id finds out.
+    #[error(
+        "broker storage is full; whether this request was stored is not known: retry later with the same message id, which is answered as the first time if it was"
+    )]
     StorageFull,
-    #[error("broker storage failed; the request was not carried out, retry later")]
+    #[error(
+        "broker storage failed; whether this request was stored is not known: retry later with the same message id, which is answered as the first time if it was"
+    )]
     StorageFailed,
     #[error("broker storage is corrupt")]
     StorageCorrupt,
