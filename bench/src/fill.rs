@@ -27,7 +27,6 @@ use broker::config::Config;
 use broker::directory::{DirectoryState, read_federation_key};
 use broker::hub::Hub;
 use broker::store::Store;
-use broker::store::sled_store::SledStore;
 use referral_proto::keys::{KeyPurpose, parse_signing_key_file};
 
 use crate::workload::Sealer;
@@ -76,10 +75,12 @@ pub async fn fill_among(
     let log_key_text =
         certs::secret_file::read(&config.federation.log_key).with_context(|| format!("cannot read {log_key_path}"))?;
     let log_key = Arc::new(parse_signing_key_file(&log_key_text, KeyPurpose::BrokerLog).context(log_key_path)?);
-    let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&config.storage.data_dir)
-            .with_context(|| format!("cannot open {}", config.storage.data_dir.display()))?,
-    );
+    let broker::config::Engine::Local(engine) = &config.storage.engine else {
+        anyhow::bail!("--fill writes an embedded store (storage.engine = \"sled\" or \"fjall\")");
+    };
+    let store: Arc<dyn Store> = engine
+        .open(&config.storage.data_dir)
+        .with_context(|| format!("cannot open {}", config.storage.data_dir.display()))?;
     let frontier = commit::restore_frontier(&*store)?;
     let hub = Arc::new(Hub::new(store.clone(), (frontier.size(), frontier.root())));
     let (committer, thread) = commit::start(CommitterDeps {

@@ -61,6 +61,8 @@ pub struct Settings {
     /// Broker nodes on the database with --postgres (1, or 2: both measured).
     pub nodes: u32,
     pub broker_log_level: String,
+    /// The broker's embedded store engine ("sled" or "fjall").
+    pub engine: String,
 }
 
 /// The end-to-end figures (broker with subscribers only).
@@ -252,7 +254,7 @@ impl RunReport {
         };
         let _ = writeln!(
             out,
-            "loadgen run: {} connections x {} in flight = {}, {mode}, {amount}; notice {} B, ciphertext {} B, envelope {} B; {}; {} subscribers; broker log level {}",
+            "loadgen run: {} connections x {} in flight = {}, {mode}, {amount}; notice {} B, ciphertext {} B, envelope {} B; {}; {} subscribers; broker log level {}; store engine {}",
             s.connections,
             s.in_flight_per_connection,
             s.concurrency,
@@ -262,6 +264,7 @@ impl RunReport {
             if s.presealed { "presealed" } else { "sealed on the fly" },
             s.subscribers,
             s.broker_log_level,
+            s.engine,
         );
         let _ = writeln!(out, "{}", machine_line(&self.machine));
         if let Some(p) = &self.presealed {

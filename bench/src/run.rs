@@ -85,6 +85,10 @@ pub struct RunArgs {
     /// one database (half the connections to each), after the one node.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub nodes: u32,
+    /// The broker's embedded store engine (storage.engine) for --target broker, both and all,
+    /// and --stream; default: the broker's own default.
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineChoice>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -97,6 +101,13 @@ pub struct RunArgs {
     /// The broker's log level (the production default is info: one line per accepted submit).
     #[arg(long, default_value = "info")]
     pub broker_log_level: String,
+}
+
+/// `--engine`: the embedded engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineChoice {
+    Sled,
+    Fjall,
 }
 
 pub fn positive_f64(s: &str) -> Result<f64, String> {
@@ -150,7 +161,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     check(&args)?;
     let limit = submit_limit(&args)?;
     let notice = sized_notice(args.size)?;
-    let setup = Setup::create(args.dir.as_deref(), args.keep, &args.broker_log_level)?;
+    let mut setup = Setup::create(args.dir.as_deref(), args.keep, &args.broker_log_level)?;
+    if let Some(engine) = args.engine {
+        let name = match engine {
+            EngineChoice::Sled => "sled",
+            EngineChoice::Fjall => "fjall",
+        };
+        setup.set_storage_engine(name)?;
+    }
     if !matches!(setup.work, crate::setup::WorkDir::Temporary(_)) {
         eprintln!("work folder: {}", setup.work.path().display());
     }
@@ -263,6 +281,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             postgres: args.postgres,
             nodes: args.nodes,
             broker_log_level: args.broker_log_level.clone(),
+            engine: match &setup.config.storage.engine {
+                broker::config::Engine::Local(e) => e.name().to_owned(),
+                broker::config::Engine::Postgres(_) => "postgres".to_owned(),
+            },
         },
         presealed,
         fill: fill_report,

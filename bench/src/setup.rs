@@ -94,6 +94,18 @@ impl Setup {
         Ok(Self { work, dev, addr, admin, admin_token, config_path, config })
     }
 
+    /// Sets `storage.engine` in the broker's configuration (an embedded
+    /// engine: the data folder stays where it is).
+    pub fn set_storage_engine(&mut self, engine: &str) -> anyhow::Result<()> {
+        let before = std::fs::read_to_string(&self.config_path)?;
+        let text = before.replacen("\n[storage]\n", &format!("\n[storage]\nengine = \"{engine}\"\n"), 1);
+        anyhow::ensure!(text != before, "{} has no [storage] section", self.config_path.display());
+        std::fs::write(&self.config_path, text)?;
+        self.config = Config::load(&self.config_path, &[])
+            .with_context(|| format!("the generated {}", self.config_path.display()))?;
+        Ok(())
+    }
+
     pub fn profile(&self, name: &str) -> PathBuf {
         self.dev.profile(name)
     }

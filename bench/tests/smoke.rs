@@ -41,6 +41,7 @@ fn both_targets_with_subscribers() {
         "--json",
     ]);
     assert_eq!(r["settings"]["sizes"]["ciphertext_bytes"], 2064, "2048-byte bucket");
+    assert_eq!(r["settings"]["engine"], "sled", "the broker's default");
     for name in ["ceiling", "broker"] {
         let t = target(&r, name);
         assert_eq!(t["submits_ok"], 200, "{t}");
@@ -128,8 +129,10 @@ fn the_broker_on_postgres_beside_sled() {
 #[test]
 fn open_loop_on_the_fly_after_a_fill() {
     let r = loadgen(&[
-        "run", "--target", "broker", "--fill", "500", "--rate", "200", "--count", "50", "--size", "1024", "--json",
+        "run", "--target", "broker", "--fill", "500", "--rate", "200", "--count", "50", "--size", "1024", "--engine",
+        "fjall", "--json",
     ]);
+    assert_eq!(r["settings"]["engine"], "fjall", "{r}");
     assert_eq!(r["fill"]["messages"], 500, "{r}");
     assert_eq!(r["fill"]["failed"], 0, "{r}");
     let t = target(&r, "broker");

@@ -1,7 +1,8 @@
-//! Criterion benchmarks of the broker's store: `SledStore::commit` (apply,
-//! flush, fdatasync) of a batch holding the writes of 1 and of 100 submits,
-//! and the same batches through `commit_unflushed` (no durability), so that
-//! the cost of making a commit durable can be read off as the difference.
+//! Criterion benchmarks of the broker's embedded stores, sled and fjall:
+//! `Store::commit` (apply, then the engine's sync) of a batch holding the
+//! writes of 1 and of 100 submits, and the same batches through
+//! `commit_unflushed` (no durability), so that the cost of making a commit
+//! durable can be read off as the difference.
 //!
 //! One "submit" is the set of writes the committer makes for an accepted
 //! referral, at realistic sizes: the message record, a ~2.5 KB envelope
@@ -23,6 +24,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use broker::store::fjall_store::FjallStore;
 use broker::store::keys::{self, DeadlineKind, meta};
 use broker::store::sled_store::SledStore;
 use broker::store::{Batch, Store, Table};
@@ -88,8 +90,29 @@ impl Workload {
     }
 }
 
-fn open_store(dir: &tempfile::TempDir) -> SledStore {
-    SledStore::open(&dir.path().join("data")).expect("open a sled store in a temporary directory")
+/// The engine under measurement.
+enum Engine {
+    Sled(SledStore),
+    Fjall(FjallStore),
+}
+
+impl Engine {
+    fn open(name: &str, dir: &tempfile::TempDir) -> Self {
+        let path = dir.path().join("data");
+        match name {
+            "sled" => Engine::Sled(SledStore::open(&path).expect("open a sled store in a temporary directory")),
+            _ => Engine::Fjall(FjallStore::open(&path).expect("open a fjall store in a temporary directory")),
+        }
+    }
+
+    fn commit(&self, batch: &Batch, durable: bool) {
+        match (self, durable) {
+            (Engine::Sled(s), true) => s.commit(batch).expect("commit"),
+            (Engine::Sled(s), false) => s.commit_unflushed(batch).expect("commit_unflushed"),
+            (Engine::Fjall(s), true) => s.commit(batch).expect("commit"),
+            (Engine::Fjall(s), false) => s.commit_unflushed(batch).expect("commit_unflushed"),
+        }
+    }
 }
 
 /// Bytes of the pointer that would replace an envelope kept outside the tree.
@@ -103,25 +126,21 @@ fn commit(c: &mut Criterion) {
         ("unflushed", ENVELOPE_BYTES, false, &SUBMITS_PER_BATCH),
         ("unflushed_envelope_outside", POINTER_BYTES, false, &[100]),
     ];
-    for (name, envelope_bytes, durable, sizes) in variants {
-        for &submits in sizes {
-            group.throughput(Throughput::Elements(submits as u64));
-            let dir = tempfile::tempdir().expect("temporary directory");
-            let store = open_store(&dir);
-            let mut work = Workload::new(envelope_bytes);
-            group.bench_function(BenchmarkId::new(name, submits), |b| {
-                b.iter_batched(
-                    || work.batch(submits),
-                    |batch| {
-                        if durable {
-                            store.commit(black_box(&batch)).expect("commit")
-                        } else {
-                            store.commit_unflushed(black_box(&batch)).expect("commit_unflushed")
-                        }
-                    },
-                    BatchSize::SmallInput,
-                )
-            });
+    for engine in ["sled", "fjall"] {
+        for (name, envelope_bytes, durable, sizes) in variants {
+            for &submits in sizes {
+                group.throughput(Throughput::Elements(submits as u64));
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let store = Engine::open(engine, &dir);
+                let mut work = Workload::new(envelope_bytes);
+                group.bench_function(BenchmarkId::new(format!("{engine}_{name}"), submits), |b| {
+                    b.iter_batched(
+                        || work.batch(submits),
+                        |batch| store.commit(black_box(&batch), durable),
+                        BatchSize::SmallInput,
+                    )
+                });
+            }
         }
     }
     group.finish();

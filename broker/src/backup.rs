@@ -17,8 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::read_entries;
 use crate::commit::restore_frontier;
-use crate::store::sled_store::SledStore;
-use crate::store::{Store, StoreError};
+use crate::store::{LocalEngine, Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupReport {
@@ -131,8 +130,9 @@ fn report(records: u64, size: u64, root: Digest) -> BackupReport {
 pub async fn online(state: &crate::state::BrokerState, to: &Path) -> Result<BackupReport, BackupError> {
     create_target(to)?;
     let copy = state.committer.backup(to.to_owned()).await?;
-    let target = SledStore::open(to)?;
-    let (size, root) = verify_store(&target)?;
+    // The copy is a store of the broker's own engine.
+    let (_, target) = LocalEngine::open_existing(to)?;
+    let (size, root) = verify_store(&*target)?;
     drop(target);
     restrict(to)?;
     if (size, root) != (copy.tree_size, copy.root) {
@@ -144,13 +144,13 @@ pub async fn online(state: &crate::state::BrokerState, to: &Path) -> Result<Back
     Ok(report(copy.records, size, root))
 }
 
-/// A backup of a stopped broker's data directory.
+/// A backup of a stopped broker's data directory, in its own engine.
 pub fn offline(data_dir: &Path, to: &Path) -> Result<BackupReport, BackupError> {
-    let source = SledStore::open_existing(data_dir)?;
-    let expected = verify_store(&source)?;
+    let (engine, source) = LocalEngine::open_existing(data_dir)?;
+    let expected = verify_store(&*source)?;
     create_target(to)?;
     let records = source.backup_to(to)?;
-    let copy = verify_store(&SledStore::open(to)?)?;
+    let copy = verify_store(&*engine.open(to)?)?;
     if copy != expected {
         return Err(BackupError::Verify("the copy's log differs from the source's".into()));
     }
@@ -158,15 +158,58 @@ pub fn offline(data_dir: &Path, to: &Path) -> Result<BackupReport, BackupError> 
     Ok(report(records, copy.0, copy.1))
 }
 
-/// Restores a verified backup into an empty data directory.
-pub fn restore(from: &Path, data_dir: &Path) -> Result<BackupReport, BackupError> {
-    let source = SledStore::open_existing(from)?;
-    let expected = verify_store(&source)?;
-    let records = source.backup_to(data_dir)?;
-    let restored = verify_store(&SledStore::open(data_dir)?)?;
+/// Restores a verified backup into an empty (or missing) data directory,
+/// as a store of `engine` (the configured one): restoring a backup of one
+/// embedded engine with the other configured is how a store moves from
+/// sled to fjall or back.
+pub fn restore(from: &Path, data_dir: &Path, engine: LocalEngine) -> Result<BackupReport, BackupError> {
+    let (_, source) = LocalEngine::open_existing(from)?;
+    let expected = verify_store(&*source)?;
+    if std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        return Err(BackupError::Target {
+            path: data_dir.display().to_string(),
+            message: "holds data; a restore goes into an empty or missing data directory (move this one aside)".into(),
+        });
+    }
+    let records = copy_store(&*source, &*engine.open(data_dir)?)?;
+    let restored = verify_store(&*engine.open(data_dir)?)?;
     if restored != expected {
         return Err(BackupError::Verify("the restored log differs from the backup's".into()));
     }
     restrict(data_dir)?;
     Ok(report(records, restored.0, restored.1))
+}
+
+/// Rows copied per commit by [`copy_store`].
+const COPY_PAGE: usize = 10_000;
+
+/// Copies every row of every table from `source` into `target` (a new,
+/// empty store of any engine), a page per durable commit; returns the
+/// number of rows. The store format marker is the target's own.
+pub fn copy_store(source: &dyn Store, target: &dyn Store) -> Result<u64, StoreError> {
+    use crate::store::{Batch, Table};
+    let mut copied = 0u64;
+    for table in Table::ALL {
+        let mut start = Vec::new();
+        loop {
+            let page = source.range(table, &start, &[0xff; 256], COPY_PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            start = last.clone();
+            start.push(0);
+            let full = page.len() == COPY_PAGE;
+            let mut batch = Batch::default();
+            for (k, v) in page {
+                if table == Table::Meta && k == crate::store::keys::meta::FORMAT {
+                    continue;
+                }
+                batch.put(table, k, v);
+                copied += 1;
+            }
+            target.commit(&batch)?;
+            if !full {
+                break;
+            }
+        }
+    }
+    Ok(copied)
 }

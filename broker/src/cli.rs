@@ -273,14 +273,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status: crate::status::Status = match live {
                 Some(body) => serde_json::from_str(&body)?,
                 None => match &config.storage.engine {
-                    crate::config::Engine::Sled => {
-                        let store = crate::store::sled_store::SledStore::open_existing(&config.storage.data_dir)
+                    crate::config::Engine::Local(_) => {
+                        let (_, store) = crate::store::LocalEngine::open_existing(&config.storage.data_dir)
                             .map_err(|e| {
                                 anyhow::anyhow!(
                                     "the broker's admin endpoint does not answer and its data directory cannot be read: {e}"
                                 )
                             })?;
-                        crate::status::gather(&store, certs::now())?
+                        crate::status::gather(&*store, certs::now())?
                     }
                     crate::config::Engine::Postgres(settings) => {
                         let store = crate::store::postgres::PgStore::connect(settings).map_err(|e| {
@@ -338,10 +338,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 anyhow::bail!("the broker is running (its admin endpoint answers on {addr}); stop it before restoring");
             }
-            if matches!(config.storage.engine, crate::config::Engine::Postgres(_)) {
+            let crate::config::Engine::Local(engine) = config.storage.engine else {
                 anyhow::bail!("{}", crate::store::postgres::NO_BROKER_BACKUP);
-            }
-            let r = crate::backup::restore(&from, &config.storage.data_dir)?;
+            };
+            let r = crate::backup::restore(&from, &config.storage.data_dir, engine)?;
             if json {
                 println!(
                     "{}",

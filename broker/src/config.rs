@@ -19,6 +19,8 @@ use std::time::Duration;
 use referral_proto::ids::AgencyId;
 use serde::Deserialize;
 
+use crate::store::LocalEngine;
+
 /// A validated configuration: one field per section of the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -74,13 +76,19 @@ pub struct StorageConfig {
     /// node's local checkpoint of the audit log.
     pub data_dir: PathBuf,
     pub engine: Engine,
+    /// `storage.fjall_memtable_mib` (fjall only): how much of each table a
+    /// store created now holds in memory before writing it out; None is
+    /// fjall's default. fjall keeps it with each table, so it applies to a
+    /// store when it is created.
+    pub fjall_memtable_mib: Option<u32>,
 }
 
 /// `storage.engine`: which store the broker runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Engine {
-    /// sled in `data_dir` (the default: one node, nothing else to run).
-    Sled,
+    /// An embedded engine in `data_dir`: sled (the default) or fjall; one
+    /// node, nothing else to run.
+    Local(crate::store::LocalEngine),
     /// PostgreSQL (`storage.postgres_url`, `storage.postgres_ca`, ...).
     Postgres(crate::store::postgres::PgSettings),
 }
@@ -252,6 +260,7 @@ struct RawStorage {
     postgres_ca: Option<PathBuf>,
     postgres_password_file: Option<PathBuf>,
     postgres_pool_size: Option<usize>,
+    fjall_memtable_mib: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -574,11 +583,14 @@ impl Checker<'_> {
             ("storage.postgres_pool_size", s.postgres_pool_size.is_some()),
         ];
         let engine = match s.engine.as_deref() {
-            None | Some("sled") => {
+            None | Some("sled") | Some("fjall") => {
                 for (name, _) in postgres_only.iter().filter(|(_, set)| *set) {
                     self.problems.push(format!("{name} is set but storage.engine is not \"postgres\""));
                 }
-                Some(Engine::Sled)
+                Some(Engine::Local(match s.engine.as_deref() {
+                    Some("fjall") => LocalEngine::Fjall,
+                    _ => LocalEngine::Sled,
+                }))
             }
             Some("postgres") => {
                 let url = self.required(s.postgres_url, "storage.postgres_url");
@@ -596,11 +608,18 @@ impl Checker<'_> {
                 }))
             }
             Some(other) => {
-                self.problems.push(format!("storage.engine = {other:?} is not \"sled\" or \"postgres\""));
+                self.problems.push(format!("storage.engine = {other:?} is not \"sled\", \"fjall\" or \"postgres\""));
                 None
             }
         };
-        Some(StorageConfig { data_dir: data_dir?, engine: engine? })
+        if let Some(mib) = s.fjall_memtable_mib {
+            if s.engine.as_deref() != Some("fjall") {
+                self.problems.push("storage.fjall_memtable_mib is set but storage.engine is not \"fjall\"".into());
+            } else if !(1..=1024).contains(&mib) {
+                self.problems.push(format!("storage.fjall_memtable_mib = {mib} is not 1 to 1024"));
+            }
+        }
+        Some(StorageConfig { data_dir: data_dir?, engine: engine?, fjall_memtable_mib: s.fjall_memtable_mib })
     }
 
     fn delivery(&mut self, d: RawDelivery) -> DeliveryConfig {
@@ -963,7 +982,14 @@ acked_retention = "7d"
                 log_key: "/b/log.key".into()
             }
         );
-        assert_eq!(c.storage, StorageConfig { data_dir: "/b/data".into(), engine: Engine::Sled });
+        assert_eq!(
+            c.storage,
+            StorageConfig {
+                data_dir: "/b/data".into(),
+                engine: Engine::Local(LocalEngine::Sled),
+                fjall_memtable_mib: None
+            }
+        );
         let hour_ms = 3_600_000;
         assert_eq!(
             c.delivery,
@@ -1074,7 +1100,9 @@ acked_retention = "7d"
             assert_ne!(text, MINIMAL, "MINIMAL has a [storage] section");
             Config::parse(&text, Path::new("/b"), &[])
         };
-        assert_eq!(with("engine = \"sled\"").unwrap().storage.engine, Engine::Sled);
+        assert_eq!(with("engine = \"sled\"").unwrap().storage.engine, Engine::Local(LocalEngine::Sled));
+        assert_eq!(with("engine = \"fjall\"").unwrap().storage.engine, Engine::Local(LocalEngine::Fjall));
+        assert_eq!(with("engine = \"fjall\"\nfjall_memtable_mib = 8").unwrap().storage.fjall_memtable_mib, Some(8));
         let pg = with("engine = \"postgres\"\npostgres_url = \"host=db user=broker\"\npostgres_ca = \"db-ca.pem\"")
             .unwrap()
             .storage
@@ -1089,12 +1117,18 @@ acked_retention = "7d"
             })
         );
         for (extra, problems) in [
-            ("engine = \"mysql\"", vec!["storage.engine = \"mysql\" is not \"sled\" or \"postgres\""]),
+            ("engine = \"mysql\"", vec!["storage.engine = \"mysql\" is not \"sled\", \"fjall\" or \"postgres\""]),
             ("engine = \"postgres\"", vec!["storage.postgres_url is required", "storage.postgres_ca is required"]),
             ("postgres_url = \"host=db\"", vec!["storage.postgres_url is set but storage.engine is not \"postgres\""]),
             (
                 "engine = \"postgres\"\npostgres_url = \"h\"\npostgres_ca = \"c\"\npostgres_pool_size = 1",
                 vec!["storage.postgres_pool_size must be 2 to 1000"],
+            ),
+            ("fjall_memtable_mib = 8", vec!["storage.fjall_memtable_mib is set but storage.engine is not \"fjall\""]),
+            ("engine = \"fjall\"\nfjall_memtable_mib = 0", vec!["storage.fjall_memtable_mib = 0 is not 1 to 1024"]),
+            (
+                "engine = \"fjall\"\nfjall_memtable_mib = 2048",
+                vec!["storage.fjall_memtable_mib = 2048 is not 1 to 1024"],
             ),
         ] {
             assert_eq!(with(extra).unwrap_err().0, problems, "{extra}");
@@ -1185,13 +1219,14 @@ mod example_tests {
         let table: toml::Table = text.parse().unwrap();
         let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
         // 42 = the fields of the Raw* structs above but the four PostgreSQL
-        // ones, which are refused with engine = "sled" and so are shown
-        // commented out; unknown keys are refused by parsing.
+        // ones and fjall's, which are refused with engine = "sled" and so
+        // are shown commented out; unknown keys are refused by parsing.
         assert_eq!(
             keys, 42,
             "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
         );
-        for key in ["postgres_url", "postgres_ca", "postgres_password_file", "postgres_pool_size"] {
+        for key in ["postgres_url", "postgres_ca", "postgres_password_file", "postgres_pool_size", "fjall_memtable_mib"]
+        {
             assert!(text.contains(&format!("\n#{key} = ")), "packaging/broker.toml explains {key}");
         }
         let uncommented =

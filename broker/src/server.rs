@@ -24,8 +24,8 @@ use crate::service::auditor::AuditorService;
 use crate::service::overlap::OverlapService;
 use crate::service::referral::ReferralService;
 use crate::state::BrokerState;
-use crate::store::Store;
 use crate::store::sled_store::SledStore;
+use crate::store::{LocalEngine, Store};
 use crate::tasks;
 use crate::tls::{AcceptOptions, AcceptStats, Judge, TlsState, accept_loop};
 
@@ -134,7 +134,7 @@ pub fn check_files(config: &Config) -> Result<FilesChecked, Vec<String>> {
         problems.push(e.to_string());
     }
     let database = match &config.storage.engine {
-        Engine::Sled => None,
+        Engine::Local(_) => None,
         Engine::Postgres(settings) => match crate::store::postgres::probe(settings) {
             Ok(found) => Some(found),
             Err(e) => {
@@ -180,16 +180,22 @@ pub struct StartOptions {
 pub type StoreWrapper = Box<dyn FnOnce(SledStore) -> Arc<dyn Store> + Send>;
 
 /// Opens the configured engine. The checkpoint folder (`data_dir`) is
-/// created for either engine; a wrapper applies to sled only.
+/// created for every engine; a wrapper applies to sled only.
 pub fn open_store(storage: &StorageConfig, wrap: Option<StoreWrapper>) -> Result<Arc<dyn Store>, StartError> {
     match &storage.engine {
-        Engine::Sled => {
-            let sled = SledStore::open(&storage.data_dir)?;
-            Ok(match wrap {
-                Some(wrap) => wrap(sled),
-                None => Arc::new(sled),
-            })
-        }
+        Engine::Local(engine) => match wrap {
+            None => {
+                let tuning = crate::store::fjall_store::Tuning {
+                    memtable_bytes: storage.fjall_memtable_mib.map(|mib| u64::from(mib) << 20),
+                };
+                Ok(engine.open_with(&storage.data_dir, tuning)?)
+            }
+            Some(wrap) if *engine == LocalEngine::Sled => {
+                engine.check(&storage.data_dir)?;
+                Ok(wrap(SledStore::open(&storage.data_dir)?))
+            }
+            Some(_) => Err(StartError::Serve("a store wrapper needs the sled engine".into())),
+        },
         Engine::Postgres(settings) => {
             if wrap.is_some() {
                 return Err(StartError::Serve("a store wrapper needs the sled engine".into()));

@@ -11,6 +11,7 @@
 //! by exactly one task (the committer), so the store never needs read-write
 //! transactions or retries.
 
+pub mod fjall_store;
 pub mod keys;
 pub mod memory;
 pub mod postgres;
@@ -19,6 +20,7 @@ pub mod sled_store;
 pub mod tables;
 
 use std::path::Path;
+use std::sync::Arc;
 
 /// The tables. Their key layouts are in [`keys`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -215,3 +217,85 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
 /// Receives other nodes' changes (see [`Store::watch_changes`]).
 pub type ChangeSink = Box<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>;
+
+/// The embedded engines, which keep the store in the data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalEngine {
+    /// sled 0.34 ([`sled_store`]).
+    Sled,
+    /// fjall 3 ([`fjall_store`]).
+    Fjall,
+}
+
+impl LocalEngine {
+    /// The name `storage.engine` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalEngine::Sled => "sled",
+            LocalEngine::Fjall => "fjall",
+        }
+    }
+
+    /// The engine whose store `dir` holds, if it holds one.
+    pub fn of(dir: &Path) -> Option<LocalEngine> {
+        if sled_store::SledStore::is_store(dir) {
+            Some(LocalEngine::Sled)
+        } else if fjall_store::FjallStore::is_store(dir) {
+            Some(LocalEngine::Fjall)
+        } else {
+            None
+        }
+    }
+
+    /// Refuses, by name, a `dir` that holds the other engine's store: a
+    /// store is never converted or reset in place.
+    pub fn check(self, dir: &Path) -> Result<(), StoreError> {
+        match LocalEngine::of(dir) {
+            Some(found) if found != self => Err(StoreError::Refused {
+                path: dir.display().to_string(),
+                message: format!(
+                    "holds a store of the {} engine, but storage.engine is \"{}\"; set storage.engine = \"{}\" \
+                     (`broker backup` and `broker restore` copy a store, in its own engine)",
+                    found.name(),
+                    self.name(),
+                    found.name()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens (or creates) this engine's store in `dir` (see [`Self::check`]).
+    pub fn open(self, dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+        self.open_with(dir, fjall_store::Tuning::default())
+    }
+
+    /// [`Self::open`], creating a new fjall store with `tuning` (sled has none).
+    pub fn open_with(self, dir: &Path, tuning: fjall_store::Tuning) -> Result<Arc<dyn Store>, StoreError> {
+        self.check(dir)?;
+        Ok(match self {
+            LocalEngine::Sled => Arc::new(sled_store::SledStore::open(dir)?),
+            LocalEngine::Fjall => Arc::new(fjall_store::FjallStore::open_with(dir, tuning)?),
+        })
+    }
+
+    /// Opens the store `dir` holds, of whichever embedded engine; refuses
+    /// a missing or empty directory instead of creating one (for tools
+    /// that read a store).
+    pub fn open_existing(dir: &Path) -> Result<(LocalEngine, Arc<dyn Store>), StoreError> {
+        let has_files = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if !has_files {
+            return Err(StoreError::Refused {
+                path: dir.display().to_string(),
+                message: "holds no broker data".into(),
+            });
+        }
+        match LocalEngine::of(dir) {
+            Some(engine) => Ok((engine, engine.open(dir)?)),
+            None => Err(StoreError::Refused {
+                path: dir.display().to_string(),
+                message: "is not a broker data directory (neither a sled 'db' file nor a fjall 'version' file)".into(),
+            }),
+        }
+    }
+}

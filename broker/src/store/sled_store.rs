@@ -216,6 +216,11 @@ impl SledStore {
         Self::open(dir)
     }
 
+    /// Does `dir` hold a store of this engine?
+    pub fn is_store(dir: &Path) -> bool {
+        dir.join("db").is_file()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -349,6 +349,13 @@ fn postgres_rule(sources: &[Source]) -> Vec<String> {
     uses(sources, &POSTGRES, |path, _| path == "broker/src/store/postgres.rs")
 }
 
+const FJALL: [&str; 2] = ["fjall::", "use fjall"];
+
+/// Only the fjall engine names fjall.
+fn fjall_rule(sources: &[Source]) -> Vec<String> {
+    uses(sources, &FJALL, |path, _| path == "broker/src/store/fjall_store.rs")
+}
+
 /// Which workspace packages list sled as a dependency (only broker may).
 fn sled_dependency_rule(metadata: &serde_json::Value) -> Vec<String> {
     let mut found = Vec::new();
@@ -434,6 +441,16 @@ fn only_the_postgres_engine_names_postgres() {
     assert!(!uses(&all, &POSTGRES, |_, _| false).is_empty(), "the engine itself names tokio_postgres");
     let made_up = [Source::new("broker/src/hub.rs", "fn f() { tokio_postgres::connect(x) }")];
     assert_eq!(postgres_rule(&made_up).len(), 1);
+}
+
+#[test]
+fn only_the_fjall_engine_names_fjall() {
+    let all =
+        sources(&["proto", "broker", "agency-client", "certs", "tests", "bench", "fuzz/src", "fuzz/fuzz_targets"]);
+    assert_eq!(fjall_rule(&all), Vec::<String>::new());
+    assert!(!uses(&all, &FJALL, |_, _| false).is_empty(), "the engine itself names fjall");
+    let made_up = [Source::new("broker/src/commit.rs", "fn f() { let db = fjall::Database::builder(p); }")];
+    assert_eq!(fjall_rule(&made_up).len(), 1);
 }
 
 #[test]

@@ -230,18 +230,30 @@ pub(crate) fn seed() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
+    sigkills("sled").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_fjall_sigkill_at_random_moments_loses_nothing() {
+    sigkills("fjall").await
+}
+
+/// The test, on the embedded engine named.
+async fn sigkills(engine: &str) {
     let cycles: u64 = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let seed = seed();
-    eprintln!("crash test: {cycles} cycles, CRASH_SEED={seed}");
+    eprintln!("crash test on {engine}: {cycles} cycles, CRASH_SEED={seed}");
     let tmp = tempfile::tempdir().unwrap();
-    let mut b = ChildBroker::start(Path::new(env!("CARGO_BIN_EXE_under-test")), tmp.path(), "").await;
+    let exe = Path::new(env!("CARGO_BIN_EXE_under-test"));
+    let storage = format!("engine = \"{engine}\"\n");
+    let mut b = ChildBroker::start_on(exe, tmp.path(), &tmp.path().join("data"), &storage, "").await;
     // `cycles` SIGKILLs, then one SIGTERM under the same load: in-flight
     // work must finish and be kept, and the exit must be clean.
     let mut endings = vec![Ending::Sigkill; cycles as usize];
     endings.push(Ending::Sigterm);
     let f = kill_cycles(&mut b, &endings, seed, "crash", &tmp.path().join("audit-state.json"), || {}).await;
     eprintln!(
-        "crash test done: {cycles} SIGKILL cycles and 1 SIGTERM cycle, {} submits receipted and all found exactly once, {} acks receipted and all kept, 0 lost; {} submits cut off by a kill; slowest restart to serving {:.0} ms",
+        "crash test on {engine} done: {cycles} SIGKILL cycles and 1 SIGTERM cycle, {} submits receipted and all found exactly once, {} acks receipted and all kept, 0 lost; {} submits cut off by a kill; slowest restart to serving {:.0} ms",
         f.receipted,
         f.acked,
         f.submit_errors,

@@ -183,6 +183,80 @@ async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
 }
 
 #[tokio::test]
+async fn a_store_moves_from_sled_to_fjall_by_backup_and_restore_and_fjall_backs_up_online() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = ChildBroker::start(exe(), tmp.path(), "").await;
+    let config = b.config_path.display().to_string();
+    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap().message_id);
+    }
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    oncall.ack(ids[0], "jour-1").await.unwrap();
+    assert!(b.terminate().await.success());
+    assert!(b.data_dir.join("db").is_file(), "the default engine is sled");
+
+    // A backup of the stopped sled broker.
+    let backup = tmp.path().join("backup-sled");
+    let (code, out, err) =
+        run_tool(exe(), "broker", &["backup", "--config", &config, "--to", backup.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verified"), "{out}");
+
+    // fjall configured: a restore into the data directory that holds the sled store is refused.
+    let text = std::fs::read_to_string(&b.config_path).unwrap();
+    std::fs::write(&b.config_path, text.replacen("[storage]\n", "[storage]\nengine = \"fjall\"\n", 1)).unwrap();
+    let restore = ["restore", "--config", &config, "--from", backup.to_str().unwrap()];
+    let (code, _, err) = run_tool(exe(), "broker", &restore).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("holds data; a restore goes into an empty or missing data directory (move this one aside)"),
+        "{err}"
+    );
+    // Moved aside, the backup is restored as a fjall store.
+    std::fs::rename(&b.data_dir, tmp.path().join("sled-data")).unwrap();
+    let (code, out, err) = run_tool(exe(), "broker", &restore).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verified"), "{out}");
+    assert!(b.data_dir.join("version").is_file() && !b.data_dir.join("db").exists(), "a fjall store now");
+
+    // It serves what the sled store held, and takes new work.
+    b.spawn().await;
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    assert_eq!(crate::support::waiting(&oncall).await, ids[1..]);
+    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
+    ids.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap().message_id);
+    oncall.ack(ids[1], "jour-1").await.unwrap();
+
+    // An online backup of the fjall broker is a verified fjall store.
+    let online = tmp.path().join("backup-fjall");
+    let (code, out, err) =
+        run_tool(exe(), "broker", &["backup", "--config", &config, "--to", online.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verified"), "{out}");
+    assert!(online.join("version").is_file(), "a copy in the broker's own engine");
+    let auditor = agency_client::Client::connect_dir(&b.dev.profile(AUDITOR)).await.unwrap();
+    let v = auditor.verify_log(&tmp.path().join("audit.json"), |_, _| {}).await.unwrap();
+    assert!(v.ok, "{:?}", v.report.failures);
+    assert!(b.terminate().await.success());
+
+    // And back to sled from the fjall backup.
+    std::fs::write(&b.config_path, &text).unwrap();
+    std::fs::rename(&b.data_dir, tmp.path().join("fjall-data")).unwrap();
+    let (code, _, err) =
+        run_tool(exe(), "broker", &["restore", "--config", &config, "--from", online.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    b.spawn().await;
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    assert_eq!(crate::support::waiting(&oncall).await, vec![ids[2], ids[3]]);
+    let auditor = agency_client::Client::connect_dir(&b.dev.profile(AUDITOR)).await.unwrap();
+    let v = auditor.verify_log(&tmp.path().join("audit.json"), |_, _| {}).await.unwrap();
+    assert!(v.ok, "{:?}", v.report.failures);
+    assert!(b.terminate().await.success());
+}
+
+#[tokio::test]
 async fn agency_keys_rotate_with_traffic_flowing() {
     let h = Harness::start().await;
     let social = AgencyId::new(SOCIAL).unwrap();
