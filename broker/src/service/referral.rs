@@ -271,7 +271,7 @@ impl ReferralService {
             return Err(self.rejected(principal, e, evidence).await);
         }
         let outcome = state.committer.ack(ack, principal.clone()).await?;
-        tracing::info!(already = outcome.already_acknowledged, "acknowledged");
+        tracing::debug!(already = outcome.already_acknowledged, "acknowledged");
         Ok(pb::AckResponse {
             receipt: Some(signed(state, outcome.receipt)?),
             already_acknowledged: outcome.already_acknowledged,
