@@ -161,8 +161,13 @@ pub fn offline(data_dir: &Path, to: &Path) -> Result<BackupReport, BackupError> 
 /// Restores a verified backup into an empty (or missing) data directory,
 /// as a store of `engine` (the configured one): restoring a backup of one
 /// embedded engine with the other configured is how a store moves from
-/// sled to fjall or back.
-pub fn restore(from: &Path, data_dir: &Path, engine: LocalEngine) -> Result<BackupReport, BackupError> {
+/// sled to fjall or back. A new fjall store gets `tuning` (the configured one).
+pub fn restore(
+    from: &Path,
+    data_dir: &Path,
+    engine: LocalEngine,
+    tuning: crate::store::fjall_store::Tuning,
+) -> Result<BackupReport, BackupError> {
     let (_, source) = LocalEngine::open_existing(from)?;
     let expected = verify_store(&*source)?;
     if std::fs::read_dir(data_dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
@@ -171,7 +176,7 @@ pub fn restore(from: &Path, data_dir: &Path, engine: LocalEngine) -> Result<Back
             message: "holds data; a restore goes into an empty or missing data directory (move this one aside)".into(),
         });
     }
-    let records = copy_store(&*source, &*engine.open(data_dir)?)?;
+    let records = copy_store(&*source, &*engine.open_with(data_dir, tuning)?)?;
     let restored = verify_store(&*engine.open(data_dir)?)?;
     if restored != expected {
         return Err(BackupError::Verify("the restored log differs from the backup's".into()));

@@ -341,7 +341,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let crate::config::Engine::Local(engine) = config.storage.engine else {
                 anyhow::bail!("{}", crate::store::postgres::NO_BROKER_BACKUP);
             };
-            let r = crate::backup::restore(&from, &config.storage.data_dir, engine)?;
+            let r = crate::backup::restore(&from, &config.storage.data_dir, engine, config.storage.fjall_tuning())?;
             if json {
                 println!(
                     "{}",

@@ -83,6 +83,13 @@ pub struct StorageConfig {
     pub fjall_memtable_mib: Option<u32>,
 }
 
+impl StorageConfig {
+    /// What a store created now is given (fjall; sled has no settings).
+    pub fn fjall_tuning(&self) -> crate::store::fjall_store::Tuning {
+        crate::store::fjall_store::Tuning { memtable_bytes: self.fjall_memtable_mib.map(|mib| u64::from(mib) << 20) }
+    }
+}
+
 /// `storage.engine`: which store the broker runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Engine {

@@ -184,12 +184,7 @@ pub type StoreWrapper = Box<dyn FnOnce(SledStore) -> Arc<dyn Store> + Send>;
 pub fn open_store(storage: &StorageConfig, wrap: Option<StoreWrapper>) -> Result<Arc<dyn Store>, StartError> {
     match &storage.engine {
         Engine::Local(engine) => match wrap {
-            None => {
-                let tuning = crate::store::fjall_store::Tuning {
-                    memtable_bytes: storage.fjall_memtable_mib.map(|mib| u64::from(mib) << 20),
-                };
-                Ok(engine.open_with(&storage.data_dir, tuning)?)
-            }
+            None => Ok(engine.open_with(&storage.data_dir, storage.fjall_tuning())?),
             Some(wrap) if *engine == LocalEngine::Sled => {
                 engine.check(&storage.data_dir)?;
                 Ok(wrap(SledStore::open(&storage.data_dir)?))
