@@ -355,40 +355,21 @@ impl Store for FjallStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::engine_contract as contract;
 
     #[test]
     fn a_directory_it_makes_is_for_its_user_only() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("new").join("data");
-        drop(FjallStore::open(&dir).unwrap());
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        contract::a_directory_it_makes_is_for_its_user_only(FjallStore::open);
     }
 
     #[test]
     fn commit_get_range_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = FjallStore::open(dir.path()).unwrap();
-            let mut b = Batch::default();
-            for i in 0u64..10 {
-                b.put(Table::Audit, i.to_be_bytes().to_vec(), vec![i as u8]);
-            }
-            b.put(Table::Queue, b"x".to_vec(), b"other table".to_vec());
-            b.put(Table::Queue, b"y".to_vec(), b"deleted below".to_vec());
-            s.commit(&b).unwrap();
-            let mut b = Batch::default();
-            b.delete(Table::Queue, b"y".to_vec());
-            s.commit(&b).unwrap();
-            let r = s.range(Table::Audit, &3u64.to_be_bytes(), &6u64.to_be_bytes(), 100).unwrap();
-            assert_eq!(r.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [3, 4, 5]);
-            assert_eq!(s.range(Table::Audit, &3u64.to_be_bytes(), &9u64.to_be_bytes(), 2).unwrap().len(), 2);
-            assert_eq!(s.prefix(Table::Queue, b"", 10).unwrap(), vec![(b"x".to_vec(), b"other table".to_vec())]);
-            assert_eq!(s.get(Table::Messages, &9u64.to_be_bytes()).unwrap(), None, "tables are apart");
-        }
-        let s = FjallStore::open(dir.path()).unwrap();
-        assert_eq!(s.get(Table::Audit, &9u64.to_be_bytes()).unwrap(), Some(vec![9]));
-        assert_eq!(s.get(Table::Queue, b"y").unwrap(), None);
+        contract::commit_get_range_and_reopen(FjallStore::open);
+    }
+
+    #[test]
+    fn a_data_directory_in_use_is_refused() {
+        contract::a_data_directory_in_use_is_refused(FjallStore::open);
     }
 
     #[test]
@@ -416,14 +397,6 @@ mod tests {
         }
         let err = FjallStore::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("holds store format \"something else\""), "{err}");
-    }
-
-    #[test]
-    fn a_data_directory_in_use_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = FjallStore::open(dir.path()).unwrap();
-        let err = FjallStore::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("in use by another broker process"), "{err}");
     }
 
     #[test]

@@ -299,3 +299,58 @@ impl LocalEngine {
         }
     }
 }
+
+/// What every embedded engine must do with its data directory, run by each
+/// engine's tests with its own `open`.
+#[cfg(test)]
+pub(crate) mod engine_contract {
+    use std::path::Path;
+
+    use super::{Batch, Store, StoreError, Table};
+
+    type Open<S> = fn(&Path) -> Result<S, StoreError>;
+
+    /// A data directory the store creates is for the broker's user only.
+    pub(crate) fn a_directory_it_makes_is_for_its_user_only<S: Store>(open: Open<S>) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("new").join("data");
+        drop(open(&dir).unwrap());
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    /// Commits, deletes, reads by key and range, keeps tables apart, and
+    /// finds it all again after a reopen.
+    pub(crate) fn commit_get_range_and_reopen<S: Store>(open: Open<S>) {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            for i in 0u64..10 {
+                b.put(Table::Audit, i.to_be_bytes().to_vec(), vec![i as u8]);
+            }
+            b.put(Table::Queue, b"x".to_vec(), b"other table".to_vec());
+            b.put(Table::Queue, b"y".to_vec(), b"deleted below".to_vec());
+            s.commit(&b).unwrap();
+            let mut b = Batch::default();
+            b.delete(Table::Queue, b"y".to_vec());
+            s.commit(&b).unwrap();
+            let r = s.range(Table::Audit, &3u64.to_be_bytes(), &6u64.to_be_bytes(), 100).unwrap();
+            assert_eq!(r.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [3, 4, 5]);
+            assert_eq!(s.range(Table::Audit, &3u64.to_be_bytes(), &9u64.to_be_bytes(), 2).unwrap().len(), 2);
+            assert_eq!(s.prefix(Table::Queue, b"", 10).unwrap(), vec![(b"x".to_vec(), b"other table".to_vec())]);
+            assert_eq!(s.get(Table::Messages, &9u64.to_be_bytes()).unwrap(), None, "tables are apart");
+        }
+        let s = open(dir.path()).unwrap();
+        assert_eq!(s.get(Table::Audit, &9u64.to_be_bytes()).unwrap(), Some(vec![9]));
+        assert_eq!(s.get(Table::Queue, b"y").unwrap(), None);
+    }
+
+    /// A second broker on the same data directory is refused.
+    pub(crate) fn a_data_directory_in_use_is_refused<S: Store>(open: Open<S>) {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path()).unwrap();
+        let err = open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("in use by another broker process"), "{err}");
+    }
+}

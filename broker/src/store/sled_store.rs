@@ -339,33 +339,21 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::engine_contract as contract;
 
     #[test]
     fn a_directory_it_makes_is_for_its_user_only() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("new").join("data");
-        drop(SledStore::open(&dir).unwrap());
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        contract::a_directory_it_makes_is_for_its_user_only(SledStore::open);
     }
 
     #[test]
     fn commit_get_range_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            let mut b = Batch::default();
-            for i in 0u64..10 {
-                b.put(Table::Audit, i.to_be_bytes().to_vec(), vec![i as u8]);
-            }
-            b.put(Table::Queue, b"x".to_vec(), b"other table".to_vec());
-            s.commit(&b).unwrap();
-            let r = s.range(Table::Audit, &3u64.to_be_bytes(), &6u64.to_be_bytes(), 100).unwrap();
-            assert_eq!(r.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [3, 4, 5]);
-            assert_eq!(s.prefix(Table::Queue, b"", 10).unwrap().len(), 1);
-        }
-        let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.get(Table::Audit, &9u64.to_be_bytes()).unwrap(), Some(vec![9]));
+        contract::commit_get_range_and_reopen(SledStore::open);
+    }
+
+    #[test]
+    fn a_data_directory_in_use_is_refused() {
+        contract::a_data_directory_in_use_is_refused(SledStore::open);
     }
 
     #[test]
@@ -408,13 +396,5 @@ mod tests {
         }
         let err = SledStore::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("store format"), "{err}");
-    }
-
-    #[test]
-    fn a_data_directory_in_use_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = SledStore::open(dir.path()).unwrap();
-        let err = SledStore::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("in use by another broker process"), "{err}");
     }
 }
