@@ -18,14 +18,12 @@
 //! The only module that names fjall.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable as _};
 
-use super::records::STORE_FORMAT;
+use super::local::{Reopenable, check_format, is_no_space, prepare_dir, refuse};
 use super::{Batch, Entries, Op, Store, StoreError, Table};
-use crate::store::keys::meta;
 
 /// fjall's block cache; as for sled, the working set (queues, heads of the
 /// log) is small, so this bounds memory rather than speed.
@@ -59,16 +57,9 @@ impl Inner {
 
 #[derive(Debug)]
 pub struct FjallStore {
-    /// None only while [`Store::recover`] reopens the database, or after
-    /// it failed to (then `reopen_error` says why).
-    inner: RwLock<Option<Arc<Inner>>>,
-    reopen_error: std::sync::Mutex<Option<StoreError>>,
+    inner: Reopenable<Inner>,
     path: PathBuf,
     tuning: Tuning,
-}
-
-fn is_no_space(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 fn map_err(e: fjall::Error) -> StoreError {
@@ -93,10 +84,6 @@ fn map_err(e: fjall::Error) -> StoreError {
 
 fn io_error(io: &std::io::Error) -> StoreError {
     if is_no_space(io) { StoreError::NoSpace } else { StoreError::Io(io.to_string()) }
-}
-
-fn refuse(dir: &Path, message: String) -> StoreError {
-    StoreError::Refused { path: dir.display().to_string(), message }
 }
 
 /// Settings that apply when a store is created: fjall keeps each table's
@@ -189,17 +176,7 @@ impl FjallStore {
 
     /// [`Self::open`], creating a new store's tables with `tuning`.
     pub fn open_with(dir: &Path, tuning: Tuning) -> Result<Self, StoreError> {
-        let fresh = match std::fs::read_dir(dir) {
-            Ok(mut entries) => entries.next().is_none(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // As for sled: only the broker's user may enter it, and a
-                // power loss must not take the folder back.
-                certs::durable_file::create_dir_all_mode(dir, 0o700)
-                    .map_err(|e| refuse(dir, format!("cannot create the data directory: {e}")))?;
-                true
-            }
-            Err(e) => return Err(refuse(dir, format!("cannot read the data directory: {e}"))),
-        };
+        let fresh = prepare_dir(dir)?;
         if !fresh && !dir.join(MARKER).is_file() {
             return Err(refuse(
                 dir,
@@ -209,32 +186,9 @@ impl FjallStore {
             ));
         }
         let inner = open_inner(dir, tuning)?;
-        let store = Self {
-            inner: RwLock::new(Some(Arc::new(inner))),
-            reopen_error: Default::default(),
-            path: dir.to_owned(),
-            tuning,
-        };
-        let empty = store.inner()?.tables.iter().all(|t| t.is_empty().unwrap_or(false));
-        match store.get(Table::Meta, meta::FORMAT)? {
-            Some(f) if f == STORE_FORMAT => {}
-            Some(f) => {
-                return Err(refuse(
-                    dir,
-                    format!(
-                        "holds store format {:?}, this broker reads {:?}",
-                        String::from_utf8_lossy(&f),
-                        String::from_utf8_lossy(STORE_FORMAT)
-                    ),
-                ));
-            }
-            None if fresh || empty => {
-                let mut b = Batch::default();
-                b.put(Table::Meta, meta::FORMAT.to_vec(), STORE_FORMAT.to_vec());
-                store.commit(&b)?;
-            }
-            None => return Err(refuse(dir, "holds data but no store format marker; refusing to use it".into())),
-        }
+        let empty = inner.tables.iter().all(|t| t.is_empty().unwrap_or(false));
+        let store = Self { inner: Reopenable::new(inner), path: dir.to_owned(), tuning };
+        check_format(&store, dir, fresh || empty)?;
         Ok(store)
     }
 
@@ -247,14 +201,8 @@ impl FjallStore {
         &self.path
     }
 
-    fn inner(&self) -> Result<Arc<Inner>, StoreError> {
-        self.inner.read().expect("store lock").clone().ok_or_else(|| {
-            self.reopen_error
-                .lock()
-                .expect("store lock")
-                .clone()
-                .unwrap_or_else(|| StoreError::Io("the store is being reopened after an I/O error".into()))
-        })
+    fn inner(&self) -> Result<std::sync::Arc<Inner>, StoreError> {
+        self.inner.get()
     }
 
     /// Applies every write in `batch` atomically, without syncing it: the
@@ -297,29 +245,7 @@ impl Store for FjallStore {
     }
 
     fn recover(&self) -> Result<(), StoreError> {
-        let mut slot = self.inner.write().expect("store lock");
-        let weak = slot.take().map(|old| Arc::downgrade(&old));
-        // Readers hold the old database only for the length of one call.
-        if let Some(weak) = weak {
-            for _ in 0..200 {
-                if weak.strong_count() == 0 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        match open_inner(&self.path, self.tuning) {
-            Ok(inner) => {
-                *slot = Some(Arc::new(inner));
-                *self.reopen_error.lock().expect("store lock") = None;
-                tracing::warn!(path = %self.path.display(), "store reopened after an I/O error");
-                Ok(())
-            }
-            Err(e) => {
-                *self.reopen_error.lock().expect("store lock") = Some(e.clone());
-                Err(e)
-            }
-        }
+        self.inner.reopen(&self.path, || open_inner(&self.path, self.tuning))
     }
 
     fn backup_to(&self, dir: &Path) -> Result<u64, StoreError> {
@@ -392,7 +318,7 @@ mod tests {
         {
             let s = FjallStore::open(dir.path()).unwrap();
             let mut b = Batch::default();
-            b.put(Table::Meta, meta::FORMAT.to_vec(), b"something else".to_vec());
+            b.put(Table::Meta, crate::store::keys::meta::FORMAT.to_vec(), b"something else".to_vec());
             s.commit(&b).unwrap();
         }
         let err = FjallStore::open(dir.path()).unwrap_err().to_string();

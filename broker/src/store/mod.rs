@@ -13,6 +13,7 @@
 
 pub mod fjall_store;
 pub mod keys;
+mod local;
 pub mod memory;
 pub mod postgres;
 pub mod records;

@@ -15,12 +15,11 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::records::STORE_FORMAT;
+use super::local::{Reopenable, check_format, is_no_space, prepare_dir, refuse};
 use super::{Batch, Entries, Op, Store, StoreError, Table};
-use crate::store::keys::meta;
 
 /// sled's page cache; the store's working set (queues, heads of the log)
 /// is small, so this bounds the broker's memory, not its speed.
@@ -35,10 +34,7 @@ struct Inner {
 
 #[derive(Debug)]
 pub struct SledStore {
-    /// None only while [`Store::recover`] reopens the database, or after
-    /// it failed to (then `reopen_error` says why).
-    inner: RwLock<Option<Arc<Inner>>>,
-    reopen_error: std::sync::Mutex<Option<StoreError>>,
+    inner: Reopenable<Inner>,
     path: PathBuf,
 }
 
@@ -47,10 +43,6 @@ fn key(t: Table, k: &[u8]) -> Vec<u8> {
     out.push(t.code());
     out.extend_from_slice(k);
     out
-}
-
-fn is_no_space(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 fn map_err(e: sled::Error) -> StoreError {
@@ -69,10 +61,6 @@ fn io_err(e: std::io::Error) -> StoreError {
 /// sled reports a held lock as an I/O error wrapping EWOULDBLOCK.
 fn is_lock_error(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
-}
-
-fn refuse(dir: &Path, message: String) -> StoreError {
-    StoreError::Refused { path: dir.display().to_string(), message }
 }
 
 /// Opens sled in `dir`, waiting a little for a lock that a process just
@@ -155,19 +143,7 @@ impl SledStore {
     /// Refuses a directory that holds anything else, or a store of another
     /// format, instead of resetting it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let fresh = match std::fs::read_dir(dir) {
-            Ok(mut entries) => entries.next().is_none(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Only the broker's user may enter a directory the broker
-                // makes, whatever the process umask: it holds ciphertext
-                // and the audit log.
-                // Durably: a power loss must not take the folder back.
-                certs::durable_file::create_dir_all_mode(dir, 0o700)
-                    .map_err(|e| refuse(dir, format!("cannot create the data directory: {e}")))?;
-                true
-            }
-            Err(e) => return Err(refuse(dir, format!("cannot read the data directory: {e}"))),
-        };
+        let fresh = prepare_dir(dir)?;
         // sled rewrites a missing or empty `conf` (a power loss can leave it
         // so), so only `db` marks a store.
         let looks_like_sled = dir.join("db").is_file();
@@ -182,27 +158,8 @@ impl SledStore {
         }
         let inner = open_inner(dir)?;
         let empty = inner.tree.is_empty();
-        let store =
-            Self { inner: RwLock::new(Some(Arc::new(inner))), reopen_error: Default::default(), path: dir.to_owned() };
-        match store.get(Table::Meta, meta::FORMAT)? {
-            Some(f) if f == STORE_FORMAT => {}
-            Some(f) => {
-                return Err(refuse(
-                    dir,
-                    format!(
-                        "holds store format {:?}, this broker reads {:?}",
-                        String::from_utf8_lossy(&f),
-                        String::from_utf8_lossy(STORE_FORMAT)
-                    ),
-                ));
-            }
-            None if fresh || empty => {
-                let mut b = Batch::default();
-                b.put(Table::Meta, meta::FORMAT.to_vec(), STORE_FORMAT.to_vec());
-                store.commit(&b)?;
-            }
-            None => return Err(refuse(dir, "holds data but no store format marker; refusing to use it".into())),
-        }
+        let store = Self { inner: Reopenable::new(inner), path: dir.to_owned() };
+        check_format(&store, dir, fresh || empty)?;
         Ok(store)
     }
 
@@ -226,13 +183,7 @@ impl SledStore {
     }
 
     fn inner(&self) -> Result<Arc<Inner>, StoreError> {
-        self.inner.read().expect("store lock").clone().ok_or_else(|| {
-            self.reopen_error
-                .lock()
-                .expect("store lock")
-                .clone()
-                .unwrap_or_else(|| StoreError::Io("the store is being reopened after an I/O error".into()))
-        })
+        self.inner.get()
     }
 
     /// Applies every write in `batch` atomically, without flushing it to
@@ -283,29 +234,7 @@ impl Store for SledStore {
     }
 
     fn recover(&self) -> Result<(), StoreError> {
-        let mut slot = self.inner.write().expect("store lock");
-        let weak = slot.take().map(|old| Arc::downgrade(&old));
-        // Readers hold the old database only for the length of one call.
-        if let Some(weak) = weak {
-            for _ in 0..200 {
-                if weak.strong_count() == 0 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        match open_inner(&self.path) {
-            Ok(inner) => {
-                *slot = Some(Arc::new(inner));
-                *self.reopen_error.lock().expect("store lock") = None;
-                tracing::warn!(path = %self.path.display(), "store reopened after an I/O error");
-                Ok(())
-            }
-            Err(e) => {
-                *self.reopen_error.lock().expect("store lock") = Some(e.clone());
-                Err(e)
-            }
-        }
+        self.inner.reopen(&self.path, || open_inner(&self.path))
     }
 
     fn backup_to(&self, dir: &Path) -> Result<u64, StoreError> {
