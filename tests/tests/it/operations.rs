@@ -122,11 +122,10 @@ async fn metrics_describe_traffic_without_personal_data() {
     assert!(!text.contains("Personsson") && !text.contains("spiffe://"), "no people, no principals in labels");
 }
 
-#[tokio::test]
-async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut b = ChildBroker::start(exe(), tmp.path(), "").await;
-    let config = b.config_path.display().to_string();
+/// A broker (sled, the default) holding three referrals to social
+/// services, the first acknowledged.
+async fn three_sent_one_acked(dir: &std::path::Path) -> (ChildBroker, Vec<referral_proto::ids::MessageId>) {
+    let b = ChildBroker::start(exe(), dir, "").await;
     let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -134,6 +133,14 @@ async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
     }
     let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
     oncall.ack(ids[0], "jour-1").await.unwrap();
+    (b, ids)
+}
+
+#[tokio::test]
+async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut b, ids) = three_sent_one_acked(tmp.path()).await;
+    let config = b.config_path.display().to_string();
 
     // Status from the running broker.
     let (code, out, err) = run_tool(exe(), "broker", &["status", "--config", &config, "--json"]).await;
@@ -185,15 +192,8 @@ async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
 #[tokio::test]
 async fn a_store_moves_from_sled_to_fjall_by_backup_and_restore_and_fjall_backs_up_online() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut b = ChildBroker::start(exe(), tmp.path(), "").await;
+    let (mut b, mut ids) = three_sent_one_acked(tmp.path()).await;
     let config = b.config_path.display().to_string();
-    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap().message_id);
-    }
-    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
-    oncall.ack(ids[0], "jour-1").await.unwrap();
     assert!(b.terminate().await.success());
     assert!(b.data_dir.join("db").is_file(), "the default engine is sled");
 
