@@ -76,7 +76,7 @@ pub struct RunArgs {
     /// stream per connection with up to --in-flight envelopes unanswered on each.
     #[arg(long)]
     pub stream: bool,
-    /// Also measure the broker on PostgreSQL (storage.engine = "postgres", after the sled broker,
+    /// Also measure the broker on PostgreSQL (storage.engine = "postgres", after the embedded one,
     /// on a fresh database): a local PostgreSQL with TLS and fsync is started for the run
     /// (Debian's postgresql; skipped with a line when it is not installed).
     #[arg(long)]
@@ -86,7 +86,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
     pub nodes: u32,
     /// The broker's embedded store engine (storage.engine) for --target broker, both and all,
-    /// and --stream; default: the broker's own default.
+    /// and --stream; default: the broker's own (fjall for the new store of each run).
     #[arg(long, value_enum)]
     pub engine: Option<EngineChoice>,
     /// Print the report as JSON.
@@ -98,7 +98,7 @@ pub struct RunArgs {
     /// Keep the temporary work folder (its path is printed).
     #[arg(long)]
     pub keep: bool,
-    /// The broker's log level (the production default is info: one line per accepted submit).
+    /// The broker's log level (the production default is info; per-submit lines are debug).
     #[arg(long, default_value = "info")]
     pub broker_log_level: String,
 }

@@ -41,7 +41,7 @@ fn both_targets_with_subscribers() {
         "--json",
     ]);
     assert_eq!(r["settings"]["sizes"]["ciphertext_bytes"], 2064, "2048-byte bucket");
-    assert_eq!(r["settings"]["engine"], "sled", "the broker's default");
+    assert_eq!(r["settings"]["engine"], "fjall", "the broker's default for a new store");
     for name in ["ceiling", "broker"] {
         let t = target(&r, name);
         assert_eq!(t["submits_ok"], 200, "{t}");

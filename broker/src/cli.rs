@@ -225,7 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::json!({
                         "ok": true, "listen": config.listen.address.to_string(),
                         "directory_version": found.directory_version, "agencies": found.agencies,
-                        "data_dir": config.storage.data_dir,
+                        "data_dir": config.storage.data_dir, "engine": config.storage.engine.name(),
                         "database": found.database.as_ref().map(|db| serde_json::json!({
                             "target": db.target, "schema_version": db.schema_version,
                         })),
@@ -234,11 +234,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 match &found.database {
                     None => println!(
-                        "configuration ok: listening on {}, directory version {} with {} agencies, data in {}",
+                        "configuration ok: listening on {}, directory version {} with {} agencies, data in {} ({})",
                         config.listen.address,
                         found.directory_version,
                         found.agencies,
-                        config.storage.data_dir.display()
+                        config.storage.data_dir.display(),
+                        config.storage.engine.name()
                     ),
                     Some(db) => println!(
                         "configuration ok: listening on {}, directory version {} with {} agencies, data in {} ({}), \

@@ -93,11 +93,22 @@ impl StorageConfig {
 /// `storage.engine`: which store the broker runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Engine {
-    /// An embedded engine in `data_dir`: sled (the default) or fjall; one
-    /// node, nothing else to run.
+    /// An embedded engine in `data_dir`: fjall or sled; one node, nothing
+    /// else to run. Unset, it is the engine of the store `data_dir` holds,
+    /// and fjall for a new one.
     Local(crate::store::LocalEngine),
     /// PostgreSQL (`storage.postgres_url`, `storage.postgres_ca`, ...).
     Postgres(crate::store::postgres::PgSettings),
+}
+
+impl Engine {
+    /// What `storage.engine` says for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Local(e) => e.name(),
+            Engine::Postgres(_) => "postgres",
+        }
+    }
 }
 
 /// `[delivery]`: ack deadlines, retention, and how subscribers are served.
@@ -596,7 +607,11 @@ impl Checker<'_> {
                 }
                 Some(Engine::Local(match s.engine.as_deref() {
                     Some("fjall") => LocalEngine::Fjall,
-                    _ => LocalEngine::Sled,
+                    Some(_) => LocalEngine::Sled,
+                    // Unset: the engine of the store already there, so an
+                    // upgrade never refuses a running broker's sled store;
+                    // fjall for a new one.
+                    None => data_dir.as_deref().map_or(LocalEngine::Fjall, LocalEngine::default_for),
                 }))
             }
             Some("postgres") => {
@@ -620,8 +635,12 @@ impl Checker<'_> {
             }
         };
         if let Some(mib) = s.fjall_memtable_mib {
-            if s.engine.as_deref() != Some("fjall") {
-                self.problems.push("storage.fjall_memtable_mib is set but storage.engine is not \"fjall\"".into());
+            if engine != Some(Engine::Local(LocalEngine::Fjall)) && engine.is_some() {
+                let why = match (&engine, s.engine.as_deref()) {
+                    (_, Some(_)) => "storage.engine is not \"fjall\"",
+                    _ => "storage.engine is unset and data_dir holds a sled store",
+                };
+                self.problems.push(format!("storage.fjall_memtable_mib is set but {why}"));
             } else if !(1..=1024).contains(&mib) {
                 self.problems.push(format!("storage.fjall_memtable_mib = {mib} is not 1 to 1024"));
             }
@@ -993,7 +1012,7 @@ acked_retention = "7d"
             c.storage,
             StorageConfig {
                 data_dir: "/b/data".into(),
-                engine: Engine::Local(LocalEngine::Sled),
+                engine: Engine::Local(LocalEngine::Fjall),
                 fjall_memtable_mib: None
             }
         );
@@ -1131,7 +1150,10 @@ acked_retention = "7d"
                 "engine = \"postgres\"\npostgres_url = \"h\"\npostgres_ca = \"c\"\npostgres_pool_size = 1",
                 vec!["storage.postgres_pool_size must be 2 to 1000"],
             ),
-            ("fjall_memtable_mib = 8", vec!["storage.fjall_memtable_mib is set but storage.engine is not \"fjall\""]),
+            (
+                "engine = \"sled\"\nfjall_memtable_mib = 8",
+                vec!["storage.fjall_memtable_mib is set but storage.engine is not \"fjall\""],
+            ),
             ("engine = \"fjall\"\nfjall_memtable_mib = 0", vec!["storage.fjall_memtable_mib = 0 is not 1 to 1024"]),
             (
                 "engine = \"fjall\"\nfjall_memtable_mib = 2048",
@@ -1140,6 +1162,37 @@ acked_retention = "7d"
         ] {
             assert_eq!(with(extra).unwrap_err().0, problems, "{extra}");
         }
+    }
+
+    #[test]
+    fn an_unset_engine_is_the_one_of_the_store_already_there_and_fjall_for_a_new_one() {
+        let base = tempfile::tempdir().unwrap();
+        let with = |data_dir: &str, extra: &str| {
+            let text = MINIMAL.replacen("\n[storage]\n", &format!("\n[storage]\n{extra}\n"), 1).replacen(
+                "data_dir = \"data\"",
+                &format!("data_dir = \"{data_dir}\""),
+                1,
+            );
+            assert!(text.contains(&format!("data_dir = \"{data_dir}\"")), "MINIMAL names its data_dir");
+            Config::parse(&text, base.path(), &[])
+        };
+        let engine = |data_dir: &str| with(data_dir, "").unwrap().storage.engine;
+        // Missing, and empty: a new store.
+        assert_eq!(engine("new"), Engine::Local(LocalEngine::Fjall));
+        std::fs::create_dir(base.path().join("empty")).unwrap();
+        assert_eq!(engine("empty"), Engine::Local(LocalEngine::Fjall));
+        // A store already there keeps its engine, whichever it is.
+        for e in [LocalEngine::Sled, LocalEngine::Fjall] {
+            drop(e.open(&base.path().join(e.name())).unwrap());
+            assert_eq!(engine(e.name()), Engine::Local(e), "{}", e.name());
+        }
+        // fjall's setting with no engine named: fine for a new store, refused
+        // for a sled store.
+        assert_eq!(with("new", "fjall_memtable_mib = 8").unwrap().storage.fjall_memtable_mib, Some(8));
+        assert_eq!(
+            with("sled", "fjall_memtable_mib = 8").unwrap_err().0,
+            ["storage.fjall_memtable_mib is set but storage.engine is unset and data_dir holds a sled store"]
+        );
     }
 
     #[test]
@@ -1225,19 +1278,26 @@ mod example_tests {
         assert_eq!(admin.token_file, Path::new("/etc/referral-broker/admin.token"));
         let table: toml::Table = text.parse().unwrap();
         let keys: usize = table.values().map(|v| v.as_table().map_or(0, |t| t.len())).sum();
-        // 42 = the fields of the Raw* structs above but the four PostgreSQL
-        // ones and fjall's, which are refused with engine = "sled" and so
-        // are shown commented out; unknown keys are refused by parsing.
+        // 41 = the fields of the Raw* structs above but the four PostgreSQL
+        // ones and fjall's, which are refused with a sled store and so are
+        // shown commented out, and engine, which is best left unset (it
+        // follows the data directory); unknown keys are refused by parsing.
         assert_eq!(
-            keys, 42,
+            keys, 41,
             "a setting was added to Config without being explained in packaging/broker.toml (or the reverse)"
         );
-        for key in ["postgres_url", "postgres_ca", "postgres_password_file", "postgres_pool_size", "fjall_memtable_mib"]
-        {
+        for key in [
+            "engine",
+            "postgres_url",
+            "postgres_ca",
+            "postgres_password_file",
+            "postgres_pool_size",
+            "fjall_memtable_mib",
+        ] {
             assert!(text.contains(&format!("\n#{key} = ")), "packaging/broker.toml explains {key}");
         }
         let uncommented =
-            text.replace("\n#postgres_", "\npostgres_").replace("engine = \"sled\"", "engine = \"postgres\"");
+            text.replace("\n#postgres_", "\npostgres_").replace("#engine = \"fjall\"", "engine = \"postgres\"");
         let c = Config::parse(&uncommented, Path::new("/etc/referral-broker"), &[]).unwrap();
         let Engine::Postgres(pg) = c.storage.engine else { panic!("the PostgreSQL example parses") };
         assert_eq!(pg.ca_file, Path::new("/etc/referral-broker/tls/database-ca.pem"));

@@ -220,6 +220,7 @@ pub async fn start_wrapped(
     shutdown: CancellationToken,
 ) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(|e| StartError::Serve(e.to_string()))?;
+    let config_engine = config.storage.engine.name();
     let federation_key = read_federation_key(&config.federation.federation_key)?;
     let directory = Arc::new(DirectoryState::open(&config.federation.directory, federation_key, opts.clock.now())?);
     let log_key = Arc::new(read_log_key(&config.federation.log_key)?);
@@ -376,7 +377,7 @@ pub async fn start_wrapped(
             .map_err(|e| e.to_string())
     });
     crate::metrics::handle();
-    tracing::info!(%addr, admin = ?admin_addr, "broker serving");
+    tracing::info!(%addr, admin = ?admin_addr, engine = config_engine, "broker serving");
     Ok(Running { addr, admin_addr, state, server, committer: committer_thread })
 }
 

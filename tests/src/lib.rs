@@ -1,6 +1,6 @@
 //! The test harness: a fresh development federation (real CA, real
 //! certificates, real agency keys) in a temporary folder, and a real broker
-//! on `127.0.0.1:0` with a temporary sled store, in-process so that a test
+//! on `127.0.0.1:0` with a temporary embedded store, in-process so that a test
 //! can move its clock, reload its credentials or restart it.
 //!
 //! Scenarios live in `tests/it/`, one module per concern.
@@ -101,6 +101,10 @@ impl Harness {
         broker::admin::AdminToken::generate(&token_file, false).expect("admin token");
         config.admin.endpoint = Some(broker::config::AdminEndpoint { listen: ([127, 0, 0, 1], 0).into(), token_file });
         config.admin.health_interval = Duration::from_millis(50);
+        if opts.wrap_store.is_some() {
+            // A store wrapper wraps sled (broker::server::StoreWrapper).
+            config.storage.engine = broker::config::Engine::Local(broker::store::LocalEngine::Sled);
+        }
         (opts.tweak)(&mut config);
         let manual_clock = opts.manual_clock.then(|| Arc::new(ManualClock::new(certs::now())));
         let clock: Arc<dyn Clock> = match &manual_clock {

@@ -248,6 +248,14 @@ impl LocalEngine {
         }
     }
 
+    /// The engine a broker with `storage.engine` unset runs on: the one
+    /// whose store `dir` holds, so an existing store is never refused;
+    /// fjall for a new store (fewer syncs per commit: BENCHMARKS.md,
+    /// "Issue 14, fifth round").
+    pub fn default_for(dir: &Path) -> LocalEngine {
+        LocalEngine::of(dir).unwrap_or(LocalEngine::Fjall)
+    }
+
     /// Refuses, by name, a `dir` that holds the other engine's store: a
     /// store is never converted or reset in place.
     pub fn check(self, dir: &Path) -> Result<(), StoreError> {

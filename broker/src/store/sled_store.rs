@@ -1,5 +1,6 @@
-//! The default store: sled 0.34, one tree with a one-byte table prefix per
-//! key, so that a whole commit is one atomic sled batch.
+//! The sled 0.34 store (the default before fjall; a data directory that
+//! holds one keeps it): one tree with a one-byte table prefix per key, so
+//! that a whole commit is one atomic sled batch.
 //!
 //! Durability: sled's `flush` writes the log with `sync_file_range`, which
 //! does not flush the drive's cache, so every commit also `fdatasync`s the

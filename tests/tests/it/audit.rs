@@ -5,8 +5,7 @@
 use std::path::Path;
 
 use agency_client::Client;
-use broker::store::sled_store::SledStore;
-use broker::store::{Batch, Store, Table, keys};
+use broker::store::{Batch, LocalEngine, Table, keys};
 use integration_tests::*;
 use referral_proto::ack::sign_ack;
 use referral_proto::audit::{EventKind, decode_entry, encode_entry};
@@ -181,7 +180,7 @@ async fn the_auditor_cli_verifies_replays_and_proves() {
 /// changes the list of entries; they are then re-indexed and the Merkle
 /// tree rebuilt, so the restarted broker serves, and signs, the new log.
 fn rewrite_log(data_dir: &Path, edit: impl FnOnce(&mut Vec<pb::AuditEntry>), rebuild_tree: bool) {
-    let store = SledStore::open(data_dir).unwrap();
+    let (_, store) = LocalEngine::open_existing(data_dir).unwrap();
     let old: Vec<(Vec<u8>, Vec<u8>)> = store.range(Table::Audit, &[], &[0xff; 9], usize::MAX).unwrap();
     let mut entries: Vec<pb::AuditEntry> =
         old.iter().enumerate().map(|(i, (_, b))| decode_entry(b, i as u64).unwrap()).collect();

@@ -246,6 +246,7 @@ async fn check_config_reports_every_problem_at_once() {
         out.starts_with("configuration ok: listening on 127.0.0.1:7443, directory version 1 with 2 agencies"),
         "{out}"
     );
+    assert!(out.trim_end().ends_with("(fjall)"), "no engine named, no store yet: fjall: {out}");
 
     // Two unrelated problems: a missing certificate, and a log key file that
     // holds another kind of key (the directory signing key).

@@ -198,7 +198,9 @@ async fn refuses_to_start(config: &Path) -> String {
 async fn a_damaged_or_foreign_data_directory_refuses_to_start_and_is_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_under-test"));
-    let mut b = ChildBroker::start(exe, tmp.path(), "").await;
+    // sled's: the damage goes into its one database file.
+    let data_dir = tmp.path().join("data");
+    let mut b = ChildBroker::start_on(exe, tmp.path(), &data_dir, "engine = \"sled\"\n", "").await;
     let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
     for _ in 0..50 {
         police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
@@ -248,7 +250,8 @@ async fn a_damaged_or_foreign_data_directory_refuses_to_start_and_is_left_alone(
 async fn a_store_of_the_other_engine_is_refused_by_name_and_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_under-test"));
-    let mut b = ChildBroker::start(exe, tmp.path(), "").await;
+    let data_dir = tmp.path().join("data");
+    let mut b = ChildBroker::start_on(exe, tmp.path(), &data_dir, "engine = \"sled\"\n", "").await;
     let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
     let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
     assert!(b.terminate().await.success());
@@ -261,7 +264,7 @@ async fn a_store_of_the_other_engine_is_refused_by_name_and_left_alone() {
 
     // The sled store named as fjall's.
     let text = std::fs::read_to_string(&b.config_path).unwrap();
-    let fjall = text.replacen("[storage]\n", "[storage]\nengine = \"fjall\"\n", 1);
+    let fjall = text.replacen("engine = \"sled\"\n", "engine = \"fjall\"\n", 1);
     assert_ne!(fjall, text);
     std::fs::write(&b.config_path, &fjall).unwrap();
     let err = refuses_to_start(&b.config_path).await;
@@ -273,8 +276,40 @@ async fn a_store_of_the_other_engine_is_refused_by_name_and_left_alone() {
     );
     assert_eq!(files(&b.data_dir), before, "nothing was written into it");
 
-    // Named rightly again, it serves what it held.
+    // With no engine named (an upgrade to a release whose default for a
+    // new store is fjall), it is the sled store's: it serves what it held
+    // and takes new work into the same store.
+    let unset = text.replacen("engine = \"sled\"\n", "", 1);
+    assert_ne!(unset, text);
+    std::fs::write(&b.config_path, &unset).unwrap();
+    b.spawn().await;
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    assert_eq!(crate::support::waiting(&oncall).await, vec![sent.message_id]);
+    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
+    let second = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    assert_eq!(crate::support::waiting(&oncall).await, vec![sent.message_id, second.message_id]);
+    assert!(b.terminate().await.success());
+    assert!(b.data_dir.join("db").is_file() && !b.data_dir.join("version").exists(), "still a sled store");
+
+    // Named rightly, it serves the same.
     std::fs::write(&b.config_path, &text).unwrap();
+    b.spawn().await;
+    let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
+    assert_eq!(crate::support::waiting(&oncall).await, vec![sent.message_id, second.message_id]);
+}
+
+#[tokio::test]
+async fn a_new_data_directory_with_no_engine_named_is_a_fjall_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_under-test"));
+    let mut b = ChildBroker::start(exe, tmp.path(), "").await;
+    let text = std::fs::read_to_string(&b.config_path).unwrap();
+    assert!(!text.contains("engine"), "the development configuration names no engine:\n{text}");
+    let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
+    let sent = police.send(&AgencyId::new(SOCIAL).unwrap(), &example_notice()).await.unwrap();
+    assert!(b.terminate().await.success());
+    assert!(b.data_dir.join("version").is_file() && !b.data_dir.join("db").exists(), "a fjall store");
+    // Restarted with no engine named, it is still fjall's and serves what it holds.
     b.spawn().await;
     let oncall = agency_client::Client::connect_dir(&b.dev.profile(SOCIAL_ONCALL)).await.unwrap();
     assert_eq!(crate::support::waiting(&oncall).await, vec![sent.message_id]);

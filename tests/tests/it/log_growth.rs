@@ -97,9 +97,9 @@ async fn counted_refusals_are_logged_at_shutdown() {
     );
     let data = h.config.storage.data_dir.clone();
     h.stop().await;
-    let store = broker::store::sled_store::SledStore::open_existing(&data).unwrap();
-    let size = broker::commit::restore_frontier(&store).unwrap().size();
-    let entries = broker::audit::read_entries(&store, 0, size, usize::MAX).unwrap();
+    let (_, store) = broker::store::LocalEngine::open_existing(&data).unwrap();
+    let size = broker::commit::restore_frontier(&*store).unwrap().size();
+    let entries = broker::audit::read_entries(&*store, 0, size, usize::MAX).unwrap();
     let (i, bytes) = entries.last().expect("an entry");
     let e = referral_proto::audit::decode_entry(bytes, *i).unwrap();
     match e.event {

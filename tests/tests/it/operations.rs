@@ -122,10 +122,13 @@ async fn metrics_describe_traffic_without_personal_data() {
     assert!(!text.contains("Personsson") && !text.contains("spiffe://"), "no people, no principals in labels");
 }
 
-/// A broker (sled, the default) holding three referrals to social
-/// services, the first acknowledged.
-async fn three_sent_one_acked(dir: &std::path::Path) -> (ChildBroker, Vec<referral_proto::ids::MessageId>) {
-    let b = ChildBroker::start(exe(), dir, "").await;
+/// A broker on `storage` (its `[storage]` lines beside data_dir) holding
+/// three referrals to social services, the first acknowledged.
+async fn three_sent_one_acked(
+    dir: &std::path::Path,
+    storage: &str,
+) -> (ChildBroker, Vec<referral_proto::ids::MessageId>) {
+    let b = ChildBroker::start_on(exe(), dir, &dir.join("data"), storage, "").await;
     let police = agency_client::Client::connect_dir(&b.dev.profile(POLICE_SYSTEM)).await.unwrap();
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -139,7 +142,7 @@ async fn three_sent_one_acked(dir: &std::path::Path) -> (ChildBroker, Vec<referr
 #[tokio::test]
 async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut b, ids) = three_sent_one_acked(tmp.path()).await;
+    let (mut b, ids) = three_sent_one_acked(tmp.path(), "").await;
     let config = b.config_path.display().to_string();
 
     // Status from the running broker.
@@ -192,10 +195,10 @@ async fn status_backup_and_restore_with_a_running_and_a_stopped_broker() {
 #[tokio::test]
 async fn a_store_moves_from_sled_to_fjall_by_backup_and_restore_and_fjall_backs_up_online() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut b, mut ids) = three_sent_one_acked(tmp.path()).await;
+    let (mut b, mut ids) = three_sent_one_acked(tmp.path(), "engine = \"sled\"\n").await;
     let config = b.config_path.display().to_string();
     assert!(b.terminate().await.success());
-    assert!(b.data_dir.join("db").is_file(), "the default engine is sled");
+    assert!(b.data_dir.join("db").is_file(), "a sled store");
 
     // A backup of the stopped sled broker.
     let backup = tmp.path().join("backup-sled");
@@ -206,7 +209,7 @@ async fn a_store_moves_from_sled_to_fjall_by_backup_and_restore_and_fjall_backs_
 
     // fjall configured: a restore into the data directory that holds the sled store is refused.
     let text = std::fs::read_to_string(&b.config_path).unwrap();
-    std::fs::write(&b.config_path, text.replacen("[storage]\n", "[storage]\nengine = \"fjall\"\n", 1)).unwrap();
+    std::fs::write(&b.config_path, text.replacen("engine = \"sled\"\n", "engine = \"fjall\"\n", 1)).unwrap();
     let restore = ["restore", "--config", &config, "--from", backup.to_str().unwrap()];
     let (code, _, err) = run_tool(exe(), "broker", &restore).await;
     assert_eq!(code, 1, "{err}");
