@@ -127,6 +127,7 @@ fn check_submitted(
         sender: Some(h.sender.clone()),
         recipient: Some(h.recipient.clone()),
         status: Some(ReceiptStatus::Accepted),
+        own_ack: None,
     };
     let receipt = check_receipt(dir, response.receipt, &expect)?;
     Ok(Sent { message_id: h.message_id, envelope_digest: domain.digest(), receipt, duplicate: response.duplicate })
@@ -634,6 +635,7 @@ impl Client {
             sender: None,
             recipient: Some(self.profile.principal.agency.clone()),
             status: Some(ReceiptStatus::Acknowledged),
+            own_ack: Some(ack),
         };
         let receipt = check_receipt(&dir, r.receipt, &expect)?;
         Ok(Acked { receipt, already_acknowledged: r.already_acknowledged })
