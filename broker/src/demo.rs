@@ -144,10 +144,13 @@ pub async fn run() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let fed_dir = tmp.join("federation");
     let dev = certs::dev::create(&fed_dir, &DevOptions { broker_addr: addr.to_string(), force: false }, certs::now())?;
-    println!("referral broker demo (everything below is real: mTLS with TLS 1.3, Ed25519 + HPKE, fsync'd sled)");
-    println!("  federation igor.example.se in {}", fed_dir.display());
     // No admin endpoint: the demo needs none (it is off unless configured).
     let config = Config::for_dev_federation(&fed_dir, addr, &tmp.join("broker-data"));
+    println!(
+        "referral broker demo (everything below is real: mTLS with TLS 1.3, Ed25519 + HPKE, fsync'd {})",
+        config.storage.engine.name()
+    );
+    println!("  federation igor.example.se in {}", fed_dir.display());
     let shutdown = CancellationToken::new();
     let running =
         start(listener, config, StartOptions { clock: Arc::new(SystemClock), sighup: false }, shutdown.clone()).await?;
