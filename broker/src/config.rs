@@ -634,16 +634,18 @@ impl Checker<'_> {
                 None
             }
         };
-        if let Some(mib) = s.fjall_memtable_mib {
-            if engine != Some(Engine::Local(LocalEngine::Fjall)) && engine.is_some() {
-                let why = match (&engine, s.engine.as_deref()) {
-                    (_, Some(_)) => "storage.engine is not \"fjall\"",
-                    _ => "storage.engine is unset and data_dir holds a sled store",
+        match (s.fjall_memtable_mib, &engine) {
+            (Some(_), Some(other)) if *other != Engine::Local(LocalEngine::Fjall) => {
+                let why = match s.engine {
+                    Some(_) => "storage.engine is not \"fjall\"",
+                    None => "storage.engine is unset and data_dir holds a sled store",
                 };
                 self.problems.push(format!("storage.fjall_memtable_mib is set but {why}"));
-            } else if !(1..=1024).contains(&mib) {
+            }
+            (Some(mib), _) if !(1..=1024).contains(&mib) => {
                 self.problems.push(format!("storage.fjall_memtable_mib = {mib} is not 1 to 1024"));
             }
+            _ => {}
         }
         Some(StorageConfig { data_dir: data_dir?, engine: engine?, fjall_memtable_mib: s.fjall_memtable_mib })
     }
