@@ -233,8 +233,15 @@ pub(crate) fn table(header: &[String], rows: &[(String, Vec<String>)]) -> String
 
 pub(crate) fn machine_line(m: &Machine) -> String {
     format!(
-        "machine: {} CPUs ({}), {}, work folder on {}, load average {:.2} at start",
-        m.cpus, m.cpu_model, m.kernel, m.work_filesystem, m.load_average_at_start
+        "machine: {} CPUs ({}), {}, work folder on {}, load average {:.2} at start; \
+         one core signed in {:.1} us and verified in {:.1} us at start",
+        m.cpus,
+        m.cpu_model,
+        m.kernel,
+        m.work_filesystem,
+        m.load_average_at_start,
+        m.core_speed.sign_us,
+        m.core_speed.verify_us
     )
 }
 

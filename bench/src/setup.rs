@@ -160,6 +160,50 @@ pub struct Machine {
     pub work_filesystem: String,
     /// 1-minute load average when the run started.
     pub load_average_at_start: f64,
+    /// How fast one core was when the run started.
+    pub core_speed: CoreSpeed,
+}
+
+/// What one Ed25519 signature and one strict verification (600 bytes, the
+/// project's own code, a remembered key as the broker's) took on one
+/// thread when the run started: the median of 5 rounds of 40 each, about
+/// 25 ms in all. Machines of this kind change speed by up to 2x from one
+/// hour to the next, and these two operations are most of a referral's
+/// CPU, so this says which kind of hour a report comes from.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CoreSpeed {
+    pub sign_us: f64,
+    pub verify_us: f64,
+}
+
+impl CoreSpeed {
+    pub fn measure() -> Self {
+        use std::hint::black_box;
+        let key = referral_proto::keys::SigningKey::from_seed([9; 32]);
+        let public = key.verifying_key();
+        let message = [7u8; 600];
+        let signature = key.sign(&message);
+        let median_us = |op: &dyn Fn()| {
+            let mut rounds: Vec<f64> = (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..40 {
+                        op();
+                    }
+                    t.elapsed().as_secs_f64() * 1e6 / 40.0
+                })
+                .collect();
+            rounds.sort_by(f64::total_cmp);
+            rounds[2]
+        };
+        let sign_us = median_us(&|| {
+            black_box(key.sign(black_box(&message)));
+        });
+        let verify_us = median_us(&|| {
+            public.verify(black_box(&message), black_box(&signature)).expect("a fresh signature verifies");
+        });
+        Self { sign_us, verify_us }
+    }
 }
 
 impl Machine {
@@ -184,7 +228,14 @@ impl Machine {
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .and_then(|s| s.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")))
             .unwrap_or_else(|| "unknown".into());
-        Self { cpus, cpu_model, kernel, work_filesystem, load_average_at_start: load_average() }
+        Self {
+            cpus,
+            cpu_model,
+            kernel,
+            work_filesystem,
+            load_average_at_start: load_average(),
+            core_speed: CoreSpeed::measure(),
+        }
     }
 }
 

@@ -42,6 +42,10 @@ fn both_targets_with_subscribers() {
     ]);
     assert_eq!(r["settings"]["sizes"]["ciphertext_bytes"], 2064, "2048-byte bucket");
     assert_eq!(r["settings"]["engine"], "fjall", "the broker's default for a new store");
+    for op in ["sign_us", "verify_us"] {
+        let us = r["machine"]["core_speed"][op].as_f64().unwrap_or_else(|| panic!("no machine.core_speed.{op}: {r}"));
+        assert!(us > 0.0 && us < 10_000.0, "one {op} measured at {us} us");
+    }
     for name in ["ceiling", "broker"] {
         let t = target(&r, name);
         assert_eq!(t["submits_ok"], 200, "{t}");
