@@ -166,8 +166,8 @@ pub struct Machine {
 
 /// What one Ed25519 signature and one strict verification (600 bytes, the
 /// project's own code, a remembered key as the broker's) took on one
-/// thread when the run started: the median of 5 rounds of 40 each, about
-/// 25 ms in all. Machines of this kind change speed by up to 2x from one
+/// thread when the run started: the median of 25 rounds of 20 each, about
+/// 50 ms in all. Machines of this kind change speed by up to 2x from one
 /// hour to the next, and these two operations are most of a referral's
 /// CPU, so this says which kind of hour a report comes from.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -184,17 +184,17 @@ impl CoreSpeed {
         let message = [7u8; 600];
         let signature = key.sign(&message);
         let median_us = |op: &dyn Fn()| {
-            let mut rounds: Vec<f64> = (0..5)
+            let mut rounds: Vec<f64> = (0..25)
                 .map(|_| {
                     let t = std::time::Instant::now();
-                    for _ in 0..40 {
+                    for _ in 0..20 {
                         op();
                     }
-                    t.elapsed().as_secs_f64() * 1e6 / 40.0
+                    t.elapsed().as_secs_f64() * 1e6 / 20.0
                 })
                 .collect();
             rounds.sort_by(f64::total_cmp);
-            rounds[2]
+            rounds[12]
         };
         let sign_us = median_us(&|| {
             black_box(key.sign(black_box(&message)));
