@@ -183,18 +183,20 @@ impl CoreSpeed {
         let public = key.verifying_key();
         let message = [7u8; 600];
         let signature = key.sign(&message);
+        const ROUNDS: usize = 25;
+        const PER_ROUND: u32 = 20;
         let median_us = |op: &dyn Fn()| {
-            let mut rounds: Vec<f64> = (0..25)
+            let mut rounds: Vec<f64> = (0..ROUNDS)
                 .map(|_| {
                     let t = std::time::Instant::now();
-                    for _ in 0..20 {
+                    for _ in 0..PER_ROUND {
                         op();
                     }
-                    t.elapsed().as_secs_f64() * 1e6 / 20.0
+                    t.elapsed().as_secs_f64() * 1e6 / f64::from(PER_ROUND)
                 })
                 .collect();
             rounds.sort_by(f64::total_cmp);
-            rounds[12]
+            rounds[ROUNDS / 2]
         };
         let sign_us = median_us(&|| {
             black_box(key.sign(black_box(&message)));
